@@ -1,0 +1,194 @@
+//! FFI to ggml and llama.cpp (through `llama-cpp-sys-2`), used as the independent reference:
+//! the parity tests and benchmarks compare our codecs, reader and quantizer against these.
+//! Each `unsafe` block states the invariant that makes it sound.
+
+use crate::gguf::{MetaValue, ValueType};
+use crate::quant::GgmlType;
+use llama_cpp_sys_2 as sys;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::Path;
+
+unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
+
+/// Silences ggml's and llama.cpp's log output (it goes to stderr by default).
+pub fn silence_logs() {
+    // SAFETY: installing a callback that ignores its arguments; the pointers are never read.
+    unsafe {
+        sys::ggml_log_set(Some(quiet_log), std::ptr::null_mut());
+        sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
+    }
+}
+
+/// `ggml_type_size` and `ggml_blck_size` for a raw type id below `GGML_TYPE_COUNT`.
+pub fn type_geometry(id: u32) -> (u64, u64) {
+    assert!(id < crate::quant::GGML_TYPE_COUNT);
+    // SAFETY: both functions index ggml's static type table, valid for every id below
+    // GGML_TYPE_COUNT (checked above); removed ids have zeroed entries.
+    unsafe {
+        (
+            sys::ggml_type_size(id) as u64,
+            sys::ggml_blck_size(id) as u64,
+        )
+    }
+}
+
+/// `ggml_quantize_chunk` over `src` (rows of `n_per_row`), no importance matrix.
+pub fn quantize_chunk(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
+    assert!(n_per_row > 0 && src.len() % n_per_row == 0);
+    let bytes = ty
+        .row_bytes(src.len() as u64)
+        .expect("whole blocks") as usize;
+    let mut dst = vec![0u8; bytes];
+    let nrows = (src.len() / n_per_row) as i64;
+    // SAFETY: src holds nrows * n_per_row floats; dst holds exactly the bytes ggml writes for
+    // that many elements of `ty` (checked against ggml_row_size in the parity tests); no
+    // imatrix is passed, which every type used here accepts.
+    let written = unsafe {
+        sys::ggml_quantize_chunk(
+            ty.id(),
+            src.as_ptr(),
+            dst.as_mut_ptr().cast(),
+            0,
+            nrows,
+            n_per_row as i64,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(written, bytes, "ggml wrote a different size");
+    dst
+}
+
+/// ggml's reference decoder (`type_traits[ty].to_float`).
+pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
+    assert_eq!(ty.row_bytes(n as u64), Some(src.len() as u64));
+    let mut out = vec![0f32; n];
+    // SAFETY: the traits table is static; to_float reads n elements' worth of blocks (the
+    // length was asserted above) and writes n floats into `out`.
+    unsafe {
+        let traits = sys::ggml_get_type_traits(ty.id());
+        let f = (*traits).to_float.expect("type has a decoder");
+        f(src.as_ptr().cast(), out.as_mut_ptr(), n as i64);
+    }
+    out
+}
+
+/// `ggml_fp32_to_fp16_row`.
+pub fn fp32_to_fp16_row(src: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; src.len()];
+    // SAFETY: reads and writes src.len() elements of buffers that long.
+    unsafe { sys::ggml_fp32_to_fp16_row(src.as_ptr(), out.as_mut_ptr(), src.len() as i64) };
+    out
+}
+
+/// `ggml_bf16_to_fp32_row`.
+pub fn bf16_to_fp32_row(src: &[u16]) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    // SAFETY: ggml_bf16_t is a repr(C) struct of one u16; reads and writes src.len() elements.
+    unsafe {
+        sys::ggml_bf16_to_fp32_row(src.as_ptr().cast(), out.as_mut_ptr(), src.len() as i64)
+    };
+    out
+}
+
+/// What ggml's `gguf_init_from_file` reports about a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgmlGguf {
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub kvs: Vec<(String, MetaValue)>,
+    /// name, type id, ne (4 dims), offset, size.
+    pub tensors: Vec<(String, u32, [u64; 4], u64, u64)>,
+}
+
+/// Reads a GGUF header with ggml's own reader; `None` if ggml rejects the file.
+pub fn read_gguf(path: &Path) -> Option<GgmlGguf> {
+    let c_path = CString::new(path.to_str()?).ok()?;
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: c_path is a valid NUL-terminated string; with no_alloc and a null ctx ggml only
+    // parses the header. The context is freed below and nothing borrowed from it escapes: every
+    // string and array is copied out first.
+    unsafe {
+        let ctx = sys::gguf_init_from_file(c_path.as_ptr(), params);
+        if ctx.is_null() {
+            return None;
+        }
+        let cstr = |p: *const c_char| CStr::from_ptr(p).to_bytes().to_vec();
+        let mut kvs = Vec::new();
+        for i in 0..sys::gguf_get_n_kv(ctx) {
+            let key = String::from_utf8_lossy(&cstr(sys::gguf_get_key(ctx, i))).into_owned();
+            let ty = ValueType::from_id(sys::gguf_get_kv_type(ctx, i))?;
+            let v = if ty == ValueType::Array {
+                let elem = ValueType::from_id(sys::gguf_get_arr_type(ctx, i))?;
+                let n = sys::gguf_get_arr_n(ctx, i);
+                let items = if elem == ValueType::String {
+                    (0..n)
+                        .map(|j| MetaValue::String(cstr(sys::gguf_get_arr_str(ctx, i, j))))
+                        .collect()
+                } else {
+                    let sz = elem.fixed_size()?;
+                    let data = sys::gguf_get_arr_data(ctx, i) as *const u8;
+                    let bytes = if n == 0 {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(data, n * sz)
+                    };
+                    bytes
+                        .chunks_exact(sz)
+                        .map(|b| crate::gguf::scalar_from_le(elem, b))
+                        .collect::<Option<Vec<_>>>()?
+                };
+                MetaValue::Array { elem, items }
+            } else if ty == ValueType::String {
+                MetaValue::String(cstr(sys::gguf_get_val_str(ctx, i)))
+            } else {
+                let sz = ty.fixed_size()?;
+                let p = sys::gguf_get_val_data(ctx, i) as *const u8;
+                crate::gguf::scalar_from_le(ty, std::slice::from_raw_parts(p, sz))?
+            };
+            kvs.push((key, v));
+        }
+        let mut tensors = Vec::new();
+        for i in 0..sys::gguf_get_n_tensors(ctx) {
+            let name = String::from_utf8_lossy(&cstr(sys::gguf_get_tensor_name(ctx, i))).into_owned();
+            let ne_p = sys::gguf_get_tensor_ne(ctx, i);
+            let ne: [u64; 4] = std::array::from_fn(|j| *ne_p.add(j) as u64);
+            tensors.push((
+                name,
+                sys::gguf_get_tensor_type(ctx, i),
+                ne,
+                sys::gguf_get_tensor_offset(ctx, i) as u64,
+                sys::gguf_get_tensor_size(ctx, i) as u64,
+            ));
+        }
+        let out = GgmlGguf {
+            version: sys::gguf_get_version(ctx),
+            alignment: sys::gguf_get_alignment(ctx) as u64,
+            data_offset: sys::gguf_get_data_offset(ctx) as u64,
+            kvs,
+            tensors,
+        };
+        sys::gguf_free(ctx);
+        Some(out)
+    }
+}
+
+/// Runs `llama_model_quantize` in `pure` mode (every eligible tensor to `ftype`'s type).
+/// Returns llama.cpp's status (0 = success).
+pub fn llama_quantize_pure(input: &Path, output: &Path, ftype: u32, nthread: i32) -> u32 {
+    let i = CString::new(input.to_str().expect("utf-8 path")).expect("no NUL");
+    let o = CString::new(output.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: default params come from llama.cpp; both paths are valid C strings that outlive
+    // the call; no imatrix, overrides or pruning pointers are set (they stay null).
+    unsafe {
+        sys::llama_backend_init();
+        let mut p = sys::llama_model_quantize_default_params();
+        p.ftype = ftype;
+        p.pure_ = true;
+        p.nthread = nthread;
+        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
+    }
+}

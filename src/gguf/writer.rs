@@ -1,0 +1,284 @@
+//! The GGUF writer: plan everything first (metadata, names, types, offsets), then stream the
+//! tensor data in order. Same plan and data -> the same bytes. `write_file` writes to a
+//! temporary file beside the target and renames it into place only when everything succeeded.
+
+use super::error::{GgufError, Result};
+use super::reader::{DEFAULT_ALIGNMENT, MAX_DIMS, MAX_NAME};
+use super::value::{MetaValue, ValueType};
+use crate::quant::GgmlType;
+use std::collections::HashSet;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+/// A planned tensor: its place in the data section is fixed when it is added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorPlan {
+    pub name: String,
+    pub ty: GgmlType,
+    /// ggml order (`ne[0]` fastest).
+    pub ne: Vec<u64>,
+    /// Offset relative to the data section.
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Builds a GGUF v3 file.
+#[derive(Debug, Clone)]
+pub struct GgufWriter {
+    alignment: u64,
+    kvs: Vec<(String, MetaValue)>,
+    keys: HashSet<String>,
+    tensors: Vec<TensorPlan>,
+    names: HashSet<String>,
+    data_size: u64,
+    allow_nested_arrays: bool,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn plan_err(msg: impl Into<String>) -> GgufError {
+    GgufError::Plan(msg.into())
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            kvs: Vec::new(),
+            keys: HashSet::new(),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            data_size: 0,
+            allow_nested_arrays: false,
+        }
+    }
+
+    /// Allows arrays of arrays. gguf-py writes them, but llama.cpp refuses any file that holds
+    /// one, so they are off by default.
+    pub fn allow_nested_arrays(mut self, yes: bool) -> Self {
+        self.allow_nested_arrays = yes;
+        self
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    /// Adds a metadata entry. Keys are written in the order they are added. Setting
+    /// `general.alignment` (a u32 power of two) changes the data alignment; it must come before
+    /// any tensor is added.
+    pub fn add(&mut self, key: impl Into<String>, value: impl Into<MetaValue>) -> Result<()> {
+        let key = key.into();
+        let value = value.into();
+        if key.is_empty() {
+            return Err(plan_err("empty metadata key"));
+        }
+        if self.keys.contains(&key) {
+            return Err(plan_err(format!("duplicate metadata key '{key}'")));
+        }
+        check_value(&key, &value, self.allow_nested_arrays)?;
+        if key == "general.alignment" {
+            let MetaValue::U32(a) = value else {
+                return Err(plan_err(format!(
+                    "general.alignment must be u32, not {}",
+                    value.value_type()
+                )));
+            };
+            if a == 0 || !a.is_power_of_two() {
+                return Err(GgufError::BadAlignment { value: a.into() });
+            }
+            if !self.tensors.is_empty() {
+                return Err(plan_err("general.alignment must be set before adding tensors"));
+            }
+            self.alignment = a.into();
+        }
+        self.keys.insert(key.clone());
+        self.kvs.push((key, value));
+        Ok(())
+    }
+
+    /// Adds a tensor of type `ty` and ggml dimensions `ne`; returns its plan.
+    pub fn add_tensor(&mut self, name: &str, ty: GgmlType, ne: &[u64]) -> Result<&TensorPlan> {
+        if name.len() as u64 >= MAX_NAME {
+            return Err(plan_err(format!(
+                "tensor name '{name}' is {} bytes, ggml allows at most 63",
+                name.len()
+            )));
+        }
+        if self.names.contains(name) {
+            return Err(plan_err(format!("duplicate tensor name '{name}'")));
+        }
+        if ne.len() > MAX_DIMS as usize {
+            return Err(plan_err(format!("tensor '{name}' has {} dimensions, at most 4", ne.len())));
+        }
+        let size = ty.tensor_bytes(ne).ok_or_else(|| {
+            plan_err(format!(
+                "tensor '{name}': shape {ne:?} is not a whole number of {ty} blocks of {} or overflows",
+                ty.block_size()
+            ))
+        })?;
+        if ne.iter().try_fold(1u64, |a, &n| a.checked_mul(n)).is_none_or(|n| n > i64::MAX as u64) {
+            return Err(plan_err(format!("tensor '{name}': element count overflows")));
+        }
+        let offset = self.data_size;
+        self.data_size = offset
+            .checked_add(align_up(size, self.alignment))
+            .ok_or_else(|| plan_err("data section size overflows"))?;
+        self.names.insert(name.to_string());
+        self.tensors.push(TensorPlan {
+            name: name.to_string(),
+            ty,
+            ne: ne.to_vec(),
+            offset,
+            size,
+        });
+        Ok(self.tensors.last().expect("just pushed"))
+    }
+
+    pub fn tensors(&self) -> &[TensorPlan] {
+        &self.tensors
+    }
+
+    /// Header, metadata, tensor infos and the padding up to the data section.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
+        for (k, v) in &self.kvs {
+            out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&v.value_type().id().to_le_bytes());
+            v.encode(&mut out);
+        }
+        for t in &self.tensors {
+            out.extend_from_slice(&(t.name.len() as u64).to_le_bytes());
+            out.extend_from_slice(t.name.as_bytes());
+            out.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+            for &n in &t.ne {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            out.extend_from_slice(&t.ty.id().to_le_bytes());
+            out.extend_from_slice(&t.offset.to_le_bytes());
+        }
+        if !self.tensors.is_empty() {
+            let padded = align_up(out.len() as u64, self.alignment) as usize;
+            out.resize(padded, 0);
+        }
+        out
+    }
+
+    /// Total bytes the file will have.
+    pub fn file_size(&self) -> u64 {
+        self.header_bytes().len() as u64 + self.data_size
+    }
+
+    /// Streams the file into `w`. `data` is called once per tensor, in order, and must write
+    /// exactly that tensor's `size` bytes.
+    pub fn write_to<W: Write>(
+        &self,
+        w: &mut W,
+        mut data: impl FnMut(usize, &TensorPlan, &mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let io = |e| GgufError::io("<output>", e);
+        w.write_all(&self.header_bytes()).map_err(io)?;
+        let zeros = vec![0u8; self.alignment as usize];
+        for (i, t) in self.tensors.iter().enumerate() {
+            let mut counting = CountingWriter { inner: &mut *w, n: 0 };
+            data(i, t, &mut counting)?;
+            if counting.n != t.size {
+                return Err(GgufError::DataSize {
+                    name: t.name.clone(),
+                    written: counting.n,
+                    expected: t.size,
+                });
+            }
+            let pad = align_up(t.size, self.alignment) - t.size;
+            w.write_all(&zeros[..pad as usize]).map_err(io)?;
+        }
+        w.flush().map_err(io)
+    }
+
+    /// Writes the file to `path` atomically: a temporary file in the same directory, synced,
+    /// then renamed over `path`. On any error (or a panic, or the process being killed) nothing
+    /// appears under `path`; the temporary file is removed unless the process was killed.
+    pub fn write_file(
+        &self,
+        path: impl AsRef<Path>,
+        data: impl FnMut(usize, &TensorPlan, &mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| plan_err(format!("{} is not a file path", path.display())))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", file_name.to_string_lossy()))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| GgufError::io(dir, e))?;
+        let with_path = |e: GgufError| match e {
+            GgufError::Io { path: p, source } if p.as_os_str() == "<output>" => {
+                GgufError::io(path, source)
+            }
+            other => other,
+        };
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+            self.write_to(&mut w, data).map_err(with_path)?;
+        }
+        tmp.as_file().sync_all().map_err(|e| GgufError::io(path, e))?;
+        tmp.persist(path)
+            .map_err(|e| GgufError::io(path, e.error))?;
+        Ok(())
+    }
+}
+
+fn check_value(key: &str, v: &MetaValue, allow_nested: bool) -> Result<()> {
+    if let MetaValue::Array { elem, items } = v {
+        if *elem == ValueType::Array && !allow_nested {
+            return Err(plan_err(format!(
+                "key '{key}' is an array of arrays, which llama.cpp cannot load (use allow_nested_arrays)"
+            )));
+        }
+        if let Some(bad) = items.iter().find(|it| it.value_type() != *elem) {
+            return Err(plan_err(format!(
+                "key '{key}': array of {elem} holds a {}",
+                bad.value_type()
+            )));
+        }
+        for it in items {
+            check_value(key, it, allow_nested)?;
+        }
+    }
+    Ok(())
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

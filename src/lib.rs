@@ -1,0 +1,8 @@
+//! jq: a native GGML/GGUF runtime.
+//!
+//! Data flows one way: bytes on disk -> [`gguf`] (validated views) -> [`quant`] (codecs) ->
+//! engines -> tokens. The FFI to ggml used as the independent reference lives in [`ggml`].
+
+pub mod ggml;
+pub mod gguf;
+pub mod quant;
