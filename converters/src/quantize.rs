@@ -1,0 +1,214 @@
+//! `jq-convert quantize`: re-encode a GGUF's weights the way `llama_model_quantize` does in
+//! `pure` mode, for any architecture.
+//!
+//! Which tensors are re-encoded follows llama.cpp's `tensor_allows_quantization`: tensors with
+//! at least two non-trivial dimensions whose name ends in `weight`, except norms, position and
+//! token-type embeddings and the architecture-specific exceptions listed in `KEEP_SUBSTRINGS`.
+//! Everything else is copied byte for byte. Metadata is copied in order; split keys are
+//! dropped and `general.quantization_version` and `general.file_type` are (re)written last,
+//! which is exactly what llama.cpp does. One intended difference: tensors keep the input's
+//! order (llama.cpp sorts them by name).
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use jq::gguf::{GgufFile, GgufWriter, TensorInfo, TensorView};
+use jq::quant::{self, FileType, GgmlType};
+use std::io::Write;
+use std::path::Path;
+
+/// `GGML_QNT_VERSION`.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// Substrings that keep a `*weight` tensor in its original type (llama.cpp's list).
+const KEEP_SUBSTRINGS: &[&str] = &[
+    "_norm.weight",
+    "ffn_gate_inp.weight",
+    "ffn_gate_tid2eid.weight",
+    "altup",
+    "laurel",
+    "per_layer_model_proj",
+    "ssm_conv1d",
+    "shortconv.conv.weight",
+    "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    "time_mix_first.weight",
+    "time_mix_w0.weight",
+    "time_mix_w1.weight",
+    "time_mix_w2.weight",
+    "time_mix_v0.weight",
+    "time_mix_v1.weight",
+    "time_mix_v2.weight",
+    "time_mix_a0.weight",
+    "time_mix_a1.weight",
+    "time_mix_a2.weight",
+    "time_mix_g1.weight",
+    "time_mix_g2.weight",
+    "time_mix_decay_w1.weight",
+    "time_mix_decay_w2.weight",
+    "time_mix_lerp_fused.weight",
+    "attn_rel_b.weight",
+    ".position_embd",
+    "sam.pos_embd",
+    "sam.neck.",
+    "sam.net_",
+    ".rel_pos",
+    ".patch_embd",
+    ".patch_merger",
+    "a.rvq.codebook",
+    "mm.a.code_embd",
+];
+
+/// Exact names that are never quantized.
+const KEEP_NAMES: &[&str] = &["position_embd.weight", "token_types.weight"];
+
+/// Keys llama.cpp removes from a quantized output.
+const DROP_KEYS: &[&str] = &[
+    "split.no",
+    "split.count",
+    "split.tensors.count",
+    "general.quantization_version",
+    "general.file_type",
+];
+
+/// `ggml_n_dims`: dimensions up to the last one larger than 1.
+fn effective_dims(t: &TensorInfo) -> usize {
+    t.ne.iter().rposition(|&n| n > 1).map_or(1, |i| i + 1)
+}
+
+/// Whether llama.cpp's pure mode would re-encode this tensor.
+pub fn allows_quantization(t: &TensorInfo) -> bool {
+    effective_dims(t) >= 2
+        && t.name.ends_with("weight")
+        && !KEEP_NAMES.contains(&t.name.as_str())
+        && !KEEP_SUBSTRINGS.iter().any(|s| t.name.contains(s))
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: GgmlType,
+    pub allow_requantize: bool,
+    pub progress: bool,
+}
+
+/// What happened to each tensor.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub converted: usize,
+    pub copied: usize,
+    pub fallbacks: Vec<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The type a tensor gets in the output, or an error for a quantized source without
+/// `allow_requantize`.
+fn target_type(t: &TensorInfo, opts: &Options, fallbacks: &mut Vec<String>) -> Result<GgmlType> {
+    if !allows_quantization(t) {
+        return Ok(t.ty);
+    }
+    let mut ty = opts.target;
+    let ne0 = t.ne.first().copied().unwrap_or(1);
+    if ty.block_size() > 1 && ne0 % ty.block_size() != 0 {
+        // llama.cpp: a 32-block type has nothing smaller to fall back to, so F16.
+        fallbacks.push(format!(
+            "{}: {} columns is not a multiple of {} ({}); stored as F16",
+            t.name,
+            ne0,
+            ty.block_size(),
+            ty
+        ));
+        ty = GgmlType::F16;
+    }
+    if ty == t.ty {
+        return Ok(ty);
+    }
+    if !t.ty.has_codec() {
+        bail!(
+            "tensor '{}' is {}, which this tool cannot decode; it can only be copied",
+            t.name,
+            t.ty
+        );
+    }
+    let quantized = !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    if quantized && !opts.allow_requantize {
+        bail!(
+            "tensor '{}' is already {}: re-quantizing loses precision; pass --allow-requantize to do it anyway",
+            t.name,
+            t.ty
+        );
+    }
+    Ok(ty)
+}
+
+fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()> {
+    let f = view
+        .to_f32()
+        .with_context(|| format!("decoding tensor '{}'", view.name()))?;
+    let bytes = quant::quantize_to_vec(ty, &f)
+        .with_context(|| format!("encoding tensor '{}' as {ty}", view.name()))?;
+    out.write_all(&bytes)?;
+    Ok(())
+}
+
+pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
+    let file = GgufFile::open(input).with_context(|| format!("reading {}", input.display()))?;
+    if !opts.target.has_codec() || opts.target == GgmlType::BF16 {
+        bail!("unsupported target type {}", opts.target);
+    }
+    let ftype = FileType::for_type(opts.target).context("target type has no llama_ftype")?;
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata() {
+        if !DROP_KEYS.contains(&k) {
+            w.add(k, v.to_owned_value())
+                .with_context(|| format!("copying metadata key '{k}'"))?;
+        }
+    }
+    w.add("general.quantization_version", QUANTIZATION_VERSION)?;
+    w.add("general.file_type", ftype as u32)?;
+
+    let mut summary = Summary::default();
+    let mut plan = Vec::new();
+    for t in file.tensor_infos() {
+        let ty = target_type(t, opts, &mut summary.fallbacks)?;
+        w.add_tensor(&t.name, ty, &t.ne)
+            .with_context(|| format!("planning tensor '{}'", t.name))?;
+        if ty == t.ty {
+            summary.copied += 1;
+        } else {
+            summary.converted += 1;
+        }
+        summary.bytes_in += t.size;
+        plan.push(ty);
+    }
+    for f in &summary.fallbacks {
+        eprintln!("warning: {f}");
+    }
+    summary.bytes_out = w.tensors().iter().map(|t| t.size).sum();
+
+    let pb = if opts.progress {
+        ProgressBar::new(summary.bytes_in)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    w.write_file(output, |i, t, out| {
+        let view = file.tensor_at(i);
+        pb.set_message(t.name.clone());
+        let res = if plan[i] == view.ty() {
+            out.write_all(view.data).map_err(anyhow::Error::from)
+        } else {
+            encode(view, plan[i], out)
+        };
+        pb.inc(view.info.size);
+        res.map_err(|e| jq::gguf::GgufError::Plan(format!("{e:#}")))
+    })
+    .with_context(|| format!("writing {}", output.display()))?;
+    pb.finish_and_clear();
+    Ok(summary)
+}
