@@ -34,15 +34,20 @@ pub fn type_geometry(id: u32) -> (u64, u64) {
 
 /// `ggml_quantize_chunk` over `src` (rows of `n_per_row`), no importance matrix.
 pub fn quantize_chunk(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
-    assert!(n_per_row > 0 && src.len() % n_per_row == 0);
-    let bytes = ty
-        .row_bytes(src.len() as u64)
-        .expect("whole blocks") as usize;
+    let bytes = ty.row_bytes(src.len() as u64).expect("whole blocks") as usize;
     let mut dst = vec![0u8; bytes];
+    quantize_chunk_into(ty, src, n_per_row, &mut dst);
+    dst
+}
+
+/// `ggml_quantize_chunk` into a caller's buffer of exactly the encoded size.
+pub fn quantize_chunk_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
+    assert!(n_per_row > 0 && src.len() % n_per_row == 0);
+    assert_eq!(ty.row_bytes(src.len() as u64), Some(dst.len() as u64));
     let nrows = (src.len() / n_per_row) as i64;
     // SAFETY: src holds nrows * n_per_row floats; dst holds exactly the bytes ggml writes for
-    // that many elements of `ty` (checked against ggml_row_size in the parity tests); no
-    // imatrix is passed, which every type used here accepts.
+    // that many elements of `ty` (asserted above; our sizes are checked against ggml's in the
+    // parity tests); no imatrix is passed, which every type used here accepts.
     let written = unsafe {
         sys::ggml_quantize_chunk(
             ty.id(),
@@ -54,22 +59,26 @@ pub fn quantize_chunk(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
             std::ptr::null(),
         )
     };
-    assert_eq!(written, bytes, "ggml wrote a different size");
-    dst
+    assert_eq!(written, dst.len(), "ggml wrote a different size");
 }
 
 /// ggml's reference decoder (`type_traits[ty].to_float`).
 pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
-    assert_eq!(ty.row_bytes(n as u64), Some(src.len() as u64));
     let mut out = vec![0f32; n];
-    // SAFETY: the traits table is static; to_float reads n elements' worth of blocks (the
-    // length was asserted above) and writes n floats into `out`.
+    dequantize_into(ty, src, &mut out);
+    out
+}
+
+/// ggml's reference decoder into a caller's buffer.
+pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    assert_eq!(ty.row_bytes(out.len() as u64), Some(src.len() as u64));
+    // SAFETY: the traits table is static; to_float reads the blocks of out.len() elements
+    // (sizes asserted above) and writes out.len() floats.
     unsafe {
         let traits = sys::ggml_get_type_traits(ty.id());
         let f = (*traits).to_float.expect("type has a decoder");
-        f(src.as_ptr().cast(), out.as_mut_ptr(), n as i64);
+        f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64);
     }
-    out
 }
 
 /// `ggml_fp32_to_fp16_row`.

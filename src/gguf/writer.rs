@@ -239,6 +239,13 @@ impl GgufWriter {
             let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
             self.write_to(&mut w, data).map_err(with_path)?;
         }
+        // Temporary files are created private (0600); the output is an ordinary file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| GgufError::io(path, e))?;
+        }
         tmp.as_file().sync_all().map_err(|e| GgufError::io(path, e))?;
         tmp.persist(path)
             .map_err(|e| GgufError::io(path, e.error))?;
