@@ -13,3 +13,6 @@ pub use reader::{
 };
 pub use value::{scalar_from_le, ArrayIter, ArrayRef, MetaValue, Value, ValueType};
 pub use writer::{GgufWriter, TensorPlan};
+
+#[cfg(test)]
+mod tests;
