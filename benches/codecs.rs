@@ -43,7 +43,12 @@ fn bench_quantize(c: &mut Criterion) {
 
 fn bench_dequantize(c: &mut Criterion) {
     let x = data();
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
         let mut g = c.benchmark_group(format!("dequantize/{ty}"));
         g.throughput(Throughput::Bytes((N * 4) as u64));
         g.sample_size(20);

@@ -8,8 +8,13 @@ fn main() -> anyhow::Result<()> {
     for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
         let q = quantize_to_vec(ty, &x)?;
         let y = dequantize_to_vec(ty, &q, x.len())?;
-        let rms = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / x.len() as f32).sqrt();
-        println!("{ty}: {} bytes ({:.2} bits/weight), rms error {rms:.2e}", q.len(), q.len() as f64 * 8.0 / x.len() as f64);
+        let rms =
+            (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / x.len() as f32).sqrt();
+        println!(
+            "{ty}: {} bytes ({:.2} bits/weight), rms error {rms:.2e}",
+            q.len(),
+            q.len() as f64 * 8.0 / x.len() as f64
+        );
     }
     Ok(())
 }

@@ -5,7 +5,9 @@ use anyhow::Context;
 use jq::gguf::GgufFile;
 
 fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).context("usage: read_gguf FILE.gguf")?;
+    let path = std::env::args()
+        .nth(1)
+        .context("usage: read_gguf FILE.gguf")?;
     let f = GgufFile::open(&path).with_context(|| format!("reading {path}"))?;
     let arch = f.get_str("general.architecture")?;
     println!("{path}: GGUF v{}, architecture {arch}", f.version());

@@ -8,7 +8,12 @@ use llama_cpp_sys_2 as sys;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 
-unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
+unsafe extern "C" fn quiet_log(
+    _level: sys::ggml_log_level,
+    _text: *const c_char,
+    _user: *mut c_void,
+) {
+}
 
 /// Silences ggml's and llama.cpp's log output (it goes to stderr by default).
 pub fn silence_logs() {
@@ -42,7 +47,7 @@ pub fn quantize_chunk(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
 
 /// `ggml_quantize_chunk` into a caller's buffer of exactly the encoded size.
 pub fn quantize_chunk_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
-    assert!(n_per_row > 0 && src.len() % n_per_row == 0);
+    assert!(n_per_row > 0 && src.len().is_multiple_of(n_per_row));
     assert_eq!(ty.row_bytes(src.len() as u64), Some(dst.len() as u64));
     let nrows = (src.len() / n_per_row) as i64;
     // SAFETY: src holds nrows * n_per_row floats; dst holds exactly the bytes ggml writes for
@@ -93,9 +98,7 @@ pub fn fp32_to_fp16_row(src: &[f32]) -> Vec<u16> {
 pub fn bf16_to_fp32_row(src: &[u16]) -> Vec<f32> {
     let mut out = vec![0f32; src.len()];
     // SAFETY: ggml_bf16_t is a repr(C) struct of one u16; reads and writes src.len() elements.
-    unsafe {
-        sys::ggml_bf16_to_fp32_row(src.as_ptr().cast(), out.as_mut_ptr(), src.len() as i64)
-    };
+    unsafe { sys::ggml_bf16_to_fp32_row(src.as_ptr().cast(), out.as_mut_ptr(), src.len() as i64) };
     out
 }
 
@@ -162,7 +165,8 @@ pub fn read_gguf(path: &Path) -> Option<GgmlGguf> {
         }
         let mut tensors = Vec::new();
         for i in 0..sys::gguf_get_n_tensors(ctx) {
-            let name = String::from_utf8_lossy(&cstr(sys::gguf_get_tensor_name(ctx, i))).into_owned();
+            let name =
+                String::from_utf8_lossy(&cstr(sys::gguf_get_tensor_name(ctx, i))).into_owned();
             let ne_p = sys::gguf_get_tensor_ne(ctx, i);
             let ne: [u64; 4] = std::array::from_fn(|j| *ne_p.add(j) as u64);
             tensors.push((

@@ -73,8 +73,16 @@ pub fn write_gpt2(path: &Path, d: Gpt2Dims, mixed_sources: bool) -> Result<()> {
         (GgmlType::F32, GgmlType::F32)
     };
     let mut tensors: Vec<(String, GgmlType, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), GgmlType::F32, vec![e, d.n_vocab]),
-        ("position_embd.weight".into(), GgmlType::F32, vec![e, d.n_ctx]),
+        (
+            "token_embd.weight".into(),
+            GgmlType::F32,
+            vec![e, d.n_vocab],
+        ),
+        (
+            "position_embd.weight".into(),
+            GgmlType::F32,
+            vec![e, d.n_ctx],
+        ),
     ];
     for l in 0..d.n_layer {
         let b = |s: &str| format!("blk.{l}.{s}");
@@ -104,12 +112,13 @@ pub fn write_gpt2(path: &Path, d: Gpt2Dims, mixed_sources: bool) -> Result<()> {
     // Tensors are generated one at a time while writing, so large models never sit in memory.
     w.write_file(path, |i, t, out| {
         let n: u64 = t.ne.iter().product();
-        let bytes = quantize_to_vec(t.ty, &weights(i as u64, n as usize, 0.5)).map_err(|source| {
-            GgufError::Codec {
-                name: t.name.clone(),
-                source,
-            }
-        })?;
+        let bytes =
+            quantize_to_vec(t.ty, &weights(i as u64, n as usize, 0.5)).map_err(|source| {
+                GgufError::Codec {
+                    name: t.name.clone(),
+                    source,
+                }
+            })?;
         out.write_all(&bytes)
             .map_err(|e| GgufError::io("<output>", e))
     })

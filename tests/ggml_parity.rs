@@ -36,7 +36,16 @@ fn distributions() -> Vec<(&'static str, Vec<f32>)> {
         ("large-scale 3e4", gen(&mut |r| 3e4 * uniform.sample(r))),
         ("heavy-tailed t(2)", gen(&mut |r| t.sample(r))),
         ("integers", gen(&mut |r| r.gen_range(-20i32..=20) as f32)),
-        ("sparse", gen(&mut |r| if r.gen_bool(0.9) { 0.0 } else { normal.sample(r) })),
+        (
+            "sparse",
+            gen(&mut |r| {
+                if r.gen_bool(0.9) {
+                    0.0
+                } else {
+                    normal.sample(r)
+                }
+            }),
+        ),
     ]
 }
 
@@ -69,10 +78,22 @@ fn edge_blocks() -> Vec<(&'static str, [f32; 32])> {
     let mut f16over4 = ramp;
     f16over4[5] = -65520.0 * 8.0;
     out.push(("q4 scale overflows f16", f16over4));
-    out.push(("f16 overflow values", std::array::from_fn(|i| 65504.0 + 8.0 * i as f32)));
-    out.push(("underflowing scale 1e-38", std::array::from_fn(|i| 1e-38 * (i as f32 - 16.0))));
-    out.push(("subnormal inputs", std::array::from_fn(|i| f32::from_bits(i as u32 * 7919))));
-    out.push(("scale subnormal in f16", std::array::from_fn(|i| 1e-6 * (i as f32 - 16.0))));
+    out.push((
+        "f16 overflow values",
+        std::array::from_fn(|i| 65504.0 + 8.0 * i as f32),
+    ));
+    out.push((
+        "underflowing scale 1e-38",
+        std::array::from_fn(|i| 1e-38 * (i as f32 - 16.0)),
+    ));
+    out.push((
+        "subnormal inputs",
+        std::array::from_fn(|i| f32::from_bits(i as u32 * 7919)),
+    ));
+    out.push((
+        "scale subnormal in f16",
+        std::array::from_fn(|i| 1e-6 * (i as f32 - 16.0)),
+    ));
     let mut nan = ramp;
     nan[4] = f32::NAN;
     out.push(("one NaN", nan));
@@ -110,7 +131,11 @@ fn check_type(ty: GgmlType, name: &str, x: &[f32], row: usize) {
                 .zip(theirs.chunks(bs))
                 .position(|(a, b)| a != b)
                 .unwrap();
-            let differing = ours.chunks(bs).zip(theirs.chunks(bs)).filter(|(a, b)| a != b).count();
+            let differing = ours
+                .chunks(bs)
+                .zip(theirs.chunks(bs))
+                .filter(|(a, b)| a != b)
+                .count();
             let bsz = ty.block_size() as usize;
             panic!(
                 "{ty} {name} {path:?}: {differing} blocks differ; first #{first}: input {:?}\n ours   {:02x?}\n ggml   {:02x?}",
@@ -186,10 +211,16 @@ fn f16_every_bit_pattern_sample() {
     quant::dequantize(GgmlType::F16, &all_h, &mut ours).unwrap();
     assert_eq!(bits(&ours), bits(&theirs));
 
-    let sweep: Vec<f32> = (0..(1u64 << 32)).step_by(1021).map(|u| f32::from_bits(u as u32)).collect();
+    let sweep: Vec<f32> = (0..(1u64 << 32))
+        .step_by(1021)
+        .map(|u| f32::from_bits(u as u32))
+        .collect();
     let theirs = ggml::fp32_to_fp16_row(&sweep);
     let ours = quant::quantize_to_vec(GgmlType::F16, &sweep).unwrap();
-    let ours: Vec<u16> = ours.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let ours: Vec<u16> = ours
+        .chunks(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
     assert_eq!(ours, theirs);
 }
 

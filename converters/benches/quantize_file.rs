@@ -32,7 +32,10 @@ fn main() {
     let mb = std::fs::metadata(&input).expect("stat").len() as f64 / 1e6;
     ggml::silence_logs();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("input: {mb:.0} MB F32 GPT-2 shaped ({} layers, d={}), {cores} cores", dims.n_layer, dims.n_embd);
+    println!(
+        "input: {mb:.0} MB F32 GPT-2 shaped ({} layers, d={}), {cores} cores",
+        dims.n_layer, dims.n_embd
+    );
     println!("| type | threads | llama_model_quantize s | jq-convert quantize s | speed-up |");
     println!("|---|---|---|---|---|");
     for (ty, ftype) in [("q4_0", 2u32), ("q8_0", 7), ("f16", 1)] {
@@ -43,11 +46,20 @@ fn main() {
             let mut t_llama = Vec::new();
             for _ in 0..RUNS {
                 let t = Instant::now();
-                assert_eq!(ggml::llama_quantize_pure(&input, &theirs, ftype, threads as i32), 0);
+                assert_eq!(
+                    ggml::llama_quantize_pure(&input, &theirs, ftype, threads as i32),
+                    0
+                );
                 t_llama.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 let st = Command::new(env!("CARGO_BIN_EXE_jq-convert"))
-                    .args(["quantize", input.to_str().unwrap(), ours.to_str().unwrap(), "--type", ty])
+                    .args([
+                        "quantize",
+                        input.to_str().unwrap(),
+                        ours.to_str().unwrap(),
+                        "--type",
+                        ty,
+                    ])
                     .env("RAYON_NUM_THREADS", threads.to_string())
                     .stderr(std::process::Stdio::null())
                     .status()
@@ -58,7 +70,11 @@ fn main() {
             let a = GgufFile::open(&ours).unwrap();
             let b = GgufFile::open(&theirs).unwrap();
             for t in a.tensors() {
-                assert!(t.data == b.tensor(t.name()).unwrap().data, "{ty}: {} differs", t.name());
+                assert!(
+                    t.data == b.tensor(t.name()).unwrap().data,
+                    "{ty}: {} differs",
+                    t.name()
+                );
             }
             let (l, o) = (median(t_llama), median(t_ours));
             println!("| {ty} | {threads} | {l:.3} | {o:.3} | {:.2}x |", l / o);

@@ -36,7 +36,11 @@ fn fmt_value(v: &Value<'_>, full: bool) -> String {
         Value::Bool(x) => x.to_string(),
         Value::String(s) => fmt_str(s),
         Value::Array(a) => {
-            let shown = if full { a.len() } else { a.len().min(SUMMARY_ITEMS) };
+            let shown = if full {
+                a.len()
+            } else {
+                a.len().min(SUMMARY_ITEMS)
+            };
             let items: Vec<String> = a
                 .iter()
                 .take(shown as usize)
@@ -79,8 +83,17 @@ fn json_value(v: &Value<'_>, full: bool) -> Json {
         Value::Bool(x) => x.into(),
         Value::String(s) => String::from_utf8_lossy(s).into_owned().into(),
         Value::Array(a) => {
-            let take = if full { a.len() } else { a.len().min(JSON_SUMMARY_ITEMS) };
-            Json::Array(a.iter().take(take as usize).map(|e| json_value(&e, full)).collect())
+            let take = if full {
+                a.len()
+            } else {
+                a.len().min(JSON_SUMMARY_ITEMS)
+            };
+            Json::Array(
+                a.iter()
+                    .take(take as usize)
+                    .map(|e| json_value(&e, full))
+                    .collect(),
+            )
         }
     }
 }
@@ -155,14 +168,22 @@ pub fn to_text(f: &GgufFile, full: bool) -> String {
     let _ = writeln!(s, "\nmetadata:");
     let kw = f.metadata().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in f.metadata() {
-        let _ = writeln!(s, "  {k:<kw$}  {:<9} = {}", v.type_name(), fmt_value(&v, full));
+        let _ = writeln!(
+            s,
+            "  {k:<kw$}  {:<9} = {}",
+            v.type_name(),
+            fmt_value(&v, full)
+        );
     }
     let _ = writeln!(s, "\ntensors:");
     let nw = infos.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     let shape = |v: &[u64]| {
         format!(
             "[{}]",
-            v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     let rows: Vec<(String, String)> = infos

@@ -46,7 +46,9 @@ impl From<TargetType> for GgmlType {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show a GGUF file's version, alignment, metadata and tensors.
-    #[command(after_help = "Examples:\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json | python3 -m json.tool")]
+    #[command(
+        after_help = "Examples:\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json | python3 -m json.tool"
+    )]
     Inspect {
         /// The GGUF file.
         file: PathBuf,
@@ -62,7 +64,9 @@ enum Cmd {
     /// 2-D (and 3-D) `*weight` tensors are re-encoded; norms, position embeddings and 1-D
     /// tensors are copied. Rows that are not a whole number of blocks fall back to F16 with a
     /// warning. The output appears only when the whole file was written.
-    #[command(after_help = "Examples:\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0\n  jq-convert quantize model-q8_0.gguf model-q4_0.gguf --type q4_0 --allow-requantize")]
+    #[command(
+        after_help = "Examples:\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0\n  jq-convert quantize model-q8_0.gguf model-q4_0.gguf --type q4_0 --allow-requantize"
+    )]
     Quantize {
         /// Input GGUF (weights in F32, F16 or BF16).
         input: PathBuf,
@@ -83,7 +87,10 @@ fn main() -> Result<()> {
         Cmd::Inspect { file, json, full } => {
             let f = GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&inspect::to_json(&f, full))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspect::to_json(&f, full))?
+                );
             } else {
                 print!("{}", inspect::to_text(&f, full));
             }

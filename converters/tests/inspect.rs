@@ -10,7 +10,11 @@ fn inspect(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -21,7 +25,13 @@ fn text_and_json() {
     common::write_tiny_gpt2(&f32_path);
     let q4 = dir.path().join("tiny-q4_0.gguf");
     let st = Command::new(env!("CARGO_BIN_EXE_jq-convert"))
-        .args(["quantize", f32_path.to_str().unwrap(), q4.to_str().unwrap(), "--type", "q4_0"])
+        .args([
+            "quantize",
+            f32_path.to_str().unwrap(),
+            q4.to_str().unwrap(),
+            "--type",
+            "q4_0",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -35,7 +45,13 @@ fn text_and_json() {
     assert!(summary.contains("... (100 items)"));
 
     let json: serde_json::Value = serde_json::from_str(&inspect(&[p, "--json", "--full"])).unwrap();
-    assert_eq!(json["metadata"]["tokenizer.ggml.tokens"]["value"].as_array().unwrap().len(), 100);
+    assert_eq!(
+        json["metadata"]["tokenizer.ggml.tokens"]["value"]
+            .as_array()
+            .unwrap()
+            .len(),
+        100
+    );
     assert_eq!(json["tensors"][2]["type"], "F32");
     assert_eq!(json["tensors"][4]["shape"], serde_json::json!([64, 192]));
 }

@@ -20,10 +20,20 @@ fn matches_llama_model_quantize_pure() {
         let ours = dir.path().join(format!("ours-{ty}.gguf"));
         let theirs = dir.path().join(format!("llama-{ty}.gguf"));
         let out = jq_convert()
-            .args(["quantize", input.to_str().unwrap(), ours.to_str().unwrap(), "--type", ty])
+            .args([
+                "quantize",
+                input.to_str().unwrap(),
+                ours.to_str().unwrap(),
+                "--type",
+                ty,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         if ty.starts_with('q') {
             assert!(
@@ -31,19 +41,34 @@ fn matches_llama_model_quantize_pure() {
                 "fallback warning missing: {stderr}"
             );
         }
-        assert_eq!(ggml::llama_quantize_pure(&input, &theirs, ftype, 1), 0, "llama.cpp failed");
+        assert_eq!(
+            ggml::llama_quantize_pure(&input, &theirs, ftype, 1),
+            0,
+            "llama.cpp failed"
+        );
 
         let a = GgufFile::open(&ours).unwrap();
         let b = GgufFile::open(&theirs).unwrap();
         // Same metadata, same order, same values.
-        let ka: Vec<_> = a.metadata().map(|(k, v)| (k.to_string(), v.to_owned_value())).collect();
-        let kb: Vec<_> = b.metadata().map(|(k, v)| (k.to_string(), v.to_owned_value())).collect();
+        let ka: Vec<_> = a
+            .metadata()
+            .map(|(k, v)| (k.to_string(), v.to_owned_value()))
+            .collect();
+        let kb: Vec<_> = b
+            .metadata()
+            .map(|(k, v)| (k.to_string(), v.to_owned_value()))
+            .collect();
         assert_eq!(ka, kb, "{ty}: metadata differs");
         // Same tensors (llama.cpp sorts by name; we keep the input order), same types and bytes.
         assert_eq!(a.tensor_infos().len(), b.tensor_infos().len());
         for t in a.tensors() {
             let u = b.tensor(t.name()).unwrap();
-            assert_eq!((t.ty(), &t.info.ne), (u.ty(), &u.info.ne), "{ty}: {}", t.name());
+            assert_eq!(
+                (t.ty(), &t.info.ne),
+                (u.ty(), &u.info.ne),
+                "{ty}: {}",
+                t.name()
+            );
             assert!(t.data == u.data, "{ty}: bytes of {} differ", t.name());
         }
         if ty == "q4_0" {
@@ -64,18 +89,33 @@ fn refuses_requantize_and_leaves_no_output() {
     common::write_tiny_gpt2(&input);
     let q8 = dir.path().join("q8.gguf");
     let st = jq_convert()
-        .args(["quantize", input.to_str().unwrap(), q8.to_str().unwrap(), "--type", "q8_0"])
+        .args([
+            "quantize",
+            input.to_str().unwrap(),
+            q8.to_str().unwrap(),
+            "--type",
+            "q8_0",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
     let q4 = dir.path().join("q4.gguf");
     let out = jq_convert()
-        .args(["quantize", q8.to_str().unwrap(), q4.to_str().unwrap(), "--type", "q4_0"])
+        .args([
+            "quantize",
+            q8.to_str().unwrap(),
+            q4.to_str().unwrap(),
+            "--type",
+            "q4_0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is already Q8_0") && err.contains("--allow-requantize"), "{err}");
+    assert!(
+        err.contains("is already Q8_0") && err.contains("--allow-requantize"),
+        "{err}"
+    );
     assert!(!q4.exists(), "a failed run must not leave an output file");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -20,7 +20,8 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let f = GgufFile::open(&cli.model).with_context(|| format!("reading {}", cli.model.display()))?;
+    let f =
+        GgufFile::open(&cli.model).with_context(|| format!("reading {}", cli.model.display()))?;
     let arch = f
         .get_str("general.architecture")
         .with_context(|| format!("{}", cli.model.display()))?;

@@ -16,7 +16,9 @@ pub enum GgufError {
     BadMagic { found: Vec<u8> },
     #[error("GGUF version {version} is not supported: {reason}")]
     UnsupportedVersion { version: u32, reason: &'static str },
-    #[error("file ends while reading {what} at byte {offset}: needs {needed} bytes, {available} left")]
+    #[error(
+        "file ends while reading {what} at byte {offset}: needs {needed} bytes, {available} left"
+    )]
     Truncated {
         what: String,
         offset: u64,
@@ -37,7 +39,11 @@ pub enum GgufError {
     #[error("duplicate key '{key}' at byte {offset}")]
     DuplicateKey { key: String, offset: u64 },
     #[error("key '{key}' at byte {offset} has invalid value type {type_id}")]
-    InvalidValueType { key: String, type_id: u32, offset: u64 },
+    InvalidValueType {
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
     #[error("key '{key}' must be of type {expected} but is {found}")]
     WrongType {
         key: String,
@@ -53,7 +59,11 @@ pub enum GgufError {
     #[error("duplicate tensor name '{name}' at byte {offset}")]
     DuplicateTensor { name: String, offset: u64 },
     #[error("tensor '{name}' at byte {offset} has {n_dims} dimensions, at most 4 are allowed")]
-    TooManyDims { name: String, n_dims: u32, offset: u64 },
+    TooManyDims {
+        name: String,
+        n_dims: u32,
+        offset: u64,
+    },
     #[error("tensor '{name}' at byte {offset}: {reason} (shape {ne:?})")]
     BadShape {
         name: String,
@@ -62,7 +72,11 @@ pub enum GgufError {
         reason: String,
     },
     #[error("tensor '{name}' at byte {offset} has unknown ggml type id {type_id}")]
-    UnknownTensorType { name: String, type_id: u32, offset: u64 },
+    UnknownTensorType {
+        name: String,
+        type_id: u32,
+        offset: u64,
+    },
     #[error("tensor '{name}' has data offset {found}, expected {expected} (offsets must follow each other, padded to the alignment {alignment})")]
     BadTensorOffset {
         name: String,
@@ -70,7 +84,9 @@ pub enum GgufError {
         expected: u64,
         alignment: u64,
     },
-    #[error("tensor '{name}' data [{start}, {end}) runs past the end of the file ({file_len} bytes)")]
+    #[error(
+        "tensor '{name}' data [{start}, {end}) runs past the end of the file ({file_len} bytes)"
+    )]
     TensorOutOfBounds {
         name: String,
         start: u64,

@@ -241,7 +241,9 @@ impl GgufIndex {
             v if v & 0xFFFF == 0 => {
                 Some("the version looks byte-swapped: is this a big-endian file?")
             }
-            1 => Some("GGUF v1 is no longer supported (llama.cpp refuses it too); re-convert the model"),
+            1 => Some(
+                "GGUF v1 is no longer supported (llama.cpp refuses it too); re-convert the model",
+            ),
             v if v > 3 => Some("this file is newer than GGUF v3"),
             _ => None,
         };

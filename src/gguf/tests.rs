@@ -22,10 +22,20 @@ fn sample_writer(alignment: Option<u32>) -> (GgufWriter, Vec<Vec<u8>>) {
     w.add("a.i64", i64::MIN).unwrap();
     w.add("a.f64", -1.5e300f64).unwrap();
     w.add("a.str", "héllo ✓").unwrap();
-    w.add("a.bytes", MetaValue::String(vec![0xff, 0x00, 0x80])).unwrap();
-    w.add("a.arr", MetaValue::array(ValueType::F32, [1.0f32, 2.0, 3.5])).unwrap();
-    w.add("a.strs", MetaValue::strings(["x", "", "zz"])).unwrap();
-    w.add("a.empty", MetaValue::array(ValueType::U64, Vec::<u64>::new())).unwrap();
+    w.add("a.bytes", MetaValue::String(vec![0xff, 0x00, 0x80]))
+        .unwrap();
+    w.add(
+        "a.arr",
+        MetaValue::array(ValueType::F32, [1.0f32, 2.0, 3.5]),
+    )
+    .unwrap();
+    w.add("a.strs", MetaValue::strings(["x", "", "zz"]))
+        .unwrap();
+    w.add(
+        "a.empty",
+        MetaValue::array(ValueType::U64, Vec::<u64>::new()),
+    )
+    .unwrap();
     let specs: [(&str, GgmlType, &[u64]); 4] = [
         ("t.f32", GgmlType::F32, &[5, 3]),
         ("t.q4", GgmlType::Q4_0, &[64, 2]),
@@ -44,7 +54,8 @@ fn sample_writer(alignment: Option<u32>) -> (GgufWriter, Vec<Vec<u8>>) {
 fn write_bytes(w: &GgufWriter, data: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     w.write_to(&mut out, |i, _, o| {
-        o.write_all(&data[i]).map_err(|e| GgufError::io("<test>", e))
+        o.write_all(&data[i])
+            .map_err(|e| GgufError::io("<test>", e))
     })
     .unwrap();
     out
@@ -77,11 +88,21 @@ fn round_trip_every_value_type() {
         assert_eq!(arr.get(2), Some(Value::F32(3.5)));
         let strs: Vec<&[u8]> = f.get_array("a.strs").unwrap().strings().collect();
         assert_eq!(strs, vec![&b"x"[..], b"", b"zz"]);
-        assert_eq!(f.get_array("a.strs").unwrap().get(2), Some(Value::String(b"zz")));
+        assert_eq!(
+            f.get_array("a.strs").unwrap().get(2),
+            Some(Value::String(b"zz"))
+        );
         assert!(f.get_array("a.empty").unwrap().is_empty());
         // Keys come back in the order they were written, values equal.
         let keys: Vec<&str> = f.metadata().map(|(k, _)| k).collect();
-        assert_eq!(keys.first(), Some(&if align.is_some() { "general.alignment" } else { "general.architecture" }));
+        assert_eq!(
+            keys.first(),
+            Some(&if align.is_some() {
+                "general.alignment"
+            } else {
+                "general.architecture"
+            })
+        );
         for (i, t) in f.tensors().enumerate() {
             assert_eq!(t.data, &data[i][..], "{}", t.name());
             assert_eq!((f.data_offset() + t.info.offset) % f.alignment(), 0);
@@ -100,7 +121,10 @@ fn typed_getters_name_the_key() {
     assert_eq!(e, "key 'nope' not found");
     let e = f.tensor("t.nope").unwrap_err().to_string();
     assert_eq!(e, "tensor 't.nope' not found");
-    assert!(matches!(f.get_str("a.bytes"), Err(GgufError::InvalidUtf8 { .. })));
+    assert!(matches!(
+        f.get_str("a.bytes"),
+        Err(GgufError::InvalidUtf8 { .. })
+    ));
 }
 
 #[test]
@@ -122,18 +146,36 @@ fn writer_rejects_bad_plans() {
         elem: ValueType::Array,
         items: vec![MetaValue::array(ValueType::U8, [1u8])],
     };
-    assert!(w.add("n", nested.clone()).is_err(), "nested arrays need opting in");
+    assert!(
+        w.add("n", nested.clone()).is_err(),
+        "nested arrays need opting in"
+    );
     let mixed = MetaValue::Array {
         elem: ValueType::U8,
         items: vec![MetaValue::U8(1), MetaValue::U16(2)],
     };
     assert!(w.add("m", mixed).is_err(), "heterogeneous array");
-    assert!(w.add_tensor("x", GgmlType::Q4_0, &[33]).is_err(), "partial block");
-    assert!(w.add_tensor(&"n".repeat(64), GgmlType::F32, &[1]).is_err(), "long name");
-    assert!(w.add_tensor("x", GgmlType::F32, &[1, 1, 1, 1, 1]).is_err(), "5 dims");
+    assert!(
+        w.add_tensor("x", GgmlType::Q4_0, &[33]).is_err(),
+        "partial block"
+    );
+    assert!(
+        w.add_tensor(&"n".repeat(64), GgmlType::F32, &[1]).is_err(),
+        "long name"
+    );
+    assert!(
+        w.add_tensor("x", GgmlType::F32, &[1, 1, 1, 1, 1]).is_err(),
+        "5 dims"
+    );
     w.add_tensor("x", GgmlType::F32, &[4]).unwrap();
-    assert!(w.add_tensor("x", GgmlType::F32, &[4]).is_err(), "duplicate name");
-    assert!(w.add("general.alignment", 64u32).is_err(), "alignment after tensors");
+    assert!(
+        w.add_tensor("x", GgmlType::F32, &[4]).is_err(),
+        "duplicate name"
+    );
+    assert!(
+        w.add("general.alignment", 64u32).is_err(),
+        "alignment after tensors"
+    );
     let mut w = GgufWriter::new().allow_nested_arrays(true);
     w.add("n", nested).unwrap();
     let f = GgufFile::from_vec(write_bytes(&w, &[])).unwrap();
@@ -158,9 +200,14 @@ fn failed_write_leaves_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("source failed"));
     let err = w
-        .write_file(&path, |_, _, o| o.write_all(b"xx").map_err(|e| GgufError::io("<t>", e)))
+        .write_file(&path, |_, _, o| {
+            o.write_all(b"xx").map_err(|e| GgufError::io("<t>", e))
+        })
         .unwrap_err();
-    assert!(matches!(err, GgufError::DataSize { written: 2, .. }), "{err}");
+    assert!(
+        matches!(err, GgufError::DataSize { written: 2, .. }),
+        "{err}"
+    );
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = w.write_file(&path, |_, _, _| panic!("boom"));
     }));
@@ -168,8 +215,10 @@ fn failed_write_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
     // And a good run produces the file, readable, 0644.
-    w.write_file(&path, |i, _, o| o.write_all(&data[i]).map_err(|e| GgufError::io("<t>", e)))
-        .unwrap();
+    w.write_file(&path, |i, _, o| {
+        o.write_all(&data[i]).map_err(|e| GgufError::io("<t>", e))
+    })
+    .unwrap();
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.tensor_infos().len(), 4);
     #[cfg(unix)]
@@ -213,9 +262,16 @@ fn bit_eq(a: &MetaValue, b: &MetaValue) -> bool {
     match (a, b) {
         (MetaValue::F32(x), MetaValue::F32(y)) => x.to_bits() == y.to_bits(),
         (MetaValue::F64(x), MetaValue::F64(y)) => x.to_bits() == y.to_bits(),
-        (MetaValue::Array { elem: e1, items: i1 }, MetaValue::Array { elem: e2, items: i2 }) => {
-            e1 == e2 && i1.len() == i2.len() && i1.iter().zip(i2).all(|(x, y)| bit_eq(x, y))
-        }
+        (
+            MetaValue::Array {
+                elem: e1,
+                items: i1,
+            },
+            MetaValue::Array {
+                elem: e2,
+                items: i2,
+            },
+        ) => e1 == e2 && i1.len() == i2.len() && i1.iter().zip(i2).all(|(x, y)| bit_eq(x, y)),
         _ => a == b,
     }
 }
@@ -233,7 +289,7 @@ proptest! {
         }
         w.add_tensor("w", GgmlType::Q8_0, &[32, rows]).unwrap();
         let data = quantize_to_vec(GgmlType::Q8_0, &crate::synth::weights(1, 32 * rows as usize, 1.0)).unwrap();
-        let f = GgufFile::from_vec(write_bytes(&w, &[data.clone()])).unwrap();
+        let f = GgufFile::from_vec(write_bytes(&w, std::slice::from_ref(&data))).unwrap();
         for (i, v) in values.iter().enumerate() {
             let got = f.get(&format!("k{i}")).unwrap().to_owned_value();
             prop_assert!(bit_eq(&got, v), "k{}: {:?} != {:?}", i, got, v);

@@ -429,7 +429,13 @@ impl MetaValue {
 
     /// Whether this is an array that holds arrays (which llama.cpp refuses to load).
     pub fn is_nested_array(&self) -> bool {
-        matches!(self, MetaValue::Array { elem: ValueType::Array, .. })
+        matches!(
+            self,
+            MetaValue::Array {
+                elem: ValueType::Array,
+                ..
+            }
+        )
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {

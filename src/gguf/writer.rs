@@ -96,7 +96,9 @@ impl GgufWriter {
                 return Err(GgufError::BadAlignment { value: a.into() });
             }
             if !self.tensors.is_empty() {
-                return Err(plan_err("general.alignment must be set before adding tensors"));
+                return Err(plan_err(
+                    "general.alignment must be set before adding tensors",
+                ));
             }
             self.alignment = a.into();
         }
@@ -117,7 +119,10 @@ impl GgufWriter {
             return Err(plan_err(format!("duplicate tensor name '{name}'")));
         }
         if ne.len() > MAX_DIMS as usize {
-            return Err(plan_err(format!("tensor '{name}' has {} dimensions, at most 4", ne.len())));
+            return Err(plan_err(format!(
+                "tensor '{name}' has {} dimensions, at most 4",
+                ne.len()
+            )));
         }
         let size = ty.tensor_bytes(ne).ok_or_else(|| {
             plan_err(format!(
@@ -125,8 +130,14 @@ impl GgufWriter {
                 ty.block_size()
             ))
         })?;
-        if ne.iter().try_fold(1u64, |a, &n| a.checked_mul(n)).is_none_or(|n| n > i64::MAX as u64) {
-            return Err(plan_err(format!("tensor '{name}': element count overflows")));
+        if ne
+            .iter()
+            .try_fold(1u64, |a, &n| a.checked_mul(n))
+            .is_none_or(|n| n > i64::MAX as u64)
+        {
+            return Err(plan_err(format!(
+                "tensor '{name}': element count overflows"
+            )));
         }
         let offset = self.data_size;
         self.data_size = offset
@@ -193,7 +204,10 @@ impl GgufWriter {
         w.write_all(&self.header_bytes()).map_err(io)?;
         let zeros = vec![0u8; self.alignment as usize];
         for (i, t) in self.tensors.iter().enumerate() {
-            let mut counting = CountingWriter { inner: &mut *w, n: 0 };
+            let mut counting = CountingWriter {
+                inner: &mut *w,
+                n: 0,
+            };
             data(i, t, &mut counting)?;
             if counting.n != t.size {
                 return Err(GgufError::DataSize {
@@ -246,7 +260,9 @@ impl GgufWriter {
             std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
                 .map_err(|e| GgufError::io(path, e))?;
         }
-        tmp.as_file().sync_all().map_err(|e| GgufError::io(path, e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| GgufError::io(path, e))?;
         tmp.persist(path)
             .map_err(|e| GgufError::io(path, e.error))?;
         Ok(())

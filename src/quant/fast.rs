@@ -101,7 +101,8 @@ pub(crate) fn block(x: &[f32]) -> &[f32; QK] {
 
 #[inline]
 pub(crate) fn block_mut(x: &mut [f32]) -> &mut [f32; QK] {
-    x.try_into().expect("chunks_exact_mut(QK) yields QK elements")
+    x.try_into()
+        .expect("chunks_exact_mut(QK) yields QK elements")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -161,10 +162,7 @@ mod x86 {
     fn round_away(v: __m256) -> __m256 {
         let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(v, t));
-        let step = _mm256_or_ps(
-            _mm256_and_ps(v, _mm256_set1_ps(-0.0)),
-            _mm256_set1_ps(1.0),
-        );
+        let step = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0)), _mm256_set1_ps(1.0));
         let need = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ);
         _mm256_add_ps(t, _mm256_and_ps(need, step))
     }
@@ -238,10 +236,8 @@ mod x86 {
             let w = _mm256_packus_epi32(lo, hi);
             let w = _mm256_permute4x64_epi64(w, 0b11_01_10_00);
             let b = _mm256_packus_epi16(w, w);
-            let bytes = _mm_unpacklo_epi64(
-                _mm256_castsi256_si128(b),
-                _mm256_extracti128_si256(b, 1),
-            );
+            let bytes =
+                _mm_unpacklo_epi64(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
             yb.d = f16::from_bits(r::f32_to_f16_bits(d));
             // SAFETY: qs is 16 bytes; an unaligned 16-byte store fits exactly.
             unsafe { _mm_storeu_si128(yb.qs.as_mut_ptr().cast(), bytes) };

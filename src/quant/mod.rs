@@ -170,7 +170,7 @@ fn check_sizes(ty: GgmlType, n: usize, bytes: usize) -> Result<(), CodecError> {
         return Err(CodecError::Unsupported(ty));
     }
     let block = ty.block_size();
-    if (n as u64) % block != 0 {
+    if !(n as u64).is_multiple_of(block) {
         return Err(CodecError::PartialBlock { ty, n, block });
     }
     let expected = ty.row_bytes(n as u64).map(|b| b as usize);
@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn unaligned_buffers() {
         let x: Vec<f32> = (0..64).map(|i| i as f32 - 30.5).collect();
-        let mut a = vec![0u8; 2 * 34 + 1];
+        let mut a = [0u8; 2 * 34 + 1];
         quantize(GgmlType::Q8_0, &x, &mut a[1..]).unwrap();
         let aligned = quantize_to_vec(GgmlType::Q8_0, &x).unwrap();
         assert_eq!(&a[1..], &aligned[..]);
