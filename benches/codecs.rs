@@ -11,19 +11,23 @@ use jq::ggml;
 use jq::quant::{self, GgmlType, Path};
 use std::hint::black_box;
 
-const N: usize = 1 << 22; // 16 MiB of f32
+/// 256 KiB of f32 (fits in L2: measures the kernels) and 16 MiB (streams from memory).
+const SIZES: [(&str, usize); 2] = [("256KiB", 1 << 16), ("16MiB", 1 << 22)];
 
-fn data() -> Vec<f32> {
-    jq::synth::weights(7, N, 2.0)
+fn data(n: usize) -> Vec<f32> {
+    jq::synth::weights(7, n, 2.0)
 }
 
 fn bench_quantize(c: &mut Criterion) {
-    let x = data();
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16] {
-        let mut g = c.benchmark_group(format!("quantize/{ty}"));
-        g.throughput(Throughput::Bytes((N * 4) as u64));
+    for ((size, n), ty) in SIZES
+        .iter()
+        .flat_map(|s| [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16].map(|t| (*s, t)))
+    {
+        let x = data(n);
+        let mut g = c.benchmark_group(format!("quantize/{ty}/{size}"));
+        g.throughput(Throughput::Bytes((n * 4) as u64));
         g.sample_size(20);
-        let bytes = ty.row_bytes(N as u64).unwrap() as usize;
+        let bytes = ty.row_bytes(n as u64).unwrap() as usize;
         let mut out = vec![0u8; bytes];
         g.bench_function(BenchmarkId::from_parameter("ggml"), |b| {
             b.iter(|| ggml::quantize_chunk_into(ty, black_box(&x), 4096, &mut out))
@@ -42,18 +46,21 @@ fn bench_quantize(c: &mut Criterion) {
 }
 
 fn bench_dequantize(c: &mut Criterion) {
-    let x = data();
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q8_0,
-        GgmlType::F16,
-        GgmlType::BF16,
-    ] {
-        let mut g = c.benchmark_group(format!("dequantize/{ty}"));
-        g.throughput(Throughput::Bytes((N * 4) as u64));
+    for ((size, n), ty) in SIZES.iter().flat_map(|s| {
+        [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+            GgmlType::BF16,
+        ]
+        .map(|t| (*s, t))
+    }) {
+        let x = data(n);
+        let mut g = c.benchmark_group(format!("dequantize/{ty}/{size}"));
+        g.throughput(Throughput::Bytes((n * 4) as u64));
         g.sample_size(20);
         let q = quant::quantize_to_vec(ty, &x).unwrap();
-        let mut out = vec![0f32; N];
+        let mut out = vec![0f32; n];
         g.bench_function(BenchmarkId::from_parameter("ggml"), |b| {
             b.iter(|| ggml::dequantize_into(ty, black_box(&q), &mut out))
         });
