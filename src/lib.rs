@@ -5,5 +5,9 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod models;
+pub mod npy;
+pub mod npz;
 pub mod quant;
+pub mod sample;
 pub mod synth;

@@ -6,10 +6,12 @@
 
 pub mod blocks;
 pub mod fast;
+mod matrix;
 pub mod reference;
 mod types;
 
 pub use blocks::{BlockQ4_0, BlockQ8_0, QK};
+pub use matrix::Matrix;
 pub use types::{FileType, GgmlType, GGML_TYPE_COUNT};
 
 use bytemuck::Pod;

@@ -1,0 +1,410 @@
+//! The Jarvis forward pass, llama2.c style: `Model` (weights as views into the GGUF), `State`
+//! (KV cache and scratch), `Model::step` (one token in, logits out), and the quantum metrics
+//! accumulated along the way.
+
+use super::config::{Config, Gelu};
+use crate::gguf::{GgufError, GgufFile};
+use crate::quant::Matrix;
+
+#[derive(Debug, Clone)]
+struct Norm {
+    g: Vec<f32>,
+    b: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct Layer<'a> {
+    ln1: Norm,
+    q: Matrix<'a>,
+    k: Matrix<'a>,
+    v: Matrix<'a>,
+    ln2: Norm,
+    up: Matrix<'a>,
+    down: Matrix<'a>,
+}
+
+/// The weights of a `jarvis` GGUF, borrowed from its memory map.
+#[derive(Debug)]
+pub struct Model<'a> {
+    pub cfg: Config,
+    tok: Matrix<'a>,
+    out: Matrix<'a>,
+    out_norm: Option<Norm>,
+    layers: Vec<Layer<'a>>,
+    /// Sinusoidal position table, `ctx x d_model`.
+    pe: Vec<f32>,
+}
+
+fn shape_err(name: &str, ne: &[u64], want: &[usize]) -> GgufError {
+    GgufError::BadShape {
+        name: name.to_string(),
+        offset: 0,
+        ne: ne.to_vec(),
+        reason: format!("expected ne {want:?} for this configuration"),
+    }
+}
+
+fn matrix<'a>(
+    f: &'a GgufFile,
+    name: &str,
+    cols: usize,
+    rows: usize,
+) -> Result<Matrix<'a>, GgufError> {
+    let t = f.tensor(name)?;
+    if t.info.ne != [cols as u64, rows as u64] {
+        return Err(shape_err(name, &t.info.ne, &[cols, rows]));
+    }
+    Matrix::new(t.ty(), rows, cols, t.data).map_err(|source| GgufError::Codec {
+        name: name.to_string(),
+        source,
+    })
+}
+
+fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
+    let t = f.tensor(name)?;
+    if t.info.ne != [n as u64] {
+        return Err(shape_err(name, &t.info.ne, &[n]));
+    }
+    t.to_f32()
+}
+
+fn norm(f: &GgufFile, prefix: &str, n: usize) -> Result<Norm, GgufError> {
+    Ok(Norm {
+        g: vector(f, &format!("{prefix}.weight"), n)?,
+        b: vector(f, &format!("{prefix}.bias"), n)?,
+    })
+}
+
+/// `PE[p, 2i] = sin(p / 10000^(2i/d))`, `PE[p, 2i+1] = cos(...)`, computed in f64.
+pub fn sinusoidal_table(ctx: usize, d: usize) -> Vec<f32> {
+    let mut pe = vec![0f32; ctx * d];
+    for p in 0..ctx {
+        for i in (0..d).step_by(2) {
+            let angle = p as f64 / 10000f64.powf(i as f64 / d as f64);
+            pe[p * d + i] = angle.sin() as f32;
+            if i + 1 < d {
+                pe[p * d + i + 1] = angle.cos() as f32;
+            }
+        }
+    }
+    pe
+}
+
+impl<'a> Model<'a> {
+    /// Maps the weights of a `jarvis` GGUF; every shape is checked against the configuration.
+    pub fn load(f: &'a GgufFile) -> Result<Model<'a>, GgufError> {
+        let cfg = Config::from_gguf(f)?;
+        let (d, ff, v) = (cfg.d_model, cfg.d_ff, cfg.vocab);
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            layers.push(Layer {
+                ln1: norm(f, &p("attn_norm"), d)?,
+                q: matrix(f, &p("attn_q.weight"), d, d)?,
+                k: matrix(f, &p("attn_k.weight"), d, d)?,
+                v: matrix(f, &p("attn_v.weight"), d, d)?,
+                ln2: norm(f, &p("ffn_norm"), d)?,
+                up: matrix(f, &p("ffn_up.weight"), d, ff)?,
+                down: matrix(f, &p("ffn_down.weight"), ff, d)?,
+            });
+        }
+        Ok(Model {
+            tok: matrix(f, "token_embd.weight", d, v)?,
+            out: matrix(f, "output.weight", d, v)?,
+            out_norm: if cfg.final_norm {
+                Some(norm(f, "output_norm", d)?)
+            } else {
+                None
+            },
+            layers,
+            pe: sinusoidal_table(cfg.ctx, d),
+            cfg,
+        })
+    }
+
+    pub fn new_state(&self) -> State {
+        let c = &self.cfg;
+        State {
+            pos: 0,
+            k_cache: vec![vec![0f32; c.ctx * c.d_model]; c.n_layers],
+            v_cache: vec![vec![0f32; c.ctx * c.d_model]; c.n_layers],
+            x: vec![0f32; c.d_model],
+            x_in: vec![0f32; c.d_model],
+            h: vec![0f32; c.d_model],
+            q: vec![0f32; c.d_model],
+            k: vec![0f32; c.d_model],
+            v: vec![0f32; c.d_model],
+            o: vec![0f32; c.d_model],
+            att: vec![0f32; c.ctx],
+            ff: vec![0f32; c.d_ff],
+            logits: vec![0f32; c.vocab],
+        }
+    }
+
+    /// Runs one token at the state's next position and returns the logits. Fails when the
+    /// context is full (the caller applies the context policy) or the id is out of range.
+    pub fn step<'s>(
+        &self,
+        st: &'s mut State,
+        token: u32,
+        mut metrics: Option<&mut MetricsAcc>,
+    ) -> Result<&'s [f32], StepError> {
+        let c = &self.cfg;
+        let (d, hd, pos) = (c.d_model, c.head_dim(), st.pos);
+        if pos >= c.ctx {
+            return Err(StepError::ContextFull(c.ctx));
+        }
+        if token as usize >= c.vocab {
+            return Err(StepError::BadToken {
+                token,
+                vocab: c.vocab,
+            });
+        }
+        self.tok.row_to_f32(token as usize, &mut st.x);
+        for (x, p) in st.x.iter_mut().zip(&self.pe[pos * d..(pos + 1) * d]) {
+            *x += p;
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            st.x_in.copy_from_slice(&st.x);
+            layer_norm(&st.x, &layer.ln1, c.eps, &mut st.h);
+            layer.q.matvec(&st.h, &mut st.q);
+            layer.k.matvec(&st.h, &mut st.k);
+            layer.v.matvec(&st.h, &mut st.v);
+            st.k_cache[l][pos * d..(pos + 1) * d].copy_from_slice(&st.k);
+            st.v_cache[l][pos * d..(pos + 1) * d].copy_from_slice(&st.v);
+            for h in 0..c.n_heads {
+                let qh = &st.q[h * hd..(h + 1) * hd];
+                let att = &mut st.att[..=pos];
+                for (j, a) in att.iter_mut().enumerate() {
+                    let kh = &st.k_cache[l][j * d + h * hd..j * d + (h + 1) * hd];
+                    *a = qh.iter().zip(kh).map(|(x, y)| x * y).sum::<f32>() * scale;
+                }
+                softmax(att);
+                let oh = &mut st.o[h * hd..(h + 1) * hd];
+                oh.fill(0.0);
+                for (j, &a) in att.iter().enumerate() {
+                    let vh = &st.v_cache[l][j * d + h * hd..j * d + (h + 1) * hd];
+                    for (o, v) in oh.iter_mut().zip(vh) {
+                        *o += a * v;
+                    }
+                }
+                if let Some(m) = metrics.as_deref_mut() {
+                    m.attention(l, h, pos, att, oh);
+                }
+            }
+            for (x, o) in st.x.iter_mut().zip(&st.o) {
+                *x += o;
+            }
+            layer_norm(&st.x, &layer.ln2, c.eps, &mut st.h);
+            layer.up.matvec(&st.h, &mut st.ff);
+            for v in st.ff.iter_mut() {
+                *v = gelu(*v, c.gelu);
+            }
+            layer.down.matvec(&st.ff, &mut st.h);
+            for (x, y) in st.x.iter_mut().zip(&st.h) {
+                *x += y;
+            }
+            if let Some(m) = metrics.as_deref_mut() {
+                m.fidelity(l, &st.x_in, &st.x);
+            }
+        }
+        if let Some(n) = &self.out_norm {
+            layer_norm(&st.x, n, c.eps, &mut st.h);
+        } else {
+            st.h.copy_from_slice(&st.x);
+        }
+        self.out.matvec(&st.h, &mut st.logits);
+        st.pos += 1;
+        Ok(&st.logits)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StepError {
+    #[error("the context of {0} tokens is full")]
+    ContextFull(usize),
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    BadToken { token: u32, vocab: usize },
+}
+
+/// The KV cache and scratch buffers of one sequence.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Number of positions already in the cache.
+    pub pos: usize,
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    x: Vec<f32>,
+    x_in: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    att: Vec<f32>,
+    ff: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl State {
+    /// Forgets every position (the cache is overwritten from position 0 on).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+fn layer_norm(x: &[f32], n: &Norm, eps: f32, out: &mut [f32]) {
+    let len = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / len;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, v), g), b) in out.iter_mut().zip(x).zip(&n.g).zip(&n.b) {
+        *o = (v - mean) * inv * g + b;
+    }
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+fn gelu(x: f32, form: Gelu) -> f32 {
+    match form {
+        Gelu::Tanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/pi)
+            0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Gelu::Erf => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+    }
+}
+
+/// The four "quantum" metrics of one layer or one head (see the spec).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Metrics {
+    pub coherence: f64,
+    pub entanglement: f64,
+    pub interference: f64,
+    pub fidelity: f64,
+}
+
+/// A layer's metrics and its heads'.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerMetrics {
+    pub layer: Metrics,
+    pub heads: Vec<Metrics>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    n_att: f64,
+    att: f64,
+    att2: f64,
+    ent: f64,
+    n_o: f64,
+    o: f64,
+    o2: f64,
+}
+
+impl Sums {
+    fn metrics(&self, fidelity: f64) -> Metrics {
+        let var = |n: f64, s: f64, s2: f64| {
+            if n == 0.0 {
+                0.0
+            } else {
+                (s2 / n - (s / n).powi(2)).max(0.0)
+            }
+        };
+        Metrics {
+            coherence: 1.0 - var(self.n_att, self.att, self.att2),
+            entanglement: if self.n_att == 0.0 {
+                0.0
+            } else {
+                self.ent / self.n_att
+            },
+            interference: var(self.n_o, self.o, self.o2).sqrt(),
+            fidelity,
+        }
+    }
+}
+
+/// Accumulates the metrics over the positions run since it was created.
+#[derive(Debug, Clone)]
+pub struct MetricsAcc {
+    layers: Vec<Sums>,
+    heads: Vec<Vec<Sums>>,
+    fid: Vec<(f64, f64)>,
+}
+
+impl MetricsAcc {
+    pub fn new(cfg: &Config) -> MetricsAcc {
+        MetricsAcc {
+            layers: vec![Sums::default(); cfg.n_layers],
+            heads: vec![vec![Sums::default(); cfg.n_heads]; cfg.n_layers],
+            fid: vec![(0.0, 0.0); cfg.n_layers],
+        }
+    }
+
+    fn attention(&mut self, l: usize, h: usize, pos: usize, att: &[f32], o: &[f32]) {
+        let uniform = 1.0 / (pos as f64 + 1.0);
+        for s in [&mut self.layers[l], &mut self.heads[l][h]] {
+            for &a in att {
+                let a = f64::from(a);
+                s.n_att += 1.0;
+                s.att += a;
+                s.att2 += a * a;
+                s.ent += (a - uniform).abs();
+            }
+            for &v in o {
+                let v = f64::from(v);
+                s.n_o += 1.0;
+                s.o += v;
+                s.o2 += v * v;
+            }
+        }
+    }
+
+    fn fidelity(&mut self, l: usize, a: &[f32], b: &[f32]) {
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let cos = if na == 0.0 || nb == 0.0 {
+            0.0
+        } else {
+            dot / (na * nb)
+        };
+        self.fid[l].0 += cos;
+        self.fid[l].1 += 1.0;
+    }
+
+    /// The metrics of every layer. A head's fidelity is its layer's (the formula involves no
+    /// head).
+    pub fn finish(&self) -> Vec<LayerMetrics> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(l, s)| {
+                let fid = if self.fid[l].1 == 0.0 {
+                    0.0
+                } else {
+                    self.fid[l].0 / self.fid[l].1
+                };
+                LayerMetrics {
+                    layer: s.metrics(fid),
+                    heads: self.heads[l].iter().map(|h| h.metrics(fid)).collect(),
+                }
+            })
+            .collect()
+    }
+}
