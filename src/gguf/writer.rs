@@ -181,10 +181,10 @@ impl GgufWriter {
             out.extend_from_slice(&t.ty.id().to_le_bytes());
             out.extend_from_slice(&t.offset.to_le_bytes());
         }
-        if !self.tensors.is_empty() {
-            let padded = align_up(out.len() as u64, self.alignment) as usize;
-            out.resize(padded, 0);
-        }
+        // ggml's and gguf-py's writers pad even when no tensor follows; so do we, so that
+        // metadata-only files are byte-identical to theirs.
+        let padded = align_up(out.len() as u64, self.alignment) as usize;
+        out.resize(padded, 0);
         out
     }
 
