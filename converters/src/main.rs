@@ -1,6 +1,8 @@
 //! `jq-convert`: turn checkpoints into GGUF, inspect GGUF files, re-quantize them.
 
 mod inspect;
+mod jarvis;
+mod modelfile;
 mod quantize;
 
 use anyhow::{Context, Result};
@@ -15,7 +17,7 @@ use std::path::PathBuf;
     name = "jq-convert",
     version,
     about = "Convert checkpoints to GGUF, inspect GGUF files, re-quantize them",
-    after_help = "Examples:\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0"
+    after_help = "Examples:\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 -o jarvis.gguf\n  jq-convert npz-to-gguf model.npz --type q4_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,8 +45,56 @@ impl From<TargetType> for GgmlType {
     }
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ExportTarget {
+    /// `general.architecture = "jarvis"`, run by jq-run's native engine.
+    Native,
+    /// The exact `gpt2` mapping that llama.cpp and Ollama run (needs a final LayerNorm).
+    Ollama,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Convert a Jarvis numpy checkpoint (.npz + config.json + tokenizer.json) to GGUF.
+    ///
+    /// Every array's shape is checked against the configuration; a missing, extra or
+    /// mis-shaped key, a non-float array or a NaN weight is an error naming it. Nothing is
+    /// written under the output name unless the whole conversion succeeds.
+    #[command(
+        after_help = "Examples:\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type f32 -o jarvis-f32.gguf\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  ollama create jarvis -f Modelfile"
+    )]
+    NpzToGguf {
+        /// The checkpoint (.npz; stored or deflated members, npy v1-v3, <f4/<f8/<f2).
+        npz: PathBuf,
+        /// Type of the 2-D weights (1-D tensors stay F32).
+        #[arg(long = "type", value_enum)]
+        ty: TargetType,
+        /// config.json (default: beside the npz).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// tokenizer.json (default: beside the npz).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Head count, when config.json lacks it or is missing (it cannot be inferred).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Output flavour.
+        #[arg(long, value_enum, default_value = "native")]
+        target: ExportTarget,
+        /// Output GGUF (default: beside the npz, named after it and the type).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Also write an Ollama Modelfile here (needs --target ollama).
+        #[arg(long)]
+        modelfile: Option<PathBuf>,
+        /// SYSTEM text for the Modelfile.
+        #[arg(long)]
+        system: Option<String>,
+        /// Export a checkpoint without a final norm for Ollama anyway (refused: no exact
+        /// mapping exists and the approximation is not implemented).
+        #[arg(long)]
+        approximate: bool,
+    },
     /// Show a GGUF file's version, alignment, metadata and tensors.
     #[command(
         after_help = "Examples:\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json | python3 -m json.tool"
@@ -84,6 +134,90 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::NpzToGguf {
+            npz,
+            ty,
+            config,
+            tokenizer,
+            heads,
+            target,
+            output,
+            modelfile,
+            system,
+            approximate,
+        } => {
+            if modelfile.is_some() && target != ExportTarget::Ollama {
+                anyhow::bail!("--modelfile needs --target ollama: Ollama cannot run the native jarvis architecture");
+            }
+            let ty = GgmlType::from(ty);
+            let ck = jarvis::load(&npz, config.as_deref(), tokenizer.as_deref(), heads)
+                .with_context(|| format!("loading {}", npz.display()))?;
+            let output = output.unwrap_or_else(|| {
+                let stem = npz
+                    .file_stem()
+                    .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+                let suffix = if target == ExportTarget::Ollama {
+                    "-ollama"
+                } else {
+                    ""
+                };
+                npz.with_file_name(format!("{stem}-{}{suffix}.gguf", ty.name()))
+            });
+            let opts = jarvis::Options {
+                ty,
+                target: match target {
+                    ExportTarget::Native => jarvis::Target::Native,
+                    ExportTarget::Ollama => jarvis::Target::Ollama,
+                },
+                approximate,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let t = std::time::Instant::now();
+            jarvis::write(&ck, &output, &opts)?;
+            let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "{}: {} layers, d_model {}, vocabulary {}, {} ({:.2} MiB) in {:.2}s",
+                output.display(),
+                ck.cfg.n_layers,
+                ck.cfg.d_model,
+                ck.cfg.vocab,
+                ty,
+                size as f64 / 1048576.0,
+                t.elapsed().as_secs_f64()
+            );
+            if let Some(mf) = modelfile {
+                let gguf_name = output
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                let same_dir = |p: &std::path::Path| {
+                    p.parent()
+                        .map(|d| {
+                            if d.as_os_str().is_empty() {
+                                std::path::Path::new(".")
+                            } else {
+                                d
+                            }
+                        })
+                        .and_then(|d| d.canonicalize().ok())
+                };
+                let from = if same_dir(&mf) == same_dir(&output) {
+                    gguf_name
+                } else {
+                    output.canonicalize()?.to_string_lossy().into_owned()
+                };
+                let m = modelfile::for_jarvis(&from, ck.cfg.ctx, system);
+                let text = m.render();
+                modelfile::validate(&text).map_err(|e| {
+                    anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}")
+                })?;
+                std::fs::write(&mf, text).with_context(|| format!("writing {}", mf.display()))?;
+                eprintln!(
+                    "{}: Modelfile (ollama create NAME -f {})",
+                    mf.display(),
+                    mf.display()
+                );
+            }
+        }
         Cmd::Inspect { file, json, full } => {
             let f = GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
             if json {

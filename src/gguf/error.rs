@@ -112,7 +112,9 @@ pub enum GgufError {
 }
 
 impl GgufError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`. Data sources passed to `GgufWriter::write_file` may use the path
+    /// `<output>`, which the writer replaces with the real output path.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         GgufError::Io {
             path: path.into(),
             source,

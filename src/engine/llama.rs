@@ -1,0 +1,82 @@
+//! The llama.cpp engine (through `llama-cpp-2`). So far: load a GGUF, tokenize, and evaluate a
+//! prompt returning every position's logits, which the parity tests and benchmarks use. The
+//! full `jq-run` engine (sampling, chat, device placement) comes with its issue.
+
+use anyhow::{anyhow, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// llama.cpp's backend may be initialised once per process.
+pub fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    let mut b = LlamaBackend::init().map_err(|e| anyhow!("initialising llama.cpp: {e}"))?;
+    b.void_logs();
+    Ok(BACKEND.get_or_init(|| b))
+}
+
+/// A model loaded by llama.cpp (CPU).
+#[derive(Debug)]
+pub struct Llama {
+    pub model: LlamaModel,
+}
+
+impl Llama {
+    pub fn load(path: &Path) -> Result<Llama> {
+        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+            .map_err(|e| anyhow!("llama.cpp could not load {}: {e}", path.display()))?;
+        Ok(Llama { model })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab() as usize
+    }
+
+    /// llama.cpp's own tokenizer, adding no special tokens.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+
+    /// Evaluates `tokens` in one batch from position 0; returns `n x vocab` logits.
+    pub fn prompt_logits(&self, tokens: &[u32], n_ctx: u32, threads: i32) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx.max(n as u32)))
+            .with_n_batch(n_ctx.max(n as u32))
+            .with_n_ubatch(n_ctx.max(n as u32))
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        let mut batch = LlamaBatch::new(n.max(1), 1);
+        for (i, &t) in tokens.iter().enumerate() {
+            batch
+                .add(LlamaToken(t as i32), i as i32, &[0], true)
+                .context("filling the batch")?;
+        }
+        ctx.decode(&mut batch)
+            .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+        let v = self.n_vocab();
+        let mut out = Vec::with_capacity(n * v);
+        for i in 0..n {
+            out.extend_from_slice(&ctx.get_logits_ith(i as i32)[..v]);
+        }
+        Ok(out)
+    }
+}
