@@ -1,6 +1,8 @@
 //! Whole-file re-quantization: `jq-convert quantize` vs llama.cpp's `llama_model_quantize`
 //! (pure mode, through FFI) on the same synthetic GPT-2 shaped F32 file, same run, same
 //! machine. Prints a table of medians; both outputs are checked to hold the same tensor bytes.
+//! Both are timed until their output is synced to disk (jq-convert fsyncs before its atomic
+//! rename; llama.cpp's file is fsynced right after `llama_model_quantize` returns).
 //!
 //! Run: `cargo bench -p jq-convert --bench quantize_file`
 

@@ -140,13 +140,36 @@ fn target_type(t: &TensorInfo, opts: &Options, fallbacks: &mut Vec<String>) -> R
     Ok(ty)
 }
 
+/// Elements decoded and encoded per slab: buffers are reused, so memory stays bounded and
+/// no page is touched twice.
+const SLAB_ELEMENTS: usize = 1 << 20;
+
+/// Re-encodes a tensor slab by slab (whole rows). F32 sources are read in place.
 fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()> {
-    let f = view
-        .to_f32()
-        .with_context(|| format!("decoding tensor '{}'", view.name()))?;
-    let bytes = quant::quantize_to_vec(ty, &f)
-        .with_context(|| format!("encoding tensor '{}' as {ty}", view.name()))?;
-    out.write_all(&bytes)?;
+    let ne0 = view.info.ne.first().copied().unwrap_or(1) as usize;
+    let nrows = (view.info.n_elements() as usize) / ne0.max(1);
+    let src_row = view.ty().row_bytes(ne0 as u64).context("source row size")? as usize;
+    let dst_row = ty.row_bytes(ne0 as u64).context("target row size")? as usize;
+    let rows_per_slab = (SLAB_ELEMENTS / ne0.max(1)).max(1);
+    let mut f32buf = Vec::new();
+    let mut outbuf = vec![0u8; rows_per_slab.min(nrows) * dst_row];
+    let ctx = || format!("re-encoding tensor '{}' as {ty}", view.name());
+    for r0 in (0..nrows).step_by(rows_per_slab) {
+        let r1 = (r0 + rows_per_slab).min(nrows);
+        let n = (r1 - r0) * ne0;
+        let src = &view.data[r0 * src_row..r1 * src_row];
+        let x: &[f32] = match bytemuck::try_cast_slice(src) {
+            Ok(x) if view.ty() == GgmlType::F32 => x,
+            _ => {
+                f32buf.resize(n, 0.0);
+                quant::dequantize(view.ty(), src, &mut f32buf).with_context(ctx)?;
+                &f32buf
+            }
+        };
+        let dst = &mut outbuf[..(r1 - r0) * dst_row];
+        quant::quantize(ty, x, dst).with_context(ctx)?;
+        out.write_all(dst)?;
+    }
     Ok(())
 }
 

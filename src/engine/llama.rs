@@ -79,4 +79,61 @@ impl Llama {
         }
         Ok(out)
     }
+
+    /// A minimal greedy decode loop straight on the bindings (the anchor the native engine is
+    /// measured against): evaluate the prompt in one batch, then one token per call. Returns
+    /// (prompt seconds, decode seconds, generated ids).
+    pub fn greedy_decode(
+        &self,
+        prompt: &[u32],
+        n: usize,
+        n_ctx: u32,
+        threads: i32,
+    ) -> Result<(f64, f64, Vec<u32>)> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        let v = self.n_vocab();
+        let argmax = |l: &[f32]| {
+            let mut b = 0;
+            for (i, &x) in l[..v].iter().enumerate() {
+                if x > l[b] {
+                    b = i;
+                }
+            }
+            b as u32
+        };
+        let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
+        let t0 = std::time::Instant::now();
+        for (i, &t) in prompt.iter().enumerate() {
+            batch.add(LlamaToken(t as i32), i as i32, &[0], i + 1 == prompt.len())?;
+        }
+        ctx.decode(&mut batch)
+            .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+        let mut next = argmax(ctx.get_logits_ith(prompt.len() as i32 - 1));
+        let prompt_s = t0.elapsed().as_secs_f64();
+        let mut out = Vec::with_capacity(n);
+        let t1 = std::time::Instant::now();
+        for k in 0..n {
+            out.push(next);
+            batch.clear();
+            batch.add(
+                LlamaToken(next as i32),
+                (prompt.len() + k) as i32,
+                &[0],
+                true,
+            )?;
+            ctx.decode(&mut batch)
+                .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+            next = argmax(ctx.get_logits_ith(0));
+        }
+        Ok((prompt_s, t1.elapsed().as_secs_f64(), out))
+    }
 }
