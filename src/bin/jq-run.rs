@@ -144,11 +144,10 @@ fn run_once(cli: &Cli, jarvis: &Jarvis, ids: Vec<u32>, seed: u64, load_s: f64) -
         metrics: cli.metrics,
         dump_logits: cli.dump_logits.is_some(),
     };
-    let stdout = std::io::stdout();
     let mut sink: Box<dyn Write> = if cli.json {
         Box::new(std::io::sink())
     } else {
-        Box::new(stdout.lock())
+        Box::new(std::io::stdout())
     };
     let rep = jarvis.run(&opts, &mut sink)?;
     drop(sink);

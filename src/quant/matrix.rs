@@ -1,9 +1,12 @@
 //! Matrix-vector products straight from stored blocks: a weight matrix stays in its GGUF type
-//! (F32, F16, BF16, Q8_0, Q4_0) and each row's dot product decodes one block at a time in
-//! registers. Nothing is dequantized into a second copy.
+//! (F32, F16, BF16, Q8_0, Q4_0). Float types decode one block at a time in registers; for
+//! Q8_0 and Q4_0 the input vector is quantized to Q8_0 once per product and each block's dot
+//! product is done in integers, as ggml does (`ggml_vec_dot_q8_0_q8_0`, `..._q4_0_q8_0`).
+//! Nothing is dequantized into a second copy.
 
 use super::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use super::{CodecError, GgmlType};
+use bytemuck::Zeroable;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -19,10 +22,21 @@ pub struct Matrix<'a> {
 }
 
 /// Work below this many weights per product runs on the calling thread.
-const PAR_MIN_WEIGHTS: usize = 1 << 16;
+const PAR_MIN_WEIGHTS: usize = 1 << 20;
 
+/// Products smaller than this stay on one member of a team.
+const TEAM_MIN_WEIGHTS: usize = 1 << 14;
+
+/// The input vector as a matrix type wants it.
+enum Input<'x> {
+    F32(&'x [f32]),
+    /// Quantized to Q8_0; whether the AVX2 kernels may run.
+    Q8(&'x [BlockQ8_0], bool),
+}
+
+/// Dot product of two f32 slices with independent accumulators (vectorises).
 #[inline]
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators so the compiler can vectorise without reassociating.
     let mut acc = [0f32; 16];
     let mut ca = a.chunks_exact(16);
@@ -39,32 +53,134 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Scalar reference of ggml's `vec_dot_q8_0_q8_0`: integer sums per block, scaled by both
+/// block scales.
 #[inline]
-fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
+fn dot_q8_0_q8_0_ref(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     let mut s = 0f32;
-    for (b, xs) in blocks.iter().zip(x.chunks_exact(QK)) {
-        let mut acc = [0f32; QK];
-        for k in 0..QK {
-            acc[k] = f32::from(b.qs[k]) * xs[k];
+    for (a, b) in w.iter().zip(x) {
+        let sum: i32 =
+            a.qs.iter()
+                .zip(&b.qs)
+                .map(|(&p, &q)| i32::from(p) * i32::from(q))
+                .sum();
+        s += sum as f32 * (a.d.to_f32() * b.d.to_f32());
+    }
+    s
+}
+
+/// Scalar reference of ggml's `vec_dot_q4_0_q8_0`.
+#[inline]
+fn dot_q4_0_q8_0_ref(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    let mut s = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let mut sum = 0i32;
+        for k in 0..QK / 2 {
+            sum += (i32::from(a.qs[k] & 0x0F) - 8) * i32::from(b.qs[k]);
+            sum += (i32::from(a.qs[k] >> 4) - 8) * i32::from(b.qs[k + QK / 2]);
         }
-        s += acc.iter().sum::<f32>() * b.d.to_f32();
+        s += sum as f32 * (a.d.to_f32() * b.d.to_f32());
     }
     s
 }
 
 #[inline]
-fn dot_q4_0(blocks: &[BlockQ4_0], x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for (b, xs) in blocks.iter().zip(x.chunks_exact(QK)) {
-        let mut acc = [0f32; QK / 2];
-        for k in 0..QK / 2 {
-            let lo = f32::from(b.qs[k] & 0x0F) - 8.0;
-            let hi = f32::from(b.qs[k] >> 4) - 8.0;
-            acc[k] = lo * xs[k] + hi * xs[k + QK / 2];
-        }
-        s += acc.iter().sum::<f32>() * b.d.to_f32();
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::fast::has_avx2() && is_x86_feature_detected!("fma")
     }
-    s
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::blocks::{BlockQ4_0, BlockQ8_0};
+    use std::arch::x86_64::*;
+
+    /// Sum of products of 32 signed bytes `w` and `x`, as 8 i32 lanes: |w| (unsigned) times
+    /// x with w's sign, pairwise into i16 (no overflow: 2 * 128 * 127 < 2^15), then into i32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn mul_sum_i8(w: __m256i, x: __m256i) -> __m256 {
+        let aw = _mm256_sign_epi8(w, w);
+        let sx = _mm256_sign_epi8(x, w);
+        let d16 = _mm256_maddubs_epi16(aw, sx);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (a, b) in w.iter().zip(x) {
+            // SAFETY: each qs is exactly 32 bytes.
+            let (qa, qb) = unsafe {
+                (
+                    _mm256_loadu_si256(a.qs.as_ptr().cast()),
+                    _mm256_loadu_si256(b.qs.as_ptr().cast()),
+                )
+            };
+            let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+            acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let low = _mm_set1_epi8(0x0F);
+        let eight = _mm256_set1_epi8(8);
+        for (a, b) in w.iter().zip(x) {
+            // SAFETY: qs of Q4_0 is 16 bytes, of Q8_0 32 bytes.
+            let (q4, qb) = unsafe {
+                (
+                    _mm_loadu_si128(a.qs.as_ptr().cast()),
+                    _mm256_loadu_si256(b.qs.as_ptr().cast()),
+                )
+            };
+            let lo = _mm_and_si128(q4, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
+            let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+            let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+            acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
+        }
+        hsum(acc)
+    }
+}
+
+#[inline]
+fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], simd: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when AVX2 and FMA were detected.
+        return unsafe { x86::dot_q8_0_q8_0(w, x) };
+    }
+    let _ = simd;
+    dot_q8_0_q8_0_ref(w, x)
+}
+
+#[inline]
+fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], simd: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when AVX2 and FMA were detected.
+        return unsafe { x86::dot_q4_0_q8_0(w, x) };
+    }
+    let _ = simd;
+    dot_q4_0_q8_0_ref(w, x)
 }
 
 #[inline]
@@ -134,17 +250,17 @@ impl<'a> Matrix<'a> {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// Dot product of row `r` with `x` (`x.len() == cols`).
+    /// Dot product of row `r` with the prepared input.
     #[inline]
-    pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
+    fn row_dot(&self, r: usize, x: &Input<'_>) -> f32 {
         let b = self.row_bytes(r);
-        match self.ty {
-            GgmlType::F32 => dot_f32(bytemuck::cast_slice(b), x),
-            GgmlType::F16 => dot_f16(bytemuck::cast_slice(b), x),
-            GgmlType::BF16 => dot_bf16(bytemuck::cast_slice(b), x),
-            GgmlType::Q8_0 => dot_q8_0(bytemuck::cast_slice(b), x),
-            GgmlType::Q4_0 => dot_q4_0(bytemuck::cast_slice(b), x),
-            _ => unreachable!("checked in Matrix::new"),
+        match (self.ty, x) {
+            (GgmlType::F32, Input::F32(x)) => dot_f32(bytemuck::cast_slice(b), x),
+            (GgmlType::F16, Input::F32(x)) => dot_f16(bytemuck::cast_slice(b), x),
+            (GgmlType::BF16, Input::F32(x)) => dot_bf16(bytemuck::cast_slice(b), x),
+            (GgmlType::Q8_0, Input::Q8(x, simd)) => dot_q8_0(bytemuck::cast_slice(b), x, *simd),
+            (GgmlType::Q4_0, Input::Q8(x, simd)) => dot_q4_0(bytemuck::cast_slice(b), x, *simd),
+            _ => unreachable!("input prepared for the matrix type"),
         }
     }
 
@@ -154,11 +270,72 @@ impl<'a> Matrix<'a> {
             .expect("sizes checked in Matrix::new");
     }
 
-    /// `y = M x`: one dot product per row, across threads when the matrix is large.
+    /// `y = M x` with the rows split across a spinning [`Team`] (see there for why).
+    pub fn matvec_team(&self, x: &[f32], y: &mut [f32], team: &super::Team) {
+        if team.threads() == 1 || self.rows * self.cols < TEAM_MIN_WEIGHTS {
+            return self.matvec_serial(x, y);
+        }
+        assert_eq!(x.len(), self.cols);
+        assert_eq!(y.len(), self.rows);
+        let q8;
+        let x = match self.ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
+                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
+                q8 = blocks;
+                Input::Q8(&q8, has_avx2_fma())
+            }
+            _ => Input::F32(x),
+        };
+        let x = &x;
+        let out = y.as_mut_ptr() as usize;
+        team.for_ranges(self.rows, &|r| {
+            // SAFETY: `for_ranges` hands each member a disjoint range of 0..rows, and `y` has
+            // `rows` elements (asserted above) and outlives the call (run waits for all).
+            let ys =
+                unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(r.start), r.len()) };
+            for (o, row) in ys.iter_mut().zip(r) {
+                *o = self.row_dot(row, x);
+            }
+        });
+    }
+
+    /// `y = M x` on the calling thread.
+    pub fn matvec_serial(&self, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols);
+        assert_eq!(y.len(), self.rows);
+        let q8;
+        let x = match self.ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
+                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
+                q8 = blocks;
+                Input::Q8(&q8, has_avx2_fma())
+            }
+            _ => Input::F32(x),
+        };
+        for (r, o) in y.iter_mut().enumerate() {
+            *o = self.row_dot(r, &x);
+        }
+    }
+
+    /// `y = M x`: one dot product per row, across rayon's threads when the matrix is large.
+    /// For Q8_0/Q4_0 matrices `x` is first quantized to Q8_0, as ggml does.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols);
         assert_eq!(y.len(), self.rows);
-        if self.rows * self.cols < PAR_MIN_WEIGHTS {
+        let q8;
+        let x = match self.ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
+                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
+                q8 = blocks;
+                Input::Q8(&q8, has_avx2_fma())
+            }
+            _ => Input::F32(x),
+        };
+        let x = &x;
+        if self.rows * self.cols < PAR_MIN_WEIGHTS || rayon::current_num_threads() == 1 {
             for (r, o) in y.iter_mut().enumerate() {
                 *o = self.row_dot(r, x);
             }
@@ -178,6 +355,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn simd_dots_equal_scalar_reference() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for seed in 0..20u64 {
+            let n = 32 * (1 + seed as usize % 9);
+            let w = crate::synth::weights(seed, n, 3.0);
+            let x = crate::synth::weights(seed + 100, n, 1.0);
+            let xq: Vec<BlockQ8_0> =
+                bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q8_0, &x).unwrap())
+                    .to_vec();
+            let w8: Vec<BlockQ8_0> =
+                bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q8_0, &w).unwrap())
+                    .to_vec();
+            let w4: Vec<BlockQ4_0> =
+                bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q4_0, &w).unwrap())
+                    .to_vec();
+            let (a, b) = (dot_q8_0(&w8, &xq, true), dot_q8_0_q8_0_ref(&w8, &xq));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q8: {a} vs {b}");
+            let (a, b) = (dot_q4_0(&w4, &xq, true), dot_q4_0_q8_0_ref(&w4, &xq));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q4: {a} vs {b}");
+        }
+    }
+
+    #[test]
     fn matvec_matches_dequantized_product() {
         let (rows, cols) = (70, 96);
         let w = crate::synth::weights(3, rows * cols, 1.0);
@@ -194,9 +396,19 @@ mod tests {
             let m = Matrix::new(ty, rows, cols, &q).unwrap();
             let mut y = vec![0f32; rows];
             m.matvec(&x, &mut y);
+            // Quantized matrices multiply a Q8_0-quantized input, as ggml does.
+            let xq = match ty {
+                GgmlType::Q8_0 | GgmlType::Q4_0 => super::super::dequantize_to_vec(
+                    GgmlType::Q8_0,
+                    &super::super::quantize_to_vec(GgmlType::Q8_0, &x).unwrap(),
+                    cols,
+                )
+                .unwrap(),
+                _ => x.clone(),
+            };
             for r in 0..rows {
                 let want: f64 = (0..cols)
-                    .map(|c| f64::from(deq[r * cols + c]) * f64::from(x[c]))
+                    .map(|c| f64::from(deq[r * cols + c]) * f64::from(xq[c]))
                     .sum();
                 assert!(
                     (f64::from(y[r]) - want).abs() < 1e-4,

@@ -8,10 +8,12 @@ pub mod blocks;
 pub mod fast;
 mod matrix;
 pub mod reference;
+mod team;
 mod types;
 
 pub use blocks::{BlockQ4_0, BlockQ8_0, QK};
-pub use matrix::Matrix;
+pub use matrix::{dot_f32, Matrix};
+pub use team::Team;
 pub use types::{FileType, GgmlType, GGML_TYPE_COUNT};
 
 use bytemuck::Pod;
@@ -152,6 +154,13 @@ impl Codec for Q4_0Codec {
     }
     fn dequantize_row(x: &[BlockQ4_0], y: &mut [f32]) {
         fast::dequantize_q4_0(x, y);
+    }
+}
+
+impl Q8_0Codec {
+    /// The fast single-threaded Q8_0 encoder (used to quantize activations).
+    pub fn quantize_row_fast(x: &[f32], y: &mut [BlockQ8_0]) {
+        fast::quantize_q8_0(x, y);
     }
 }
 

@@ -4,7 +4,10 @@
 
 use super::config::{Config, Gelu};
 use crate::gguf::{GgufError, GgufFile};
-use crate::quant::Matrix;
+use crate::quant::{dot_f32, Matrix, Team};
+
+/// Attention work (positions x d_model) below which the heads run on one thread.
+const PAR_MIN_ATTENTION: usize = 1 << 13;
 
 #[derive(Debug, Clone)]
 struct Norm {
@@ -122,9 +125,12 @@ impl<'a> Model<'a> {
         })
     }
 
+    /// A fresh sequence state with a team of `rayon::current_num_threads()` threads (what
+    /// `-t` sets).
     pub fn new_state(&self) -> State {
         let c = &self.cfg;
         State {
+            team: Team::new(rayon::current_num_threads()),
             pos: 0,
             k_cache: vec![vec![0f32; c.ctx * c.d_model]; c.n_layers],
             v_cache: vec![vec![0f32; c.ctx * c.d_model]; c.n_layers],
@@ -135,7 +141,7 @@ impl<'a> Model<'a> {
             k: vec![0f32; c.d_model],
             v: vec![0f32; c.d_model],
             o: vec![0f32; c.d_model],
-            att: vec![0f32; c.ctx],
+            att: vec![0f32; c.ctx * c.n_heads],
             ff: vec![0f32; c.d_ff],
             logits: vec![0f32; c.vocab],
         }
@@ -168,40 +174,70 @@ impl<'a> Model<'a> {
         for (l, layer) in self.layers.iter().enumerate() {
             st.x_in.copy_from_slice(&st.x);
             layer_norm(&st.x, &layer.ln1, c.eps, &mut st.h);
-            layer.q.matvec(&st.h, &mut st.q);
-            layer.k.matvec(&st.h, &mut st.k);
-            layer.v.matvec(&st.h, &mut st.v);
+            {
+                let team = &st.team;
+                layer.q.matvec_team(&st.h, &mut st.q, team);
+                layer.k.matvec_team(&st.h, &mut st.k, team);
+                layer.v.matvec_team(&st.h, &mut st.v, team);
+            }
             st.k_cache[l][pos * d..(pos + 1) * d].copy_from_slice(&st.k);
             st.v_cache[l][pos * d..(pos + 1) * d].copy_from_slice(&st.v);
-            for h in 0..c.n_heads {
-                let qh = &st.q[h * hd..(h + 1) * hd];
-                let att = &mut st.att[..=pos];
-                for (j, a) in att.iter_mut().enumerate() {
-                    let kh = &st.k_cache[l][j * d + h * hd..j * d + (h + 1) * hd];
-                    *a = qh.iter().zip(kh).map(|(x, y)| x * y).sum::<f32>() * scale;
-                }
-                softmax(att);
-                let oh = &mut st.o[h * hd..(h + 1) * hd];
-                oh.fill(0.0);
-                for (j, &a) in att.iter().enumerate() {
-                    let vh = &st.v_cache[l][j * d + h * hd..j * d + (h + 1) * hd];
-                    for (o, v) in oh.iter_mut().zip(vh) {
-                        *o += a * v;
+            {
+                let (kc, vc, q, ctx) = (&st.k_cache[l], &st.v_cache[l], &st.q, c.ctx);
+                let head = |h: usize, oh: &mut [f32], att: &mut [f32]| {
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let att = &mut att[..=pos];
+                    for (j, a) in att.iter_mut().enumerate() {
+                        *a = dot_f32(qh, &kc[j * d + h * hd..j * d + (h + 1) * hd]) * scale;
                     }
+                    softmax(att);
+                    oh.fill(0.0);
+                    for (j, &a) in att.iter().enumerate() {
+                        let vh = &vc[j * d + h * hd..j * d + (h + 1) * hd];
+                        for (o, v) in oh.iter_mut().zip(vh) {
+                            *o += a * v;
+                        }
+                    }
+                };
+                // Heads run on the team once the context makes them worth splitting.
+                if (pos + 1) * d >= PAR_MIN_ATTENTION && st.team.threads() > 1 {
+                    let (o, a) = (st.o.as_mut_ptr() as usize, st.att.as_mut_ptr() as usize);
+                    st.team.for_ranges(c.n_heads, &|r| {
+                        for h in r {
+                            // SAFETY: each head owns its `hd` outputs and its `ctx` scores;
+                            // the ranges of heads given to the members are disjoint.
+                            let (oh, att) = unsafe {
+                                (
+                                    std::slice::from_raw_parts_mut((o as *mut f32).add(h * hd), hd),
+                                    std::slice::from_raw_parts_mut(
+                                        (a as *mut f32).add(h * ctx),
+                                        ctx,
+                                    ),
+                                )
+                            };
+                            head(h, oh, att);
+                        }
+                    });
+                } else {
+                    let heads = st.o.chunks_mut(hd).zip(st.att.chunks_mut(ctx)).enumerate();
+                    heads.for_each(|(h, (oh, att))| head(h, oh, att));
                 }
-                if let Some(m) = metrics.as_deref_mut() {
-                    m.attention(l, h, pos, att, oh);
+            }
+            if let Some(m) = metrics.as_deref_mut() {
+                for h in 0..c.n_heads {
+                    let att = &st.att[h * c.ctx..h * c.ctx + pos + 1];
+                    m.attention(l, h, pos, att, &st.o[h * hd..(h + 1) * hd]);
                 }
             }
             for (x, o) in st.x.iter_mut().zip(&st.o) {
                 *x += o;
             }
             layer_norm(&st.x, &layer.ln2, c.eps, &mut st.h);
-            layer.up.matvec(&st.h, &mut st.ff);
+            layer.up.matvec_team(&st.h, &mut st.ff, &st.team);
             for v in st.ff.iter_mut() {
                 *v = gelu(*v, c.gelu);
             }
-            layer.down.matvec(&st.ff, &mut st.h);
+            layer.down.matvec_team(&st.ff, &mut st.h, &st.team);
             for (x, y) in st.x.iter_mut().zip(&st.h) {
                 *x += y;
             }
@@ -214,7 +250,7 @@ impl<'a> Model<'a> {
         } else {
             st.h.copy_from_slice(&st.x);
         }
-        self.out.matvec(&st.h, &mut st.logits);
+        self.out.matvec_team(&st.h, &mut st.logits, &st.team);
         st.pos += 1;
         Ok(&st.logits)
     }
@@ -228,9 +264,10 @@ pub enum StepError {
     BadToken { token: u32, vocab: usize },
 }
 
-/// The KV cache and scratch buffers of one sequence.
-#[derive(Debug, Clone)]
+/// The KV cache and scratch buffers of one sequence, and the threads that run it.
+#[derive(Debug)]
 pub struct State {
+    team: Team,
     /// Number of positions already in the cache.
     pub pos: usize,
     k_cache: Vec<Vec<f32>>,
