@@ -46,13 +46,9 @@ pub fn quantize_q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
 }
 
 pub fn dequantize_q8_0(x: &[BlockQ8_0], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && has_avx2() {
-        // SAFETY: the CPU supports AVX-512F, AVX2 and F16C (checked just above).
-        unsafe { x86::dequantize_q8_0_avx512(x, y) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
+    // Built for AVX-512 (target-cpu=native here), the compiler's vectorisation of the plain
+    // loop beats the hand-written kernels (measured: 47 vs 36 GiB/s in cache).
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx512f")))]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and F16C (checked just above).
         unsafe { x86::dequantize_q8_0(x, y) };
@@ -250,6 +246,7 @@ mod x86 {
         }
     }
 
+    #[cfg(not(target_feature = "avx512f"))]
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn dequantize_q8_0(x: &[BlockQ8_0], y: &mut [f32]) {
         for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
@@ -262,23 +259,6 @@ mod x86 {
                     let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
                     _mm256_storeu_ps(yb.as_mut_ptr().add(8 * k), _mm256_mul_ps(f, d));
                 }
-            }
-        }
-    }
-
-    /// Sixteen lanes at a time: one load of the 32 codes, two widening conversions.
-    #[target_feature(enable = "avx512f,avx2,f16c")]
-    pub unsafe fn dequantize_q8_0_avx512(x: &[BlockQ8_0], y: &mut [f32]) {
-        for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
-            let yb = block_mut(yb);
-            let d = _mm512_set1_ps(r::f16_bits_to_f32(xb.d.to_bits()));
-            // SAFETY: reads the 32 codes of the block and writes its 32 outputs.
-            unsafe {
-                let q = _mm256_loadu_si256(xb.qs.as_ptr().cast());
-                let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-                let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-                _mm512_storeu_ps(yb.as_mut_ptr(), _mm512_mul_ps(lo, d));
-                _mm512_storeu_ps(yb.as_mut_ptr().add(16), _mm512_mul_ps(hi, d));
             }
         }
     }
