@@ -1,5 +1,6 @@
-//! Generation with a KV cache and the spec's context policy: when the context is full, keep the
-//! last `ctx / 2` tokens, re-encode them from position 0, and continue.
+//! Generation with a KV cache and the spec's context policy: when the context is full and a
+//! token must be added, the last `ctx / 2` tokens (the new one included) are re-encoded from
+//! position 0, and generation continues.
 
 use super::model::{LayerMetrics, MetricsAcc, Model, State, StepError};
 use crate::sample::Sampler;
@@ -78,7 +79,9 @@ impl<'m, 'a> Generator<'m, 'a> {
     pub fn push(&mut self, id: u32, metrics: bool) -> Result<Option<Vec<LayerMetrics>>, StepError> {
         let ctx = self.model.cfg.ctx;
         if self.window.len() >= ctx {
-            let keep = self.window.split_off(self.window.len() - ctx / 2);
+            // The new window is the last ctx/2 tokens of (window + [id]), `id` included,
+            // re-encoded from position 0.
+            let keep = self.window.split_off(self.window.len() + 1 - ctx / 2);
             self.window.clear();
             self.st.reset();
             self.shifts += 1;

@@ -377,7 +377,10 @@ impl Sums {
 pub struct MetricsAcc {
     layers: Vec<Sums>,
     heads: Vec<Vec<Sums>>,
+    /// Per layer: sum of cosines and count of positions.
     fid: Vec<(f64, f64)>,
+    /// Per layer and head: sum of cosines of the head's slice.
+    head_fid: Vec<Vec<f64>>,
 }
 
 impl MetricsAcc {
@@ -386,6 +389,7 @@ impl MetricsAcc {
             layers: vec![Sums::default(); cfg.n_layers],
             heads: vec![vec![Sums::default(); cfg.n_heads]; cfg.n_layers],
             fid: vec![(0.0, 0.0); cfg.n_layers],
+            head_fid: vec![vec![0.0; cfg.n_heads]; cfg.n_layers],
         }
     }
 
@@ -409,20 +413,26 @@ impl MetricsAcc {
     }
 
     fn fidelity(&mut self, l: usize, a: &[f32], b: &[f32]) {
-        let dot: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum();
-        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let cos = if na == 0.0 || nb == 0.0 {
-            0.0
-        } else {
-            dot / (na * nb)
-        };
-        self.fid[l].0 += cos;
+        fn cos(a: &[f32], b: &[f32]) -> f64 {
+            let dot: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            if na == 0.0 || nb == 0.0 {
+                0.0
+            } else {
+                dot / (na * nb)
+            }
+        }
+        self.fid[l].0 += cos(a, b);
         self.fid[l].1 += 1.0;
+        let hd = a.len() / self.heads[l].len();
+        for (h, f) in self.head_fid[l].iter_mut().enumerate() {
+            *f += cos(&a[h * hd..(h + 1) * hd], &b[h * hd..(h + 1) * hd]);
+        }
     }
 
     /// The metrics of every layer. A head's fidelity is its layer's (the formula involves no
