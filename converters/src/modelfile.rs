@@ -122,17 +122,16 @@ pub fn validate(text: &str) -> Result<Vec<Instruction>, String> {
             line_no += 1;
             continue;
         }
-        let (name, value_start) = trimmed
+        let (name, _) = trimmed
             .split_once(char::is_whitespace)
             .ok_or_else(|| format!("line {line_no}: instruction '{trimmed}' has no value"))?;
         let lname = name.to_ascii_lowercase();
         if !INSTRUCTIONS.contains(&lname.as_str()) {
             return Err(format!("line {line_no}: unknown instruction '{name}'"));
         }
-        let offset = rest.len() - trimmed.len() + name.len();
+        let offset = line.len() - trimmed.len() + name.len();
         let tail = &rest[offset..];
         let value_src = tail.trim_start_matches([' ', '\t']);
-        let _ = value_start;
         let (value, consumed) = if let Some(body) = value_src.strip_prefix("\"\"\"") {
             let end = body
                 .find("\"\"\"")
@@ -277,5 +276,10 @@ mod tests {
         assert!(
             validate("# c\nfrom ./a.gguf\nparameter stop \"<eos>\"\nPARAMETER stop x\n").is_ok()
         );
+        // Values are read from their own line, whatever precedes or follows it.
+        let ins =
+            validate("# a long comment line\n  FROM ./jarvis-tiny-q8_0.gguf\nSYSTEM hi\n").unwrap();
+        assert_eq!(ins[0].args, "./jarvis-tiny-q8_0.gguf");
+        assert_eq!(ins[1].args, "hi");
     }
 }

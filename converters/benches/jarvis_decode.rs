@@ -1,0 +1,151 @@
+//! Full-size Jarvis (12M: vocabulary 15000, d 256, 6 layers, 8 heads, FFN 1024, ctx 512):
+//! prompt and decode tokens/s of the native engine vs llama.cpp running the `gpt2` export of
+//! the same weights (a minimal greedy loop straight on the bindings), for each type, plus the
+//! numpy reference's generation loop. Same run, same machine, same CPU flags
+//! (`target-cpu=native` for both: see .cargo/config.toml).
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p jq-convert --bench jarvis_decode`
+
+use jq::engine::llama::Llama;
+use jq::engine::native::{Jarvis, RunOptions};
+use jq::gguf::GgufFile;
+use jq::sample::SamplerConfig;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROMPT: usize = 32;
+const DECODE: usize = 128;
+const RUNS: usize = 3;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn convert(dir: &Path, ty: &str, target: &str) -> PathBuf {
+    let out = dir.join(format!("jarvis-{ty}-{target}.gguf"));
+    let st = Command::new(env!("CARGO_BIN_EXE_jq-convert"))
+        .arg("npz-to-gguf")
+        .arg(dir.join("model.npz"))
+        .args(["--type", ty, "--target", target, "-o"])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run jq-convert");
+    assert!(st.success());
+    out
+}
+
+/// Peak RSS of `jq-run` on this file (a separate process, so nothing else is counted).
+fn jq_run_peak_rss(model: &Path, prompt: &str) -> Option<f64> {
+    let exe = Path::new(env!("CARGO_BIN_EXE_jq-convert")).with_file_name("jq-run");
+    let o = Command::new(exe)
+        .arg(model)
+        .args([
+            "--prompt-tokens",
+            prompt,
+            "-n",
+            &DECODE.to_string(),
+            "--temp",
+            "0",
+            "--repeat-penalty",
+            "1",
+        ])
+        .output()
+        .ok()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err.lines().find(|l| l.starts_with("peak RSS"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let st = Command::new("python3")
+        .arg(root().join("fixtures/jarvis/make_jarvis.py"))
+        .arg("--full-size")
+        .arg(dir.path())
+        .status()
+        .expect("python3");
+    assert!(st.success(), "make_jarvis.py --full-size failed");
+    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 3 + (i * 37) % 14000).collect();
+    let prompt_list = prompt
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("Jarvis 12M, prompt {PROMPT} tokens, {DECODE} greedy tokens, {threads} threads, median of {RUNS}");
+    println!("| type | file MiB | native prompt tok/s | native decode tok/s | llama.cpp prompt tok/s | llama.cpp decode tok/s | decode ratio | jq-run peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for ty in ["f32", "f16", "q8_0", "q4_0"] {
+        let native = convert(dir.path(), ty, "native");
+        let gpt2 = convert(dir.path(), ty, "ollama");
+        let f = GgufFile::open(&native).unwrap();
+        let j = Jarvis::load(&f).unwrap();
+        let opts = RunOptions {
+            prompt_ids: prompt.clone(),
+            n_predict: DECODE,
+            sampler: SamplerConfig {
+                temperature: 0.0,
+                repeat_penalty: 1.0,
+                ..Default::default()
+            },
+            metrics: false,
+            dump_logits: false,
+        };
+        let (mut np, mut nd) = (Vec::new(), Vec::new());
+        let mut native_ids = Vec::new();
+        for _ in 0..=RUNS {
+            let r = j.run(&opts, &mut std::io::sink()).unwrap();
+            np.push(PROMPT as f64 / r.prompt_time.as_secs_f64());
+            nd.push(r.decode_steps as f64 / r.decode_time.as_secs_f64());
+            native_ids = r.generated;
+        }
+        np.remove(0);
+        nd.remove(0);
+        let l = Llama::load(&gpt2).unwrap();
+        let (mut lp, mut ld) = (Vec::new(), Vec::new());
+        let mut llama_ids = Vec::new();
+        for _ in 0..=RUNS {
+            let (p, d, ids) = l
+                .greedy_decode(&prompt, DECODE, 512, threads as i32)
+                .unwrap();
+            lp.push(PROMPT as f64 / p);
+            ld.push(DECODE as f64 / d);
+            llama_ids = ids;
+        }
+        lp.remove(0);
+        ld.remove(0);
+        let same = native_ids
+            .iter()
+            .zip(&llama_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let (np, nd, lp, ld) = (median(np), median(nd), median(lp), median(ld));
+        let mib = std::fs::metadata(&native).unwrap().len() as f64 / 1048576.0;
+        let rss =
+            jq_run_peak_rss(&native, &prompt_list).map_or("n/a".to_string(), |r| format!("{r:.1}"));
+        println!(
+            "| {ty} | {mib:.1} | {np:.0} | {nd:.0} | {lp:.0} | {ld:.0} | {:.2}x | {rss} |",
+            nd / ld
+        );
+        eprintln!("  {ty}: native and llama.cpp greedy ids agree on the first {same} of {DECODE}");
+    }
+    let o = Command::new("python3")
+        .arg(root().join("fixtures/jarvis/bench_numpy.py"))
+        .arg(dir.path())
+        .args([PROMPT.to_string(), "8".to_string()])
+        .output()
+        .expect("python3");
+    println!(
+        "numpy reference generation loop: {}",
+        String::from_utf8_lossy(&o.stdout).trim()
+    );
+}
