@@ -141,7 +141,7 @@ fn main() {
     let o = Command::new("python3")
         .arg(root().join("fixtures/jarvis/bench_numpy.py"))
         .arg(dir.path())
-        .args([PROMPT.to_string(), "8".to_string()])
+        .args([PROMPT.to_string(), "32".to_string()])
         .output()
         .expect("python3");
     println!(
