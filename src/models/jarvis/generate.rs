@@ -45,6 +45,13 @@ impl<'m, 'a> Generator<'m, 'a> {
         Ok(())
     }
 
+    /// Feeds a token whose logits will not be read (not the last of a prompt).
+    fn feed_quiet(&mut self, id: u32, m: Option<&mut MetricsAcc>) -> Result<(), StepError> {
+        self.model.step_no_logits(&mut self.st, id, m)?;
+        self.window.push(id);
+        Ok(())
+    }
+
     /// Runs the prompt. Returns every position's logits (`n x vocab`) when `all_logits`, and
     /// the prompt pass's metrics when `metrics`. A prompt longer than the context is refused.
     pub fn prompt(
@@ -59,8 +66,12 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
         let mut acc = metrics.then(|| MetricsAcc::new(&self.model.cfg));
         let mut out = Vec::new();
-        for &id in ids {
-            self.feed(id, acc.as_mut())?;
+        for (i, &id) in ids.iter().enumerate() {
+            if all_logits || i + 1 == ids.len() {
+                self.feed(id, acc.as_mut())?;
+            } else {
+                self.feed_quiet(id, acc.as_mut())?;
+            }
             self.history.push(id);
             if all_logits {
                 out.extend_from_slice(&self.logits);
@@ -86,7 +97,7 @@ impl<'m, 'a> Generator<'m, 'a> {
             self.st.reset();
             self.shifts += 1;
             for t in keep {
-                self.feed(t, None)?;
+                self.feed_quiet(t, None)?;
             }
         }
         let mut acc = metrics.then(|| MetricsAcc::new(&self.model.cfg));

@@ -153,8 +153,30 @@ impl<'a> Model<'a> {
         &self,
         st: &'s mut State,
         token: u32,
-        mut metrics: Option<&mut MetricsAcc>,
+        metrics: Option<&mut MetricsAcc>,
     ) -> Result<&'s [f32], StepError> {
+        self.step_inner(st, token, metrics, true)?;
+        Ok(&st.logits)
+    }
+
+    /// Runs one token into the KV cache without the output projection (a prompt token whose
+    /// logits nobody reads: the projection is the largest matrix of the model).
+    pub fn step_no_logits(
+        &self,
+        st: &mut State,
+        token: u32,
+        metrics: Option<&mut MetricsAcc>,
+    ) -> Result<(), StepError> {
+        self.step_inner(st, token, metrics, false)
+    }
+
+    fn step_inner(
+        &self,
+        st: &mut State,
+        token: u32,
+        mut metrics: Option<&mut MetricsAcc>,
+        logits: bool,
+    ) -> Result<(), StepError> {
         let c = &self.cfg;
         let (d, hd, pos) = (c.d_model, c.head_dim(), st.pos);
         if pos >= c.ctx {
@@ -245,14 +267,16 @@ impl<'a> Model<'a> {
                 m.fidelity(l, &st.x_in, &st.x);
             }
         }
-        if let Some(n) = &self.out_norm {
-            layer_norm(&st.x, n, c.eps, &mut st.h);
-        } else {
-            st.h.copy_from_slice(&st.x);
-        }
-        self.out.matvec_team(&st.h, &mut st.logits, &st.team);
         st.pos += 1;
-        Ok(&st.logits)
+        if logits {
+            if let Some(n) = &self.out_norm {
+                layer_norm(&st.x, n, c.eps, &mut st.h);
+            } else {
+                st.h.copy_from_slice(&st.x);
+            }
+            self.out.matvec_team(&st.h, &mut st.logits, &st.team);
+        }
+        Ok(())
     }
 }
 
