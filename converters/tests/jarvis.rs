@@ -476,3 +476,65 @@ fn jq_run_cli_dump_logits_seeds_and_limits() {
         "{err}"
     );
 }
+
+#[test]
+fn npz_variants_convert_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = fixture("tiny-norm");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    }
+    let reference_gguf = convert_ok("tiny-norm", "f32", "native", d);
+    let load = format!(
+        "import numpy as np; w = dict(np.load({:?}))",
+        src.join("model.npz").to_str().unwrap()
+    );
+    // float64 members (converted exactly back to f32) and Fortran-ordered members (reordered,
+    // not reinterpreted) give byte-identical GGUFs; stored and deflated zips both read.
+    for (name, code) in [
+        ("f64", format!("{load}; np.savez('m.npz', **{{k: v.astype(np.float64) for k, v in w.items()}})")),
+        ("fortran", format!("{load}; np.savez_compressed('m.npz', **{{k: np.asfortranarray(v) for k, v in w.items()}})")),
+    ] {
+        let o = Command::new("python3").arg("-c").arg(&code).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = d.join(format!("{name}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_jq-convert"))
+            .arg("npz-to-gguf")
+            .arg(d.join("m.npz"))
+            .args(["--type", "f32", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        // The name comes from the npz's folder; compare everything after the metadata.
+        let (a, b) = (GgufFile::open(&out).unwrap(), GgufFile::open(&reference_gguf).unwrap());
+        for (x, y) in a.tensors().zip(b.tensors()) {
+            assert!(x.data == y.data, "{name}: tensor {} differs", x.name());
+        }
+        assert_eq!(a.tensor_infos().len(), b.tensor_infos().len());
+    }
+
+    // Without config.json the sizes come from the shapes, but the head count must be given.
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    let out = d.join("noconf.gguf");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jq-convert"))
+            .arg("npz-to-gguf")
+            .arg(d.join("m.npz"))
+            .args(["--type", "f32", "-o"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("head count cannot be inferred"));
+    let o = run(&["--heads", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: no config.json"));
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.get_u32("jarvis.attention.head_count").unwrap(), 4);
+    assert_eq!(f.get_u32("jarvis.context_length").unwrap(), 512);
+}
