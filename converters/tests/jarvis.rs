@@ -39,9 +39,11 @@ fn convert_ok(model: &str, ty: &str, target: &str, dir: &Path) -> PathBuf {
     out
 }
 
+/// (name, ids, logits [n x vocab], greedy ids)
+type Case = (String, Vec<u32>, Vec<f32>, Vec<u32>);
+
 struct Reference {
-    /// (name, ids, logits [n x vocab], greedy ids)
-    cases: Vec<(String, Vec<u32>, Vec<f32>, Vec<u32>)>,
+    cases: Vec<Case>,
     long: (Vec<u32>, Vec<u32>),
     metrics: Value,
 }

@@ -126,12 +126,12 @@ mod x86 {
     pub unsafe fn dot_f16_f32(w: &[half::f16], x: &[f32]) -> f32 {
         let mut acc = [_mm256_setzero_ps(); 4];
         for (wc, xc) in w.chunks_exact(32).zip(x.chunks_exact(32)) {
-            for k in 0..4 {
+            for (k, a) in acc.iter_mut().enumerate() {
                 // SAFETY: each chunk holds 32 elements; reads 8 at offset 8k.
                 unsafe {
                     let h = _mm_loadu_si128(wc.as_ptr().add(8 * k).cast());
                     let xv = _mm256_loadu_ps(xc.as_ptr().add(8 * k));
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, acc[k]);
+                    *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, *a);
                 }
             }
         }
@@ -206,7 +206,7 @@ fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], simd: bool) -> f32 {
 #[inline]
 fn dot_f16(row: &[f16], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() && row.len() % 32 == 0 {
+    if has_avx2_fma() && row.len().is_multiple_of(32) {
         // SAFETY: AVX2, F16C and FMA were detected; lengths are equal multiples of 32.
         return unsafe { x86::dot_f16_f32(row, x) };
     }
@@ -326,6 +326,48 @@ impl<'a> Matrix<'a> {
                 unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(r.start), r.len()) };
             for (o, row) in ys.iter_mut().zip(r) {
                 *o = self.row_dot(row, x);
+            }
+        });
+    }
+
+    /// `Y = X M^T` for `n` input rows (`xs` is `n x cols`, `ys` is `n x rows`): each weight
+    /// row is read once and used for every input, which is what makes prompt processing
+    /// cheaper per token than decoding. Rows are split across the team.
+    pub fn matmul_team(&self, xs: &[f32], n: usize, ys: &mut [f32], team: &super::Team) {
+        assert_eq!(xs.len(), n * self.cols);
+        assert_eq!(ys.len(), n * self.rows);
+        let per_row = self.cols / QK;
+        let quantized = matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0);
+        let q8: Vec<BlockQ8_0> = if quantized {
+            let mut blocks = vec![BlockQ8_0::zeroed(); n * per_row];
+            for (x, b) in xs
+                .chunks_exact(self.cols)
+                .zip(blocks.chunks_exact_mut(per_row))
+            {
+                super::Q8_0Codec::quantize_row_fast(x, b);
+            }
+            blocks
+        } else {
+            Vec::new()
+        };
+        let simd = has_avx2_fma();
+        let input = |t: usize| {
+            if quantized {
+                Input::Q8(&q8[t * per_row..(t + 1) * per_row], simd)
+            } else {
+                Input::F32(&xs[t * self.cols..(t + 1) * self.cols])
+            }
+        };
+        let out = ys.as_mut_ptr() as usize;
+        let rows = self.rows;
+        team.for_ranges(self.rows, &|r| {
+            for row in r {
+                for t in 0..n {
+                    let v = self.row_dot(row, &input(t));
+                    // SAFETY: members own disjoint row ranges, so each (t, row) element is
+                    // written by exactly one thread; the index is < n * rows = ys.len().
+                    unsafe { *(out as *mut f32).add(t * rows + row) = v };
+                }
             }
         });
     }

@@ -90,7 +90,7 @@ impl Config {
             gelu,
             final_norm: f.tensor("output_norm.weight").is_ok(),
         };
-        if cfg.n_heads == 0 || cfg.d_model % cfg.n_heads != 0 {
+        if cfg.n_heads == 0 || !cfg.d_model.is_multiple_of(cfg.n_heads) {
             return Err(GgufError::WrongType {
                 key: keys::HEAD_COUNT.into(),
                 expected: format!("a divisor of embedding_length {}", cfg.d_model),

@@ -45,13 +45,6 @@ impl<'m, 'a> Generator<'m, 'a> {
         Ok(())
     }
 
-    /// Feeds a token whose logits will not be read (not the last of a prompt).
-    fn feed_quiet(&mut self, id: u32, m: Option<&mut MetricsAcc>) -> Result<(), StepError> {
-        self.model.step_no_logits(&mut self.st, id, m)?;
-        self.window.push(id);
-        Ok(())
-    }
-
     /// Runs the prompt. Returns every position's logits (`n x vocab`) when `all_logits`, and
     /// the prompt pass's metrics when `metrics`. A prompt longer than the context is refused.
     pub fn prompt(
@@ -66,17 +59,19 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
         let mut acc = metrics.then(|| MetricsAcc::new(&self.model.cfg));
         let mut out = Vec::new();
-        for (i, &id) in ids.iter().enumerate() {
-            if all_logits || i + 1 == ids.len() {
-                self.feed(id, acc.as_mut())?;
-            } else {
-                self.feed_quiet(id, acc.as_mut())?;
-            }
-            self.history.push(id);
-            if all_logits {
-                out.extend_from_slice(&self.logits);
-            }
+        if ids.is_empty() {
+            return Ok((out, acc.map(|a| a.finish())));
         }
+        self.model.prefill(
+            &mut self.st,
+            ids,
+            acc.as_mut(),
+            all_logits.then_some(&mut out),
+        )?;
+        self.logits
+            .copy_from_slice(self.model.last_logits(&self.st));
+        self.window.extend_from_slice(ids);
+        self.history.extend_from_slice(ids);
         Ok((out, acc.map(|a| a.finish())))
     }
 
@@ -96,9 +91,8 @@ impl<'m, 'a> Generator<'m, 'a> {
             self.window.clear();
             self.st.reset();
             self.shifts += 1;
-            for t in keep {
-                self.feed_quiet(t, None)?;
-            }
+            self.model.prefill(&mut self.st, &keep, None, None)?;
+            self.window = keep;
         }
         let mut acc = metrics.then(|| MetricsAcc::new(&self.model.cfg));
         self.feed(id, acc.as_mut())?;

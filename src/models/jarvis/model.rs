@@ -170,6 +170,163 @@ impl<'a> Model<'a> {
         self.step_inner(st, token, metrics, false)
     }
 
+    /// Runs `tokens` at the next positions in one pass: every projection is a matrix-matrix
+    /// product, so each weight is read once for the whole prompt. Logits of every token are
+    /// appended to `all_logits` when given, else only the last token's are computed (and left in
+    /// the state, as `step` leaves them). Metrics, when asked for, are those `step` would
+    /// accumulate.
+    pub fn prefill(
+        &self,
+        st: &mut State,
+        tokens: &[u32],
+        mut metrics: Option<&mut MetricsAcc>,
+        all_logits: Option<&mut Vec<f32>>,
+    ) -> Result<(), StepError> {
+        let c = &self.cfg;
+        let (d, hd, n, pos0) = (c.d_model, c.head_dim(), tokens.len(), st.pos);
+        if n == 0 {
+            return Ok(());
+        }
+        if pos0 + n > c.ctx {
+            return Err(StepError::ContextFull(c.ctx));
+        }
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(StepError::BadToken {
+                token,
+                vocab: c.vocab,
+            });
+        }
+        let mut x = vec![0f32; n * d];
+        for (t, (&tok, xr)) in tokens.iter().zip(x.chunks_exact_mut(d)).enumerate() {
+            self.tok.row_to_f32(tok as usize, xr);
+            for (v, p) in xr
+                .iter_mut()
+                .zip(&self.pe[(pos0 + t) * d..(pos0 + t + 1) * d])
+            {
+                *v += p;
+            }
+        }
+        let mut h = vec![0f32; n * d];
+        let (mut q, mut k, mut v, mut o) = (
+            vec![0f32; n * d],
+            vec![0f32; n * d],
+            vec![0f32; n * d],
+            vec![0f32; n * d],
+        );
+        let mut ff = vec![0f32; n * c.d_ff];
+        let mut x_in = vec![0f32; n * d];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let team = &st.team;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x_in.copy_from_slice(&x);
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                layer_norm(xr, &layer.ln1, c.eps, hr);
+            }
+            layer.q.matmul_team(&h, n, &mut q, team);
+            layer.k.matmul_team(&h, n, &mut k, team);
+            layer.v.matmul_team(&h, n, &mut v, team);
+            st.k_cache[l][pos0 * d..(pos0 + n) * d].copy_from_slice(&k);
+            st.v_cache[l][pos0 * d..(pos0 + n) * d].copy_from_slice(&v);
+            let (kc, vc, ctx) = (&st.k_cache[l], &st.v_cache[l], c.ctx);
+            // One head of one token: scores over the cache, softmax, weighted values.
+            let head = |t: usize, hh: usize, oh: &mut [f32], att: &mut [f32]| {
+                let pos = pos0 + t;
+                let qh = &q[t * d + hh * hd..t * d + (hh + 1) * hd];
+                let att = &mut att[..=pos];
+                for (j, a) in att.iter_mut().enumerate() {
+                    *a = dot_f32(qh, &kc[j * d + hh * hd..j * d + (hh + 1) * hd]) * scale;
+                }
+                softmax(att);
+                oh.fill(0.0);
+                for (j, &a) in att.iter().enumerate() {
+                    for (ov, vv) in oh
+                        .iter_mut()
+                        .zip(&vc[j * d + hh * hd..j * d + (hh + 1) * hd])
+                    {
+                        *ov += a * vv;
+                    }
+                }
+            };
+            if let Some(m) = metrics.as_deref_mut() {
+                // Metrics need every attention row in turn: one thread.
+                for t in 0..n {
+                    for hh in 0..c.n_heads {
+                        let att = &mut st.att[hh * ctx..(hh + 1) * ctx];
+                        let oh = &mut o[t * d + hh * hd..t * d + (hh + 1) * hd];
+                        head(t, hh, oh, att);
+                        m.attention(l, hh, pos0 + t, &att[..=pos0 + t], oh);
+                    }
+                }
+            } else {
+                let (op, ap) = (o.as_mut_ptr() as usize, st.att.as_mut_ptr() as usize);
+                team.for_ranges(c.n_heads, &|r| {
+                    for hh in r {
+                        for t in 0..n {
+                            // SAFETY: a head owns its `hd` columns of `o` in every row and its
+                            // `ctx` scores; members get disjoint ranges of heads.
+                            let (oh, att) = unsafe {
+                                (
+                                    std::slice::from_raw_parts_mut(
+                                        (op as *mut f32).add(t * d + hh * hd),
+                                        hd,
+                                    ),
+                                    std::slice::from_raw_parts_mut(
+                                        (ap as *mut f32).add(hh * ctx),
+                                        ctx,
+                                    ),
+                                )
+                            };
+                            head(t, hh, oh, att);
+                        }
+                    }
+                });
+            }
+            for (xv, ov) in x.iter_mut().zip(&o) {
+                *xv += ov;
+            }
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                layer_norm(xr, &layer.ln2, c.eps, hr);
+            }
+            layer.up.matmul_team(&h, n, &mut ff, team);
+            for fv in ff.iter_mut() {
+                *fv = gelu(*fv, c.gelu);
+            }
+            layer.down.matmul_team(&ff, n, &mut h, team);
+            for (xv, hv) in x.iter_mut().zip(&h) {
+                *xv += hv;
+            }
+            if let Some(m) = metrics.as_deref_mut() {
+                for (a, b) in x_in.chunks_exact(d).zip(x.chunks_exact(d)) {
+                    m.fidelity(l, a, b);
+                }
+            }
+        }
+        st.pos += n;
+        for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+            match &self.out_norm {
+                Some(nm) => layer_norm(xr, nm, c.eps, hr),
+                None => hr.copy_from_slice(xr),
+            }
+        }
+        match all_logits {
+            Some(out) => {
+                let start = out.len();
+                out.resize(start + n * c.vocab, 0.0);
+                self.out.matmul_team(&h, n, &mut out[start..], team);
+                st.logits.copy_from_slice(&out[out.len() - c.vocab..]);
+            }
+            None => self
+                .out
+                .matvec_team(&h[(n - 1) * d..], &mut st.logits, team),
+        }
+        Ok(())
+    }
+
+    /// The logits left by the last `step` or `prefill`.
+    pub fn last_logits<'s>(&self, st: &'s State) -> &'s [f32] {
+        &st.logits
+    }
+
     fn step_inner(
         &self,
         st: &mut State,
