@@ -51,19 +51,23 @@ impl Llama {
             .collect()
     }
 
+    /// A context of `n_ctx` positions whose batches may hold the whole context.
+    fn context(&self, n_ctx: u32, threads: i32) -> Result<llama_cpp_2::context::LlamaContext<'_>> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))
+    }
+
     /// Evaluates `tokens` in one batch from position 0; returns `n x vocab` logits.
     pub fn prompt_logits(&self, tokens: &[u32], n_ctx: u32, threads: i32) -> Result<Vec<f32>> {
         let n = tokens.len();
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx.max(n as u32)))
-            .with_n_batch(n_ctx.max(n as u32))
-            .with_n_ubatch(n_ctx.max(n as u32))
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        let mut ctx = self.context(n_ctx.max(n as u32), threads)?;
         let mut batch = LlamaBatch::new(n.max(1), 1);
         for (i, &t) in tokens.iter().enumerate() {
             batch
@@ -90,16 +94,7 @@ impl Llama {
         n_ctx: u32,
         threads: i32,
     ) -> Result<(f64, f64, Vec<u32>)> {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_ctx)
-            .with_n_ubatch(n_ctx)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        let mut ctx = self.context(n_ctx, threads)?;
         let v = self.n_vocab();
         let argmax = |l: &[f32]| {
             let mut b = 0;

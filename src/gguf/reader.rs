@@ -33,6 +33,10 @@ pub const MAX_ARRAY_DEPTH: u32 = 16;
 /// Smallest encodings, used to bound counts by the bytes left before allocating.
 const MIN_KV_BYTES: u64 = 8 + 1 + 4 + 1;
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
+/// Most entries reserved before any is read: a count is only bounded by the file size, and
+/// reserving for it up front would take several times a large file's size (an abort when that
+/// cannot be allocated); past this the vectors grow as entries are actually read.
+const MAX_PREALLOC: u64 = 1024;
 
 /// One metadata entry: where its value lies in the file.
 #[derive(Debug, Clone)]
@@ -269,8 +273,9 @@ impl GgufIndex {
         let n_tensors = count(&mut c, "tensor count", MIN_TENSOR_INFO_BYTES)?;
         let n_kv = count(&mut c, "metadata key count", MIN_KV_BYTES)?;
 
-        let mut kvs = Vec::with_capacity(n_kv as usize);
-        let mut key_index = HashMap::with_capacity(n_kv as usize);
+        let cap = n_kv.min(MAX_PREALLOC) as usize;
+        let mut kvs = Vec::with_capacity(cap);
+        let mut key_index = HashMap::with_capacity(cap);
         for i in 0..n_kv {
             let key_at = c.pos as u64;
             let raw = c.string(&|| format!("key #{i}"))?;
@@ -325,8 +330,9 @@ impl GgufIndex {
             alignment = a;
         }
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let cap = n_tensors.min(MAX_PREALLOC) as usize;
+        let mut tensors = Vec::with_capacity(cap);
+        let mut tensor_index = HashMap::with_capacity(cap);
         for i in 0..n_tensors {
             let at = c.pos as u64;
             let raw = c.string(&|| format!("name of tensor #{i}"))?;

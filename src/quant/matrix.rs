@@ -8,7 +8,6 @@ use super::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use super::{CodecError, GgmlType};
 use bytemuck::Zeroable;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// A row-major matrix of `rows` rows of `cols` elements, borrowed in its stored type.
 /// (A GGUF weight with `ne = [cols, rows]`.)
@@ -20,9 +19,6 @@ pub struct Matrix<'a> {
     data: &'a [u8],
     row_bytes: usize,
 }
-
-/// Work below this many weights per product runs on the calling thread.
-const PAR_MIN_WEIGHTS: usize = 1 << 20;
 
 /// Products smaller than this stay on one member of a team.
 const TEAM_MIN_WEIGHTS: usize = 1 << 14;
@@ -300,24 +296,43 @@ impl<'a> Matrix<'a> {
             .expect("sizes checked in Matrix::new");
     }
 
+    fn quantized(&self) -> bool {
+        matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0)
+    }
+
+    /// `x` quantized to Q8_0 when this matrix's dot products want it (ggml's scheme for Q8_0
+    /// and Q4_0 weights), else nothing.
+    fn q8_input(&self, x: &[f32]) -> Vec<BlockQ8_0> {
+        if !self.quantized() {
+            return Vec::new();
+        }
+        let mut blocks = vec![BlockQ8_0::zeroed(); x.len() / QK];
+        for (xr, b) in x
+            .chunks_exact(self.cols)
+            .zip(blocks.chunks_exact_mut(self.cols / QK))
+        {
+            super::Q8_0Codec::quantize_row_fast(xr, b);
+        }
+        blocks
+    }
+
+    fn input<'x>(&self, x: &'x [f32], q8: &'x [BlockQ8_0]) -> Input<'x> {
+        if self.quantized() {
+            Input::Q8(q8, has_avx2_fma())
+        } else {
+            Input::F32(x)
+        }
+    }
+
     /// `y = M x` with the rows split across a spinning [`Team`] (see there for why).
     pub fn matvec_team(&self, x: &[f32], y: &mut [f32], team: &super::Team) {
         if team.threads() == 1 || self.rows * self.cols < TEAM_MIN_WEIGHTS {
-            return self.matvec_serial(x, y);
+            return self.matvec(x, y);
         }
         assert_eq!(x.len(), self.cols);
         assert_eq!(y.len(), self.rows);
-        let q8;
-        let x = match self.ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => {
-                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
-                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
-                q8 = blocks;
-                Input::Q8(&q8, has_avx2_fma())
-            }
-            _ => Input::F32(x),
-        };
-        let x = &x;
+        let q8 = self.q8_input(x);
+        let x = &self.input(x, &q8);
         let out = y.as_mut_ptr() as usize;
         team.for_ranges(self.rows, &|r| {
             // SAFETY: `for_ranges` hands each member a disjoint range of 0..rows, and `y` has
@@ -337,25 +352,13 @@ impl<'a> Matrix<'a> {
         assert_eq!(xs.len(), n * self.cols);
         assert_eq!(ys.len(), n * self.rows);
         let per_row = self.cols / QK;
-        let quantized = matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0);
-        let q8: Vec<BlockQ8_0> = if quantized {
-            let mut blocks = vec![BlockQ8_0::zeroed(); n * per_row];
-            for (x, b) in xs
-                .chunks_exact(self.cols)
-                .zip(blocks.chunks_exact_mut(per_row))
-            {
-                super::Q8_0Codec::quantize_row_fast(x, b);
-            }
-            blocks
-        } else {
-            Vec::new()
-        };
-        let simd = has_avx2_fma();
+        let q8 = self.q8_input(xs);
         let input = |t: usize| {
-            if quantized {
-                Input::Q8(&q8[t * per_row..(t + 1) * per_row], simd)
+            let x = &xs[t * self.cols..(t + 1) * self.cols];
+            if self.quantized() {
+                self.input(x, &q8[t * per_row..(t + 1) * per_row])
             } else {
-                Input::F32(&xs[t * self.cols..(t + 1) * self.cols])
+                self.input(x, &[])
             }
         };
         let out = ys.as_mut_ptr() as usize;
@@ -372,52 +375,15 @@ impl<'a> Matrix<'a> {
         });
     }
 
-    /// `y = M x` on the calling thread.
-    pub fn matvec_serial(&self, x: &[f32], y: &mut [f32]) {
-        assert_eq!(x.len(), self.cols);
-        assert_eq!(y.len(), self.rows);
-        let q8;
-        let x = match self.ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => {
-                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
-                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
-                q8 = blocks;
-                Input::Q8(&q8, has_avx2_fma())
-            }
-            _ => Input::F32(x),
-        };
-        for (r, o) in y.iter_mut().enumerate() {
-            *o = self.row_dot(r, &x);
-        }
-    }
-
-    /// `y = M x`: one dot product per row, across rayon's threads when the matrix is large.
-    /// For Q8_0/Q4_0 matrices `x` is first quantized to Q8_0, as ggml does.
+    /// `y = M x` on the calling thread. For Q8_0/Q4_0 matrices `x` is first quantized to
+    /// Q8_0, as ggml does.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols);
         assert_eq!(y.len(), self.rows);
-        let q8;
-        let x = match self.ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => {
-                let mut blocks = vec![BlockQ8_0::zeroed(); self.cols / QK];
-                super::Q8_0Codec::quantize_row_fast(x, &mut blocks);
-                q8 = blocks;
-                Input::Q8(&q8, has_avx2_fma())
-            }
-            _ => Input::F32(x),
-        };
-        let x = &x;
-        if self.rows * self.cols < PAR_MIN_WEIGHTS || rayon::current_num_threads() == 1 {
-            for (r, o) in y.iter_mut().enumerate() {
-                *o = self.row_dot(r, x);
-            }
-        } else {
-            let chunk = (PAR_MIN_WEIGHTS / self.cols).max(1);
-            y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-                for (i, o) in ys.iter_mut().enumerate() {
-                    *o = self.row_dot(c * chunk + i, x);
-                }
-            });
+        let q8 = self.q8_input(x);
+        let x = self.input(x, &q8);
+        for (r, o) in y.iter_mut().enumerate() {
+            *o = self.row_dot(r, &x);
         }
     }
 }
