@@ -123,3 +123,197 @@ pub fn write_gpt2(path: &Path, d: Gpt2Dims, mixed_sources: bool) -> Result<()> {
             .map_err(|e| GgufError::io("<output>", e))
     })
 }
+
+/// Dimensions of a Gemma-3 shaped model (`general.architecture = "gemma3"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemma3Dims {
+    pub n_embd: u64,
+    pub n_ff: u64,
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub head_dim: u64,
+    /// Trained context (`gemma3.context_length`).
+    pub n_ctx: u64,
+    pub sliding_window: u32,
+    /// Every `swa_pattern`-th layer is global.
+    pub swa_pattern: u32,
+    pub final_logit_softcapping: Option<f32>,
+}
+
+impl Gemma3Dims {
+    /// The tiny test model: 6 layers (5 sliding, 1 global), a sliding window of 8, GQA 4/2.
+    pub const TINY: Gemma3Dims = Gemma3Dims {
+        n_embd: 64,
+        n_ff: 128,
+        n_layer: 6,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 16,
+        n_ctx: 256,
+        sliding_window: 8,
+        swa_pattern: 6,
+        final_logit_softcapping: Some(30.0),
+    };
+
+    /// Gemma-3-27B's shapes (62 layers, hidden 5376, 32/16 heads of 128, FFN 21504).
+    pub const G27B: Gemma3Dims = Gemma3Dims {
+        n_embd: 5376,
+        n_ff: 21504,
+        n_layer: 62,
+        n_head: 32,
+        n_head_kv: 16,
+        head_dim: 128,
+        n_ctx: 131072,
+        sliding_window: 1024,
+        swa_pattern: 6,
+        final_logit_softcapping: None,
+    };
+}
+
+/// Gemma-3's chat template (the Jinja text of the published checkpoints, shortened; llama.cpp
+/// recognises it by `<start_of_turn>` and applies its built-in Gemma format).
+pub const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}";
+
+/// A small SentencePiece-style vocabulary in Gemma's layout: `<pad>` 0, `<eos>` 1, `<bos>` 2,
+/// `<unk>` 3, the two turn markers, the 256 byte tokens, then word pieces (scores favour
+/// longer pieces). Returns (tokens, scores, token types).
+pub fn gemma3_vocab(n_vocab: usize) -> (Vec<String>, Vec<f32>, Vec<i32>) {
+    let mut toks: Vec<(String, f32, i32)> = vec![
+        ("<pad>".into(), 0.0, 3),
+        ("<eos>".into(), 0.0, 3),
+        ("<bos>".into(), 0.0, 3),
+        ("<unk>".into(), 0.0, 2),
+        ("<start_of_turn>".into(), 0.0, 3),
+        ("<end_of_turn>".into(), 0.0, 3),
+    ];
+    toks.extend((0..=255u32).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
+    let words = [
+        "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "park", "hello", "world", "how",
+        "are", "you", "i", "am", "fine", "thank", "what", "is", "your", "name", "my", "and", "it",
+        "was", "in", "of", "model", "user", "good", "day", "night", "sun", "moon",
+    ];
+    let mut pieces: Vec<String> = vec!["▁".into()];
+    pieces.extend(('a'..='z').map(|c| c.to_string()));
+    pieces.extend(('a'..='z').map(|c| format!("▁{c}")));
+    pieces.extend(words.iter().map(|w| format!("▁{w}")));
+    pieces.extend([".", ",", "?", "!", "▁."].iter().map(|s| s.to_string()));
+    for p in pieces {
+        if !toks.iter().any(|t| t.0 == p) {
+            let score = -(1000.0 / p.chars().count() as f32) - toks.len() as f32 * 1e-3;
+            toks.push((p, score, 1));
+        }
+    }
+    while toks.len() < n_vocab {
+        let id = toks.len();
+        toks.push((format!("[PAD{id}]"), -10000.0, 5));
+    }
+    toks.truncate(n_vocab);
+    let mut t = Vec::new();
+    let mut s = Vec::new();
+    let mut ty = Vec::new();
+    for (a, b, c) in toks {
+        t.push(a);
+        s.push(b);
+        ty.push(c);
+    }
+    (t, s, ty)
+}
+
+/// Writes a Gemma-3 shaped GGUF with the metadata and tensor names llama.cpp's `gemma3` loader
+/// expects, a [`gemma3_vocab`] of `n_vocab` entries and [`GEMMA3_CHAT_TEMPLATE`]. Norm weights
+/// are near 1 (llama.cpp multiplies by them; Gemma's `1 + w` is folded in, as the converter
+/// does); 2-D weights are stored as `ty` (token embedding included), scaled by 1/sqrt(fan-in).
+pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> Result<()> {
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "gemma3")?;
+    w.add("general.name", "synthetic gemma3")?;
+    let file_type: u32 = match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q8_0 => 7,
+        GgmlType::BF16 => 32,
+        _ => 0,
+    };
+    w.add("general.file_type", file_type)?;
+    w.add("gemma3.context_length", d.n_ctx as u32)?;
+    w.add("gemma3.embedding_length", d.n_embd as u32)?;
+    w.add("gemma3.block_count", d.n_layer as u32)?;
+    w.add("gemma3.feed_forward_length", d.n_ff as u32)?;
+    w.add("gemma3.attention.head_count", d.n_head as u32)?;
+    w.add("gemma3.attention.head_count_kv", d.n_head_kv as u32)?;
+    w.add("gemma3.attention.layer_norm_rms_epsilon", 1e-6f32)?;
+    w.add("gemma3.attention.key_length", d.head_dim as u32)?;
+    w.add("gemma3.attention.value_length", d.head_dim as u32)?;
+    w.add("gemma3.rope.freq_base", 1_000_000f32)?;
+    w.add("gemma3.rope.freq_base_swa", 10_000f32)?;
+    w.add("gemma3.attention.sliding_window", d.sliding_window)?;
+    w.add("gemma3.attention.sliding_window_pattern", d.swa_pattern)?;
+    if let Some(c) = d.final_logit_softcapping {
+        w.add("gemma3.final_logit_softcapping", c)?;
+    }
+    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
+    w.add("tokenizer.ggml.model", "llama")?;
+    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
+    w.add(
+        "tokenizer.ggml.scores",
+        MetaValue::array(ValueType::F32, scores.iter().copied()),
+    )?;
+    w.add(
+        "tokenizer.ggml.token_type",
+        MetaValue::array(ValueType::I32, types.iter().copied()),
+    )?;
+    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
+    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
+    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
+    w.add("tokenizer.ggml.padding_token_id", 0u32)?;
+    w.add("tokenizer.ggml.add_bos_token", true)?;
+    w.add("tokenizer.ggml.add_eos_token", false)?;
+    w.add("tokenizer.ggml.add_space_prefix", false)?;
+    w.add("tokenizer.chat_template", GEMMA3_CHAT_TEMPLATE)?;
+
+    let (e, f, hd) = (d.n_embd, d.n_ff, d.head_dim);
+    let (q, kv) = (d.n_head * hd, d.n_head_kv * hd);
+    let mut tensors: Vec<(String, GgmlType, Vec<u64>)> =
+        vec![("token_embd.weight".into(), ty, vec![e, n_vocab])];
+    for l in 0..d.n_layer {
+        let b = |s: &str| format!("blk.{l}.{s}");
+        tensors.extend([
+            (b("attn_norm.weight"), GgmlType::F32, vec![e]),
+            (b("attn_q.weight"), ty, vec![e, q]),
+            (b("attn_k.weight"), ty, vec![e, kv]),
+            (b("attn_v.weight"), ty, vec![e, kv]),
+            (b("attn_output.weight"), ty, vec![q, e]),
+            (b("attn_q_norm.weight"), GgmlType::F32, vec![hd]),
+            (b("attn_k_norm.weight"), GgmlType::F32, vec![hd]),
+            (b("post_attention_norm.weight"), GgmlType::F32, vec![e]),
+            (b("ffn_norm.weight"), GgmlType::F32, vec![e]),
+            (b("ffn_gate.weight"), ty, vec![e, f]),
+            (b("ffn_up.weight"), ty, vec![e, f]),
+            (b("ffn_down.weight"), ty, vec![f, e]),
+            (b("post_ffw_norm.weight"), GgmlType::F32, vec![e]),
+        ]);
+    }
+    tensors.push(("output_norm.weight".into(), GgmlType::F32, vec![e]));
+    for (name, ty, ne) in &tensors {
+        w.add_tensor(name, *ty, ne)?;
+    }
+    w.write_file(path, |i, t, out| {
+        let n: u64 = t.ne.iter().product();
+        let vals: Vec<f32> = if t.ne.len() == 1 {
+            weights(i as u64, n as usize, 0.2)
+                .into_iter()
+                .map(|x| 1.0 + x)
+                .collect()
+        } else {
+            weights(i as u64, n as usize, 1.0 / (t.ne[0] as f32).sqrt())
+        };
+        let bytes = quantize_to_vec(t.ty, &vals).map_err(|source| GgufError::Codec {
+            name: t.name.clone(),
+            source,
+        })?;
+        out.write_all(&bytes)
+            .map_err(|e| GgufError::io("<output>", e))
+    })
+}

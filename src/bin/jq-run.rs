@@ -1,26 +1,40 @@
-//! `jq-run`: run a GGUF model. Jarvis GGUFs (`general.architecture = "jarvis"`) run on the
-//! native engine; the llama.cpp engine for every other architecture comes with its issue.
-//! stdout carries only the generated text (or, with `--json`, one JSON object); logs, metrics
-//! and timings go to stderr.
+//! `jq-run`: run a GGUF model. It dispatches on `general.architecture`: `jarvis` runs on the
+//! native engine, every architecture llama.cpp knows runs through llama.cpp (`llama-cpp-2`),
+//! anything else is refused with the list of what is supported. Both engines take the same
+//! flags. stdout carries only the generated text (or, with `--json`, one JSON object); plans,
+//! logs, metrics and timings go to stderr. Errors are one line on stderr and exit status 1.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use jq::engine::llama::{Llama, Sampling, Session, Stop};
 use jq::engine::native::{Jarvis, RunOptions, RunReport};
-use jq::engine::peak_rss;
+use jq::engine::plan::{self, fmt_size, GpuLayers, ModelShape};
+use jq::engine::{peak_rss, LLAMA_ARCHS};
 use jq::gguf::GgufFile;
 use jq::models::jarvis::LayerMetrics;
 use jq::sample::SamplerConfig;
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const EXAMPLES: &str = "Examples:
+  jq-run jarvis.gguf --prompt \"the cat\" -n 20
+  jq-run jarvis.gguf --prompt \"the cat\" --temp 0 --metrics
+  jq-run gemma3.gguf --prompt \"Write a haiku\" -n 64 --seed 1 -c 4096
+  jq-run gemma3.gguf --chat --system \"You are terse.\"
+  echo \"hello\" | jq-run gemma3.gguf --chat          # scripted chat: one turn per line
+  jq-run gemma3.gguf --prompt \"hi\" --n-gpu-layers auto --vram-budget 6GiB
+  jq-run model.gguf --prompt-tokens 2,651,6 -n 0 --dump-logits logits.npy
+  jq-run jarvis.gguf          # interactive when stdin is a terminal";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "jq-run",
     version,
-    about = "Run a GGUF model (Jarvis natively; other architectures through llama.cpp: not yet)",
-    after_help = "Examples:\n  jq-run jarvis.gguf --prompt \"the cat\" -n 20\n  jq-run jarvis.gguf --prompt \"the cat\" --temp 0 --metrics\n  jq-run jarvis.gguf --prompt-tokens 5,17,3 -n 0 --dump-logits logits.npy\n  jq-run jarvis.gguf          # interactive when stdin is a terminal"
+    about = "Run a GGUF model: Jarvis on the native engine, every other architecture llama.cpp supports through llama.cpp",
+    after_help = EXAMPLES
 )]
 struct Cli {
     /// The GGUF model.
@@ -28,10 +42,10 @@ struct Cli {
     /// Prompt text (without it: interactive on a terminal, else the whole of stdin).
     #[arg(short, long)]
     prompt: Option<String>,
-    /// Prompt as token ids, used exactly as given (e.g. 1,2,3).
+    /// Prompt as token ids, used exactly as given: no BOS added (e.g. 1,2,3).
     #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     prompt_tokens: Option<Vec<u32>>,
-    /// Tokens to generate (0 = evaluate the prompt only).
+    /// Tokens to generate (0 = evaluate the prompt only); in --chat, per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
     n_predict: usize,
     /// Sampling temperature (0 = greedy).
@@ -49,18 +63,113 @@ struct Cli {
     /// RNG seed (default: from the clock, printed on stderr).
     #[arg(long)]
     seed: Option<u64>,
-    /// Print the per-layer and per-head quantum metrics (stderr; with --json, in the JSON).
-    #[arg(long)]
-    metrics: bool,
-    /// Print one JSON object on stdout (ids, text, timings, metrics) instead of streaming text.
-    #[arg(long)]
-    json: bool,
+    /// Context size in tokens (default: the model's trained context, at most 4096; larger than
+    /// the trained context is refused).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<u32>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Prompt batch size for llama.cpp.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: u32,
     /// Write the prompt's logits, f32 [n_prompt_tokens, vocab], to this .npy file.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
-    /// Threads for the matrix products (default: all cores).
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
+    /// Print one JSON object on stdout (ids, text, timings) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Jarvis: print the per-layer and per-head quantum metrics (stderr; with --json, in the JSON).
+    #[arg(long)]
+    metrics: bool,
+    /// Multi-turn chat with the model's chat template; turns are read from stdin line by line
+    /// (terminal or not); `/exit` or end of input ends it.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_tokens", "dump_logits", "json"])]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Layers to offload to the GPU: a number, or `auto` (the most that fit --vram-budget, or
+    /// the device's free memory). Without a GPU everything runs on the CPU.
+    #[arg(long = "n-gpu-layers", short = 'g', value_parser = clap::value_parser!(GpuLayers))]
+    n_gpu_layers: Option<GpuLayers>,
+    /// Device memory the run may use, e.g. 6GiB, 512MiB. Without a GPU it bounds the host
+    /// memory of the CPU path (weights + KV cache + compute buffers).
+    #[arg(long = "vram-budget", value_parser = plan::parse_size)]
+    vram_budget: Option<u64>,
+}
+
+impl Cli {
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            let s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                & 0xFFFF_FFFF;
+            eprintln!("seed {s}");
+            s
+        })
+    }
+
+    fn n_ctx(&self, trained: u32) -> Result<u32> {
+        match self.ctx_size {
+            Some(0) => bail!("-c/--ctx-size must be at least 1"),
+            Some(c) if c > trained => bail!(
+                "-c/--ctx-size {c} is larger than the model's trained context of {trained} tokens"
+            ),
+            Some(c) => Ok(c),
+            None => Ok(trained.min(4096)),
+        }
+    }
+}
+
+/// The end-of-run report, like llama.cpp's: load, prompt and decode rates, peak RSS.
+fn timing_report(
+    load: Duration,
+    prompt: (Duration, usize),
+    decode: (Duration, usize),
+    extra: &str,
+) {
+    let tps = |n: usize, d: Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    eprintln!();
+    eprintln!("load      {:10.2} ms", load.as_secs_f64() * 1e3);
+    eprintln!(
+        "prompt    {:10.2} ms / {:5} tokens ({:8.1} tok/s)",
+        prompt.0.as_secs_f64() * 1e3,
+        prompt.1,
+        tps(prompt.1, prompt.0)
+    );
+    eprintln!(
+        "decode    {:10.2} ms / {:5} tokens ({:8.1} tok/s){extra}",
+        decode.0.as_secs_f64() * 1e3,
+        decode.1,
+        tps(decode.1, decode.0)
+    );
+    if let Some(p) = peak_rss() {
+        eprintln!("peak RSS  {:10.2} MiB", p as f64 / 1048576.0);
+    }
+}
+
+fn write_npy(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    jq::npy::write_f32(&mut f, shape, data)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn metrics_json(m: &[LayerMetrics]) -> serde_json::Value {
@@ -97,39 +206,15 @@ fn print_metrics(title: &str, m: &[LayerMetrics]) {
     }
 }
 
-fn report(cli: &Cli, rep: &RunReport, n_prompt: usize, load_s: f64) {
-    let tps = |n: usize, d: std::time::Duration| {
-        if d.as_secs_f64() > 0.0 {
-            n as f64 / d.as_secs_f64()
-        } else {
-            0.0
-        }
-    };
-    eprintln!();
-    eprintln!("load      {:8.2} ms", load_s * 1e3);
-    eprintln!(
-        "prompt    {:8.2} ms / {n_prompt} tokens ({:.1} tok/s)",
-        rep.prompt_time.as_secs_f64() * 1e3,
-        tps(n_prompt, rep.prompt_time)
-    );
-    eprintln!(
-        "decode    {:8.2} ms / {} runs ({:.1} tok/s){}",
-        rep.decode_time.as_secs_f64() * 1e3,
-        rep.decode_steps,
-        tps(rep.decode_steps, rep.decode_time),
-        if rep.context_shifts > 0 {
-            format!(", {} context shifts", rep.context_shifts)
-        } else {
-            String::new()
-        }
-    );
-    if let Some(p) = peak_rss() {
-        eprintln!("peak RSS  {:8.2} MiB", p as f64 / 1048576.0);
-    }
-    let _ = cli;
-}
+// ---------------------------------------------------------------- native engine (Jarvis)
 
-fn run_once(cli: &Cli, jarvis: &Jarvis, ids: Vec<u32>, seed: u64, load_s: f64) -> Result<()> {
+fn run_native_once(
+    cli: &Cli,
+    jarvis: &Jarvis,
+    ids: Vec<u32>,
+    seed: u64,
+    load: Duration,
+) -> Result<()> {
     let opts = RunOptions {
         prompt_ids: ids.clone(),
         n_predict: cli.n_predict,
@@ -149,16 +234,14 @@ fn run_once(cli: &Cli, jarvis: &Jarvis, ids: Vec<u32>, seed: u64, load_s: f64) -
     } else {
         Box::new(std::io::stdout())
     };
-    let rep = jarvis.run(&opts, &mut sink)?;
+    let rep: RunReport = jarvis.run(&opts, &mut sink)?;
     drop(sink);
     if let Some(path) = &cli.dump_logits {
-        let vocab = jarvis.model.cfg.vocab;
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        jq::npy::write_f32(&mut f, &[ids.len(), vocab], &rep.prompt_logits)
-            .with_context(|| format!("writing {}", path.display()))?;
-        f.flush()?;
+        write_npy(
+            path,
+            &[ids.len(), jarvis.model.cfg.vocab],
+            &rep.prompt_logits,
+        )?;
     }
     if cli.json {
         let v = json!({
@@ -177,7 +260,9 @@ fn run_once(cli: &Cli, jarvis: &Jarvis, ids: Vec<u32>, seed: u64, load_s: f64) -
         });
         println!("{v}");
     } else {
-        println!();
+        if cli.n_predict > 0 {
+            println!();
+        }
         if let Some(p) = &rep.prompt_metrics {
             print_metrics("quantum metrics of the prompt pass:", p);
             if let Some(last) = rep.step_metrics.last() {
@@ -185,47 +270,64 @@ fn run_once(cli: &Cli, jarvis: &Jarvis, ids: Vec<u32>, seed: u64, load_s: f64) -
             }
         }
     }
-    report(cli, &rep, ids.len(), load_s);
+    let shifts = if rep.context_shifts > 0 {
+        format!(", {} context shifts", rep.context_shifts)
+    } else {
+        String::new()
+    };
+    timing_report(
+        load,
+        (rep.prompt_time, ids.len()),
+        (rep.decode_time, rep.decode_steps),
+        &shifts,
+    );
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    if let Some(t) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
-            .build_global()
-            .context("setting up threads")?;
-    }
-    let t0 = Instant::now();
-    let file =
-        GgufFile::open(&cli.model).with_context(|| format!("reading {}", cli.model.display()))?;
-    let arch = file
-        .get_str("general.architecture")
-        .with_context(|| format!("{}", cli.model.display()))?
-        .to_string();
-    if arch != "jarvis" {
+fn run_native(cli: &Cli, file: &GgufFile, t0: Instant) -> Result<()> {
+    if cli.chat {
         bail!(
-            "{}: architecture '{arch}' needs the llama.cpp engine, which is not implemented yet (issue #6); supported now: jarvis",
+            "{}: --chat needs a tokenizer.chat_template and Jarvis models have none (run without --chat for the interactive prompt)",
             cli.model.display()
         );
     }
-    let jarvis = Jarvis::load(&file)?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let seed = cli.seed.unwrap_or_else(|| {
-        let s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        eprintln!("seed {s}");
-        s
-    });
+    if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
+        eprintln!("note: the native Jarvis engine runs on the CPU; --n-gpu-layers is ignored");
+    }
+    let mut jarvis = Jarvis::load(file)?;
+    let trained = jarvis.model.cfg.ctx as u32;
+    let n_ctx = cli.n_ctx(trained)?;
+    jarvis.model.cfg.ctx = n_ctx as usize;
+    if let Some(b) = cli.vram_budget {
+        let c = &jarvis.model.cfg;
+        let kv = (2 * c.n_layers * n_ctx as usize * c.d_model * 4) as u64;
+        let need = file.bytes().len() as u64 + kv;
+        if need > b {
+            bail!(
+                "--vram-budget {} is too small for even the CPU path: the native engine needs {} (weights {}, KV cache {})",
+                fmt_size(b),
+                fmt_size(need),
+                fmt_size(file.bytes().len() as u64),
+                fmt_size(kv)
+            );
+        }
+        eprintln!(
+            "plan: native engine on the CPU: {} (weights {}, KV cache {}) of a {} budget",
+            fmt_size(need),
+            fmt_size(file.bytes().len() as u64),
+            fmt_size(kv),
+            fmt_size(b)
+        );
+    }
+    let load = t0.elapsed();
+    let seed = cli.seed();
     let tok = &jarvis.tokenizer;
     if let Some(ids) = &cli.prompt_tokens {
-        return run_once(&cli, &jarvis, ids.clone(), seed, load_s);
+        return run_native_once(cli, &jarvis, ids.clone(), seed, load);
     }
     if let Some(p) = &cli.prompt {
         let ids = tok.encode(p).context("tokenizing the prompt")?;
-        return run_once(&cli, &jarvis, ids, seed, load_s);
+        return run_native_once(cli, &jarvis, ids, seed, load);
     }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
@@ -241,12 +343,251 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             let ids = tok.encode(line.trim()).context("tokenizing the prompt")?;
-            run_once(&cli, &jarvis, ids, seed.wrapping_add(n), load_s)?;
+            run_native_once(cli, &jarvis, ids, seed.wrapping_add(n), load)?;
             n += 1;
         }
     }
     let mut text = String::new();
     stdin.lock().read_to_string(&mut text)?;
     let ids = tok.encode(text.trim()).context("tokenizing the prompt")?;
-    run_once(&cli, &jarvis, ids, seed, load_s)
+    run_native_once(cli, &jarvis, ids, seed, load)
+}
+
+// ---------------------------------------------------------------- llama.cpp engine
+
+fn sampling(cli: &Cli, seed: u64) -> Sampling {
+    Sampling {
+        temperature: cli.temperature,
+        top_k: cli.top_k,
+        top_p: cli.top_p,
+        repeat_penalty: cli.repeat_penalty,
+        repeat_last_n: 64,
+        seed,
+    }
+}
+
+fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> {
+    let path = &cli.model;
+    let shape = ModelShape::from_gguf(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let n_ctx = cli.n_ctx(shape.n_ctx_train)?;
+    if let Some(bad) = cli
+        .prompt_tokens
+        .iter()
+        .flatten()
+        .find(|&&t| u64::from(t) >= shape.n_vocab)
+    {
+        bail!(
+            "--prompt-tokens: id {bad} is outside the vocabulary of {} tokens",
+            shape.n_vocab
+        );
+    }
+    let n_batch = cli.batch_size.clamp(1, n_ctx);
+    let gpu = jq::engine::llama::gpus().into_iter().next();
+    let want = cli.n_gpu_layers.unwrap_or(GpuLayers::Auto);
+    let plan = plan::plan(&shape, want, cli.vram_budget, gpu, n_ctx, n_batch)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    eprintln!("{arch}: {plan}");
+    let llama = Llama::load_with(path, plan.n_gpu_layers)?;
+    let threads = cli.threads() as i32;
+    let seed = cli.seed();
+    let mut sess = llama.session(n_ctx, n_batch, threads, &sampling(cli, seed))?;
+    let load = t0.elapsed();
+    if cli.chat {
+        chat(cli, &llama, &mut sess)?;
+    } else {
+        let ids: Vec<u32> = if let Some(ids) = &cli.prompt_tokens {
+            ids.clone()
+        } else {
+            let text = match &cli.prompt {
+                Some(p) => p.clone(),
+                None => {
+                    let stdin = std::io::stdin();
+                    if stdin.is_terminal() {
+                        bail!("give a prompt with --prompt or --prompt-tokens, or use --chat");
+                    }
+                    let mut t = String::new();
+                    stdin.lock().read_to_string(&mut t)?;
+                    t
+                }
+            };
+            llama.tokenize_with(&text, true, true)
+        };
+        if ids.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let logits = sess.eval(&ids, cli.dump_logits.is_some())?;
+        if let Some(p) = &cli.dump_logits {
+            write_npy(p, &[ids.len(), llama.n_vocab()], &logits)?;
+        }
+        let mut text = Vec::new();
+        let mut out = std::io::stdout().lock();
+        let json = cli.json;
+        let (generated, stop) = sess.generate(cli.n_predict, |_, piece| {
+            text.extend_from_slice(piece);
+            if !json {
+                out.write_all(piece)?;
+                out.flush()?;
+            }
+            Ok(true)
+        })?;
+        if json {
+            let v = json!({
+                "prompt_ids": ids,
+                "generated_ids": generated,
+                "text": String::from_utf8_lossy(&text),
+                "seed": seed,
+                "stop": format!("{stop:?}"),
+                "prompt_ms": sess.prompt_time.as_secs_f64() * 1e3,
+                "decode_ms": sess.decode_time.as_secs_f64() * 1e3,
+                "n_gpu_layers": plan.n_gpu_layers,
+            });
+            writeln!(out, "{v}")?;
+        } else if cli.n_predict > 0 {
+            writeln!(out)?;
+        }
+        if stop == Stop::ContextFull {
+            eprintln!("stopped: the context of {n_ctx} tokens is full (raise -c/--ctx-size)");
+        }
+    }
+    timing_report(
+        load,
+        (sess.prompt_time, sess.prompt_tokens),
+        (sess.decode_time, sess.decode_tokens),
+        "",
+    );
+    Ok(())
+}
+
+/// Multi-turn chat. The KV cache keeps the conversation; each turn evaluates only the text the
+/// template adds after what is cached. When a turn would not fit, the oldest exchanges are
+/// dropped (the system message stays) and the rest is evaluated again.
+fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
+    if llama.chat_template().is_none() {
+        bail!(
+            "{}: --chat needs a tokenizer.chat_template and this GGUF has none",
+            cli.model.display()
+        );
+    }
+    let mut turns: Vec<(String, String)> = Vec::new();
+    if let Some(s) = &cli.system {
+        turns.push(("system".into(), s.clone()));
+    }
+    let n_fixed = turns.len();
+    // The formatted text whose tokens are in the cache.
+    let mut cached = String::new();
+    let stdin = std::io::stdin();
+    let term = stdin.is_terminal();
+    if term {
+        eprintln!("chat: type a message; /exit or Ctrl-D ends.");
+    }
+    let mut input = stdin.lock();
+    let mut out = std::io::stdout();
+    loop {
+        if term {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            break;
+        }
+        let msg = line.trim_end_matches(['\n', '\r']);
+        if msg.trim() == "/exit" {
+            break;
+        }
+        if msg.trim().is_empty() {
+            continue;
+        }
+        turns.push(("user".into(), msg.to_string()));
+        let reserve = cli.n_predict.min(sess.n_ctx() as usize / 2) as u32;
+        let mut text = llama.format_chat(&turns, true)?;
+        let mut tokens = match text.strip_prefix(cached.as_str()) {
+            Some(rest) if !cached.is_empty() => llama.tokenize_with(rest, false, true),
+            _ => {
+                sess.clear();
+                llama.tokenize_with(&text, true, true)
+            }
+        };
+        while sess.n_past() + tokens.len() as u32 + reserve > sess.n_ctx() {
+            // Drop the oldest exchange and start over from the (shorter) history.
+            if turns.len() <= n_fixed + 1 {
+                bail!(
+                    "the message ({} tokens) and a reply of {reserve} do not fit the context of {} (raise -c/--ctx-size or lower -n)",
+                    tokens.len(),
+                    sess.n_ctx()
+                );
+            }
+            let drop_to = turns[n_fixed + 1..]
+                .iter()
+                .position(|(r, _)| r == "user")
+                .map_or(turns.len() - 1, |p| p + n_fixed + 1);
+            turns.drain(n_fixed..drop_to);
+            eprintln!("(context full: dropped the oldest exchange)");
+            sess.clear();
+            text = llama.format_chat(&turns, true)?;
+            tokens = llama.tokenize_with(&text, true, true);
+        }
+        sess.eval(&tokens, false)?;
+        let mut reply = Vec::new();
+        let (_, stop) = sess.generate(cli.n_predict, |_, piece| {
+            reply.extend_from_slice(piece);
+            out.write_all(piece)?;
+            out.flush()?;
+            Ok(true)
+        })?;
+        writeln!(out)?;
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        cached = text + &reply;
+        turns.push(("assistant".into(), reply));
+        if stop == Stop::ContextFull {
+            eprintln!("(context full)");
+            cached.clear();
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- dispatch
+
+fn run(cli: &Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .context("setting up threads")?;
+    }
+    let t0 = Instant::now();
+    let path = &cli.model;
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    let file = GgufFile::open(path)
+        .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    let arch = file
+        .get_str("general.architecture")
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .to_string();
+    if arch == "jarvis" {
+        return run_native(cli, &file, t0);
+    }
+    if !LLAMA_ARCHS.contains(&arch.as_str()) {
+        bail!(
+            "{}: architecture '{arch}' is not supported: jq-run runs jarvis natively and, through llama.cpp, {}",
+            path.display(),
+            LLAMA_ARCHS.join(", ")
+        );
+    }
+    run_llama(cli, &file, &arch, t0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the causes joined by ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("jq-run: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,38 +1,118 @@
-//! The llama.cpp engine (through `llama-cpp-2`). So far: load a GGUF, tokenize, and evaluate a
-//! prompt returning every position's logits, which the parity tests and benchmarks use. The
-//! full `jq-run` engine (sampling, chat, device placement) comes with its issue.
+//! The llama.cpp engine (through `llama-cpp-2`): every architecture llama.cpp loads.
+//!
+//! [`Llama`] is a loaded model (placed by [`super::plan`]); [`Session`] is a context with its
+//! KV cache, a sampler chain built from the same flags as the native engine (llama.cpp's own
+//! samplers: repetition penalty, top-k, top-p, temperature, seeded draw), prompt evaluation in
+//! batches (optionally keeping every position's logits), and token-by-token generation that
+//! hands each piece to the caller as soon as it is sampled. Chat formatting uses the GGUF's
+//! `tokenizer.chat_template` through llama.cpp's template engine.
+//!
+//! The per-token path is deliberately thin (decode one token, sample with llama.cpp's chain,
+//! copy the piece): `cargo bench --bench llama_overhead` holds it against a minimal loop
+//! written straight on the bindings.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-/// llama.cpp's backend may be initialised once per process.
+/// llama.cpp's backend may be initialised once per process. Its logs are silenced unless
+/// `JQ_LLAMA_LOG=1`.
 pub fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }
     let mut b = LlamaBackend::init().map_err(|e| anyhow!("initialising llama.cpp: {e}"))?;
-    b.void_logs();
+    if std::env::var_os("JQ_LLAMA_LOG").is_none_or(|v| v != "1") {
+        b.void_logs();
+    }
     Ok(BACKEND.get_or_init(|| b))
 }
 
-/// A model loaded by llama.cpp (CPU).
+/// GPUs llama.cpp can offload to (CUDA and the like; empty in a CPU build or without a driver).
+pub fn gpus() -> Vec<super::plan::Gpu> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    if backend().is_err() {
+        return Vec::new();
+    }
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+        .map(|d| super::plan::Gpu {
+            name: d.name,
+            description: d.description,
+            free: d.memory_free as u64,
+            total: d.memory_total as u64,
+        })
+        .collect()
+}
+
+/// A model loaded by llama.cpp.
 #[derive(Debug)]
 pub struct Llama {
     pub model: LlamaModel,
 }
 
+/// Sampling settings shared with the native engine's flags. `temperature <= 0` is greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+/// llama.cpp's sampler chain for these settings, in llama.cpp's own order: penalties, top-k,
+/// top-p, temperature, then a seeded draw (or the argmax when greedy). The seed is reduced to
+/// the 32 bits llama.cpp takes.
+pub fn sampler_chain(s: &Sampling, n_vocab: usize) -> LlamaSampler {
+    let mut chain = Vec::new();
+    if s.repeat_penalty != 1.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab as i32,
+            s.repeat_last_n as i32,
+            s.repeat_penalty,
+            0.0,
+            0.0,
+        ));
+    }
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if s.top_k > 0 {
+            chain.push(LlamaSampler::top_k(s.top_k as i32));
+        }
+        if s.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        chain.push(LlamaSampler::temp(s.temperature));
+        chain.push(LlamaSampler::dist(s.seed as u32));
+    }
+    LlamaSampler::chain_simple(chain)
+}
+
 impl Llama {
+    /// Loads on the CPU.
     pub fn load(path: &Path) -> Result<Llama> {
-        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+        Self::load_with(path, 0)
+    }
+
+    /// Loads with the last `n_gpu_layers` layers on the GPU (ignored without one).
+    pub fn load_with(path: &Path, n_gpu_layers: u32) -> Result<Llama> {
+        let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+        let model = LlamaModel::load_from_file(backend()?, path, &params)
             .map_err(|e| anyhow!("llama.cpp could not load {}: {e}", path.display()))?;
         Ok(Llama { model })
     }
@@ -41,47 +121,112 @@ impl Llama {
         self.model.n_vocab() as usize
     }
 
+    pub fn n_ctx_train(&self) -> u32 {
+        self.model.n_ctx_train()
+    }
+
     /// llama.cpp's own tokenizer, adding no special tokens.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.tokenize_with(text, false, false)
+    }
+
+    /// llama.cpp's tokenizer: `add_special` adds BOS (and EOS) as the model asks,
+    /// `parse_special` turns control-token text such as `<start_of_turn>` into its id.
+    pub fn tokenize_with(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         self.model
             .vocab()
-            .tokenize(text.as_bytes(), false, false)
+            .tokenize(text.as_bytes(), add_special, parse_special)
             .into_iter()
             .map(|t| t.0 as u32)
             .collect()
     }
 
-    /// A context of `n_ctx` positions whose batches may hold the whole context.
-    fn context(&self, n_ctx: u32, threads: i32) -> Result<llama_cpp_2::context::LlamaContext<'_>> {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_ctx)
-            .with_n_ubatch(n_ctx)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+    /// The bytes of one token (control tokens render as nothing).
+    pub fn piece(&self, id: u32) -> Vec<u8> {
         self.model
-            .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))
+            .vocab()
+            .token_to_piece(LlamaToken(id as i32), false, None)
     }
 
-    /// Evaluates `tokens` in one batch from position 0; returns `n x vocab` logits.
+    /// End of generation (EOS, end of turn, ...).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.model.vocab().is_eog(LlamaToken(id as i32))
+    }
+
+    /// The GGUF's `tokenizer.chat_template`, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        self.model
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+    }
+
+    /// Formats a conversation of `(role, content)` turns with the model's chat template
+    /// (llama.cpp's template engine). `add_assistant` opens the model's turn at the end.
+    pub fn format_chat(&self, turns: &[(String, String)], add_assistant: bool) -> Result<String> {
+        let tmpl = self
+            .model
+            .chat_template(None)
+            .map_err(|_| anyhow!("the model has no tokenizer.chat_template: --chat needs one"))?;
+        let msgs = turns
+            .iter()
+            .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("a chat message holds a NUL byte: {e}"))?;
+        self.model
+            .apply_chat_template(&tmpl, &msgs, add_assistant)
+            .map_err(|e| anyhow!("llama.cpp cannot apply this model's chat template: {e}"))
+    }
+
+    /// A context of `n_ctx` positions, batches of up to `n_batch` tokens.
+    pub fn session(
+        &self,
+        n_ctx: u32,
+        n_batch: u32,
+        threads: i32,
+        s: &Sampling,
+    ) -> Result<Session<'_>> {
+        let n_batch = n_batch.clamp(1, n_ctx.max(1));
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context of {n_ctx} positions: {e}"))?;
+        Ok(Session {
+            llama: self,
+            ctx,
+            batch: LlamaBatch::new(n_batch as usize, 1),
+            sampler: sampler_chain(s, self.n_vocab()),
+            n_past: 0,
+            n_ctx,
+            n_batch,
+            last_logits_index: -1,
+            prompt_time: Duration::ZERO,
+            decode_time: Duration::ZERO,
+            prompt_tokens: 0,
+            decode_tokens: 0,
+        })
+    }
+
+    /// Evaluates `tokens` from position 0 and returns `n x vocab` logits (the parity tests'
+    /// and benchmarks' entry point).
     pub fn prompt_logits(&self, tokens: &[u32], n_ctx: u32, threads: i32) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        let mut ctx = self.context(n_ctx.max(n as u32), threads)?;
-        let mut batch = LlamaBatch::new(n.max(1), 1);
-        for (i, &t) in tokens.iter().enumerate() {
-            batch
-                .add(LlamaToken(t as i32), i as i32, &[0], true)
-                .context("filling the batch")?;
-        }
-        ctx.decode(&mut batch)
-            .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
-        let v = self.n_vocab();
-        let mut out = Vec::with_capacity(n * v);
-        for i in 0..n {
-            out.extend_from_slice(&ctx.get_logits_ith(i as i32)[..v]);
-        }
-        Ok(out)
+        let n = tokens.len() as u32;
+        let s = Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: 0,
+        };
+        let mut sess = self.session(n_ctx.max(n), n.max(1), threads, &s)?;
+        sess.eval(tokens, true)
     }
 
     /// A minimal greedy decode loop straight on the bindings (the anchor the native engine is
@@ -94,7 +239,16 @@ impl Llama {
         n_ctx: u32,
         threads: i32,
     ) -> Result<(f64, f64, Vec<u32>)> {
-        let mut ctx = self.context(n_ctx, threads)?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
         let v = self.n_vocab();
         let argmax = |l: &[f32]| {
             let mut b = 0;
@@ -106,7 +260,7 @@ impl Llama {
             b as u32
         };
         let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         for (i, &t) in prompt.iter().enumerate() {
             batch.add(LlamaToken(t as i32), i as i32, &[0], i + 1 == prompt.len())?;
         }
@@ -115,7 +269,7 @@ impl Llama {
         let mut next = argmax(ctx.get_logits_ith(prompt.len() as i32 - 1));
         let prompt_s = t0.elapsed().as_secs_f64();
         let mut out = Vec::with_capacity(n);
-        let t1 = std::time::Instant::now();
+        let t1 = Instant::now();
         for k in 0..n {
             out.push(next);
             batch.clear();
@@ -130,5 +284,166 @@ impl Llama {
             next = argmax(ctx.get_logits_ith(0));
         }
         Ok((prompt_s, t1.elapsed().as_secs_f64(), out))
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `n` tokens were generated.
+    Length,
+    /// An end-of-generation token was sampled (not printed, not evaluated).
+    Eog,
+    /// The context is full.
+    ContextFull,
+    /// The caller asked to stop.
+    Caller,
+}
+
+/// A llama.cpp context: KV cache, batch, sampler, position and timings.
+pub struct Session<'m> {
+    pub llama: &'m Llama,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    sampler: LlamaSampler,
+    n_past: u32,
+    n_ctx: u32,
+    n_batch: u32,
+    /// Index in the last batch whose logits the sampler reads.
+    last_logits_index: i32,
+    pub prompt_time: Duration,
+    pub decode_time: Duration,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("n_past", &self.n_past)
+            .field("n_ctx", &self.n_ctx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session<'_> {
+    pub fn n_past(&self) -> u32 {
+        self.n_past
+    }
+
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Forgets everything evaluated (KV cache and sampler history).
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.sampler.reset();
+        self.n_past = 0;
+        self.last_logits_index = -1;
+    }
+
+    /// Evaluates `tokens` after what is already in the cache, in batches of `n_batch`. With
+    /// `all_logits`, returns every position's logits (`tokens.len() x vocab`); otherwise only
+    /// the last position's are computed (for the next sample) and an empty vector is returned.
+    /// The tokens enter the sampler's history (for the repetition penalty).
+    pub fn eval(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let need = self.n_past as usize + tokens.len();
+        if need > self.n_ctx as usize {
+            bail!(
+                "{} tokens do not fit the context: {} of {} positions are in use (raise -c/--ctx-size)",
+                tokens.len(),
+                self.n_past,
+                self.n_ctx
+            );
+        }
+        let t0 = Instant::now();
+        let v = self.llama.n_vocab();
+        let mut out = Vec::with_capacity(if all_logits { tokens.len() * v } else { 0 });
+        for chunk in tokens.chunks(self.n_batch as usize) {
+            self.batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                let last = i + 1 == chunk.len();
+                self.batch
+                    .add(
+                        LlamaToken(t as i32),
+                        (self.n_past + i as u32) as i32,
+                        &[0],
+                        all_logits || last,
+                    )
+                    .context("filling the batch")?;
+            }
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| anyhow!("llama.cpp decode failed at position {}: {e}", self.n_past))?;
+            if all_logits {
+                for i in 0..chunk.len() {
+                    out.extend_from_slice(&self.ctx.get_logits_ith(i as i32)[..v]);
+                }
+            }
+            self.n_past += chunk.len() as u32;
+            self.last_logits_index = chunk.len() as i32 - 1;
+        }
+        self.sampler
+            .accept_many(tokens.iter().map(|&t| LlamaToken(t as i32)));
+        self.prompt_time += t0.elapsed();
+        self.prompt_tokens += tokens.len();
+        Ok(out)
+    }
+
+    /// Generates up to `n` tokens after the evaluated prompt. `on_token(id, piece)` sees each
+    /// token as soon as it is sampled and returns `false` to stop. The end-of-generation token
+    /// is not passed on and not evaluated.
+    pub fn generate(
+        &mut self,
+        n: usize,
+        mut on_token: impl FnMut(u32, &[u8]) -> Result<bool>,
+    ) -> Result<(Vec<u32>, Stop)> {
+        if self.last_logits_index < 0 {
+            bail!("nothing evaluated yet: evaluate a prompt before generating");
+        }
+        let mut out = Vec::new();
+        let mut piece = Vec::with_capacity(32);
+        let t0 = Instant::now();
+        let stop = loop {
+            if out.len() >= n {
+                break Stop::Length;
+            }
+            // `sample` applies the chain to the logits of that batch index and accepts the token.
+            let tok = self.sampler.sample(&self.ctx, self.last_logits_index);
+            let id = tok.0 as u32;
+            if self.llama.is_eog(id) {
+                break Stop::Eog;
+            }
+            out.push(id);
+            piece.clear();
+            self.llama
+                .model
+                .vocab()
+                .token_to_piece_into(tok, &mut piece, false, None);
+            let go_on = on_token(id, &piece)?;
+            if self.n_past >= self.n_ctx {
+                break Stop::ContextFull;
+            }
+            // Every emitted token is evaluated, so the cache always holds the whole text.
+            self.batch.clear();
+            self.batch
+                .add(tok, self.n_past as i32, &[0], true)
+                .context("filling the batch")?;
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| anyhow!("llama.cpp decode failed at position {}: {e}", self.n_past))?;
+            self.n_past += 1;
+            self.last_logits_index = 0;
+            self.decode_tokens += 1;
+            if !go_on {
+                break Stop::Caller;
+            }
+        };
+        self.decode_time += t0.elapsed();
+        Ok((out, stop))
     }
 }

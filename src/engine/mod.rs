@@ -1,8 +1,12 @@
-//! What `jq-run` drives. `native` runs Jarvis GGUFs on our own engine; the llama.cpp engine
-//! (every other architecture) and the layer-streaming scheduler come with their issues.
+//! What `jq-run` drives. `native` runs Jarvis GGUFs on our own engine; `llama` runs every
+//! other architecture llama.cpp knows, placed on devices by `plan`.
 
 pub mod llama;
+mod llama_archs;
 pub mod native;
+pub mod plan;
+
+pub use llama_archs::LLAMA_ARCHS;
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss() -> Option<u64> {
