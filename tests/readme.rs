@@ -20,7 +20,9 @@ fn root() -> &'static Path {
 #[test]
 fn readme_names_the_two_commands_and_ci_runs_the_test_one() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme.find("## Two commands on a new machine").expect("section");
+    let start = readme
+        .find("## Two commands on a new machine")
+        .expect("section");
     let block = &readme[start..];
     let code = &block[block.find("```sh").unwrap() + 5..];
     let code = &code[..code.find("```").unwrap()];
@@ -83,8 +85,16 @@ fn demo_runs_from_a_clean_clone() {
     // rewrote it).
     let committed = std::fs::read(root().join("Modelfile")).unwrap();
     let regenerated = std::fs::read(clone.join("Modelfile")).unwrap();
-    assert_eq!(regenerated, committed, "the demo's Modelfile differs from the committed one");
+    assert_eq!(
+        regenerated, committed,
+        "the demo's Modelfile differs from the committed one"
+    );
     assert!(clone.join("jarvis-tiny-q8_0.gguf").exists());
-    // inspect's summary of the Q4_0 re-quantization reached stdout.
-    assert!(out.contains("Q4_0"), "{out}");
+    // inspect's summary of the Q4_0 re-quantization reached stdout (file type 2 = Q4_0).
+    assert!(out.contains("GGUF v3"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("general.file_type") && l.trim_end().ends_with("= 2")),
+        "{out}"
+    );
 }
