@@ -270,6 +270,54 @@ fn chat_reply_is_llama_cpps_greedy_continuation_and_input_ends_cleanly() {
     assert_eq!(out2, first);
 }
 
+/// The second turn continues the conversation held in the KV cache: its reply is llama.cpp's
+/// greedy continuation of [turn 1 prompt, reply 1, the template's text for turn 2], evaluated
+/// from scratch through the bindings.
+#[test]
+fn chat_second_turn_continues_the_cached_conversation() {
+    let l = Llama::load(tiny()).unwrap();
+    let n = 10;
+    let greedy = |prompt: &[u32]| -> Vec<u32> {
+        let (_, _, g) = l.greedy_decode(prompt, n, 256, 2).unwrap();
+        let end = g.iter().position(|&t| l.is_eog(t)).unwrap_or(g.len());
+        g[..end].to_vec()
+    };
+    let pieces = |ids: &[u32]| -> Vec<u8> { ids.iter().flat_map(|&t| l.piece(t)).collect() };
+    let (u1, u2) = ("the cat sat on the mat", "and the dog?");
+    let mut turns = vec![("user".to_string(), u1.to_string())];
+    let text1 = l.format_chat(&turns, true).unwrap();
+    let p1 = l.tokenize_with(&text1, true, true);
+    let g1 = greedy(&p1);
+    let reply1 = String::from_utf8_lossy(&pieces(&g1)).into_owned();
+    turns.push(("assistant".into(), reply1.clone()));
+    turns.push(("user".into(), u2.to_string()));
+    let text2 = l.format_chat(&turns, true).unwrap();
+    let cached = format!("{text1}{reply1}");
+    let p2: Vec<u32> = match text2.strip_prefix(cached.as_str()) {
+        Some(rest) => [&p1[..], &g1[..], &l.tokenize_with(rest, false, true)[..]].concat(),
+        None => l.tokenize_with(&text2, true, true),
+    };
+    let g2 = greedy(&p2);
+    let mut want = pieces(&g1);
+    want.push(b'\n');
+    want.extend(pieces(&g2));
+    want.push(b'\n');
+    let args = [
+        tiny().to_str().unwrap(),
+        "--chat",
+        "--temp",
+        "0",
+        "--repeat-penalty",
+        "1",
+        "-n",
+        "10",
+        "-t",
+        "2",
+    ];
+    let out = ok(&jq_run(&args, Some(&format!("{u1}\n{u2}\n"))));
+    assert_eq!(out, want);
+}
+
 #[test]
 fn chat_history_is_used_and_kept_within_the_context() {
     // With a tiny context the conversation must drop old turns instead of failing.
