@@ -5,6 +5,7 @@ pub mod llama;
 mod llama_archs;
 pub mod native;
 pub mod plan;
+pub mod stream;
 
 pub use llama_archs::LLAMA_ARCHS;
 

@@ -1,0 +1,833 @@
+//! Layer streaming: Gemma-3 run layer by layer on a ggml backend whose memory budget is smaller
+//! than the model (`jq-run --stream-layers`).
+//!
+//! Data flow per step (a prompt batch or one decoded token): token ids -> embedding rows (the
+//! output head doubles as the embedding table) -> for every layer: a resident layer computes
+//! from its own buffer, a streamed layer from the ring slot the reader thread filled while the
+//! previous layers computed -> output head -> logits. Pieces:
+//! - [`graph`]: hyper-parameters, tensor descriptors, the per-layer ggml graphs;
+//! - [`plan`]: what stays resident and what streams under the budget, or why nothing fits;
+//! - [`ring`]: the slots and the reader thread (mmap or `O_DIRECT`), slot hand-over;
+//! - [`profile`]: the event log and per-step statistics.
+//!
+//! Here the CPU backend plays the device (an "upload" is a copy into a CPU-backend buffer).
+//! Device memory is every backend buffer this executor allocates (weights, KV cache, state,
+//! ring, the allocator's compute buffer); it is summed from the buffers' real sizes and checked
+//! against the budget. Buffers are allocated once: eviction is slot reuse.
+
+pub mod graph;
+pub mod plan;
+pub mod profile;
+mod ring;
+
+use crate::gguf::GgufFile;
+use anyhow::{anyhow, bail, Context, Result};
+use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
+use half::f16;
+use llama_cpp_sys_2 as sys;
+pub use plan::Plan;
+use plan::Sizes;
+use profile::{EvKind, Event, Events, LayerTime, StepStats};
+use ring::{LayerCopy, Piece, Ring, SlotAddr, Source};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to stream.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Device memory the executor may allocate (default: available host memory minus 1 GiB,
+    /// since the CPU backend plays the device).
+    pub budget: Option<u64>,
+    /// Ring slots (`--prefetch`), at least 1; 2 overlaps the read of layer i+1 with the
+    /// compute of layer i.
+    pub n_slots: usize,
+    /// Read streamed layers with `O_DIRECT` instead of through the memory map.
+    pub direct_io: bool,
+    /// Context length (KV cache positions).
+    pub n_ctx: u32,
+    /// Most tokens per graph (prompts are split into batches of this size).
+    pub n_ubatch: u32,
+    pub threads: usize,
+    /// Test hook: the reader sleeps this long after each layer it reads.
+    pub read_delay: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            budget: None,
+            n_slots: 2,
+            direct_io: false,
+            n_ctx: 512,
+            n_ubatch: 512,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            read_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Available host memory minus a 1 GiB margin (the CPU device's "free VRAM").
+fn default_budget() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|x| x.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024);
+    avail.saturating_sub(1 << 30)
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// A CPU backend (the device here).
+#[derive(Debug)]
+struct Backend {
+    ptr: sys::ggml_backend_t,
+    buft: sys::ggml_backend_buffer_type_t,
+    align: u64,
+}
+
+impl Backend {
+    fn cpu(threads: usize) -> Result<Backend> {
+        // SAFETY: creating a CPU backend has no preconditions; null is checked.
+        let ptr = unsafe { sys::ggml_backend_cpu_init() };
+        if ptr.is_null() {
+            bail!("ggml_backend_cpu_init failed");
+        }
+        // SAFETY: `ptr` is a live CPU backend.
+        let (buft, align) = unsafe {
+            sys::ggml_backend_cpu_set_n_threads(ptr, threads.max(1) as i32);
+            let buft = sys::ggml_backend_get_default_buffer_type(ptr);
+            (buft, sys::ggml_backend_buft_get_alignment(buft) as u64)
+        };
+        Ok(Backend {
+            ptr,
+            buft,
+            align: align.max(64),
+        })
+    }
+
+    fn alloc_size(&self, t: &WTensor) -> u64 {
+        // SAFETY: `buft` is the live backend's buffer type, `t.t` a live descriptor.
+        let n = unsafe { sys::ggml_backend_buft_get_alloc_size(self.buft, t.t) } as u64;
+        align_up(n, self.align)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: freed once, after every buffer and allocator using it (see Streamer's Drop).
+        unsafe { sys::ggml_backend_free(self.ptr) }
+    }
+}
+
+/// Everything known before any device memory is allocated: the model, the descriptors, the
+/// measured compute buffer and the plan.
+struct Prepared {
+    file: Arc<GgufFile>,
+    hp: Hparams,
+    backend: Backend,
+    w: Weights,
+    st: State,
+    gctx: Ctx,
+    galloc: sys::ggml_gallocr_t,
+    /// Graphs to reserve the compute buffer with, largest first: (n_tokens, n_past, n_out).
+    plan: Plan,
+    /// Per layer: the slot/buffer offset of each of its 13 tensors.
+    layer_offsets: Vec<[u64; 13]>,
+    n_ctx: i64,
+    n_ub: i64,
+}
+
+/// A fake, never dereferenced address given to already-placed tensors while ggml's allocator
+/// only measures (so it does not count them as activations).
+const PLACEHOLDER: usize = 4096;
+
+/// Graph shapes whose compute buffers bound every step's: input, layer (middle and last),
+/// output, each at the largest batch.
+#[derive(Clone, Copy)]
+enum Kind {
+    Input,
+    Layer(usize),
+    Output,
+}
+
+impl Prepared {
+    fn new(path: &Path, o: &StreamOptions) -> Result<Prepared> {
+        let file = Arc::new(
+            GgufFile::open(path)
+                .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?,
+        );
+        let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
+        let n_ctx = i64::from(o.n_ctx.max(1));
+        let n_ub = i64::from(o.n_ubatch.clamp(1, o.n_ctx.max(1)));
+        let backend = Backend::cpu(o.threads)?;
+        let w = Weights::new(&file, &hp)?;
+        let st = State::new(&hp, n_ctx, n_ub)?;
+        let gctx = Ctx::new(graph::GRAPH_NODES * 2, graph::GRAPH_NODES)?;
+        // SAFETY: `buft` is the live backend's buffer type.
+        let galloc = unsafe { sys::ggml_gallocr_new(backend.buft) };
+        if galloc.is_null() {
+            bail!("ggml_gallocr_new failed");
+        }
+        let mut layer_offsets = Vec::with_capacity(hp.n_layer);
+        let mut layer_bytes = Vec::with_capacity(hp.n_layer);
+        for lw in &w.layers {
+            let mut off = [0u64; 13];
+            let mut acc = 0;
+            for (i, t) in lw.iter().enumerate() {
+                off[i] = acc;
+                acc += backend.alloc_size(t);
+            }
+            layer_offsets.push(off);
+            layer_bytes.push(acc);
+        }
+        let output = backend.alloc_size(&w.tok_embd) + backend.alloc_size(&w.output_norm);
+        let kv: u64 =
+            st.k.iter()
+                .chain(&st.v)
+                .map(|&t| {
+                    // SAFETY: live descriptors of the state context.
+                    align_up(unsafe { sys::ggml_nbytes(t) } as u64, backend.align)
+                })
+                .sum();
+        // SAFETY: the state context and the backend's buffer type are live.
+        let state_all =
+            unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft_size(st.ctx.ptr, backend.buft) }
+                as u64;
+        let mut p = Prepared {
+            file,
+            hp,
+            backend,
+            w,
+            st,
+            gctx,
+            galloc,
+            plan: Plan {
+                budget: 0,
+                n_slots: 0,
+                resident: vec![],
+                streamed: vec![],
+                slot_bytes: 0,
+                sizes: Sizes {
+                    layers: vec![],
+                    output: 0,
+                    kv: 0,
+                    state: 0,
+                    compute: 0,
+                },
+                streamed_bytes_per_token: 0,
+                read_bw: None,
+            },
+            layer_offsets,
+            n_ctx,
+            n_ub,
+        };
+        let compute = p.measure_compute()?;
+        let sizes = Sizes {
+            layers: layer_bytes,
+            output,
+            kv,
+            state: state_all.saturating_sub(kv),
+            compute,
+        };
+        let budget = o.budget.unwrap_or_else(default_budget);
+        p.plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
+        Ok(p)
+    }
+
+    fn all_tensors(&self) -> Vec<*mut sys::ggml_tensor> {
+        let mut v: Vec<_> = self.w.layers.iter().flatten().map(|t| t.t).collect();
+        v.push(self.w.tok_embd.t);
+        v.push(self.w.output_norm.t);
+        v.extend(self.st.k.iter().chain(&self.st.v));
+        v.extend([
+            self.st.x,
+            self.st.ids,
+            self.st.pos,
+            self.st.out_ids,
+            self.st.mask_g,
+            self.st.mask_s,
+        ]);
+        v
+    }
+
+    /// Builds the graph of `kind` at the worst-case batch in the graph context.
+    fn worst_graph(&mut self, kind: Kind) -> *mut sys::ggml_cgraph {
+        self.gctx.reset();
+        let (g, n_ub, n_ctx) = (self.gctx.ptr, self.n_ub, self.n_ctx);
+        // SAFETY: the graph context was just reset; n_past + n_tokens == n_ctx and
+        // n_tokens == n_ubatch fit the state tensors.
+        unsafe {
+            match kind {
+                Kind::Input => graph::build_input(g, &self.w, &self.st, &self.hp, n_ub),
+                Kind::Layer(il) => graph::build_layer(
+                    g,
+                    &self.w,
+                    &self.st,
+                    &self.hp,
+                    il,
+                    Shape {
+                        n_tokens: n_ub,
+                        n_past: n_ctx - n_ub,
+                        n_out: None,
+                    },
+                ),
+                Kind::Output => graph::build_output(g, &self.w, &self.st, &self.hp, n_ub).0,
+            }
+        }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        let mut k = vec![Kind::Input, Kind::Output];
+        // One sliding and one global layer (their graphs differ only in the mask and RoPE).
+        k.push(Kind::Layer(0));
+        if let Some(g) = self.hp.swa.iter().position(|&s| !s) {
+            k.push(Kind::Layer(g));
+        }
+        k
+    }
+
+    /// The compute buffer the largest graph needs, measured by ggml's allocator with every
+    /// weight and state tensor given a placeholder address (nothing is allocated).
+    fn measure_compute(&mut self) -> Result<u64> {
+        let tensors = self.all_tensors();
+        for &t in &tensors {
+            // SAFETY: live descriptors with no memory yet; the placeholder is never read by
+            // a size-only reservation and is reset to null below.
+            unsafe { (*t).data = PLACEHOLDER as *mut _ };
+        }
+        let mut best = 0u64;
+        for kind in self.kinds() {
+            let gf = self.worst_graph(kind);
+            let mut size = 0usize;
+            // SAFETY: `gf` is a graph of live tensors; one buffer type, so one size.
+            unsafe {
+                sys::ggml_gallocr_reserve_n_size(
+                    self.galloc,
+                    gf,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    &mut size,
+                )
+            };
+            best = best.max(size as u64);
+        }
+        for &t in &tensors {
+            // SAFETY: as above; restores the descriptors to "no memory".
+            unsafe { (*t).data = std::ptr::null_mut() };
+        }
+        Ok(align_up(best, self.backend.align))
+    }
+
+    /// Copies `bytes_max` of the first streamed layer from `source` to host memory and returns
+    /// the bandwidth (bytes/s).
+    fn measure_read(&self, direct: bool) -> Result<Option<f64>> {
+        let Some(&l) = self.plan.streamed.first() else {
+            return Ok(None);
+        };
+        let lc = self.layer_copy(l);
+        let mut source = Source::open(self.file.clone(), direct)?;
+        let mut buf = vec![0u8; lc.bytes() as usize];
+        let t = Instant::now();
+        let mut at = 0usize;
+        for p in &lc.pieces {
+            source.read(*p, &mut buf[at..at + p.len as usize])?;
+            at += p.len as usize;
+        }
+        let s = t.elapsed().as_secs_f64();
+        Ok((s > 0.0).then(|| lc.bytes() as f64 / s))
+    }
+
+    fn layer_copy(&self, l: usize) -> LayerCopy {
+        LayerCopy {
+            layer: l,
+            pieces: self.w.layers[l]
+                .iter()
+                .zip(self.layer_offsets[l])
+                .map(|(t, off)| Piece {
+                    src: t.file_off,
+                    len: t.size,
+                    dst: off,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Plans without allocating or loading anything (`--plan-only`); measures the copy bandwidth
+/// of one streamed layer for the predicted floor.
+pub fn plan_only(path: &Path, o: &StreamOptions) -> Result<Plan> {
+    let p = Prepared::new(path, o)?;
+    let mut plan = p.plan.clone();
+    plan.read_bw = p.measure_read(o.direct_io)?;
+    // SAFETY: the allocator was created by `Prepared::new`, holds no buffer, freed once.
+    unsafe { sys::ggml_gallocr_free(p.galloc) };
+    Ok(plan)
+}
+
+/// The executor: buffers allocated, resident weights uploaded, the reader running.
+pub struct Streamer {
+    p: Prepared,
+    buffers: Vec<sys::ggml_backend_buffer_t>,
+    slots: Vec<(sys::ggml_backend_buffer_t, SlotAddr)>,
+    ring: Option<Ring>,
+    compute_bytes: u64,
+    device_bytes: u64,
+    n_past: usize,
+    events: Events,
+    steps: Vec<StepStats>,
+    mask_g: Vec<f16>,
+    mask_s: Vec<f16>,
+}
+
+impl std::fmt::Debug for Streamer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamer")
+            .field("plan", &self.p.plan)
+            .field("device_bytes", &self.device_bytes)
+            .field("n_past", &self.n_past)
+            .finish()
+    }
+}
+
+impl Streamer {
+    /// Plans (refusing a budget that cannot work before anything is allocated), allocates the
+    /// device buffers once, uploads the resident weights and starts the reader.
+    pub fn open(path: &Path, o: &StreamOptions) -> Result<Streamer> {
+        let mut p = Prepared::new(path, o)?;
+        p.plan.read_bw = p.measure_read(o.direct_io)?;
+        let mut s = Streamer {
+            p,
+            buffers: Vec::new(),
+            slots: Vec::new(),
+            ring: None,
+            compute_bytes: 0,
+            device_bytes: 0,
+            n_past: 0,
+            events: Events::new(),
+            steps: Vec::new(),
+            mask_g: Vec::new(),
+            mask_s: Vec::new(),
+        };
+        s.allocate(o)?;
+        Ok(s)
+    }
+
+    fn alloc_buffer(&mut self, size: u64, what: &str) -> Result<sys::ggml_backend_buffer_t> {
+        // SAFETY: the backend's buffer type is live; null is checked.
+        let b = unsafe {
+            sys::ggml_backend_buft_alloc_buffer(self.p.backend.buft, size.max(1) as usize)
+        };
+        if b.is_null() {
+            bail!(
+                "could not allocate {} for {what}",
+                crate::engine::plan::fmt_size(size)
+            );
+        }
+        self.buffers.push(b);
+        // SAFETY: `b` is a live buffer.
+        self.device_bytes += unsafe { sys::ggml_backend_buffer_get_size(b) } as u64;
+        self.check_budget(what)?;
+        Ok(b)
+    }
+
+    fn check_budget(&self, what: &str) -> Result<()> {
+        if self.device_bytes > self.p.plan.budget {
+            bail!(
+                "device memory {} would exceed the budget {} (allocating {what})",
+                crate::engine::plan::fmt_size(self.device_bytes),
+                crate::engine::plan::fmt_size(self.p.plan.budget)
+            );
+        }
+        Ok(())
+    }
+
+    /// Places `ts` at `offsets` in `buf` and, with `upload`, copies their bytes from the file.
+    fn place(
+        &self,
+        buf: sys::ggml_backend_buffer_t,
+        ts: &[WTensor],
+        offsets: &[u64],
+        upload: bool,
+    ) -> Result<()> {
+        // SAFETY: `buf` is live.
+        let base = unsafe { sys::ggml_backend_buffer_get_base(buf) } as usize;
+        let bytes = self.p.file.bytes();
+        for (t, &off) in ts.iter().zip(offsets) {
+            // SAFETY: `t.t` is a live descriptor; it is detached from any previous memory and
+            // placed inside `buf` (the offsets were packed from the buffer type's own sizes,
+            // and ggml_backend_tensor_alloc checks the bound).
+            unsafe {
+                (*t.t).data = std::ptr::null_mut();
+                (*t.t).buffer = std::ptr::null_mut();
+                let st = sys::ggml_backend_tensor_alloc(buf, t.t, (base + off as usize) as *mut _);
+                if st != sys::GGML_STATUS_SUCCESS {
+                    bail!("placing a tensor failed (status {st})");
+                }
+            }
+            if upload {
+                let src = bytes
+                    .get(t.file_off as usize..(t.file_off + t.size) as usize)
+                    .context("tensor data outside the file")?;
+                // SAFETY: `t.t` now has `t.size` bytes of memory in `buf`; `src` is that many.
+                unsafe { sys::ggml_backend_tensor_set(t.t, src.as_ptr().cast(), 0, src.len()) };
+            }
+        }
+        Ok(())
+    }
+
+    fn allocate(&mut self, o: &StreamOptions) -> Result<()> {
+        let plan = self.p.plan.clone();
+        // Output head (also the embedding table).
+        let out = [self.p.w.tok_embd, self.p.w.output_norm];
+        let off = [0, self.p.backend.alloc_size(&out[0])];
+        let b = self.alloc_buffer(plan.sizes.output, "the output head")?;
+        self.place(b, &out, &off, true)?;
+        // KV cache and state.
+        // SAFETY: the state context and buffer type are live; null is checked.
+        let sb = unsafe {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(self.p.st.ctx.ptr, self.p.backend.buft)
+        };
+        if sb.is_null() {
+            bail!("could not allocate the KV cache and state");
+        }
+        // SAFETY: `sb` is live; zeroing the KV cache keeps never-written cells finite.
+        unsafe { sys::ggml_backend_buffer_clear(sb, 0) };
+        self.buffers.push(sb);
+        // SAFETY: `sb` is live.
+        self.device_bytes += unsafe { sys::ggml_backend_buffer_get_size(sb) } as u64;
+        self.check_budget("the KV cache and state")?;
+        // Resident layers, one buffer.
+        if !plan.resident.is_empty() {
+            let b = self.alloc_buffer(plan.resident_bytes(), "the resident layers")?;
+            let mut at = 0;
+            for &l in &plan.resident {
+                let offs: Vec<u64> = self.p.layer_offsets[l].iter().map(|o| o + at).collect();
+                let ts = self.p.w.layers[l];
+                self.place(b, &ts, &offs, true)?;
+                at += plan.sizes.layers[l];
+            }
+        }
+        // Ring slots.
+        if !plan.streamed.is_empty() {
+            for i in 0..plan.n_slots {
+                let b = self.alloc_buffer(plan.slot_bytes, &format!("ring slot {i}"))?;
+                // SAFETY: `b` is live.
+                let base = unsafe { sys::ggml_backend_buffer_get_base(b) } as usize;
+                self.slots.push((
+                    b,
+                    SlotAddr {
+                        base,
+                        size: plan.slot_bytes,
+                    },
+                ));
+            }
+        }
+        // Compute buffer: reserve the worst-case graphs (streamed layers bound to slot 0).
+        for &l in &plan.streamed {
+            let (b, _) = self.slots[0];
+            let ts = self.p.w.layers[l];
+            let offs = self.p.layer_offsets[l];
+            self.place(b, &ts, &offs, false)?;
+        }
+        for kind in self.p.kinds() {
+            let gf = self.p.worst_graph(kind);
+            // SAFETY: every weight and state tensor has memory; `gf` is a live graph.
+            if !unsafe { sys::ggml_gallocr_reserve(self.p.galloc, gf) } {
+                bail!("could not allocate the compute buffer");
+            }
+        }
+        // SAFETY: the allocator is live; buffer 0 is its only buffer.
+        self.compute_bytes = unsafe { sys::ggml_gallocr_get_buffer_size(self.p.galloc, 0) } as u64;
+        self.device_bytes += self.compute_bytes;
+        self.check_budget("the compute buffer")?;
+        let n = (self.p.n_ctx * self.p.n_ub) as usize;
+        self.mask_g = vec![f16::ZERO; n];
+        self.mask_s = vec![f16::ZERO; n];
+        if !plan.streamed.is_empty() {
+            let cycle = plan
+                .streamed
+                .iter()
+                .map(|&l| self.p.layer_copy(l))
+                .collect();
+            let source = Source::open(self.p.file.clone(), o.direct_io)?;
+            let addrs = self.slots.iter().map(|s| s.1).collect();
+            self.ring = Some(Ring::start(
+                source,
+                addrs,
+                cycle,
+                self.events.clone(),
+                o.read_delay,
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.p.plan
+    }
+
+    pub fn hparams(&self) -> &Hparams {
+        &self.p.hp
+    }
+
+    /// Sum of the sizes of every device buffer allocated (weights, KV, state, ring, compute).
+    pub fn device_bytes(&self) -> u64 {
+        self.device_bytes
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn steps(&self) -> &[StepStats] {
+        &self.steps
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.snapshot()
+    }
+
+    /// Forgets the context (KV cells are overwritten by the next tokens).
+    pub fn clear(&mut self) {
+        self.n_past = 0;
+    }
+
+    fn compute(&mut self, gf: *mut sys::ggml_cgraph) -> Result<()> {
+        // SAFETY: `gf` is a graph of live tensors built in the graph context; the allocator
+        // places its intermediate tensors in the compute buffer.
+        unsafe {
+            if !sys::ggml_gallocr_alloc_graph(self.p.galloc, gf) {
+                bail!("ggml could not allocate a graph");
+            }
+            let now = sys::ggml_gallocr_get_buffer_size(self.p.galloc, 0) as u64;
+            if now != self.compute_bytes {
+                bail!(
+                    "the compute buffer grew from {} to {} bytes (planned worst case exceeded)",
+                    self.compute_bytes,
+                    now
+                );
+            }
+            let st = sys::ggml_backend_graph_compute(self.p.backend.ptr, gf);
+            if st != sys::GGML_STATUS_SUCCESS {
+                bail!("ggml graph compute failed (status {st})");
+            }
+        }
+        Ok(())
+    }
+
+    fn set_inputs(&mut self, tokens: &[u32], n_out: usize) -> Result<()> {
+        let t = tokens.len();
+        let n_kv = self.n_past + t;
+        let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+        let pos: Vec<i32> = (self.n_past..n_kv).map(|p| p as i32).collect();
+        let out: Vec<i32> = ((t - n_out)..t).map(|i| i as i32).collect();
+        let n_swa = self.p.hp.n_swa as usize;
+        for j in 0..t {
+            let p1 = self.n_past + j;
+            for i in 0..n_kv {
+                let causal = i > p1;
+                self.mask_g[j * n_kv + i] = if causal { f16::NEG_INFINITY } else { f16::ZERO };
+                let sw = causal || (n_swa > 0 && p1 - i >= n_swa);
+                self.mask_s[j * n_kv + i] = if sw { f16::NEG_INFINITY } else { f16::ZERO };
+            }
+        }
+        let st = &self.p.st;
+        let m = n_kv * t;
+        // SAFETY: each source slice fits its destination tensor (t <= n_ubatch,
+        // n_kv * t <= n_ctx * n_ubatch), all tensors live in the state buffer.
+        unsafe {
+            sys::ggml_backend_tensor_set(st.ids, ids.as_ptr().cast(), 0, 4 * t);
+            sys::ggml_backend_tensor_set(st.pos, pos.as_ptr().cast(), 0, 4 * t);
+            if n_out > 0 {
+                sys::ggml_backend_tensor_set(st.out_ids, out.as_ptr().cast(), 0, 4 * n_out);
+            }
+            sys::ggml_backend_tensor_set(st.mask_g, self.mask_g.as_ptr().cast(), 0, 2 * m);
+            sys::ggml_backend_tensor_set(st.mask_s, self.mask_s.as_ptr().cast(), 0, 2 * m);
+        }
+        Ok(())
+    }
+
+    /// Evaluates `tokens` after the cached context. Returns the logits of every token
+    /// (`all_logits`) or of the last one, row-major `[n, n_vocab]`.
+    pub fn eval(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            bail!("nothing to evaluate");
+        }
+        if self.n_past + tokens.len() > self.p.n_ctx as usize {
+            bail!(
+                "the context of {} positions is full ({} cached + {} new)",
+                self.p.n_ctx,
+                self.n_past,
+                tokens.len()
+            );
+        }
+        let n_vocab = self.p.hp.n_vocab as usize;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            bail!("token id {bad} is outside the vocabulary of {n_vocab}");
+        }
+        let t_step = Instant::now();
+        let mut stats = StepStats {
+            n_tokens: tokens.len(),
+            bytes_streamed: 0,
+            read_s: 0.0,
+            wait_s: 0.0,
+            compute_s: 0.0,
+            total_s: 0.0,
+            layers: Vec::with_capacity(self.p.hp.n_layer),
+            peak_rss: None,
+        };
+        let mut logits = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.p.n_ub as usize).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let last = ci + 1 == chunks.len();
+            let n_out = match (all_logits, last) {
+                (true, _) => chunk.len(),
+                (false, true) => 1,
+                (false, false) => 0,
+            };
+            self.step(chunk, n_out, &mut stats, &mut logits)?;
+        }
+        stats.total_s = t_step.elapsed().as_secs_f64();
+        stats.peak_rss = crate::engine::peak_rss();
+        self.steps.push(stats);
+        Ok(logits)
+    }
+
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        n_out: usize,
+        stats: &mut StepStats,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let t = tokens.len() as i64;
+        self.set_inputs(tokens, n_out)?;
+        self.p.gctx.reset();
+        // SAFETY: the graph context was reset; t <= n_ubatch.
+        let gf =
+            unsafe { graph::build_input(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, t) };
+        self.compute(gf)?;
+        let n_layer = self.p.hp.n_layer;
+        for il in 0..n_layer {
+            let streamed = self.p.plan.streamed.binary_search(&il).is_ok();
+            let mut lt = LayerTime {
+                layer: il,
+                streamed,
+                wait_s: 0.0,
+                compute_s: 0.0,
+            };
+            let mut slot = None;
+            if streamed {
+                let ring = self.ring.as_ref().context("no ring")?;
+                let w0 = self.events.now();
+                self.events.push(EvKind::WaitStart, il);
+                let f = ring.next()?;
+                self.events.push(EvKind::WaitEnd, il);
+                lt.wait_s = self.events.now() - w0;
+                if f.layer != il {
+                    bail!(
+                        "the reader delivered layer {} where layer {il} was due",
+                        f.layer
+                    );
+                }
+                stats.bytes_streamed += f.bytes;
+                stats.read_s += f.read_s;
+                let (b, _) = self.slots[f.slot];
+                let ts = self.p.w.layers[il];
+                let offs = self.p.layer_offsets[il];
+                self.place(b, &ts, &offs, false)?;
+                slot = Some(f.slot);
+            }
+            let n_out_l =
+                (il + 1 == n_layer && (n_out as i64) < t && n_out > 0).then_some(n_out as i64);
+            self.p.gctx.reset();
+            let sh = Shape {
+                n_tokens: t,
+                n_past: self.n_past as i64,
+                n_out: n_out_l,
+            };
+            // SAFETY: the graph context was reset; the layer's weights have memory (resident
+            // buffer or the slot just filled); shapes fit the state (checked in `eval`).
+            let gf = unsafe {
+                graph::build_layer(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, il, sh)
+            };
+            let c0 = self.events.now();
+            self.events.push(EvKind::ComputeStart, il);
+            self.compute(gf)?;
+            self.events.push(EvKind::ComputeEnd, il);
+            lt.compute_s = self.events.now() - c0;
+            if let (Some(s), Some(ring)) = (slot, &self.ring) {
+                ring.release(s);
+            }
+            stats.wait_s += lt.wait_s;
+            stats.compute_s += lt.compute_s;
+            stats.layers.push(lt);
+        }
+        if n_out > 0 {
+            self.p.gctx.reset();
+            // SAFETY: the graph context was reset; n_out <= t <= n_ubatch.
+            let (gf, out) = unsafe {
+                graph::build_output(
+                    self.p.gctx.ptr,
+                    &self.p.w,
+                    &self.p.st,
+                    &self.p.hp,
+                    n_out as i64,
+                )
+            };
+            let c0 = self.events.now();
+            self.events.push(EvKind::ComputeStart, n_layer);
+            self.compute(gf)?;
+            self.events.push(EvKind::ComputeEnd, n_layer);
+            stats.compute_s += self.events.now() - c0;
+            let n = n_out * self.p.hp.n_vocab as usize;
+            let at = logits.len();
+            logits.resize(at + n, 0.0);
+            // SAFETY: `out` is the graph's f32 output of exactly n elements, computed above.
+            unsafe {
+                sys::ggml_backend_tensor_get(out, logits[at..].as_mut_ptr().cast(), 0, 4 * n)
+            };
+        }
+        self.n_past += tokens.len();
+        Ok(())
+    }
+
+    /// The copy floor: the streamed layers of `cycles` steps pass through the ring with no
+    /// compute (same reader, same slots). Returns (bytes, seconds).
+    pub fn copy_floor(&mut self, cycles: usize) -> Result<(u64, f64)> {
+        let Some(ring) = &self.ring else {
+            return Ok((0, 0.0));
+        };
+        let t = Instant::now();
+        let mut bytes = 0;
+        for _ in 0..cycles * self.p.plan.streamed.len() {
+            let f = ring.next()?;
+            bytes += f.bytes;
+            ring.release(f.slot);
+        }
+        Ok((bytes, t.elapsed().as_secs_f64()))
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        // The reader writes into the slots: stop it first.
+        self.ring = None;
+        // SAFETY: the allocator and buffers were created by this executor and are freed once,
+        // after the reader stopped and before the backend (dropped with `p` afterwards).
+        unsafe {
+            sys::ggml_gallocr_free(self.p.galloc);
+            for &b in &self.buffers {
+                sys::ggml_backend_buffer_free(b);
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The streaming plan: from the device budget and the exact sizes of what must live on the
+//! device, which layers stay resident and which stream through the ring.
+//!
+//! Fixed on the device: the output head (`token_embd`, tied, plus `output_norm`; it also feeds
+//! the embedding lookup), the KV cache of every layer, the state (activations, inputs, masks)
+//! and the compute buffer (measured by ggml's allocator on the worst-case graphs). The ring is
+//! `n_slots` buffers of the largest streamed layer. Layers are kept resident front to back
+//! while they fit beside the ring; if every layer fits, nothing streams and there is no ring.
+
+use crate::engine::plan::fmt_size;
+use serde_json::json;
+use std::fmt;
+
+/// Sizes the planner works from (bytes, as the backend allocates them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizes {
+    pub layers: Vec<u64>,
+    pub output: u64,
+    pub kv: u64,
+    pub state: u64,
+    pub compute: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub budget: u64,
+    pub n_slots: usize,
+    pub resident: Vec<usize>,
+    pub streamed: Vec<usize>,
+    pub slot_bytes: u64,
+    pub sizes: Sizes,
+    /// Weight bytes crossing into the ring per step (every streamed layer once).
+    pub streamed_bytes_per_token: u64,
+    /// Measured source -> ring copy bandwidth (bytes/s), when measured.
+    pub read_bw: Option<f64>,
+}
+
+impl Plan {
+    pub fn fixed_bytes(&self) -> u64 {
+        self.sizes.output + self.sizes.kv + self.sizes.state + self.sizes.compute
+    }
+
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident.iter().map(|&l| self.sizes.layers[l]).sum()
+    }
+
+    pub fn ring_bytes(&self) -> u64 {
+        if self.streamed.is_empty() {
+            0
+        } else {
+            self.n_slots as u64 * self.slot_bytes
+        }
+    }
+
+    /// Device memory the plan allocates.
+    pub fn device_bytes(&self) -> u64 {
+        self.fixed_bytes() + self.resident_bytes() + self.ring_bytes()
+    }
+
+    /// Seconds per token if streaming ran at the measured copy bandwidth and nothing else
+    /// took time (the floor of a decode step).
+    pub fn floor_s_per_token(&self) -> Option<f64> {
+        self.read_bw
+            .filter(|&b| b > 0.0)
+            .map(|b| self.streamed_bytes_per_token as f64 / b)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "budget": self.budget,
+            "device_bytes": self.device_bytes(),
+            "n_slots": self.n_slots,
+            "slot_bytes": self.slot_bytes,
+            "resident_layers": self.resident,
+            "streamed_layers": self.streamed,
+            "output_bytes": self.sizes.output,
+            "kv_bytes": self.sizes.kv,
+            "state_bytes": self.sizes.state,
+            "compute_bytes": self.sizes.compute,
+            "resident_bytes": self.resident_bytes(),
+            "streamed_bytes_per_token": self.streamed_bytes_per_token,
+            "read_bandwidth_bytes_per_s": self.read_bw,
+            "floor_s_per_token": self.floor_s_per_token(),
+        })
+    }
+}
+
+fn ranges(v: &[usize]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            format!("{}", v[i])
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "stream plan: budget {}, device use {}",
+            fmt_size(self.budget),
+            fmt_size(self.device_bytes())
+        )?;
+        writeln!(
+            f,
+            "  fixed: output head {} + KV cache {} + state {} + compute buffer {}",
+            fmt_size(self.sizes.output),
+            fmt_size(self.sizes.kv),
+            fmt_size(self.sizes.state),
+            fmt_size(self.sizes.compute)
+        )?;
+        writeln!(
+            f,
+            "  resident layers ({}): {} = {}",
+            self.resident.len(),
+            ranges(&self.resident),
+            fmt_size(self.resident_bytes())
+        )?;
+        write!(
+            f,
+            "  streamed layers ({}): {}",
+            self.streamed.len(),
+            ranges(&self.streamed)
+        )?;
+        if !self.streamed.is_empty() {
+            write!(
+                f,
+                " through a ring of {} x {} = {}\n  streamed per token: {}",
+                self.n_slots,
+                fmt_size(self.slot_bytes),
+                fmt_size(self.ring_bytes()),
+                fmt_size(self.streamed_bytes_per_token)
+            )?;
+            if let (Some(bw), Some(fl)) = (self.read_bw, self.floor_s_per_token()) {
+                write!(
+                    f,
+                    "; measured copy bandwidth {:.2} GB/s -> floor {:.3} s/token",
+                    bw / 1e9,
+                    fl
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plans under `budget`, or says what does not fit.
+pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
+    let n = sizes.layers.len();
+    let fixed = sizes.output + sizes.kv + sizes.state + sizes.compute;
+    let all: u64 = sizes.layers.iter().sum();
+    let mk = |resident: Vec<usize>, streamed: Vec<usize>, slot_bytes: u64| {
+        let per_token = streamed.iter().map(|&l| sizes.layers[l]).sum();
+        Plan {
+            budget,
+            n_slots,
+            resident,
+            streamed,
+            slot_bytes,
+            sizes: sizes.clone(),
+            streamed_bytes_per_token: per_token,
+            read_bw: None,
+        }
+    };
+    let fixed_msg = || {
+        format!(
+            "output head (token_embd + output_norm) {} + KV cache {} + state {} + compute buffer {}",
+            fmt_size(sizes.output),
+            fmt_size(sizes.kv),
+            fmt_size(sizes.state),
+            fmt_size(sizes.compute)
+        )
+    };
+    if fixed > budget {
+        return Err(format!(
+            "device budget {} does not fit the fixed part: {} = {}",
+            fmt_size(budget),
+            fixed_msg(),
+            fmt_size(fixed)
+        ));
+    }
+    if fixed + all <= budget {
+        return Ok(mk((0..n).collect(), Vec::new(), 0));
+    }
+    if n_slots == 0 {
+        return Err("--prefetch must be at least 1 ring slot".into());
+    }
+    let left = budget - fixed;
+    // Keep layers 0..r resident; the ring holds the largest of the rest.
+    let mut r = n;
+    loop {
+        let slot = sizes.layers[r.min(n)..].iter().copied().max().unwrap_or(0);
+        let resident: u64 = sizes.layers[..r].iter().sum();
+        if r < n && resident + n_slots as u64 * slot <= left {
+            return Ok(mk((0..r).collect(), (r..n).collect(), slot));
+        }
+        if r == 0 {
+            let slot = sizes.layers.iter().copied().max().unwrap_or(0);
+            return Err(format!(
+                "device budget {} does not fit a ring of {} slot(s) x {} (the largest layer) beside the fixed part: {} = {}; at least {} is needed",
+                fmt_size(budget),
+                n_slots,
+                fmt_size(slot),
+                fixed_msg(),
+                fmt_size(fixed),
+                fmt_size(fixed + n_slots as u64 * slot)
+            ));
+        }
+        r -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(n: usize) -> Sizes {
+        Sizes {
+            layers: vec![100; n],
+            output: 50,
+            kv: 20,
+            state: 5,
+            compute: 25,
+        }
+    }
+
+    #[test]
+    fn everything_resident_when_it_fits() {
+        let p = plan(700, 2, sizes(6)).unwrap();
+        assert_eq!(p.resident, (0..6).collect::<Vec<_>>());
+        assert!(p.streamed.is_empty());
+        assert_eq!(p.device_bytes(), 700);
+    }
+
+    #[test]
+    fn streams_the_rest_through_the_ring() {
+        let p = plan(450, 2, sizes(6)).unwrap();
+        assert_eq!(p.resident, vec![0, 1]);
+        assert_eq!(p.streamed, vec![2, 3, 4, 5]);
+        assert_eq!(p.streamed_bytes_per_token, 400);
+        assert!(p.device_bytes() <= 450);
+        let p = plan(300, 2, sizes(6)).unwrap();
+        assert!(p.resident.is_empty());
+        assert_eq!(p.device_bytes(), 300);
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        let e = plan(299, 2, sizes(6)).unwrap_err();
+        assert!(e.contains("does not fit a ring of 2 slot(s)"), "{e}");
+        let e = plan(99, 2, sizes(6)).unwrap_err();
+        assert!(e.contains("does not fit the fixed part"), "{e}");
+        assert!(e.contains("KV cache"), "{e}");
+    }
+}

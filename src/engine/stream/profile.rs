@@ -1,0 +1,149 @@
+//! Where time and memory went: a shared event log (reader and executor both write to it, so
+//! tests can check the order of reads and computes), and per-step statistics derived from it.
+
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvKind {
+    ReadStart,
+    ReadEnd,
+    WaitStart,
+    WaitEnd,
+    ComputeStart,
+    ComputeEnd,
+}
+
+/// One timestamped event: `t` seconds since the executor started; `layer` is the layer index
+/// (`n_layer` for the output head).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event {
+    pub t: f64,
+    pub kind: EvKind,
+    pub layer: usize,
+}
+
+/// The shared log.
+#[derive(Debug, Clone)]
+pub struct Events {
+    t0: Instant,
+    log: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Events {
+    pub fn new() -> Events {
+        Events {
+            t0: Instant::now(),
+            log: Arc::new(Mutex::new(Vec::with_capacity(1 << 16))),
+        }
+    }
+
+    pub fn push(&self, kind: EvKind, layer: usize) {
+        let t = self.t0.elapsed().as_secs_f64();
+        if let Ok(mut l) = self.log.lock() {
+            l.push(Event { t, kind, layer });
+        }
+    }
+
+    pub fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    pub fn snapshot(&self) -> Vec<Event> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+/// Time of one layer in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTime {
+    pub layer: usize,
+    pub streamed: bool,
+    /// Seconds the executor waited for the layer's bytes.
+    pub wait_s: f64,
+    pub compute_s: f64,
+}
+
+/// One `eval` call (a prompt batch or one decoded token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    pub n_tokens: usize,
+    pub bytes_streamed: u64,
+    /// Seconds the reader spent on the layers this step consumed (copy time).
+    pub read_s: f64,
+    pub wait_s: f64,
+    pub compute_s: f64,
+    pub total_s: f64,
+    pub layers: Vec<LayerTime>,
+    pub peak_rss: Option<u64>,
+}
+
+impl StepStats {
+    /// Streamed bytes over the wall time of the step.
+    pub fn effective_gbps(&self) -> f64 {
+        if self.total_s > 0.0 {
+            self.bytes_streamed as f64 / self.total_s / 1e9
+        } else {
+            0.0
+        }
+    }
+
+    /// Streamed bytes over the reader's busy time.
+    pub fn read_gbps(&self) -> f64 {
+        if self.read_s > 0.0 {
+            self.bytes_streamed as f64 / self.read_s / 1e9
+        } else {
+            0.0
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "n_tokens": self.n_tokens,
+            "bytes_streamed": self.bytes_streamed,
+            "read_s": self.read_s,
+            "read_gbps": self.read_gbps(),
+            "effective_gbps": self.effective_gbps(),
+            "wait_s": self.wait_s,
+            "compute_s": self.compute_s,
+            "total_s": self.total_s,
+            "peak_rss": self.peak_rss,
+            "layers": self.layers.iter().map(|l| json!({
+                "layer": l.layer, "streamed": l.streamed, "wait_s": l.wait_s, "compute_s": l.compute_s
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A human-readable report (stderr).
+    pub fn report(&self, step: usize) -> String {
+        let mut s = format!(
+            "step {step}: {} token(s), {:.2} ms total, compute {:.2} ms, waited {:.2} ms ({:.0}%), streamed {} ({:.2} GB/s read, {:.2} GB/s effective), peak RSS {}\n",
+            self.n_tokens,
+            self.total_s * 1e3,
+            self.compute_s * 1e3,
+            self.wait_s * 1e3,
+            if self.total_s > 0.0 { 100.0 * self.wait_s / self.total_s } else { 0.0 },
+            crate::engine::plan::fmt_size(self.bytes_streamed),
+            self.read_gbps(),
+            self.effective_gbps(),
+            self.peak_rss.map_or("?".into(), crate::engine::plan::fmt_size),
+        );
+        for l in &self.layers {
+            s.push_str(&format!(
+                "  layer {:>3} {:<8} wait {:8.3} ms  compute {:8.3} ms\n",
+                l.layer,
+                if l.streamed { "streamed" } else { "resident" },
+                l.wait_s * 1e3,
+                l.compute_s * 1e3
+            ));
+        }
+        s
+    }
+}

@@ -1,0 +1,285 @@
+//! The ring: N layer-sized device buffers ("slots") and a reader thread that fills them.
+//!
+//! A slot is owned by exactly one side at a time and handed over through two channels: the
+//! reader takes a free slot, copies the next streamed layer into it and sends it as filled;
+//! the executor computes the layer from it and sends it back as free. The channel hand-over
+//! orders the reader's writes before the executor's reads (and the compute before the next
+//! overwrite), so a slot is never reused while the compute reading it is running. The reader
+//! runs ahead by up to N layers, across token boundaries: it cycles through the streamed layers
+//! for as long as the ring lives.
+
+use super::profile::{EvKind, Events};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::gguf::GgufFile;
+
+/// One piece of a layer: `len` bytes at absolute file offset `src` go to slot offset `dst`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    pub src: u64,
+    pub len: u64,
+    pub dst: u64,
+}
+
+/// What the reader copies for one streamed layer.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCopy {
+    pub layer: usize,
+    pub pieces: Vec<Piece>,
+}
+
+impl LayerCopy {
+    pub fn bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len).sum()
+    }
+}
+
+/// Where the reader gets bytes from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The memory-mapped GGUF (page cache, or disk on first touch).
+    Mmap(Arc<GgufFile>),
+    /// `O_DIRECT` preads into an aligned staging buffer of bounded size, bypassing the page
+    /// cache.
+    Direct { file: File, staging: AlignedBuf },
+}
+
+/// Direct-I/O alignment (logical block size of every disk we meet; 4 KiB covers 512 too).
+const DIO_ALIGN: u64 = 4096;
+/// Staging buffer for direct I/O: host memory stays bounded by this.
+pub(crate) const STAGING_BYTES: usize = 16 << 20;
+
+/// A heap buffer aligned for `O_DIRECT`.
+#[derive(Debug)]
+pub(crate) struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain owned memory; only the thread that owns the struct touches it.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len, DIO_ALIGN as usize).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        AlignedBuf { ptr, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points to `len` bytes we own, exclusively borrowed through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout =
+            std::alloc::Layout::from_size_align(self.len, DIO_ALIGN as usize).expect("layout");
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+impl Source {
+    pub fn open(file: Arc<GgufFile>, direct: bool) -> Result<Source> {
+        if !direct {
+            return Ok(Source::Mmap(file));
+        }
+        Ok(Source::Direct {
+            file: open_direct(file.path())?,
+            staging: AlignedBuf::new(STAGING_BYTES),
+        })
+    }
+
+    /// Copies `p` into `dst` (which is `p.len` bytes).
+    pub fn read(&mut self, p: Piece, dst: &mut [u8]) -> Result<()> {
+        match self {
+            Source::Mmap(f) => {
+                let b = f.bytes();
+                let (s, e) = (p.src as usize, (p.src + p.len) as usize);
+                let src = b.get(s..e).context("tensor data outside the file")?;
+                dst.copy_from_slice(src);
+            }
+            Source::Direct { file, staging } => {
+                // Aligned chunks covering [src, src+len); each chunk's useful part is copied.
+                let mut done = 0u64;
+                while done < p.len {
+                    let want = p.src + done;
+                    let start = want / DIO_ALIGN * DIO_ALIGN;
+                    let skip = want - start;
+                    let chunk = (STAGING_BYTES as u64)
+                        .min((skip + (p.len - done)).div_ceil(DIO_ALIGN) * DIO_ALIGN);
+                    let buf = &mut staging.as_mut()[..chunk as usize];
+                    let mut got = 0usize;
+                    while got < buf.len() {
+                        let n = file
+                            .read_at(&mut buf[got..], start + got as u64)
+                            .context("direct read")?;
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                    }
+                    let useful = (got as u64).saturating_sub(skip).min(p.len - done);
+                    if useful == 0 {
+                        bail!("direct read: unexpected end of file at offset {want}");
+                    }
+                    dst[done as usize..(done + useful) as usize]
+                        .copy_from_slice(&buf[skip as usize..(skip + useful) as usize]);
+                    done += useful;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `O_DIRECT` from Linux's `fcntl.h` (it differs by architecture; no libc dependency for one
+/// constant).
+#[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+const O_DIRECT: i32 = 0o200000;
+#[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
+const O_DIRECT: i32 = 0o40000;
+
+fn open_direct(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECT)
+        .open(path)
+        .with_context(|| format!("opening {} with O_DIRECT", path.display()))
+}
+
+/// A filled slot handed to the executor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filled {
+    pub slot: usize,
+    pub layer: usize,
+    pub bytes: u64,
+    /// Seconds the reader spent on this layer.
+    pub read_s: f64,
+}
+
+/// The reader thread and its two channels.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    free_tx: Option<Sender<usize>>,
+    filled_rx: Receiver<Result<Filled, String>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Host addresses of the slots (CPU backend: the device memory is host memory).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotAddr {
+    pub base: usize,
+    pub size: u64,
+}
+
+impl Ring {
+    /// Starts the reader over `cycle` (the streamed layers in execution order) with every
+    /// slot free. `delay` slows each layer's read (test hook for the overlap test).
+    pub fn start(
+        mut source: Source,
+        slots: Vec<SlotAddr>,
+        cycle: Vec<LayerCopy>,
+        events: Events,
+        delay: Duration,
+    ) -> Ring {
+        let (free_tx, free_rx) = channel::<usize>();
+        let (filled_tx, filled_rx) = channel();
+        for i in 0..slots.len() {
+            free_tx.send(i).expect("receiver alive");
+        }
+        let thread = std::thread::Builder::new()
+            .name("jq-stream-reader".into())
+            .spawn(move || {
+                let mut k = 0usize;
+                while let Ok(slot) = free_rx.recv() {
+                    let lc = &cycle[k % cycle.len()];
+                    k += 1;
+                    let sa = slots[slot];
+                    events.push(EvKind::ReadStart, lc.layer);
+                    let t0 = std::time::Instant::now();
+                    let mut res = Ok(());
+                    for p in &lc.pieces {
+                        if p.dst + p.len > sa.size {
+                            res = Err(format!("layer {} does not fit its slot", lc.layer));
+                            break;
+                        }
+                        // SAFETY: the slot is `sa.size` bytes of host memory that outlives
+                        // this thread (the ring is joined before the slots are freed), the
+                        // range is inside it (checked above), and this thread owns the slot
+                        // until it sends it as filled.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                (sa.base as *mut u8).add(p.dst as usize),
+                                p.len as usize,
+                            )
+                        };
+                        if let Err(e) = source.read(*p, dst) {
+                            res = Err(format!("reading layer {}: {e:#}", lc.layer));
+                            break;
+                        }
+                    }
+                    if !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
+                    events.push(EvKind::ReadEnd, lc.layer);
+                    let msg = res.map(|()| Filled {
+                        slot,
+                        layer: lc.layer,
+                        bytes: lc.bytes(),
+                        read_s: t0.elapsed().as_secs_f64(),
+                    });
+                    let stop = msg.is_err();
+                    if filled_tx.send(msg).is_err() || stop {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the reader thread");
+        Ring {
+            free_tx: Some(free_tx),
+            filled_rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for the next filled slot.
+    pub fn next(&self) -> Result<Filled> {
+        match self.filled_rx.recv() {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("the reader thread stopped"),
+        }
+    }
+
+    /// Gives a slot back once the compute reading it has finished.
+    pub fn release(&self, slot: usize) {
+        if let Some(tx) = &self.free_tx {
+            // The reader may have stopped on an error, reported by the next `next()`.
+            let _ = tx.send(slot);
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.free_tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! `--stream-layers` on the CPU backend (playing the device): logits equal llama.cpp fully
+//! resident, the device budget holds, impossible budgets are refused, reads overlap compute.
+
+use jq::engine::llama::{Llama, Sampling};
+use jq::engine::stream::profile::EvKind;
+use jq::engine::stream::{plan_only, StreamOptions, Streamer};
+use jq::quant::GgmlType;
+use jq::synth::{write_gemma3, Gemma3Dims};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const N_CTX: u32 = 64;
+const PROMPT: [u32; 12] = [2, 300, 301, 7, 350, 17, 302, 303, 120, 304, 33, 305];
+const N_DECODE: usize = 20;
+
+fn tiny(dir: &Path, ty: GgmlType) -> PathBuf {
+    let p = dir.join(format!("tiny-gemma3-{}.gguf", ty.name()));
+    write_gemma3(&p, Gemma3Dims::TINY, 384, ty).unwrap();
+    p
+}
+
+fn opts(budget: Option<u64>, slots: usize) -> StreamOptions {
+    StreamOptions {
+        budget,
+        n_slots: slots,
+        n_ctx: N_CTX,
+        n_ubatch: N_CTX,
+        threads: 2,
+        ..StreamOptions::default()
+    }
+}
+
+/// A budget with room for the fixed part, `resident` layers and a ring of `slots`.
+fn budget_for(path: &Path, resident: usize, slots: usize) -> u64 {
+    let p = plan_only(path, &opts(Some(u64::MAX / 2), slots)).unwrap();
+    let s = &p.sizes;
+    let layer = *s.layers.iter().max().unwrap();
+    s.output
+        + s.kv
+        + s.state
+        + s.compute
+        + s.layers[..resident].iter().sum::<u64>()
+        + slots as u64 * layer
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(0f64, |m, &x| m.max(f64::from(x.abs())));
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max(f64::from((x - y).abs())));
+    d / m
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut b = 0;
+    for (i, &x) in l.iter().enumerate() {
+        if x > l[b] {
+            b = i;
+        }
+    }
+    b as u32
+}
+
+/// llama.cpp fully resident: the prompt's logits, then N_DECODE greedy tokens one at a time
+/// with their logits.
+fn llama_reference(path: &Path) -> (Vec<f32>, Vec<u32>, Vec<Vec<f32>>) {
+    let llama = Llama::load(path).unwrap();
+    let s = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 0,
+        seed: 0,
+    };
+    let mut sess = llama.session(N_CTX, N_CTX, 2, &s).unwrap();
+    let prompt = sess.eval(&PROMPT, true).unwrap();
+    let v = llama.n_vocab();
+    let mut next = argmax(&prompt[prompt.len() - v..]);
+    let (mut ids, mut logits) = (Vec::new(), Vec::new());
+    for _ in 0..N_DECODE {
+        ids.push(next);
+        let l = sess.eval(&[next], true).unwrap();
+        next = argmax(&l);
+        logits.push(l);
+    }
+    (prompt, ids, logits)
+}
+
+/// Streams the same prompt and greedy decode; returns the worst error over the prompt and the
+/// decoded steps, and checks the ids.
+fn check_parity(path: &Path, budget: u64, slots: usize) -> (f64, Vec<f64>, Streamer) {
+    let (ref_prompt, ref_ids, ref_logits) = llama_reference(path);
+    let mut s = Streamer::open(path, &opts(Some(budget), slots)).unwrap();
+    let prompt = s.eval(&PROMPT, true).unwrap();
+    let v = s.hparams().n_vocab as usize;
+    let e_prompt = rel_err(&prompt, &ref_prompt);
+    // Every position, one by one, against its own maximum.
+    let mut e_pos = 0f64;
+    for i in 0..PROMPT.len() {
+        e_pos = e_pos.max(rel_err(
+            &prompt[i * v..(i + 1) * v],
+            &ref_prompt[i * v..(i + 1) * v],
+        ));
+    }
+    let mut next = argmax(&prompt[prompt.len() - v..]);
+    let mut e_dec = Vec::new();
+    for (k, (&want, ref_l)) in ref_ids.iter().zip(&ref_logits).enumerate() {
+        assert_eq!(
+            next, want,
+            "decoded token {k} differs from llama.cpp's greedy decode"
+        );
+        let l = s.eval(&[next], true).unwrap();
+        e_dec.push(rel_err(&l, ref_l));
+        next = argmax(&l);
+    }
+    (e_prompt.max(e_pos), e_dec, s)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+/// `decode_outliers`: decode steps allowed above 1e-4 (see the Q4_0 test).
+fn parity(ty: GgmlType, decode_outliers: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), ty);
+    let budget = budget_for(&path, 1, 2);
+    let (ep, ed, s) = check_parity(&path, budget, 2);
+    let plan = s.plan();
+    eprintln!("{ty:?}: {plan}\nprompt error {ep:.3e}, decode errors {ed:?}");
+    assert_eq!(plan.resident, vec![0]);
+    assert_eq!(plan.streamed, vec![1, 2, 3, 4, 5]);
+    assert!(ep <= 1e-4, "prompt error {ep}");
+    assert_eq!(ed.len(), N_DECODE);
+    let over = ed.iter().filter(|&&e| e > 1e-4).count();
+    assert!(over <= decode_outliers, "decode errors {ed:?}");
+    assert!(
+        max(&ed) <= if decode_outliers > 0 { 1e-2 } else { 1e-4 },
+        "decode errors {ed:?}"
+    );
+    assert!(s.device_bytes() <= budget);
+    // Every step streamed every streamed layer once.
+    let per_token: u64 = plan.streamed.iter().map(|&l| plan.sizes.layers[l]).sum();
+    assert!(per_token > 0);
+    for st in s.steps() {
+        assert!(st.bytes_streamed > 0 && st.bytes_streamed <= per_token);
+        assert_eq!(st.layers.iter().filter(|l| l.streamed).count(), 5);
+    }
+}
+
+#[test]
+fn streamed_f32_equals_llama_cpp_resident() {
+    parity(GgmlType::F32, 0);
+}
+
+#[test]
+fn streamed_q8_0_equals_llama_cpp_resident() {
+    parity(GgmlType::Q8_0, 0);
+}
+
+/// llama.cpp repacks Q4_0 weights for its AVX-512 kernels (CPU_REPACK, on by default in this
+/// native build), which quantize the activations on a different path; the streamed ring keeps
+/// the raw Q4_0 blocks. Measured: every prompt position and 19 of 20 decode steps agree to
+/// ~1e-7, one decode step differs by 6.0e-3 (one activation rounding), the greedy ids agree.
+#[test]
+fn streamed_q4_0_equals_llama_cpp_resident() {
+    parity(GgmlType::Q4_0, 1);
+}
+
+#[test]
+fn llama_cpp_converted_fixture_if_present() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/gemma3/llama-cpp/tiny-causal-f32.gguf");
+    if !p.exists() {
+        eprintln!("{} not there yet: skipped", p.display());
+        return;
+    }
+    let budget = budget_for(&p, 1, 2);
+    let (ep, ed, _) = check_parity(&p, budget, 2);
+    eprintln!("converter fixture: prompt error {ep:.3e}, decode errors {ed:?}");
+    assert!(ep <= 1e-4 && max(&ed) <= 1e-4, "{ep} {ed:?}");
+}
+
+#[test]
+fn device_peak_never_exceeds_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::Q8_0);
+    let min = budget_for(&path, 0, 2);
+    let all = budget_for(&path, 6, 0);
+    let mut seen_resident = Vec::new();
+    for k in 0..=12u64 {
+        let budget = min + (all - min) * k / 12;
+        let mut s = Streamer::open(&path, &opts(Some(budget), 2)).unwrap();
+        s.eval(&PROMPT, false).unwrap();
+        for &t in &PROMPT[..3] {
+            s.eval(&[t], false).unwrap();
+        }
+        let plan = s.plan();
+        assert!(
+            s.device_bytes() <= budget,
+            "budget {budget}: measured {} bytes",
+            s.device_bytes()
+        );
+        assert_eq!(
+            s.device_bytes(),
+            plan.device_bytes(),
+            "plan and measurement agree"
+        );
+        assert_eq!(plan.resident.len() + plan.streamed.len(), 6);
+        seen_resident.push(plan.resident.len());
+    }
+    // The range covers all-streamed through all-resident.
+    assert_eq!(seen_resident.first(), Some(&0));
+    assert_eq!(seen_resident.last(), Some(&6));
+    assert!(seen_resident.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn impossible_budget_is_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::F32);
+    let min = budget_for(&path, 0, 2);
+    let e = Streamer::open(&path, &opts(Some(min - 1), 2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit a ring of 2 slot(s)"), "{e}");
+    assert!(e.contains("largest layer"), "{e}");
+    let e = plan_only(&path, &opts(Some(10_000), 2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit the fixed part"), "{e}");
+    assert!(e.contains("KV cache"), "{e}");
+}
+
+/// With a reader slowed to 30 ms a layer, the read of each streamed layer i+1 starts before
+/// the compute of layer i ends (two slots), and steps still give llama.cpp's logits.
+#[test]
+fn reads_overlap_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::F32);
+    let budget = budget_for(&path, 0, 2);
+    let mut o = opts(Some(budget), 2);
+    o.read_delay = Duration::from_millis(30);
+    let mut s = Streamer::open(&path, &o).unwrap();
+    assert_eq!(s.plan().streamed, (0..6).collect::<Vec<_>>());
+    let l1 = s.eval(&PROMPT, true).unwrap();
+    s.eval(&[5], false).unwrap();
+    let ev = s.events();
+    let find = |kind: EvKind, layer: usize, nth: usize| {
+        ev.iter()
+            .filter(|e| e.kind == kind && e.layer == layer)
+            .nth(nth)
+            .map(|e| e.t)
+            .unwrap_or_else(|| panic!("no {kind:?} #{nth} for layer {layer}"))
+    };
+    for step in 0..2 {
+        for i in 0..5 {
+            let read_next = find(EvKind::ReadStart, i + 1, step);
+            let compute_end = find(EvKind::ComputeEnd, i, step);
+            assert!(
+                read_next < compute_end,
+                "step {step}: read of layer {} started at {read_next}, compute of layer {i} ended at {compute_end}",
+                i + 1
+            );
+        }
+    }
+    // And some read ran entirely while a layer computed or waited: the reader works during
+    // compute (with one slot it could not).
+    let mut o1 = opts(Some(budget_for(&path, 0, 1)), 1);
+    o1.read_delay = Duration::from_millis(30);
+    let mut s1 = Streamer::open(&path, &o1).unwrap();
+    let l2 = s1.eval(&PROMPT, true).unwrap();
+    assert_eq!(l1, l2, "slot count does not change the logits");
+    let ev1 = s1.events();
+    let f1 = |kind: EvKind, layer: usize| {
+        ev1.iter()
+            .find(|e| e.kind == kind && e.layer == layer)
+            .unwrap()
+            .t
+    };
+    for i in 0..5 {
+        assert!(
+            f1(EvKind::ReadStart, i + 1) >= f1(EvKind::ComputeEnd, i),
+            "one slot: read {} after compute {i}",
+            i + 1
+        );
+    }
+}
