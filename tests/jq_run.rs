@@ -148,20 +148,31 @@ fn stdout_carries_only_the_generated_text() {
     assert!(out.is_empty(), "-n 0 must print nothing");
 }
 
+/// The Gemma-3 GGUF llama.cpp's own converter wrote for the transformers fixture (real
+/// SentencePiece vocabulary and chat template; see fixtures/gemma3/README.md).
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gemma3/llama-cpp/tiny-causal-f32.gguf")
+}
+
 #[test]
 fn dump_logits_equal_llama_cpp_through_the_bindings() {
     let prompt: Vec<u32> = vec![
         7, 300, 301, 40, 41, 302, 10, 303, 304, 305, 306, 307, 11, 12,
     ];
+    dump_logits_match(tiny(), &prompt, "dump-synth.npy");
+    dump_logits_match(&fixture(), &prompt, "dump-fixture.npy");
+}
+
+fn dump_logits_match(model_path: &Path, prompt: &[u32], out: &str) {
     let list = prompt
         .iter()
         .map(|t| t.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let npy = tmp("dump.npy");
+    let npy = tmp(out);
     let o = jq_run(
         &[
-            tiny().to_str().unwrap(),
+            model_path.to_str().unwrap(),
             "--prompt-tokens",
             &list,
             "-n",
@@ -174,13 +185,13 @@ fn dump_logits_equal_llama_cpp_through_the_bindings() {
         None,
     );
     ok(&o);
-    let arr = jq::npy::parse(&std::fs::read(&npy).unwrap()).unwrap();
-    assert_eq!(arr.shape, vec![prompt.len(), VOCAB as usize]);
-    let got = arr.data;
-
     // The reference: the bindings, no jq code in between.
     let model =
-        LlamaModel::load_from_file(backend(), tiny(), &LlamaModelParams::default()).unwrap();
+        LlamaModel::load_from_file(backend(), model_path, &LlamaModelParams::default()).unwrap();
+    let v = model.n_vocab() as usize;
+    let arr = jq::npy::parse(&std::fs::read(&npy).unwrap()).unwrap();
+    assert_eq!(arr.shape, vec![prompt.len(), v]);
+    let got = arr.data;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(256))
         .with_n_batch(256)
@@ -195,7 +206,6 @@ fn dump_logits_equal_llama_cpp_through_the_bindings() {
             .unwrap();
     }
     ctx.decode(&mut batch).unwrap();
-    let v = VOCAB as usize;
     let mut max_ref = 0f32;
     let mut max_diff = 0f32;
     for i in 0..prompt.len() {
@@ -227,6 +237,10 @@ fn chat_template_output_is_stable() {
     .collect();
     let text = l.format_chat(&turns, true).unwrap();
     insta::assert_snapshot!("gemma3_chat_template", text);
+    // The template llama.cpp's converter copied from the checkpoint formats the same way.
+    let f = Llama::load(&fixture()).unwrap();
+    assert!(f.chat_template().unwrap().contains("<start_of_turn>"));
+    assert_eq!(f.format_chat(&turns, true).unwrap(), text);
 }
 
 #[test]

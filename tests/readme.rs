@@ -75,6 +75,7 @@ fn demo_runs_from_a_clean_clone() {
         "== Jarvis: npz -> GGUF",
         "== Jarvis for Ollama",
         "== GGUF core: re-quantize",
+        "== Gemma-3 (tiny, random weights) through llama.cpp",
     ] {
         assert!(err.contains(step), "step {step:?} missing:\n{err}");
     }
