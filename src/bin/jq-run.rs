@@ -97,6 +97,24 @@ struct Cli {
     /// memory of the CPU path (weights + KV cache + compute buffers).
     #[arg(long = "vram-budget", value_parser = plan::parse_size)]
     vram_budget: Option<u64>,
+    /// Gemma-3: run layer by layer, streaming the layers that do not fit --vram-budget through
+    /// a ring of device buffers (see --prefetch, --direct-io, --profile, --plan-only).
+    #[arg(long)]
+    stream_layers: bool,
+    /// --stream-layers: ring slots (layers read ahead of the compute).
+    #[arg(long, default_value_t = 2, requires = "stream_layers")]
+    prefetch: usize,
+    /// --stream-layers: read streamed layers with O_DIRECT (bounded host memory, no page cache).
+    #[arg(long, requires = "stream_layers")]
+    direct_io: bool,
+    /// --stream-layers: per-step bytes streamed, GB/s, compute and wait times, per-layer times,
+    /// peak RSS (stderr; with --json, in the JSON).
+    #[arg(long, requires = "stream_layers")]
+    profile: bool,
+    /// --stream-layers: print the plan (resident and streamed layers, bytes per token,
+    /// predicted floor) and exit.
+    #[arg(long, requires = "stream_layers")]
+    plan_only: bool,
 }
 
 impl Cli {
@@ -569,6 +587,9 @@ fn run(cli: &Cli) -> Result<()> {
     if arch == "jarvis" {
         return run_native(cli, &file, t0);
     }
+    if cli.stream_layers {
+        return run_stream(cli);
+    }
     if !LLAMA_ARCHS.contains(&arch.as_str()) {
         bail!(
             "{}: architecture '{arch}' is not supported: jq-run runs jarvis natively and, through llama.cpp, {}",
@@ -577,6 +598,37 @@ fn run(cli: &Cli) -> Result<()> {
         );
     }
     run_llama(cli, &file, &arch, t0)
+}
+
+fn run_stream(cli: &Cli) -> Result<()> {
+    use jq::engine::stream::{self, RunArgs, StreamOptions};
+    stream::run(&RunArgs {
+        model: cli.model.clone(),
+        prompt: cli.prompt.clone(),
+        prompt_tokens: cli.prompt_tokens.clone(),
+        n_predict: cli.n_predict,
+        ctx_size: cli.ctx_size,
+        batch_size: cli.batch_size,
+        sampler: SamplerConfig {
+            temperature: cli.temperature,
+            top_k: cli.top_k,
+            top_p: cli.top_p,
+            repeat_penalty: cli.repeat_penalty,
+            repeat_last_n: 64,
+            seed: if cli.plan_only { 0 } else { cli.seed() },
+        },
+        dump_logits: cli.dump_logits.clone(),
+        json: cli.json,
+        profile: cli.profile,
+        plan_only: cli.plan_only,
+        opts: StreamOptions {
+            budget: cli.vram_budget,
+            n_slots: cli.prefetch,
+            direct_io: cli.direct_io,
+            threads: cli.threads(),
+            ..StreamOptions::default()
+        },
+    })
 }
 
 fn main() -> ExitCode {

@@ -15,6 +15,7 @@
 //! ring, the allocator's compute buffer); it is summed from the buffers' real sizes and checked
 //! against the budget. Buffers are allocated once: eviction is slot reuse.
 
+mod cli;
 pub mod graph;
 pub mod plan;
 pub mod profile;
@@ -22,6 +23,7 @@ mod ring;
 
 use crate::gguf::GgufFile;
 use anyhow::{anyhow, bail, Context, Result};
+pub use cli::{run, RunArgs};
 use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
 use half::f16;
 use llama_cpp_sys_2 as sys;
