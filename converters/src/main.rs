@@ -1,9 +1,12 @@
 //! `jq-convert`: turn checkpoints into GGUF, inspect GGUF files, re-quantize them.
 
+mod gemma3;
 mod inspect;
 mod jarvis;
 mod modelfile;
 mod quantize;
+mod sentencepiece;
+mod shards;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,7 +20,7 @@ use std::path::PathBuf;
     name = "jq-convert",
     version,
     about = "Convert checkpoints to GGUF, inspect GGUF files, re-quantize them",
-    after_help = "Examples:\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 -o jarvis.gguf\n  jq-convert npz-to-gguf model.npz --type q4_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0"
+    after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3.gguf --modelfile Modelfile\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 -o jarvis.gguf\n  jq-convert npz-to-gguf model.npz --type q4_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +44,31 @@ impl From<TargetType> for GgmlType {
             TargetType::F16 => GgmlType::F16,
             TargetType::Q8_0 => GgmlType::Q8_0,
             TargetType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+}
+
+/// Output types of `hf-to-gguf` (2-D weights; norms stay F32).
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum HfType {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// Q4_0 weights; the tied token embedding (also the output projection) stays Q8_0.
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl From<HfType> for GgmlType {
+    fn from(t: HfType) -> GgmlType {
+        match t {
+            HfType::F32 => GgmlType::F32,
+            HfType::F16 => GgmlType::F16,
+            HfType::Bf16 => GgmlType::BF16,
+            HfType::Q8_0 => GgmlType::Q8_0,
+            HfType::Q4_0 => GgmlType::Q4_0,
         }
     }
 }
@@ -95,6 +123,35 @@ enum Cmd {
         #[arg(long)]
         approximate: bool,
     },
+    /// Convert a Hugging Face Gemma-3 checkpoint directory to GGUF `gemma3` (llama.cpp, Ollama).
+    ///
+    /// Reads config.json (Gemma3ForCausalLM, or the text part of
+    /// Gemma3ForConditionalGeneration), model.safetensors or the shards of
+    /// model.safetensors.index.json (bf16/f16/f32), tokenizer.model, tokenizer_config.json,
+    /// tokenizer.json, chat_template.jinja/.json and generation_config.json. Streams one tensor
+    /// at a time; nothing is written under the output name unless the whole conversion succeeds.
+    #[command(
+        after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3-1b-q8_0.gguf\n  jq-convert hf-to-gguf gemma-3-27b-it --type q4_0 -o gemma3-27b.gguf --modelfile Modelfile --threads 16\n  ollama create gemma3 -f Modelfile"
+    )]
+    HfToGguf {
+        /// The checkpoint directory.
+        model_dir: PathBuf,
+        /// Type of the 2-D weights.
+        #[arg(long = "type", value_enum)]
+        ty: HfType,
+        /// Output GGUF (default: MODEL_DIR/<dir name>-<type>.gguf).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Also write an Ollama Modelfile here.
+        #[arg(long)]
+        modelfile: Option<PathBuf>,
+        /// Context length for the Modelfile's num_ctx (default: min(8192, the model's)).
+        #[arg(long)]
+        num_ctx: Option<usize>,
+        /// Worker threads for the codecs (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Show a GGUF file's version, alignment, metadata and tensors.
     #[command(
         after_help = "Examples:\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json | python3 -m json.tool"
@@ -129,6 +186,28 @@ enum Cmd {
         #[arg(long)]
         allow_requantize: bool,
     },
+}
+
+/// What the Modelfile at `mf` writes after FROM for `gguf`: the bare file name when both are in
+/// the same directory, else the GGUF's absolute path.
+fn modelfile_from(mf: &std::path::Path, gguf: &std::path::Path) -> Result<String> {
+    let same_dir = |p: &std::path::Path| {
+        p.parent()
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .and_then(|d| d.canonicalize().ok())
+    };
+    Ok(if same_dir(mf) == same_dir(gguf) {
+        gguf.file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+    } else {
+        gguf.canonicalize()?.to_string_lossy().into_owned()
+    })
 }
 
 fn main() -> Result<()> {
@@ -186,27 +265,66 @@ fn main() -> Result<()> {
                 t.elapsed().as_secs_f64()
             );
             if let Some(mf) = modelfile {
-                let gguf_name = output
-                    .file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-                let same_dir = |p: &std::path::Path| {
-                    p.parent()
-                        .map(|d| {
-                            if d.as_os_str().is_empty() {
-                                std::path::Path::new(".")
-                            } else {
-                                d
-                            }
-                        })
-                        .and_then(|d| d.canonicalize().ok())
-                };
-                let from = if same_dir(&mf) == same_dir(&output) {
-                    gguf_name
-                } else {
-                    output.canonicalize()?.to_string_lossy().into_owned()
-                };
+                let from = modelfile_from(&mf, &output)?;
                 let m = modelfile::for_jarvis(&from, ck.cfg.ctx, system);
                 let text = m.render();
+                modelfile::validate(&text).map_err(|e| {
+                    anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}")
+                })?;
+                std::fs::write(&mf, text).with_context(|| format!("writing {}", mf.display()))?;
+                eprintln!(
+                    "{}: Modelfile (ollama create NAME -f {})",
+                    mf.display(),
+                    mf.display()
+                );
+            }
+        }
+        Cmd::HfToGguf {
+            model_dir,
+            ty,
+            output,
+            modelfile,
+            num_ctx,
+            threads,
+        } => {
+            let ty = GgmlType::from(ty);
+            let output = output.unwrap_or_else(|| {
+                let stem = model_dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "model".into());
+                model_dir.join(format!("{stem}-{}.gguf", ty.name()))
+            });
+            let mut pool = rayon::ThreadPoolBuilder::new();
+            if let Some(n) = threads {
+                pool = pool.num_threads(n.max(1));
+            }
+            let pool = pool.build().context("starting the worker threads")?;
+            let t = std::time::Instant::now();
+            let ck = gemma3::Checkpoint::open(&model_dir)
+                .with_context(|| format!("reading {}", model_dir.display()))?;
+            let opts = gemma3::Options {
+                ty,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let s = pool.install(|| gemma3::write(&ck, &output, &opts))?;
+            eprintln!(
+                "{}: gemma3, {} layers, hidden {}, vocabulary {}, {} tensors from {} shard(s), {} ({:.2} MiB) in {:.2}s",
+                output.display(),
+                ck.cfg.n_layers,
+                ck.cfg.hidden,
+                ck.embedding_rows,
+                s.tensors,
+                ck.weights.n_shards(),
+                ty,
+                s.bytes as f64 / 1048576.0,
+                t.elapsed().as_secs_f64()
+            );
+            if let Some(mf) = modelfile {
+                let from = modelfile_from(&mf, &output)?;
+                let ctx = num_ctx.unwrap_or(ck.cfg.max_positions.min(8192));
+                let text = gemma3::modelfile(&from, ctx).render();
                 modelfile::validate(&text).map_err(|e| {
                     anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}")
                 })?;

@@ -1,0 +1,1079 @@
+//! `jq-convert hf-to-gguf`: a Hugging Face Gemma-3 checkpoint (`Gemma3ForCausalLM`, or the text
+//! part of `Gemma3ForConditionalGeneration`) to GGUF `gemma3` as llama.cpp loads it
+//! (`src/models/gemma3.cpp`). Facts: `shared/spec/gemma3.md`.
+//!
+//! The mapping is data (`LAYER_TENSORS`: HF suffix, GGUF suffix, shape rule); one driver
+//! (`write`) validates every tensor against the config, then streams them one at a time, in
+//! row chunks: source bytes (bf16/f16/f32, memory-mapped) -> f32 (+1 for norms) -> the target
+//! codec, in parallel blocks on rayon's pool, written through the GGUF writer (atomic), the
+//! source pages released behind it.
+
+use crate::sentencepiece::{ModelProto, PieceType};
+use crate::shards::{TensorEntry, Weights};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
+use jq::quant::{quantize_with, FileType, GgmlType, Path as CodecPath};
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const ARCH: &str = "gemma3";
+const ARCHITECTURES: [&str; 2] = ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"];
+/// llama.cpp's default `sliding_window_pattern` for gemma3 (`load_swa_pattern(ml, 6)`).
+const LLAMA_DEFAULT_PATTERN: usize = 6;
+
+/// The text model's hyper-parameters, with Gemma3TextConfig's defaults for omitted keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub query_pre_attn_scalar: f64,
+    pub rms_eps: f64,
+    pub max_positions: usize,
+    pub rope_theta: f64,
+    pub rope_local_theta: f64,
+    /// `rope_type: linear` on the global layers: the factor.
+    pub rope_linear_factor: Option<f64>,
+    pub sliding_window: usize,
+    /// Per layer: true for sliding-window (local) attention.
+    pub sliding: Vec<bool>,
+    pub final_logit_softcapping: Option<f64>,
+}
+
+impl TextConfig {
+    /// The period p when layer i is global exactly when (i + 1) % p == 0.
+    pub fn sliding_pattern(&self) -> Option<usize> {
+        (1..=self.n_layers.max(1)).find(|&p| {
+            self.sliding
+                .iter()
+                .enumerate()
+                .all(|(i, &s)| s == ((i + 1) % p != 0))
+        })
+    }
+
+    /// The query scale llama.cpp applies: 1/sqrt(hidden/heads) for 62-layer models (27B),
+    /// 1/sqrt(head_dim) otherwise (`llama_model_gemma3::load_arch_hparams`).
+    pub fn llama_cpp_scale_dim(&self) -> usize {
+        if self.n_layers == 62 {
+            self.hidden / self.n_heads.max(1)
+        } else {
+            self.head_dim
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Json> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+fn read_json_if(path: &Path) -> Result<Option<Json>> {
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Parses `config.json` (both the transformers-4.50 and the transformers-5 layouts).
+pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
+    let top = j
+        .as_object()
+        .ok_or_else(|| anyhow!("{}: expected a JSON object", path.display()))?;
+    let arch = top
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.first())
+        .and_then(Json::as_str)
+        .ok_or_else(|| anyhow!("{}: no \"architectures\" list", path.display()))?;
+    if !ARCHITECTURES.contains(&arch) {
+        bail!(
+            "{}: unknown architecture '{arch}' (supported: {})",
+            path.display(),
+            ARCHITECTURES.join(", ")
+        );
+    }
+    let empty = Map::new();
+    let o = match top.get("text_config") {
+        Some(Json::Object(t)) => t,
+        Some(_) => bail!("{}: \"text_config\" is not an object", path.display()),
+        None if arch == "Gemma3ForConditionalGeneration" => &empty,
+        None => top,
+    };
+    let int = |k: &str, d: usize| -> Result<usize> {
+        match o.get(k) {
+            None | Some(Json::Null) => Ok(d),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                anyhow!(
+                    "{}: '{k}' must be a non-negative integer, is {v}",
+                    path.display()
+                )
+            }),
+        }
+    };
+    let float = |obj: &Map<String, Json>, k: &str| -> Result<Option<f64>> {
+        match obj.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| anyhow!("{}: '{k}' must be a number, is {v}", path.display())),
+        }
+    };
+    let n_layers = int("num_hidden_layers", 26)?;
+    let hidden = int("hidden_size", 2304)?;
+    let n_heads = int("num_attention_heads", 8)?;
+    let head_dim = int("head_dim", 256)?;
+
+    let sliding = match o.get("layer_types") {
+        Some(Json::Array(a)) => {
+            if a.len() != n_layers {
+                bail!(
+                    "{}: layer_types has {} entries for {n_layers} layers",
+                    path.display(),
+                    a.len()
+                );
+            }
+            a.iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(anyhow!("{}: unknown layer type {t}", path.display())),
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        _ => {
+            let p = int("sliding_window_pattern", LLAMA_DEFAULT_PATTERN)?.max(1);
+            (0..n_layers).map(|i| (i + 1) % p != 0).collect()
+        }
+    };
+
+    // Rope: transformers 5 writes rope_parameters {full_attention, sliding_attention};
+    // 4.50 writes rope_theta, rope_local_base_freq and rope_scaling {rope_type, factor}.
+    let (mut theta, mut local, mut scaling) = (None, None, None);
+    if let Some(Json::Object(rp)) = o.get("rope_parameters") {
+        if let Some(Json::Object(full)) = rp.get("full_attention") {
+            theta = float(full, "rope_theta")?;
+            scaling = Some(full.clone());
+        } else {
+            theta = float(rp, "rope_theta")?;
+            scaling = Some(rp.clone());
+        }
+        if let Some(Json::Object(sl)) = rp.get("sliding_attention") {
+            local = float(sl, "rope_theta")?;
+        }
+    }
+    theta = theta.or(float(o, "rope_theta")?);
+    local = local.or(float(o, "rope_local_base_freq")?);
+    if let Some(Json::Object(rs)) = o.get("rope_scaling") {
+        scaling = Some(rs.clone());
+    }
+    let rope_linear_factor = match scaling {
+        None => None,
+        Some(s) => {
+            let ty = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Json::as_str)
+                .unwrap_or("default");
+            match ty {
+                "default" => None,
+                "linear" => Some(float(&s, "factor")?.ok_or_else(|| {
+                    anyhow!("{}: linear rope scaling without a factor", path.display())
+                })?),
+                other => bail!(
+                    "{}: rope type '{other}' is not supported for gemma3 (default or linear)",
+                    path.display()
+                ),
+            }
+        }
+    };
+    Ok(TextConfig {
+        architecture: arch.to_string(),
+        vocab_size: int("vocab_size", 262_208)?,
+        hidden,
+        ffn: int("intermediate_size", 9216)?,
+        n_layers,
+        n_heads,
+        n_kv_heads: int("num_key_value_heads", 4)?,
+        head_dim,
+        query_pre_attn_scalar: float(o, "query_pre_attn_scalar")?.unwrap_or(256.0),
+        rms_eps: float(o, "rms_norm_eps")?.unwrap_or(1e-6),
+        max_positions: int("max_position_embeddings", 131_072)?,
+        rope_theta: theta.unwrap_or(1_000_000.0),
+        rope_local_theta: local.unwrap_or(10_000.0),
+        rope_linear_factor,
+        sliding_window: int("sliding_window", 4096)?,
+        sliding,
+        final_logit_softcapping: float(o, "final_logit_softcapping")?,
+    })
+}
+
+/// A weight's expected PyTorch shape, from the config.
+#[derive(Debug, Clone, Copy)]
+enum Dim {
+    Hidden,
+    Ffn,
+    HeadDim,
+    QOut,
+    KvOut,
+}
+
+impl Dim {
+    fn size(self, c: &TextConfig) -> usize {
+        match self {
+            Dim::Hidden => c.hidden,
+            Dim::Ffn => c.ffn,
+            Dim::HeadDim => c.head_dim,
+            Dim::QOut => c.n_heads * c.head_dim,
+            Dim::KvOut => c.n_kv_heads * c.head_dim,
+        }
+    }
+}
+
+/// Per layer: HF name after `layers.N.`, GGUF name after `blk.N.`, PyTorch shape.
+const LAYER_TENSORS: [(&str, &str, &[Dim]); 13] = [
+    ("input_layernorm.weight", "attn_norm.weight", &[Dim::Hidden]),
+    (
+        "self_attn.q_proj.weight",
+        "attn_q.weight",
+        &[Dim::QOut, Dim::Hidden],
+    ),
+    (
+        "self_attn.k_proj.weight",
+        "attn_k.weight",
+        &[Dim::KvOut, Dim::Hidden],
+    ),
+    (
+        "self_attn.v_proj.weight",
+        "attn_v.weight",
+        &[Dim::KvOut, Dim::Hidden],
+    ),
+    (
+        "self_attn.q_norm.weight",
+        "attn_q_norm.weight",
+        &[Dim::HeadDim],
+    ),
+    (
+        "self_attn.k_norm.weight",
+        "attn_k_norm.weight",
+        &[Dim::HeadDim],
+    ),
+    (
+        "self_attn.o_proj.weight",
+        "attn_output.weight",
+        &[Dim::Hidden, Dim::QOut],
+    ),
+    (
+        "post_attention_layernorm.weight",
+        "post_attention_norm.weight",
+        &[Dim::Hidden],
+    ),
+    (
+        "pre_feedforward_layernorm.weight",
+        "ffn_norm.weight",
+        &[Dim::Hidden],
+    ),
+    (
+        "mlp.gate_proj.weight",
+        "ffn_gate.weight",
+        &[Dim::Ffn, Dim::Hidden],
+    ),
+    (
+        "mlp.up_proj.weight",
+        "ffn_up.weight",
+        &[Dim::Ffn, Dim::Hidden],
+    ),
+    (
+        "mlp.down_proj.weight",
+        "ffn_down.weight",
+        &[Dim::Hidden, Dim::Ffn],
+    ),
+    (
+        "post_feedforward_layernorm.weight",
+        "post_ffw_norm.weight",
+        &[Dim::Hidden],
+    ),
+];
+
+/// Text-weight prefixes: CausalLM, newer multimodal, older multimodal.
+const PREFIXES: [&str; 3] = ["model.language_model.", "language_model.model.", "model."];
+/// Dropped: the vision tower and projector (an mmproj file is out of scope) and the tied head.
+const DROPPED: [&str; 5] = [
+    "vision_tower.",
+    "model.vision_tower.",
+    "multi_modal_projector.",
+    "model.multi_modal_projector.",
+    "lm_head.",
+];
+
+/// One output tensor: where it comes from and how it is stored.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    pub gguf: String,
+    pub hf: String,
+    /// ggml order (fastest first).
+    pub ne: Vec<u64>,
+    pub ty: GgmlType,
+    /// Added to every value (Gemma's RMSNorm computes x * (1 + w), llama.cpp x * w).
+    pub shift: f32,
+}
+
+/// A checkpoint directory, opened and validated.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub cfg: TextConfig,
+    pub weights: Weights,
+    /// Canonical name (`embed_tokens.weight`, `layers.0.…`) -> the checkpoint's name.
+    pub names: BTreeMap<String, String>,
+    pub embedding_rows: usize,
+}
+
+fn canonical(name: &str) -> Option<&str> {
+    if DROPPED.iter().any(|p| name.starts_with(p)) || name == "language_model.lm_head.weight" {
+        return None;
+    }
+    PREFIXES
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .or(Some(name))
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            bail!("{}: no config.json", dir.display());
+        }
+        let cfg = parse_config(&read_json(&config_path)?, &config_path)?;
+        let weights = Weights::open(dir)?;
+        let mut names = BTreeMap::new();
+        for n in weights.names() {
+            if let Some(c) = canonical(n) {
+                if let Some(prev) = names.insert(c.to_string(), n.to_string()) {
+                    bail!("tensors '{prev}' and '{n}' are both '{c}' (two key layouts mixed)");
+                }
+            }
+        }
+        let mut ck = Checkpoint {
+            dir: dir.to_path_buf(),
+            cfg,
+            weights,
+            names,
+            embedding_rows: 0,
+        };
+        ck.embedding_rows = ck.validate()?;
+        Ok(ck)
+    }
+
+    fn entry(&self, canonical: &str) -> Option<(&str, &TensorEntry)> {
+        let hf = self.names.get(canonical)?;
+        Some((hf.as_str(), self.weights.get(hf)?))
+    }
+
+    fn check(&self, canonical: &str, want: &[usize]) -> Result<()> {
+        let (hf, t) = self.entry(canonical).ok_or_else(|| {
+            if canonical.ends_with("norm.weight") {
+                anyhow!("missing norm: the checkpoint has no '{canonical}' (any key prefix)")
+            } else {
+                anyhow!("missing tensor: the checkpoint has no '{canonical}' (any key prefix)")
+            }
+        })?;
+        if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+            bail!(
+                "unsupported dtype {:?} of tensor '{hf}' in {} (supported: BF16, F16, F32)",
+                t.dtype,
+                self.weights.shard_path(t).display()
+            );
+        }
+        if t.shape != want {
+            bail!(
+                "shape mismatch: tensor '{hf}' is {:?}, config.json implies {want:?}",
+                t.shape
+            );
+        }
+        Ok(())
+    }
+
+    /// Every expected tensor present with the config's shape and a supported dtype, no unknown
+    /// text tensor. Returns the embedding's row count.
+    fn validate(&self) -> Result<usize> {
+        let c = &self.cfg;
+        let (hf, emb) = self.entry("embed_tokens.weight").ok_or_else(|| {
+            anyhow!("missing tensor: the checkpoint has no 'embed_tokens.weight' (any key prefix)")
+        })?;
+        if emb.shape.len() != 2 || emb.shape[1] != c.hidden {
+            bail!(
+                "shape mismatch: tensor '{hf}' is {:?}, config.json implies [{}, {}]",
+                emb.shape,
+                c.vocab_size,
+                c.hidden
+            );
+        }
+        self.check("embed_tokens.weight", &[c.vocab_size, c.hidden])?;
+        self.check("norm.weight", &[c.hidden])?;
+        let mut known: Vec<String> = vec!["embed_tokens.weight".into(), "norm.weight".into()];
+        for l in 0..c.n_layers {
+            for (suffix, _, dims) in LAYER_TENSORS {
+                let name = format!("layers.{l}.{suffix}");
+                let want: Vec<usize> = dims.iter().map(|d| d.size(c)).collect();
+                self.check(&name, &want)?;
+                known.push(name);
+            }
+        }
+        if let Some(extra) = self.names.keys().find(|n| !known.contains(n)) {
+            bail!(
+                "unexpected tensor '{}' (not a Gemma-3 text weight for {} layers)",
+                self.names[extra],
+                c.n_layers
+            );
+        }
+        Ok(emb.shape[0])
+    }
+
+    /// The output tensors in llama.cpp's loading order, typed for `target`.
+    pub fn plan(&self, target: GgmlType) -> Vec<PlannedTensor> {
+        let c = &self.cfg;
+        let mut out = Vec::new();
+        let mut push = |gguf: String, canonical: String| {
+            let t = self
+                .weights
+                .get(&self.names[&canonical])
+                .expect("validated");
+            let ne: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+            let is_norm = gguf.ends_with("norm.weight");
+            let mut ty = if ne.len() < 2 || is_norm {
+                GgmlType::F32
+            } else if gguf == "token_embd.weight" && target == GgmlType::Q4_0 {
+                // Tied with the output projection: kept at Q8_0, in the spirit of
+                // llama-quantize (which keeps it at Q6_K unless --pure).
+                GgmlType::Q8_0
+            } else {
+                target
+            };
+            if ty.block_size() > 1 && ne[0] % ty.block_size() != 0 {
+                eprintln!(
+                    "warning: {gguf}: {} columns is not a multiple of {}; stored as F16",
+                    ne[0],
+                    ty.block_size()
+                );
+                ty = GgmlType::F16;
+            }
+            out.push(PlannedTensor {
+                hf: self.names[&canonical].clone(),
+                gguf,
+                ne,
+                ty,
+                shift: if is_norm { 1.0 } else { 0.0 },
+            });
+        };
+        push("token_embd.weight".into(), "embed_tokens.weight".into());
+        for l in 0..c.n_layers {
+            for (hf, gguf, _) in LAYER_TENSORS {
+                push(format!("blk.{l}.{gguf}"), format!("layers.{l}.{hf}"));
+            }
+        }
+        push("output_norm.weight".into(), "norm.weight".into());
+        out
+    }
+}
+
+/// The vocabulary as llama.cpp's converter builds it (`_create_vocab_sentencepiece`): the
+/// SentencePiece pieces, `added_tokens_decoder` (or tokenizer.json's `added_tokens`) on top,
+/// padded with `[PAD<id>]` to the embedding's rows.
+#[derive(Debug, Clone)]
+pub struct Vocab {
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+}
+
+const TYPE_NORMAL: i32 = 1;
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+const TYPE_UNUSED: i32 = 5;
+const TYPE_BYTE: i32 = 6;
+
+fn looks_special(t: &str) -> bool {
+    matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (t.starts_with("<|") && t.ends_with("|>"))
+}
+
+/// `added_tokens_decoder` of tokenizer_config.json, or else `added_tokens` of tokenizer.json:
+/// (id, content, special).
+fn added_tokens(tok_config: Option<&Json>, tok_json: Option<&Json>) -> Vec<(usize, String, bool)> {
+    if let Some(Json::Object(m)) = tok_config.and_then(|c| c.get("added_tokens_decoder")) {
+        return m
+            .iter()
+            .filter_map(|(id, v)| {
+                Some((
+                    id.parse().ok()?,
+                    v.get("content")?.as_str()?.to_string(),
+                    v.get("special").and_then(Json::as_bool).unwrap_or(false),
+                ))
+            })
+            .collect();
+    }
+    if let Some(Json::Array(a)) = tok_json.and_then(|t| t.get("added_tokens")) {
+        return a
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v.get("id")?.as_u64()? as usize,
+                    v.get("content")?.as_str()?.to_string(),
+                    v.get("special").and_then(Json::as_bool).unwrap_or(false),
+                ))
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+pub fn build_vocab(
+    sp_path: &Path,
+    rows: usize,
+    tok_config: Option<&Json>,
+    tok_json: Option<&Json>,
+) -> Result<Vocab> {
+    let sp = ModelProto::read(sp_path)?;
+    let pieces = sp.vocabulary(&sp_path.display().to_string())?;
+    if pieces.len() > rows {
+        bail!(
+            "vocabulary larger than the embedding: {} has {} pieces but embed_tokens has {rows} rows",
+            sp_path.display(),
+            pieces.len()
+        );
+    }
+    let mut v = Vocab {
+        tokens: (0..rows).map(|i| format!("[PAD{i}]")).collect(),
+        scores: vec![-10000.0; rows],
+        types: vec![TYPE_UNUSED; rows],
+    };
+    for (i, p) in pieces.into_iter().enumerate() {
+        // llama.cpp's converter asks IsUnknown/IsControl/IsUnused/IsByte only, so a
+        // USER_DEFINED piece stays NORMAL unless the added tokens say otherwise.
+        v.types[i] = match p.kind {
+            PieceType::Unknown => TYPE_UNKNOWN,
+            PieceType::Control => TYPE_CONTROL,
+            PieceType::Unused => TYPE_UNUSED,
+            PieceType::Byte => TYPE_BYTE,
+            PieceType::Normal | PieceType::UserDefined => TYPE_NORMAL,
+        };
+        v.tokens[i] = p.text;
+        v.scores[i] = p.score;
+    }
+    for (id, content, special) in added_tokens(tok_config, tok_json) {
+        if id >= rows {
+            eprintln!("warning: added token {id} '{content}' is past the embedding's {rows} rows; ignored");
+            continue;
+        }
+        if special || looks_special(&content) {
+            v.types[id] = TYPE_CONTROL;
+            v.tokens[id] = content;
+        } else {
+            v.types[id] = TYPE_USER_DEFINED;
+            v.tokens[id] = content.replace('\u{2581}', " ");
+        }
+        v.scores[id] = -1000.0;
+    }
+    Ok(v)
+}
+
+/// The chat template: tokenizer_config.json's `chat_template`, else `chat_template.jinja`, else
+/// `chat_template.json`'s `chat_template` (the order of gguf-py's SpecialVocab).
+fn chat_template(dir: &Path, tok_config: Option<&Json>) -> Result<Option<String>> {
+    if let Some(t) = tok_config
+        .and_then(|c| c.get("chat_template"))
+        .and_then(Json::as_str)
+    {
+        return Ok(Some(t.to_string()));
+    }
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja)
+                .with_context(|| format!("reading {}", jinja.display()))?,
+        ));
+    }
+    Ok(
+        read_json_if(&dir.join("chat_template.json"))?.and_then(|j| {
+            j.get("chat_template")
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        }),
+    )
+}
+
+/// gguf-py's `model_weight_count_rounded_notation(n, min_digits=2)`.
+fn size_label(n: u64) -> String {
+    let n = n as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let digits = format!("{}", scaled.round() as u64)
+        .trim_start_matches('0')
+        .len();
+    format!(
+        "{scaled:.prec$}{suffix}",
+        prec = 2usize.saturating_sub(digits)
+    )
+}
+
+/// "tiny-causal" -> "Tiny Causal", as gguf-py names a model after its directory.
+fn name_from_dir(dir: &Path) -> String {
+    let base = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    base.split(['-', '_'])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn token_id(v: &Vocab, tok_config: Option<&Json>, key: &str) -> Option<u32> {
+    let entry = tok_config?.get(key)?;
+    let text = entry
+        .as_str()
+        .or_else(|| entry.get("content").and_then(Json::as_str))?;
+    v.tokens.iter().position(|t| t == text).map(|i| i as u32)
+}
+
+/// Writes every metadata key llama.cpp reads for `gemma3`.
+fn metadata(
+    w: &mut GgufWriter,
+    ck: &Checkpoint,
+    target: GgmlType,
+    plan: &[PlannedTensor],
+) -> Result<()> {
+    let c = &ck.cfg;
+    let dir = &ck.dir;
+    let ftype = FileType::for_type(target).ok_or_else(|| anyhow!("unsupported type {target}"))?;
+    let gen = read_json_if(&dir.join("generation_config.json"))?;
+    let tok_config = read_json_if(&dir.join("tokenizer_config.json"))?;
+    let tok_json = read_json_if(&dir.join("tokenizer.json"))?;
+    let config_json = read_json(&dir.join("config.json"))?;
+
+    w.add("general.architecture", ARCH)?;
+    w.add("general.type", "model")?;
+    if let Some(g) = &gen {
+        if let Some(k) = g.get("top_k").and_then(Json::as_i64) {
+            w.add("general.sampling.top_k", k as i32)?;
+        }
+        for (key, gk) in [
+            ("top_p", "top_p"),
+            ("min_p", "min_p"),
+            ("temp", "temperature"),
+        ] {
+            if let Some(x) = g.get(gk).and_then(Json::as_f64) {
+                w.add(format!("general.sampling.{key}"), x as f32)?;
+            }
+        }
+    }
+    w.add("general.name", name_from_dir(dir))?;
+    let params: u64 = plan.iter().map(|t| t.ne.iter().product::<u64>()).sum();
+    w.add("general.size_label", size_label(params))?;
+    let k = |s: &str| format!("{ARCH}.{s}");
+    w.add(k("block_count"), c.n_layers as u32)?;
+    w.add(k("context_length"), c.max_positions as u32)?;
+    w.add(k("embedding_length"), c.hidden as u32)?;
+    w.add(k("feed_forward_length"), c.ffn as u32)?;
+    w.add(k("attention.head_count"), c.n_heads as u32)?;
+    w.add(k("attention.head_count_kv"), c.n_kv_heads as u32)?;
+    if let Some(f) = c.rope_linear_factor {
+        w.add(k("rope.scaling.type"), "linear")?;
+        w.add(k("rope.scaling.factor"), f as f32)?;
+    }
+    w.add(k("rope.freq_base"), c.rope_theta as f32)?;
+    w.add(k("rope.freq_base_swa"), c.rope_local_theta as f32)?;
+    w.add(k("attention.layer_norm_rms_epsilon"), c.rms_eps as f32)?;
+    w.add(k("attention.key_length"), c.head_dim as u32)?;
+    w.add(k("attention.value_length"), c.head_dim as u32)?;
+    w.add("general.file_type", ftype as u32)?;
+    if let Some(s) = c.final_logit_softcapping {
+        w.add(k("final_logit_softcapping"), s as f32)?;
+    }
+    if c.sliding.iter().any(|&s| s) {
+        w.add(k("attention.sliding_window"), c.sliding_window as u32)?;
+        match c.sliding_pattern() {
+            Some(LLAMA_DEFAULT_PATTERN) => {}
+            Some(p) => w.add(k("attention.sliding_window_pattern"), p as u32)?,
+            None => w.add(
+                k("attention.sliding_window_pattern"),
+                MetaValue::array(ValueType::Bool, c.sliding.iter().copied()),
+            )?,
+        }
+    }
+    w.add("general.quantization_version", 2u32)?;
+
+    let sp_path = dir.join("tokenizer.model");
+    if !sp_path.is_file() {
+        bail!(
+            "{}: no tokenizer.model (SentencePiece) to build the vocabulary from",
+            dir.display()
+        );
+    }
+    let v = build_vocab(
+        &sp_path,
+        ck.embedding_rows,
+        tok_config.as_ref(),
+        tok_json.as_ref(),
+    )?;
+    w.add("tokenizer.ggml.model", "llama")?;
+    w.add("tokenizer.ggml.pre", "default")?;
+    w.add("tokenizer.ggml.tokens", MetaValue::strings(&v.tokens))?;
+    w.add(
+        "tokenizer.ggml.scores",
+        MetaValue::array(ValueType::F32, v.scores.iter().copied()),
+    )?;
+    w.add(
+        "tokenizer.ggml.token_type",
+        MetaValue::array(ValueType::I32, v.types.iter().copied()),
+    )?;
+    // Special ids: tokenizer_config.json's token strings, else config.json's *_token_id.
+    let tc = tok_config.as_ref();
+    for (typ, cfg_key) in [
+        ("bos", "bos_token_id"),
+        ("eos", "eos_token_id"),
+        ("unknown", "unk_token_id"),
+        ("padding", "pad_token_id"),
+        ("mask", "mask_token_id"),
+    ] {
+        let tc_key = match typ {
+            "unknown" => "unk_token".to_string(),
+            "padding" => "pad_token".to_string(),
+            t => format!("{t}_token"),
+        };
+        let from_cfg = || {
+            let o = config_json
+                .get("text_config")
+                .filter(|t| t.get(cfg_key).is_some())
+                .unwrap_or(&config_json);
+            match o.get(cfg_key) {
+                Some(Json::Number(n)) => n.as_u64().map(|x| x as u32),
+                Some(Json::Array(a)) => a.first().and_then(Json::as_u64).map(|x| x as u32),
+                _ => None,
+            }
+        };
+        if let Some(id) = token_id(&v, tc, &tc_key).or_else(from_cfg) {
+            if (id as usize) < v.tokens.len() {
+                w.add(format!("tokenizer.ggml.{typ}_token_id"), id)?;
+            }
+        }
+    }
+    let flag = |key: &str, default: bool| {
+        tc.and_then(|c| c.get(key))
+            .and_then(Json::as_bool)
+            .unwrap_or(default)
+    };
+    w.add("tokenizer.ggml.add_bos_token", flag("add_bos_token", true))?;
+    w.add("tokenizer.ggml.add_sep_token", flag("add_sep_token", false))?;
+    w.add("tokenizer.ggml.add_eos_token", flag("add_eos_token", false))?;
+    if let Some(t) = chat_template(dir, tc)? {
+        w.add("tokenizer.chat_template", t)?;
+    }
+    w.add("tokenizer.ggml.add_space_prefix", false)?;
+    Ok(())
+}
+
+/// The loud warning of the spec: llama.cpp has no key for `query_pre_attn_scalar`.
+pub fn attention_scale_warning(c: &TextConfig) -> Option<String> {
+    let used = c.llama_cpp_scale_dim();
+    ((c.query_pre_attn_scalar - used as f64).abs() > 1e-9).then(|| {
+        format!(
+            "WARNING: this checkpoint scales queries by 1/sqrt(query_pre_attn_scalar = {}), but llama.cpp \
+             will use 1/sqrt({used}) ({} for this model: {}); the GGUF cannot reproduce the checkpoint's logits exactly",
+            c.query_pre_attn_scalar,
+            if c.n_layers == 62 { "hidden_size / num_attention_heads" } else { "head_dim" },
+            if c.n_layers == 62 { format!("{} / {}", c.hidden, c.n_heads) } else { c.head_dim.to_string() },
+        )
+    })
+}
+
+pub struct Options {
+    pub ty: GgmlType,
+    pub progress: bool,
+}
+
+/// Elements converted per step of a tensor: bounds the working memory (f32 scratch + output)
+/// independently of the tensor's size.
+const CHUNK_ELEMS: usize = 1 << 22;
+/// Elements per rayon work item inside a step.
+const TASK_ELEMS: usize = 1 << 15;
+
+fn decode_into(dtype: Dtype, src: &[u8], shift: f32, dst: &mut [f32]) {
+    match dtype {
+        Dtype::BF16 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16) + shift;
+            }
+        }
+        Dtype::F16 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() + shift;
+            }
+        }
+        _ => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + shift;
+            }
+        }
+    }
+}
+
+fn same_type(dtype: Dtype, ty: GgmlType) -> bool {
+    matches!(
+        (dtype, ty),
+        (Dtype::F32, GgmlType::F32) | (Dtype::F16, GgmlType::F16) | (Dtype::BF16, GgmlType::BF16)
+    )
+}
+
+/// Streams one tensor into `out`, a step of whole rows at a time.
+fn convert_tensor(
+    ck: &Checkpoint,
+    p: &PlannedTensor,
+    out: &mut dyn Write,
+    pb: &ProgressBar,
+) -> Result<(), GgufError> {
+    let t = ck.weights.get(&p.hf).expect("validated");
+    let cols = p.ne[0] as usize;
+    let rows = p.ne.iter().skip(1).product::<u64>() as usize;
+    let src_row = (t.dtype.bitsize() / 8) * cols;
+    let dst_row = p.ty.row_bytes(p.ne[0]).expect("planned") as usize;
+    let step_rows = (CHUNK_ELEMS / cols).max(1);
+    let task_rows = (TASK_ELEMS / cols).max(1);
+    let codec = |e| GgufError::Codec {
+        name: p.gguf.clone(),
+        source: e,
+    };
+    let mut buf = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = step_rows.min(rows - r0);
+        let range = r0 * src_row..(r0 + n) * src_row;
+        let src = ck.weights.bytes(t, range.clone());
+        if p.shift == 0.0 && same_type(t.dtype, p.ty) {
+            out.write_all(src)
+                .map_err(|e| GgufError::io("<output>", e))?;
+        } else {
+            buf.resize(n * dst_row, 0u8);
+            buf.par_chunks_mut(task_rows * dst_row)
+                .zip(src.par_chunks(task_rows * src_row))
+                .try_for_each(|(dst, src)| {
+                    let mut f = vec![0f32; src.len() / (t.dtype.bitsize() / 8)];
+                    decode_into(t.dtype, src, p.shift, &mut f);
+                    quantize_with(CodecPath::Fast, p.ty, &f, dst)
+                })
+                .map_err(codec)?;
+            out.write_all(&buf)
+                .map_err(|e| GgufError::io("<output>", e))?;
+        }
+        ck.weights.release(t, range);
+        pb.inc((n * dst_row) as u64);
+        r0 += n;
+    }
+    Ok(())
+}
+
+/// A summary of what was written.
+#[derive(Debug)]
+pub struct Summary {
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// Converts `ck` to `out` (atomically: nothing appears under `out` unless all succeeded).
+pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<Summary> {
+    if let Some(wn) = attention_scale_warning(&ck.cfg) {
+        eprintln!("\n{}\n{wn}\n{}\n", "!".repeat(78), "!".repeat(78));
+    }
+    let plan = ck.plan(opts.ty);
+    let mut w = GgufWriter::new();
+    metadata(&mut w, ck, opts.ty, &plan)?;
+    for p in &plan {
+        w.add_tensor(&p.gguf, p.ty, &p.ne)?;
+    }
+    let total: u64 = w.tensors().iter().map(|t| t.size).sum();
+    let pb = if opts.progress {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    w.write_file(out, |i, t, o| {
+        pb.set_message(t.name.clone());
+        convert_tensor(ck, &plan[i], o, &pb)
+    })
+    .with_context(|| format!("writing {}", out.display()))?;
+    pb.finish_and_clear();
+    Ok(Summary {
+        tensors: plan.len(),
+        bytes: total,
+    })
+}
+
+/// The Ollama Modelfile: Gemma-3's turn format in Go template syntax (Gemma has no system
+/// role: a system message is sent as a user turn), `<end_of_turn>` as stop. `{{-` trims the
+/// template's own line breaks, so only the `\n`s of the turn format reach the prompt.
+pub fn modelfile(from: &str, num_ctx: usize) -> crate::modelfile::Modelfile {
+    let template = concat!(
+        "{{- range $i, $_ := .Messages }}\n",
+        "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n",
+        "{{- if or (eq .Role \"user\") (eq .Role \"system\") }}<start_of_turn>user\n",
+        "{{ .Content }}<end_of_turn>\n",
+        "{{ if $last }}<start_of_turn>model\n",
+        "{{ end }}\n",
+        "{{- else if eq .Role \"assistant\" }}<start_of_turn>model\n",
+        "{{ .Content }}{{ if not $last }}<end_of_turn>\n",
+        "{{ end }}\n",
+        "{{- end }}\n",
+        "{{- end }}"
+    );
+    crate::modelfile::Modelfile {
+        from: if from.starts_with('/') {
+            from.to_string()
+        } else {
+            format!("./{from}")
+        },
+        template: template.to_string(),
+        system: None,
+        parameters: vec![
+            ("num_ctx".into(), num_ctx.to_string()),
+            ("stop".into(), "\"<end_of_turn>\"".into()),
+            ("temperature".into(), "1".into()),
+            ("top_k".into(), "64".into()),
+            ("top_p".into(), "0.95".into()),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn size_labels_match_gguf_py() {
+        assert_eq!(size_label(336_192), "336K");
+        assert_eq!(size_label(999_885_952), "1000M");
+        assert_eq!(size_label(27_009_002_240), "27B");
+        assert_eq!(size_label(4_300_079_472), "4.3B");
+    }
+
+    #[test]
+    fn config_defaults_and_both_layouts() {
+        let p = Path::new("config.json");
+        let c = parse_config(
+            &json!({"architectures": ["Gemma3ForConditionalGeneration"],
+                    "text_config": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504,
+                    "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+                    "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024}}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.vocab_size, 262_208);
+        assert_eq!(c.rms_eps, 1e-6);
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.rope_local_theta, 1e4);
+        assert_eq!(c.rope_linear_factor, Some(8.0));
+        assert_eq!(c.sliding_pattern(), Some(6));
+        assert!(!c.sliding[5] && c.sliding[4] && !c.sliding[11]);
+        assert_eq!(c.llama_cpp_scale_dim(), 168);
+        assert!(attention_scale_warning(&c).is_none());
+        let d = parse_config(
+            &json!({"architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 4, "head_dim": 16,
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+                    "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 2e4}}}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.rope_theta, d.rope_local_theta, d.rope_linear_factor),
+            (5e5, 2e4, None)
+        );
+        assert_eq!(d.sliding_pattern(), None);
+        let w = attention_scale_warning(&d).unwrap();
+        assert!(w.contains("256") && w.contains("1/sqrt(16)"), "{w}");
+        let e = parse_config(&json!({"architectures": ["LlamaForCausalLM"]}), p).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown architecture 'LlamaForCausalLM'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prefixes_are_stripped_and_other_parts_dropped() {
+        assert_eq!(
+            canonical("model.layers.0.mlp.up_proj.weight"),
+            Some("layers.0.mlp.up_proj.weight")
+        );
+        assert_eq!(
+            canonical("language_model.model.norm.weight"),
+            Some("norm.weight")
+        );
+        assert_eq!(
+            canonical("model.language_model.embed_tokens.weight"),
+            Some("embed_tokens.weight")
+        );
+        assert_eq!(canonical("vision_tower.vision_model.x"), None);
+        assert_eq!(canonical("model.vision_tower.vision_model.x"), None);
+        assert_eq!(
+            canonical("multi_modal_projector.mm_input_projection_weight"),
+            None
+        );
+        assert_eq!(canonical("lm_head.weight"), None);
+        assert_eq!(canonical("language_model.lm_head.weight"), None);
+    }
+
+    #[test]
+    fn decoding_adds_the_norm_shift_exactly() {
+        let mut f = [0f32; 3];
+        let src: Vec<u8> = [0.5f32, -1.0, 3.0]
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+            .collect();
+        decode_into(Dtype::BF16, &src, 1.0, &mut f);
+        assert_eq!(f, [1.5, 0.0, 4.0]);
+        let src: Vec<u8> = [0.25f32, 2.0, -8.0]
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
+            .collect();
+        decode_into(Dtype::F16, &src, 0.0, &mut f);
+        assert_eq!(f, [0.25, 2.0, -8.0]);
+    }
+}
