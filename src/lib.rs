@@ -12,3 +12,4 @@ pub mod npz;
 pub mod quant;
 pub mod sample;
 pub mod synth;
+pub mod synth_blocks;

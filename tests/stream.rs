@@ -289,3 +289,20 @@ fn reads_overlap_compute() {
         );
     }
 }
+
+/// The bench generator's random-block files load in llama.cpp and stream to the same prompt
+/// logits.
+#[test]
+fn random_q4_0_blocks_file_streams_like_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("random-q4_0.gguf");
+    jq::synth_blocks::write_gemma3_q4_0_random(&path, Gemma3Dims::TINY, 384, 7).unwrap();
+    let llama = Llama::load(&path).unwrap();
+    let want = llama.prompt_logits(&PROMPT, N_CTX, 2).unwrap();
+    let budget = budget_for(&path, 1, 2);
+    let mut s = Streamer::open(&path, &opts(Some(budget), 2)).unwrap();
+    let got = s.eval(&PROMPT, true).unwrap();
+    let e = rel_err(&got, &want);
+    eprintln!("random q4_0 blocks: prompt error {e:.3e}");
+    assert!(e <= 1e-4, "{e}");
+}

@@ -1,0 +1,132 @@
+//! Gemma-3-27B-shaped Q4_0 (random blocks, ~15 GB, under target/bench-data, never committed)
+//! streamed under a 6 GiB budget on the CPU backend: plan, 128-token prompt, a few decode
+//! tokens, the copy floor (the same streamed bytes through the same ring with no compute, same
+//! run), and llama.cpp CPU-only on the same file through the bindings.
+//!
+//! `cargo bench --bench stream_27b` (env: `JQ_BENCH_DECODE` tokens, default 3;
+//! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_NO_LLAMA=1` skips the anchor;
+//! `JQ_BENCH_DIRECT=1` reads with O_DIRECT).
+
+use jq::engine::llama::Llama;
+use jq::engine::plan::{fmt_size, parse_size};
+use jq::engine::stream::{StreamOptions, Streamer};
+use jq::synth::Gemma3Dims;
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("gemma3-27b-shape-q4_0-random.gguf");
+    if !path.exists() {
+        let t = Instant::now();
+        eprintln!("writing {} ...", path.display());
+        jq::synth_blocks::write_gemma3_q4_0_random(&path, Gemma3Dims::G27B, 262_208, 27)?;
+        eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let size = std::fs::metadata(&path)?.len();
+    let n_decode: usize = env("JQ_BENCH_DECODE").map_or(3, |v| v.parse().unwrap_or(3));
+    let budget =
+        parse_size(&env("JQ_BENCH_BUDGET").unwrap_or("6GiB".into())).map_err(anyhow::Error::msg)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n_prompt = 128usize;
+    let prompt: Vec<u32> = (0..n_prompt as u32)
+        .map(|i| 2 + (i * 2654435761u32) % 262_000)
+        .collect();
+    let opts = StreamOptions {
+        budget: Some(budget),
+        n_slots: 2,
+        direct_io: env("JQ_BENCH_DIRECT").is_some(),
+        n_ctx: 256,
+        n_ubatch: 128,
+        threads,
+        ..StreamOptions::default()
+    };
+    let t = Instant::now();
+    let mut s = Streamer::open(&path, &opts)?;
+    let open_s = t.elapsed().as_secs_f64();
+    println!(
+        "file {} ({}), {} threads, budget {}",
+        path.display(),
+        fmt_size(size),
+        threads,
+        fmt_size(budget)
+    );
+    println!("{}", s.plan());
+    println!(
+        "open (allocate + upload resident): {open_s:.1} s; device memory {}",
+        fmt_size(s.device_bytes())
+    );
+    let per_token = s.plan().streamed_bytes_per_token;
+    // Warm the page cache state the steps will see: one copy-floor cycle first.
+    let (_, warm_s) = s.copy_floor(1)?;
+    println!("warm-up copy cycle: {warm_s:.2} s");
+    let t = Instant::now();
+    s.eval(&prompt, false)?;
+    let prompt_s = t.elapsed().as_secs_f64();
+    let mut dec = Vec::new();
+    for k in 0..n_decode {
+        let t = Instant::now();
+        s.eval(&[(k as u32) + 300], false)?;
+        dec.push(t.elapsed().as_secs_f64());
+    }
+    let (fb, floor_s) = s.copy_floor(2)?;
+    let floor = floor_s / 2.0;
+    let steps = s.steps().to_vec();
+    let device = s.device_bytes();
+    drop(s);
+    for (i, st) in steps.iter().enumerate() {
+        println!(
+            "step {i}: {} tok, {:.2} s, compute {:.2} s, wait {:.2} s, streamed {} (reader {:.2} GB/s, effective {:.2} GB/s), peak RSS {}",
+            st.n_tokens, st.total_s, st.compute_s, st.wait_s, fmt_size(st.bytes_streamed), st.read_gbps(), st.effective_gbps(),
+            st.peak_rss.map_or("?".into(), fmt_size)
+        );
+    }
+    let dec_mean = dec.iter().sum::<f64>() / dec.len().max(1) as f64;
+    println!(
+        "copy floor: {} in {:.2} s per token ({:.2} GB/s)",
+        fmt_size(fb / 2),
+        floor,
+        (fb / 2) as f64 / floor / 1e9
+    );
+    let mut rows = vec![format!(
+        "| jq --stream-layers (6 GiB budget, 2 slots) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        dec_mean,
+        1.0 / dec_mean,
+        dec_mean / floor,
+        n_prompt as f64 / prompt_s,
+        fmt_size(device)
+    )];
+    rows.push(format!(
+        "| copy floor (same ring, no compute) | {floor:.2} | {:.2} | 1.00x | - | - |",
+        1.0 / floor
+    ));
+    if env("JQ_BENCH_NO_LLAMA").is_none() {
+        let t = Instant::now();
+        let llama = Llama::load(&path)?;
+        let load_s = t.elapsed().as_secs_f64();
+        let (ps, ds, _) = llama.greedy_decode(&prompt, n_decode, 256, threads as i32)?;
+        println!(
+            "llama.cpp CPU: load {load_s:.1} s, prompt {ps:.2} s, decode {ds:.2} s / {n_decode}"
+        );
+        rows.push(format!(
+            "| llama.cpp CPU-only, weights in place (mmap + repack) | {:.2} | {:.2} | {:.2}x | {:.2} | all in host RAM |",
+            ds / n_decode as f64,
+            n_decode as f64 / ds,
+            ds / n_decode as f64 / floor,
+            n_prompt as f64 / ps
+        ));
+    }
+    println!(
+        "\nstreamed per token: {}\n\n| run | s/token (decode) | tok/s | vs copy floor | prompt tok/s (128) | device memory |\n|---|---|---|---|---|---|",
+        fmt_size(per_token)
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
