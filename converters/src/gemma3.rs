@@ -225,7 +225,7 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
 enum Dim {
     Hidden,
     Ffn,
-    HeadDim,
+    Head,
     QOut,
     KvOut,
 }
@@ -235,7 +235,7 @@ impl Dim {
         match self {
             Dim::Hidden => c.hidden,
             Dim::Ffn => c.ffn,
-            Dim::HeadDim => c.head_dim,
+            Dim::Head => c.head_dim,
             Dim::QOut => c.n_heads * c.head_dim,
             Dim::KvOut => c.n_kv_heads * c.head_dim,
         }
@@ -263,12 +263,12 @@ const LAYER_TENSORS: [(&str, &str, &[Dim]); 13] = [
     (
         "self_attn.q_norm.weight",
         "attn_q_norm.weight",
-        &[Dim::HeadDim],
+        &[Dim::Head],
     ),
     (
         "self_attn.k_norm.weight",
         "attn_k_norm.weight",
-        &[Dim::HeadDim],
+        &[Dim::Head],
     ),
     (
         "self_attn.o_proj.weight",
@@ -463,7 +463,7 @@ impl Checkpoint {
             } else {
                 target
             };
-            if ty.block_size() > 1 && ne[0] % ty.block_size() != 0 {
+            if ty.block_size() > 1 && !ne[0].is_multiple_of(ty.block_size()) {
                 eprintln!(
                     "warning: {gguf}: {} columns is not a multiple of {}; stored as F16",
                     ne[0],

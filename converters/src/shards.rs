@@ -77,13 +77,13 @@ fn map_shard(path: &Path) -> Result<Mmap, ShardError> {
     Ok(map)
 }
 
-/// The tensors of one shard: name -> (dtype, shape, file byte range). The safetensors crate
-/// checks the header (JSON, dtypes, offsets in bounds, no overlaps, sizes match shapes) without
-/// touching the data pages.
+/// The tensors of shard number `shard`. The safetensors crate checks the header (JSON, dtypes,
+/// offsets in bounds, no overlaps, sizes match shapes) without touching the data pages.
 fn read_header(
     path: &Path,
     map: &Mmap,
-) -> Result<Vec<(String, Dtype, Vec<usize>, usize, usize)>, ShardError> {
+    shard: usize,
+) -> Result<Vec<(String, TensorEntry)>, ShardError> {
     let st = SafeTensors::deserialize(map).map_err(|source| ShardError::Format {
         path: path.to_path_buf(),
         source,
@@ -92,14 +92,13 @@ fn read_header(
     Ok(st
         .iter()
         .map(|(name, v)| {
-            let start = v.data().as_ptr() as usize - base;
-            (
-                name.to_string(),
-                v.dtype(),
-                v.shape().to_vec(),
-                start,
-                start + v.data().len(),
-            )
+            let entry = TensorEntry {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                shard,
+                start: v.data().as_ptr() as usize - base,
+            };
+            (name.to_string(), entry)
         })
         .collect())
 }
@@ -118,18 +117,7 @@ impl Weights {
             });
         }
         let map = map_shard(&single)?;
-        let mut tensors = BTreeMap::new();
-        for (name, dtype, shape, start, _) in read_header(&single, &map)? {
-            tensors.insert(
-                name,
-                TensorEntry {
-                    dtype,
-                    shape,
-                    shard: 0,
-                    start,
-                },
-            );
-        }
+        let tensors = read_header(&single, &map, 0)?.into_iter().collect();
         Ok(Weights {
             shards: vec![Shard { path: single, map }],
             tensors,
@@ -177,26 +165,14 @@ impl Weights {
                 });
             }
             let mmap = map_shard(&path)?;
-            let mut found: HashMap<String, (Dtype, Vec<usize>, usize, usize)> =
-                read_header(&path, &mmap)?
-                    .into_iter()
-                    .map(|(n, d, s, a, b)| (n, (d, s, a, b)))
-                    .collect();
+            let mut found: HashMap<String, TensorEntry> =
+                read_header(&path, &mmap, i)?.into_iter().collect();
             for name in names {
-                let (dtype, shape, start, _) =
-                    found.remove(&name).ok_or_else(|| ShardError::NotInShard {
-                        path: path.clone(),
-                        tensor: name.clone(),
-                    })?;
-                tensors.insert(
-                    name,
-                    TensorEntry {
-                        dtype,
-                        shape,
-                        shard: i,
-                        start,
-                    },
-                );
+                let entry = found.remove(&name).ok_or_else(|| ShardError::NotInShard {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                })?;
+                tensors.insert(name, entry);
             }
             shards.push(Shard { path, map: mmap });
         }
