@@ -33,6 +33,9 @@ fn main() -> anyhow::Result<()> {
     let budget =
         parse_size(&env("JQ_BENCH_BUDGET").unwrap_or("6GiB".into())).map_err(anyhow::Error::msg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Compute threads of the streamed run (default: all cores; the reader thread comes on top).
+    let st_threads: usize =
+        env("JQ_BENCH_THREADS").map_or(threads, |v| v.parse().unwrap_or(threads));
     let n_prompt = 128usize;
     let prompt: Vec<u32> = (0..n_prompt as u32)
         .map(|i| 2 + (i * 2654435761u32) % 262_000)
@@ -43,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         direct_io: env("JQ_BENCH_DIRECT").is_some(),
         n_ctx: 256,
         n_ubatch: 128,
-        threads,
+        threads: st_threads,
         ..StreamOptions::default()
     };
     let t = Instant::now();
@@ -94,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         (fb / 2) as f64 / floor / 1e9
     );
     let mut rows = vec![format!(
-        "| jq --stream-layers (6 GiB budget, 2 slots) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        "| jq --stream-layers (6 GiB budget, 2 slots, {st_threads} compute thread(s)) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
         dec_mean,
         1.0 / dec_mean,
         dec_mean / floor,

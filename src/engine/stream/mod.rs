@@ -16,6 +16,9 @@
 //! against the budget. Buffers are allocated once: eviction is slot reuse.
 
 mod cli;
+// Compiled in CPU-only test builds too, so the CUDA-only path is type-checked everywhere.
+#[cfg(any(feature = "cuda", test))]
+pub mod cuda;
 pub mod graph;
 pub mod plan;
 pub mod profile;
