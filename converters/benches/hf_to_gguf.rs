@@ -116,7 +116,7 @@ fn write_checkpoint(dir: &Path, layers: usize) -> u64 {
             weight_map.insert(name.clone(), file.clone().into());
         }
         let mut h = serde_json::to_string(&header).unwrap().into_bytes();
-        while h.len() % 8 != 0 {
+        while !h.len().is_multiple_of(8) {
             h.push(b' ');
         }
         let mut w = std::io::BufWriter::with_capacity(

@@ -361,6 +361,23 @@ fn all_three_key_layouts_convert_to_identical_tensors() {
 }
 
 #[test]
+fn output_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.gguf");
+    let many = dir.path().join("many.gguf");
+    for (out, threads) in [(&one, "1"), (&many, "3")] {
+        let o = run(
+            &fixture("tiny-causal"),
+            "q4_0",
+            out,
+            &["--threads", threads],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(std::fs::read(&one).unwrap() == std::fs::read(&many).unwrap());
+}
+
+#[test]
 fn f16_source_tensors_convert() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("tiny-f16");
