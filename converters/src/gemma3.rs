@@ -8,6 +8,25 @@
 //! codec, in parallel blocks on rayon's pool, written through the GGUF writer (atomic), the
 //! source pages released behind it.
 
+//!
+//! Where `shared/spec/gemma3.md` and llama.cpp's sources (`src/models/gemma3.cpp`, the PyPI
+//! converter's `conversion/gemma.py` + `base.py`, gguf-py's `vocab.py`) disagree, the sources win:
+//! - Token types: the converter asks SentencePiece IsUnknown/IsControl/IsUnused/IsByte only, so
+//!   a USER_DEFINED piece is written NORMAL (1), not 4; every `added_tokens_decoder` entry then
+//!   overrides text, type (CONTROL when `special`, so `<unk>` ends up 3, not 2) and score
+//!   (-1000). `[PAD<id>]` entries get -10000 and UNUSED, as the spec says.
+//! - `attention.sliding_window_pattern`: the converter never writes it (llama.cpp then assumes
+//!   6); we write it when the checkpoint's layer types differ from that (a u32 period, or a bool
+//!   per layer), so such checkpoints run right. `rope.freq_base_swa` is always written (as the
+//!   converter does), not only when it differs from 10000.
+//! - Norm +1 is added in f32 after widening bf16, as here, so the bytes are identical.
+//! - EOS: generation_config's list (1, 106) is not used; the converter writes
+//!   tokenizer_config.json's `eos_token` (1), and llama.cpp treats `<end_of_turn>` as
+//!   end-of-generation by its text.
+//! - llama.cpp's built-in gemma chat template leaves BOS to the tokenizer (`add_bos_token`).
+//! - `general.name` is the directory name in title case; gguf-py's heuristics may also split a
+//!   real repository name into `general.basename`/`finetune`/`size_label`, which we do not
+//!   (only `size_label`, from the parameter count, as gguf-py computes it).
 use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
 use anyhow::{anyhow, bail, Context, Result};
