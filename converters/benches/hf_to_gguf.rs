@@ -313,6 +313,18 @@ fn main() {
         } else {
             None
         };
+        if theirs_out.exists() {
+            let o = Command::new(ours_bin)
+                .arg("hf-to-gguf")
+                .arg(&ck)
+                .args(["--type", ty, "-o"])
+                .arg(&ours_out)
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+            println!("{ty}: {}", same_tensors(&ours_out, &theirs_out));
+            let _ = std::fs::remove_file(&ours_out);
+        }
         if ty != "f16" {
             let _ = std::fs::remove_file(&theirs_out);
         }
@@ -353,6 +365,27 @@ fn main() {
     };
     println!("(q4_0 'theirs' = llama_model_quantize (pure) of their f16 file alone; their whole path adds the f16 row)");
     row("q4_0", ours, theirs);
+}
+
+/// Whether two GGUFs hold the same tensors (names, types, shapes, bytes).
+fn same_tensors(a: &Path, b: &Path) -> String {
+    let (fa, fb) = (
+        jq::gguf::GgufFile::open(a).unwrap(),
+        jq::gguf::GgufFile::open(b).unwrap(),
+    );
+    if fa.tensor_infos().len() != fb.tensor_infos().len() {
+        return "different tensor counts".into();
+    }
+    for t in fa.tensors() {
+        match fb.tensor(t.name()) {
+            Ok(u) if u.info.ty == t.info.ty && u.info.ne == t.info.ne && u.data == t.data => {}
+            _ => return format!("tensor {} differs from convert-hf-to-gguf's", t.name()),
+        }
+    }
+    format!(
+        "all {} tensors identical to convert-hf-to-gguf's (names, types, shapes, bytes)",
+        fa.tensor_infos().len()
+    )
 }
 
 fn row(ty: &str, ours: Option<(f64, f64)>, theirs: Option<(f64, f64)>) {

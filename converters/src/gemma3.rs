@@ -27,6 +27,7 @@
 //! - `general.name` is the directory name in title case; gguf-py's heuristics may also split a
 //!   real repository name into `general.basename`/`finetune`/`size_label`, which we do not
 //!   (only `size_label`, from the parameter count, as gguf-py computes it).
+
 use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
 use anyhow::{anyhow, bail, Context, Result};

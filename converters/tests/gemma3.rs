@@ -565,6 +565,17 @@ fn bad_checkpoints_are_errors_that_name_the_problem() {
             "vocabulary larger than the embedding: ",
         ),
         (
+            "truncated shard",
+            broken(base, "h", |d| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("model-00002-of-00004.safetensors"))
+                    .unwrap();
+                f.set_len(5000).unwrap();
+            }),
+            "model-00002-of-00004.safetensors: not a valid safetensors file",
+        ),
+        (
             "unknown architecture",
             broken(base, "g", |d| {
                 edit_text(&d.join("config.json"), "\"Gemma3ForCausalLM\"", "\"Gemma2ForCausalLM\"")
