@@ -1170,6 +1170,66 @@ mod tests {
     }
 
     #[test]
+    fn chat_template_sources_in_gguf_py_order() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(chat_template(d.path(), None).unwrap(), None);
+        std::fs::write(
+            d.path().join("chat_template.json"),
+            r#"{"chat_template": "from json"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            chat_template(d.path(), None).unwrap().as_deref(),
+            Some("from json")
+        );
+        std::fs::write(d.path().join("chat_template.jinja"), "from jinja").unwrap();
+        assert_eq!(
+            chat_template(d.path(), None).unwrap().as_deref(),
+            Some("from jinja")
+        );
+        let tc = json!({"chat_template": "from config"});
+        assert_eq!(
+            chat_template(d.path(), Some(&tc)).unwrap().as_deref(),
+            Some("from config")
+        );
+    }
+
+    #[test]
+    fn vocabulary_padding_and_added_tokens() {
+        let sp = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/gemma3/tokenizer/tokenizer.model");
+        // tokenizer.json's added_tokens stand in when tokenizer_config.json has none.
+        let tj = json!({"added_tokens": [{"id": 5, "content": "<start_of_turn>", "special": true},
+                                         {"id": 601, "content": "\u{2581}extra", "special": false}]});
+        let v = build_vocab(&sp, 608, None, Some(&tj)).unwrap();
+        assert_eq!(v.tokens.len(), 608);
+        assert_eq!(
+            (v.tokens[5].as_str(), v.types[5], v.scores[5]),
+            ("<start_of_turn>", TYPE_CONTROL, -1000.0)
+        );
+        // A user-defined piece not listed as added stays NORMAL, as in llama.cpp's converter.
+        assert_eq!(
+            (v.tokens[6].as_str(), v.types[6]),
+            ("<end_of_turn>", TYPE_NORMAL)
+        );
+        assert_eq!(
+            (v.tokens[601].as_str(), v.types[601], v.scores[601]),
+            (" extra", TYPE_USER_DEFINED, -1000.0)
+        );
+        assert_eq!(
+            (v.tokens[607].as_str(), v.types[607], v.scores[607]),
+            ("[PAD607]", TYPE_UNUSED, -10000.0)
+        );
+        let e = build_vocab(&sp, 599, None, None).unwrap_err().to_string();
+        assert!(
+            e.contains("vocabulary larger than the embedding")
+                && e.contains("600 pieces")
+                && e.contains("599 rows"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn decoding_adds_the_norm_shift_exactly() {
         let mut f = [0f32; 3];
         let src: Vec<u8> = [0.5f32, -1.0, 3.0]
