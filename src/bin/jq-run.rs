@@ -627,7 +627,9 @@ fn run_stream(cli: &Cli) -> Result<()> {
             direct_io: cli.direct_io,
             // One core is left to the reader thread by default: on 2 cores, 2 compute
             // threads + the reader ran decode 2.3x slower than 1 + the reader (BENCHMARKS).
-            threads: cli.threads.unwrap_or_else(|| cli.threads().saturating_sub(1).max(1)),
+            threads: cli
+                .threads
+                .unwrap_or_else(|| cli.threads().saturating_sub(1).max(1)),
             ..StreamOptions::default()
         },
     })
