@@ -921,95 +921,6 @@ fn convert_tensor(
     Ok(())
 }
 
-/// Bytes between two write-back requests.
-const WRITEBACK_EVERY: u64 = 64 << 20;
-
-/// A file writer that asks the kernel to start writing each 64 MiB to disk as soon as it is
-/// written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait). Without it the
-/// dirty pages of a multi-GB output pile up in the page cache and the final fsync writes them
-/// all after the conversion is done; with it, disk writes overlap the conversion.
-struct Writeback<'f> {
-    inner: std::io::BufWriter<&'f std::fs::File>,
-    written: u64,
-    requested: u64,
-}
-
-impl Write for Writeback<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.requested >= WRITEBACK_EVERY {
-            self.inner.flush()?;
-            start_writeback(
-                self.inner.get_ref(),
-                self.requested,
-                self.written - self.requested,
-            );
-            self.requested = self.written;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor and a range of it; the call only schedules I/O. Failure
-    // is harmless (the final fsync writes whatever is left), so its result is ignored.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &std::fs::File, _: u64, _: u64) {}
-
-/// `GgufWriter::write_file` with early write-back: a temporary file beside `out`, synced, then
-/// renamed over `out`; nothing appears under `out` on any error.
-fn write_atomic(
-    w: &GgufWriter,
-    out: &Path,
-    data: impl FnMut(usize, &jq::gguf::TensorPlan, &mut dyn Write) -> Result<(), GgufError>,
-) -> Result<()> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = out
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file path", out.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    {
-        let mut sink = Writeback {
-            inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
-            written: 0,
-            requested: 0,
-        };
-        w.write_to(&mut sink, data)?;
-        sink.flush()?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(out).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// A summary of what was written.
 #[derive(Debug)]
 pub struct Summary {
@@ -1041,7 +952,7 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<Summary> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    write_atomic(&w, out, |i, t, o| {
+    w.write_file(out, |i, t, o| {
         pb.set_message(t.name.clone());
         convert_tensor(ck, &plan[i], o, &pb)
     })
