@@ -220,14 +220,20 @@ pub fn gemma3_vocab(n_vocab: usize) -> (Vec<String>, Vec<f32>, Vec<i32>) {
     (t, s, ty)
 }
 
-/// Writes a Gemma-3 shaped GGUF with the metadata and tensor names llama.cpp's `gemma3` loader
-/// expects, a [`gemma3_vocab`] of `n_vocab` entries and [`GEMMA3_CHAT_TEMPLATE`]. Norm weights
-/// are near 1 (llama.cpp multiplies by them; Gemma's `1 + w` is folded in, as the converter
-/// does); 2-D weights are stored as `ty` (token embedding included), scaled by 1/sqrt(fan-in).
-pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> Result<()> {
+/// The header of a Gemma-3 shaped GGUF: the metadata and tensor names llama.cpp's `gemma3`
+/// loader expects, a [`gemma3_vocab`] of `n_vocab` entries, [`GEMMA3_CHAT_TEMPLATE`], 2-D
+/// weights (the tied token embedding included) of type `ty`, norms F32. `rope_scaling`: the
+/// linear RoPE factor of the global layers (8 for 4B/12B/27B), if any.
+pub fn gemma3_header(
+    name: &str,
+    d: Gemma3Dims,
+    n_vocab: u64,
+    ty: GgmlType,
+    rope_scaling: Option<f32>,
+) -> Result<GgufWriter> {
     let mut w = GgufWriter::new();
     w.add("general.architecture", "gemma3")?;
-    w.add("general.name", "synthetic gemma3")?;
+    w.add("general.name", name)?;
     let file_type: u32 = match ty {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -248,6 +254,10 @@ pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> R
     w.add("gemma3.attention.value_length", d.head_dim as u32)?;
     w.add("gemma3.rope.freq_base", 1_000_000f32)?;
     w.add("gemma3.rope.freq_base_swa", 10_000f32)?;
+    if let Some(f) = rope_scaling {
+        w.add("gemma3.rope.scaling.type", "linear")?;
+        w.add("gemma3.rope.scaling.factor", f)?;
+    }
     w.add("gemma3.attention.sliding_window", d.sliding_window)?;
     w.add("gemma3.attention.sliding_window_pattern", d.swa_pattern)?;
     if let Some(c) = d.final_logit_softcapping {
@@ -299,6 +309,14 @@ pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> R
     for (name, ty, ne) in &tensors {
         w.add_tensor(name, *ty, ne)?;
     }
+    Ok(w)
+}
+
+/// Writes a Gemma-3 shaped GGUF ([`gemma3_header`]) with deterministic random weights: norm
+/// weights near 1 (llama.cpp multiplies by them; Gemma's `1 + w` is folded in, as the
+/// converter does), 2-D weights scaled by 1/sqrt(fan-in) and encoded as `ty`.
+pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> Result<()> {
+    let w = gemma3_header("synthetic gemma3", d, n_vocab, ty, None)?;
     w.write_file(path, |i, t, out| {
         let n: u64 = t.ne.iter().product();
         let vals: Vec<f32> = if t.ne.len() == 1 {

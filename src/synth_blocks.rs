@@ -3,9 +3,9 @@
 //! memory). Same names, shapes and metadata as [`crate::synth::write_gemma3`]; nothing here is
 //! a trained model. For benchmarks; never committed.
 
-use crate::gguf::{GgufError, GgufWriter, MetaValue, Result, ValueType};
+use crate::gguf::{GgufError, Result};
 use crate::quant::GgmlType;
-use crate::synth::{gemma3_vocab, Gemma3Dims, GEMMA3_CHAT_TEMPLATE};
+use crate::synth::{gemma3_header, Gemma3Dims};
 use half::f16;
 use std::path::Path;
 
@@ -35,74 +35,13 @@ fn q4_0_blocks(rng: &mut Bytes, d: f32, out: &mut [u8]) {
 /// Writes a Gemma-3 shaped GGUF with every 2-D weight (the tied embedding included) as random
 /// Q4_0 blocks; norms are F32 near 1. `dims.n_embd` and `dims.n_ff` must be multiples of 32.
 pub fn write_gemma3_q4_0_random(path: &Path, d: Gemma3Dims, n_vocab: u64, seed: u64) -> Result<()> {
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", "gemma3")?;
-    w.add("general.name", "synthetic gemma3 (random q4_0 blocks)")?;
-    w.add("general.file_type", 2u32)?;
-    w.add("gemma3.context_length", d.n_ctx as u32)?;
-    w.add("gemma3.embedding_length", d.n_embd as u32)?;
-    w.add("gemma3.block_count", d.n_layer as u32)?;
-    w.add("gemma3.feed_forward_length", d.n_ff as u32)?;
-    w.add("gemma3.attention.head_count", d.n_head as u32)?;
-    w.add("gemma3.attention.head_count_kv", d.n_head_kv as u32)?;
-    w.add("gemma3.attention.layer_norm_rms_epsilon", 1e-6f32)?;
-    w.add("gemma3.attention.key_length", d.head_dim as u32)?;
-    w.add("gemma3.attention.value_length", d.head_dim as u32)?;
-    w.add("gemma3.rope.freq_base", 1_000_000f32)?;
-    w.add("gemma3.rope.freq_base_swa", 10_000f32)?;
-    w.add("gemma3.rope.scaling.type", "linear")?;
-    w.add("gemma3.rope.scaling.factor", 8.0f32)?;
-    w.add("gemma3.attention.sliding_window", d.sliding_window)?;
-    w.add("gemma3.attention.sliding_window_pattern", d.swa_pattern)?;
-    if let Some(c) = d.final_logit_softcapping {
-        w.add("gemma3.final_logit_softcapping", c)?;
-    }
-    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
-    w.add("tokenizer.ggml.model", "llama")?;
-    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
-    w.add(
-        "tokenizer.ggml.scores",
-        MetaValue::array(ValueType::F32, scores.iter().copied()),
+    let w = gemma3_header(
+        "synthetic gemma3 (random q4_0 blocks)",
+        d,
+        n_vocab,
+        GgmlType::Q4_0,
+        Some(8.0),
     )?;
-    w.add(
-        "tokenizer.ggml.token_type",
-        MetaValue::array(ValueType::I32, types.iter().copied()),
-    )?;
-    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
-    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
-    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
-    w.add("tokenizer.ggml.padding_token_id", 0u32)?;
-    w.add("tokenizer.ggml.add_bos_token", true)?;
-    w.add("tokenizer.ggml.add_space_prefix", false)?;
-    w.add("tokenizer.chat_template", GEMMA3_CHAT_TEMPLATE)?;
-    let (e, f, hd) = (d.n_embd, d.n_ff, d.head_dim);
-    let (q, kv) = (d.n_head * hd, d.n_head_kv * hd);
-    let q4 = GgmlType::Q4_0;
-    let f32t = GgmlType::F32;
-    let mut tensors: Vec<(String, GgmlType, Vec<u64>)> =
-        vec![("token_embd.weight".into(), q4, vec![e, n_vocab])];
-    for l in 0..d.n_layer {
-        let b = |s: &str| format!("blk.{l}.{s}");
-        tensors.extend([
-            (b("attn_norm.weight"), f32t, vec![e]),
-            (b("attn_q.weight"), q4, vec![e, q]),
-            (b("attn_k.weight"), q4, vec![e, kv]),
-            (b("attn_v.weight"), q4, vec![e, kv]),
-            (b("attn_output.weight"), q4, vec![q, e]),
-            (b("attn_q_norm.weight"), f32t, vec![hd]),
-            (b("attn_k_norm.weight"), f32t, vec![hd]),
-            (b("post_attention_norm.weight"), f32t, vec![e]),
-            (b("ffn_norm.weight"), f32t, vec![e]),
-            (b("ffn_gate.weight"), q4, vec![e, f]),
-            (b("ffn_up.weight"), q4, vec![e, f]),
-            (b("ffn_down.weight"), q4, vec![f, e]),
-            (b("post_ffw_norm.weight"), f32t, vec![e]),
-        ]);
-    }
-    tensors.push(("output_norm.weight".into(), f32t, vec![e]));
-    for (name, ty, ne) in &tensors {
-        w.add_tensor(name, *ty, ne)?;
-    }
     let mut rng = Bytes(seed | 1);
     let mut buf = vec![0u8; 18 << 20];
     w.write_file(path, |_, t, out| {

@@ -235,8 +235,10 @@ fn impossible_budget_is_refused_before_loading() {
     assert!(e.contains("KV cache"), "{e}");
 }
 
-/// With a reader slowed to 30 ms a layer, the read of each streamed layer i+1 starts before
-/// the compute of layer i ends (two slots), and steps still give llama.cpp's logits.
+/// With a reader slowed to 30 ms a layer and each layer's compute held for 30 ms, the read of
+/// each streamed layer i+1 starts before the compute of layer i ends (two slots), and steps
+/// still give llama.cpp's logits. (Without the compute hold the tiny layers compute in
+/// microseconds and the order would depend on thread scheduling.)
 #[test]
 fn reads_overlap_compute() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,6 +246,7 @@ fn reads_overlap_compute() {
     let budget = budget_for(&path, 0, 2);
     let mut o = opts(Some(budget), 2);
     o.read_delay = Duration::from_millis(30);
+    o.compute_delay = Duration::from_millis(30);
     let mut s = Streamer::open(&path, &o).unwrap();
     assert_eq!(s.plan().streamed, (0..6).collect::<Vec<_>>());
     let l1 = s.eval(&PROMPT, true).unwrap();

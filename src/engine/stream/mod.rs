@@ -56,6 +56,9 @@ pub struct StreamOptions {
     pub threads: usize,
     /// Test hook: the reader sleeps this long after each layer it reads.
     pub read_delay: Duration,
+    /// Test hook: each layer's compute is followed by this much sleep before it ends (and
+    /// releases its slot), so the overlap test does not depend on scheduling luck.
+    pub compute_delay: Duration,
 }
 
 impl Default for StreamOptions {
@@ -68,6 +71,7 @@ impl Default for StreamOptions {
             n_ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             read_delay: Duration::ZERO,
+            compute_delay: Duration::ZERO,
         }
     }
 }
@@ -390,6 +394,7 @@ pub struct Streamer {
     steps: Vec<StepStats>,
     mask_g: Vec<f16>,
     mask_s: Vec<f16>,
+    compute_delay: Duration,
 }
 
 impl std::fmt::Debug for Streamer {
@@ -420,6 +425,7 @@ impl Streamer {
             steps: Vec::new(),
             mask_g: Vec::new(),
             mask_s: Vec::new(),
+            compute_delay: o.compute_delay,
         };
         s.allocate(o)?;
         Ok(s)
@@ -767,6 +773,9 @@ impl Streamer {
             let c0 = self.events.now();
             self.events.push(EvKind::ComputeStart, il);
             self.compute(gf)?;
+            if !self.compute_delay.is_zero() {
+                std::thread::sleep(self.compute_delay);
+            }
             self.events.push(EvKind::ComputeEnd, il);
             lt.compute_s = self.events.now() - c0;
             if let (Some(s), Some(ring)) = (slot, &self.ring) {
