@@ -31,7 +31,7 @@
 use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
 use jq::quant::{quantize_with, FileType, GgmlType, Path as CodecPath};
 use rayon::prelude::*;
@@ -940,18 +940,7 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<Summary> {
         w.add_tensor(&p.gguf, p.ty, &p.ne)?;
     }
     let total: u64 = w.tensors().iter().map(|t| t.size).sum();
-    let pb = if opts.progress {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let pb = crate::progress::byte_bar(total, opts.progress);
     w.write_file(out, |i, t, o| {
         pb.set_message(t.name.clone());
         convert_tensor(ck, &plan[i], o, &pb)

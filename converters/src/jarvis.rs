@@ -6,7 +6,6 @@
 //! values come from (`Source`); one driver (`write`) validates, encodes and writes them.
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
 use jq::models::jarvis::{keys, sinusoidal_table, Gelu};
 use jq::npy::NpyArray;
@@ -639,16 +638,7 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<usize> {
         types.push(ty);
     }
     let total: u64 = w.tensors().iter().map(|t| t.size).sum();
-    let pb = if opts.progress {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let pb = crate::progress::byte_bar(total, opts.progress);
     w.write_file(out, |i, t, o| {
         pb.set_message(t.name.clone());
         let bytes = quantize_to_vec(types[i], &values(ck, &plan[i].source)).map_err(|source| {

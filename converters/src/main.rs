@@ -4,6 +4,7 @@ mod gemma3;
 mod inspect;
 mod jarvis;
 mod modelfile;
+mod progress;
 mod quantize;
 mod sentencepiece;
 mod shards;

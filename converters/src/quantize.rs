@@ -10,7 +10,6 @@
 //! order (llama.cpp sorts them by name).
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use jq::gguf::{GgufFile, GgufWriter, TensorInfo, TensorView};
 use jq::quant::{self, FileType, GgmlType};
 use std::io::Write;
@@ -208,18 +207,7 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     }
     summary.bytes_out = w.tensors().iter().map(|t| t.size).sum();
 
-    let pb = if opts.progress {
-        ProgressBar::new(summary.bytes_in)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let pb = crate::progress::byte_bar(summary.bytes_in, opts.progress);
     w.write_file(output, |i, t, out| {
         let view = file.tensor_at(i);
         pb.set_message(t.name.clone());
