@@ -2,6 +2,9 @@
 //! `make_gemma3.py`): llama.cpp running our GGUF against transformers' logits, our GGUF
 //! against llama.cpp's own converter's, the three key layouts, and bad checkpoints.
 
+mod common;
+use common::{agreement, rel_err};
+
 use jq::engine::llama::Llama;
 use jq::gguf::{GgufFile, MetaValue};
 use safetensors::{Dtype, SafeTensors};
@@ -65,45 +68,6 @@ fn prompts() -> Vec<String> {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect()
-}
-
-/// max |diff| / max |reference|.
-fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let max_ref = theirs.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let max_diff = ours.iter().zip(theirs).fold(0f64, |m, (&a, &b)| {
-        m.max((f64::from(a) - f64::from(b)).abs())
-    });
-    max_diff / max_ref
-}
-
-fn argmax(x: &[f32]) -> usize {
-    x.iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > x[b] { i } else { b })
-}
-
-/// (top-1 agreement, mean KL(reference || ours)) over positions.
-fn agreement(ours: &[f32], theirs: &[f32], vocab: usize) -> (f64, f64) {
-    let lsm = |x: &[f32]| {
-        let m = x.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
-        let z: f64 = x.iter().map(|&v| (f64::from(v) - m).exp()).sum();
-        x.iter()
-            .map(|&v| f64::from(v) - m - z.ln())
-            .collect::<Vec<_>>()
-    };
-    let (mut same, mut kl) = (0usize, 0f64);
-    let n = ours.len() / vocab;
-    for (a, b) in ours.chunks(vocab).zip(theirs.chunks(vocab)) {
-        same += usize::from(argmax(a) == argmax(b));
-        let (la, lb) = (lsm(a), lsm(b));
-        kl += la
-            .iter()
-            .zip(&lb)
-            .map(|(p, q)| q.exp() * (q - p))
-            .sum::<f64>();
-    }
-    (same as f64 / n as f64, kl / n as f64)
 }
 
 /// llama.cpp's logits for every prompt, concatenated, after checking that its tokenizer on

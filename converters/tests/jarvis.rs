@@ -2,6 +2,9 @@
 //! (written from the spec, independent of this code) against our converter + native engine,
 //! and against llama.cpp running our `gpt2` export.
 
+mod common;
+use common::{agreement, argmax, rel_err};
+
 use jq::engine::llama::Llama;
 use jq::gguf::GgufFile;
 use jq::models::jarvis::{Generator, LayerMetrics, Model, WordTokenizer};
@@ -89,45 +92,6 @@ fn prompts() -> Vec<String> {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect()
-}
-
-fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let max_ref = theirs.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let max_diff = ours.iter().zip(theirs).fold(0f64, |m, (&a, &b)| {
-        m.max((f64::from(a) - f64::from(b)).abs())
-    });
-    max_diff / max_ref
-}
-
-fn argmax(x: &[f32]) -> usize {
-    x.iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > x[b] { i } else { b })
-}
-
-/// (top-1 agreement, mean KL(reference || ours)) over positions.
-fn agreement(ours: &[f32], theirs: &[f32], vocab: usize) -> (f64, f64) {
-    let mut same = 0usize;
-    let mut kl = 0f64;
-    let n = ours.len() / vocab;
-    for (a, b) in ours.chunks(vocab).zip(theirs.chunks(vocab)) {
-        same += usize::from(argmax(a) == argmax(b));
-        let lsm = |x: &[f32]| {
-            let m = x.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
-            let z: f64 = x.iter().map(|&v| (f64::from(v) - m).exp()).sum();
-            x.iter()
-                .map(|&v| f64::from(v) - m - z.ln())
-                .collect::<Vec<_>>()
-        };
-        let (la, lb) = (lsm(a), lsm(b));
-        kl += la
-            .iter()
-            .zip(&lb)
-            .map(|(p, q)| q.exp() * (q - p))
-            .sum::<f64>();
-    }
-    (same as f64 / n as f64, kl / n as f64)
 }
 
 fn greedy(model: &Model, prompt: &[u32], n: usize, eos: Option<u32>) -> Vec<u32> {
