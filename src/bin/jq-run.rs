@@ -27,6 +27,8 @@ const EXAMPLES: &str = "Examples:
   echo \"hello\" | jq-run gemma3.gguf --chat          # scripted chat: one turn per line
   jq-run gemma3.gguf --prompt \"hi\" --n-gpu-layers auto --vram-budget 6GiB
   jq-run model.gguf --prompt-tokens 2,651,6 -n 0 --dump-logits logits.npy
+  jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --plan-only
+  jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --prompt \"Hello\" -n 4 --profile
   jq-run jarvis.gguf          # interactive when stdin is a terminal";
 
 #[derive(Parser, Debug)]
