@@ -191,6 +191,20 @@ enum Cmd {
 
 /// What the Modelfile at `mf` writes after FROM for `gguf`: the bare file name when both are in
 /// the same directory, else the GGUF's absolute path.
+/// Renders `m`, checks it against Ollama's grammar and writes it to `mf`.
+fn write_modelfile(mf: &std::path::Path, m: &modelfile::Modelfile) -> Result<()> {
+    let text = m.render();
+    modelfile::validate(&text)
+        .map_err(|e| anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}"))?;
+    std::fs::write(mf, text).with_context(|| format!("writing {}", mf.display()))?;
+    eprintln!(
+        "{}: Modelfile (ollama create NAME -f {})",
+        mf.display(),
+        mf.display()
+    );
+    Ok(())
+}
+
 fn modelfile_from(mf: &std::path::Path, gguf: &std::path::Path) -> Result<String> {
     let same_dir = |p: &std::path::Path| {
         p.parent()
@@ -267,17 +281,7 @@ fn main() -> Result<()> {
             );
             if let Some(mf) = modelfile {
                 let from = modelfile_from(&mf, &output)?;
-                let m = modelfile::for_jarvis(&from, ck.cfg.ctx, system);
-                let text = m.render();
-                modelfile::validate(&text).map_err(|e| {
-                    anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}")
-                })?;
-                std::fs::write(&mf, text).with_context(|| format!("writing {}", mf.display()))?;
-                eprintln!(
-                    "{}: Modelfile (ollama create NAME -f {})",
-                    mf.display(),
-                    mf.display()
-                );
+                write_modelfile(&mf, &modelfile::for_jarvis(&from, ck.cfg.ctx, system))?;
             }
         }
         Cmd::HfToGguf {
@@ -325,16 +329,7 @@ fn main() -> Result<()> {
             if let Some(mf) = modelfile {
                 let from = modelfile_from(&mf, &output)?;
                 let ctx = num_ctx.unwrap_or(ck.cfg.max_positions.min(8192));
-                let text = gemma3::modelfile(&from, ctx).render();
-                modelfile::validate(&text).map_err(|e| {
-                    anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}")
-                })?;
-                std::fs::write(&mf, text).with_context(|| format!("writing {}", mf.display()))?;
-                eprintln!(
-                    "{}: Modelfile (ollama create NAME -f {})",
-                    mf.display(),
-                    mf.display()
-                );
+                write_modelfile(&mf, &gemma3::modelfile(&from, ctx))?;
             }
         }
         Cmd::Inspect { file, json, full } => {
