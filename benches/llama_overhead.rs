@@ -9,8 +9,9 @@
 //!
 //! Run: `cargo build --release --bin jq-run && cargo bench --bench llama_overhead`
 
-use jq::engine::llama::{backend, sampler_chain, Sampling};
+use jq::engine::llama::{backend, sampler_chain};
 use jq::quant::GgmlType;
+use jq::sample::SamplerConfig;
 use jq::synth::{write_gemma3, Gemma3Dims};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -50,30 +51,21 @@ fn threads() -> i32 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as i32
 }
 
-fn sampling(greedy: bool) -> Sampling {
-    if greedy {
-        Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            seed: 1,
-        }
+fn sampling(greedy: bool) -> SamplerConfig {
+    let base = if greedy {
+        SamplerConfig::greedy()
     } else {
-        Sampling {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            repeat_penalty: 1.1,
-            repeat_last_n: 64,
-            seed: 1,
-        }
+        SamplerConfig::default()
+    };
+    SamplerConfig {
+        repeat_last_n: 64,
+        seed: 1,
+        ..base
     }
 }
 
 /// The minimal loop: decode tokens/s.
-fn minimal(model: &LlamaModel, prompt: &[u32], s: &Sampling) -> f64 {
+fn minimal(model: &LlamaModel, prompt: &[u32], s: &SamplerConfig) -> f64 {
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(N_CTX))
         .with_n_batch(N_CTX)
@@ -105,7 +97,7 @@ fn minimal(model: &LlamaModel, prompt: &[u32], s: &Sampling) -> f64 {
 }
 
 /// The jq-run binary: decode tokens/s from its timing report.
-fn jq_run(path: &Path, prompt: &[u32], s: &Sampling) -> f64 {
+fn jq_run(path: &Path, prompt: &[u32], s: &SamplerConfig) -> f64 {
     let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/jq-run");
     let list = prompt
         .iter()

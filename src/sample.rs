@@ -53,6 +53,20 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    /// Plain argmax: no penalty, no cuts (what reference comparisons use).
+    pub fn greedy() -> Self {
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Sampler {
     pub cfg: SamplerConfig,

@@ -1,10 +1,11 @@
 //! `--stream-layers` on the CPU backend (playing the device): logits equal llama.cpp fully
 //! resident, the device budget holds, impossible budgets are refused, reads overlap compute.
 
-use jq::engine::llama::{Llama, Sampling};
+use jq::engine::llama::Llama;
 use jq::engine::stream::profile::EvKind;
 use jq::engine::stream::{plan_only, StreamOptions, Streamer};
 use jq::quant::GgmlType;
+use jq::sample::SamplerConfig;
 use jq::synth::{write_gemma3, Gemma3Dims};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,15 +68,9 @@ fn argmax(l: &[f32]) -> u32 {
 /// with their logits.
 fn llama_reference(path: &Path) -> (Vec<f32>, Vec<u32>, Vec<Vec<f32>>) {
     let llama = Llama::load(path).unwrap();
-    let s = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 0,
-        seed: 0,
-    };
-    let mut sess = llama.session(N_CTX, N_CTX, 2, &s).unwrap();
+    let mut sess = llama
+        .session(N_CTX, N_CTX, 2, &SamplerConfig::greedy())
+        .unwrap();
     let prompt = sess.eval(&PROMPT, true).unwrap();
     let v = llama.n_vocab();
     let mut next = argmax(&prompt[prompt.len() - v..]);

@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use jq::engine::llama::{Llama, Sampling, Session, Stop};
+use jq::engine::llama::{Llama, Session, Stop};
 use jq::engine::native::{Jarvis, RunOptions, RunReport};
 use jq::engine::plan::{self, fmt_size, GpuLayers, ModelShape};
 use jq::engine::{peak_rss, LLAMA_ARCHS};
@@ -136,6 +136,18 @@ impl Cli {
         })
     }
 
+    /// The sampling flags, shared by every engine (the penalty looks at the last 64 tokens).
+    fn sampler(&self, seed: u64) -> SamplerConfig {
+        SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed,
+        }
+    }
+
     fn n_ctx(&self, trained: u32) -> Result<u32> {
         match self.ctx_size {
             Some(0) => bail!("-c/--ctx-size must be at least 1"),
@@ -238,14 +250,7 @@ fn run_native_once(
     let opts = RunOptions {
         prompt_ids: ids.clone(),
         n_predict: cli.n_predict,
-        sampler: SamplerConfig {
-            temperature: cli.temperature,
-            top_k: cli.top_k,
-            top_p: cli.top_p,
-            repeat_penalty: cli.repeat_penalty,
-            repeat_last_n: 64,
-            seed,
-        },
+        sampler: cli.sampler(seed),
         metrics: cli.metrics,
         dump_logits: cli.dump_logits.is_some(),
     };
@@ -375,17 +380,6 @@ fn run_native(cli: &Cli, file: &GgufFile, t0: Instant) -> Result<()> {
 
 // ---------------------------------------------------------------- llama.cpp engine
 
-fn sampling(cli: &Cli, seed: u64) -> Sampling {
-    Sampling {
-        temperature: cli.temperature,
-        top_k: cli.top_k,
-        top_p: cli.top_p,
-        repeat_penalty: cli.repeat_penalty,
-        repeat_last_n: 64,
-        seed,
-    }
-}
-
 fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> {
     let path = &cli.model;
     let shape = ModelShape::from_gguf(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -410,7 +404,7 @@ fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> 
     let llama = Llama::load_with(path, plan.n_gpu_layers)?;
     let threads = cli.threads() as i32;
     let seed = cli.seed();
-    let mut sess = llama.session(n_ctx, n_batch, threads, &sampling(cli, seed))?;
+    let mut sess = llama.session(n_ctx, n_batch, threads, &cli.sampler(seed))?;
     let load = t0.elapsed();
     if cli.chat {
         chat(cli, &llama, &mut sess)?;
@@ -611,14 +605,7 @@ fn run_stream(cli: &Cli) -> Result<()> {
         n_predict: cli.n_predict,
         ctx_size: cli.ctx_size,
         batch_size: cli.batch_size,
-        sampler: SamplerConfig {
-            temperature: cli.temperature,
-            top_k: cli.top_k,
-            top_p: cli.top_p,
-            repeat_penalty: cli.repeat_penalty,
-            repeat_last_n: 64,
-            seed: if cli.plan_only { 0 } else { cli.seed() },
-        },
+        sampler: cli.sampler(if cli.plan_only { 0 } else { cli.seed() }),
         dump_logits: cli.dump_logits.clone(),
         json: cli.json,
         profile: cli.profile,

@@ -11,6 +11,7 @@
 //! copy the piece): `cargo bench --bench llama_overhead` holds it against a minimal loop
 //! written straight on the bindings.
 
+use crate::sample::SamplerConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -63,21 +64,10 @@ pub struct Llama {
     pub model: LlamaModel,
 }
 
-/// Sampling settings shared with the native engine's flags. `temperature <= 0` is greedy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub repeat_penalty: f32,
-    pub repeat_last_n: usize,
-    pub seed: u64,
-}
-
 /// llama.cpp's sampler chain for these settings, in llama.cpp's own order: penalties, top-k,
 /// top-p, temperature, then a seeded draw (or the argmax when greedy). The seed is reduced to
 /// the 32 bits llama.cpp takes.
-pub fn sampler_chain(s: &Sampling, n_vocab: usize) -> LlamaSampler {
+pub fn sampler_chain(s: &SamplerConfig, n_vocab: usize) -> LlamaSampler {
     let mut chain = Vec::new();
     if s.repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(
@@ -178,25 +168,29 @@ impl Llama {
             .map_err(|e| anyhow!("llama.cpp cannot apply this model's chat template: {e}"))
     }
 
-    /// A context of `n_ctx` positions, batches of up to `n_batch` tokens.
-    pub fn session(
-        &self,
-        n_ctx: u32,
-        n_batch: u32,
-        threads: i32,
-        s: &Sampling,
-    ) -> Result<Session<'_>> {
-        let n_batch = n_batch.clamp(1, n_ctx.max(1));
+    /// A bare llama.cpp context: `n_ctx` positions, batches (and ubatches) of `n_batch`.
+    fn context(&self, n_ctx: u32, n_batch: u32, threads: i32) -> Result<LlamaContext<'_>> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = self
-            .model
+        self.model
             .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context of {n_ctx} positions: {e}"))?;
+            .map_err(|e| anyhow!("creating a llama.cpp context of {n_ctx} positions: {e}"))
+    }
+
+    /// A context of `n_ctx` positions, batches of up to `n_batch` tokens.
+    pub fn session(
+        &self,
+        n_ctx: u32,
+        n_batch: u32,
+        threads: i32,
+        s: &SamplerConfig,
+    ) -> Result<Session<'_>> {
+        let n_batch = n_batch.clamp(1, n_ctx.max(1));
+        let ctx = self.context(n_ctx, n_batch, threads)?;
         Ok(Session {
             llama: self,
             ctx,
@@ -217,15 +211,7 @@ impl Llama {
     /// and benchmarks' entry point).
     pub fn prompt_logits(&self, tokens: &[u32], n_ctx: u32, threads: i32) -> Result<Vec<f32>> {
         let n = tokens.len() as u32;
-        let s = Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            seed: 0,
-        };
-        let mut sess = self.session(n_ctx.max(n), n.max(1), threads, &s)?;
+        let mut sess = self.session(n_ctx.max(n), n.max(1), threads, &SamplerConfig::greedy())?;
         sess.eval(tokens, true)
     }
 
@@ -239,16 +225,7 @@ impl Llama {
         n_ctx: u32,
         threads: i32,
     ) -> Result<(f64, f64, Vec<u32>)> {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_ctx)
-            .with_n_ubatch(n_ctx)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        let mut ctx = self.context(n_ctx, n_ctx, threads)?;
         let v = self.n_vocab();
         let argmax = |l: &[f32]| {
             let mut b = 0;
