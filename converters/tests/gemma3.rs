@@ -3,7 +3,7 @@
 //! against llama.cpp's own converter's, the three key layouts, and bad checkpoints.
 
 mod common;
-use common::{agreement, rel_err};
+use common::{agreement, rel_err, root};
 
 use jq::engine::llama::Llama;
 use jq::gguf::{GgufFile, MetaValue};
@@ -11,13 +11,6 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("fixtures/gemma3").join(name)

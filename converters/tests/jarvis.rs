@@ -3,7 +3,7 @@
 //! and against llama.cpp running our `gpt2` export.
 
 mod common;
-use common::{agreement, argmax, rel_err};
+use common::{agreement, argmax, rel_err, root};
 
 use jq::engine::llama::Llama;
 use jq::gguf::GgufFile;
@@ -13,13 +13,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("fixtures/jarvis").join(name)

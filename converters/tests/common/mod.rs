@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use jq::synth::{write_gpt2, Gpt2Dims};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The tiny GPT-2 shaped GGUF with F32, F16 and BF16 source tensors.
 pub fn write_tiny_gpt2(path: &Path) {
@@ -47,4 +47,12 @@ pub fn agreement(ours: &[f32], theirs: &[f32], vocab: usize) -> (f64, f64) {
             .sum::<f64>();
     }
     (same as f64 / n as f64, kl / n as f64)
+}
+
+/// The repository root (the workspace's top level).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
