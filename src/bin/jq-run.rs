@@ -100,7 +100,9 @@ struct Cli {
     #[arg(long = "vram-budget", value_parser = plan::parse_size)]
     vram_budget: Option<u64>,
     /// Gemma-3: run layer by layer, streaming the layers that do not fit --vram-budget through
-    /// a ring of device buffers (see --prefetch, --direct-io, --profile, --plan-only).
+    /// a ring of device buffers (see --prefetch, --direct-io, --profile, --plan-only). The
+    /// device is the GPU in a `cuda` build on a machine with one (`-g 0`: the CPU), else the
+    /// CPU backend plays the device.
     #[arg(long)]
     stream_layers: bool,
     /// --stream-layers: ring slots (layers read ahead of the compute).
@@ -614,6 +616,7 @@ fn run_stream(cli: &Cli) -> Result<()> {
             budget: cli.vram_budget,
             n_slots: cli.prefetch,
             direct_io: cli.direct_io,
+            cpu: matches!(cli.n_gpu_layers, Some(GpuLayers::N(0))),
             // One core is left to the reader thread by default: on 2 cores, 2 compute
             // threads + the reader ran decode 2.3x slower than 1 + the reader (BENCHMARKS).
             threads: cli

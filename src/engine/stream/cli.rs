@@ -141,15 +141,23 @@ pub fn run(a: &RunArgs) -> Result<()> {
             eprint!("{}", st.report(i));
         }
     }
+    let (dev_free, dev_total) = s.device_memory();
     eprintln!(
-        "load {:.2} ms; prompt {:.2} ms / {} tokens; decode {:.2} ms / {} tokens; device memory {} of budget {}",
+        "load {:.2} ms; prompt {:.2} ms / {} tokens; decode {:.2} ms / {} tokens; device {} ({}), buffers {} of budget {}{}; device reports {} free of {}",
         load.as_secs_f64() * 1e3,
         prompt_s * 1e3,
         ids.len(),
         decode_s * 1e3,
         generated.len(),
+        s.device_name(),
+        s.upload_path(),
         crate::engine::plan::fmt_size(s.device_bytes()),
-        crate::engine::plan::fmt_size(s.plan().budget)
+        crate::engine::plan::fmt_size(s.plan().budget),
+        s.driver_peak()
+            .map(|d| format!(", driver-measured peak {}", crate::engine::plan::fmt_size(d)))
+            .unwrap_or_default(),
+        crate::engine::plan::fmt_size(dev_free),
+        crate::engine::plan::fmt_size(dev_total),
     );
     if a.json {
         let mut j = json!({
@@ -158,6 +166,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
             "text": String::from_utf8_lossy(&text),
             "plan": s.plan().to_json(),
             "device_bytes": s.device_bytes(),
+            "device": s.device_name(),
+            "upload_path": s.upload_path(),
+            "driver_peak_bytes": s.driver_peak(),
+            "device_free_bytes": dev_free,
+            "device_total_bytes": dev_total,
             "prompt_s": prompt_s,
             "decode_s": decode_s,
             "peak_rss": crate::engine::peak_rss(),

@@ -10,19 +10,21 @@
 //! - [`ring`]: the slots and the reader thread (mmap or `O_DIRECT`), slot hand-over;
 //! - [`profile`]: the event log and per-step statistics.
 //!
-//! Here the CPU backend plays the device (an "upload" is a copy into a CPU-backend buffer).
-//! Device memory is every backend buffer this executor allocates (weights, KV cache, state,
-//! ring, the allocator's compute buffer); it is summed from the buffers' real sizes and checked
-//! against the budget. Buffers are allocated once: eviction is slot reuse.
+//! - [`upload`]: the staged, event-ordered upload path for device memory the host cannot write.
+//!
+//! The device is the first GPU ggml has registered (a `cuda` build on a machine with one),
+//! else the CPU backend, which then plays the device: its buffers are host memory, so the
+//! reader copies straight into the slots. Device memory is every backend buffer this executor
+//! allocates (weights, KV cache, state, ring, the allocator's compute buffer); it is summed
+//! from the buffers' real sizes and checked against the budget; on a GPU the driver's own
+//! free-memory figure is checked too. Buffers are allocated once: eviction is slot reuse.
 
 mod cli;
-// Compiled in CPU-only test builds too, so the CUDA-only path is type-checked everywhere.
-#[cfg(any(feature = "cuda", test))]
-pub mod cuda;
 pub mod graph;
 pub mod plan;
 pub mod profile;
 mod ring;
+mod upload;
 
 use crate::gguf::GgufFile;
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,7 +35,7 @@ use llama_cpp_sys_2 as sys;
 pub use plan::Plan;
 use plan::Sizes;
 use profile::{EvKind, Event, Events, LayerTime, StepStats};
-use ring::{LayerCopy, Piece, Ring, SlotAddr, Source};
+use ring::{LayerCopy, Piece, Ring, Sink, SlotAddr, Source};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,16 @@ pub struct StreamOptions {
     /// Test hook: each layer's compute is followed by this much sleep before it ends (and
     /// releases its slot), so the overlap test does not depend on scheduling luck.
     pub compute_delay: Duration,
+    /// Run on the CPU backend even when a GPU is present (`jq-run -g 0`).
+    pub cpu: bool,
+    /// Bytes per staging chunk of the staged upload path (4 chunks are in flight).
+    pub staging_chunk: usize,
+    /// Test hook: use the staged upload path (staging chunks, an upload backend, events)
+    /// even when the slots are host memory, as it is used for GPU memory.
+    pub staged: bool,
+    /// Benchmark hook: the reader hands slots over without reading (the compute floor of the
+    /// same plan; the logits are meaningless).
+    pub skip_reads: bool,
 }
 
 impl Default for StreamOptions {
@@ -72,12 +84,20 @@ impl Default for StreamOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             read_delay: Duration::ZERO,
             compute_delay: Duration::ZERO,
+            cpu: false,
+            staging_chunk: 16 << 20,
+            staged: false,
+            skip_reads: false,
         }
     }
 }
 
-/// Available host memory minus a 1 GiB margin (the CPU device's "free VRAM").
-fn default_budget() -> u64 {
+/// The default budget: the GPU's free memory minus a 512 MiB margin, or for the CPU device
+/// available host memory minus 1 GiB.
+fn default_budget(backend: &Backend) -> u64 {
+    if backend.gpu {
+        return backend.memory().0.saturating_sub(512 << 20);
+    }
     let avail = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -94,32 +114,70 @@ fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
-/// A CPU backend (the device here).
+/// Headroom kept free on a GPU for what its backend allocates outside our buffers (the CUDA
+/// backend's memory pool and cuBLAS workspace); checked against the driver's figure.
+const GPU_SCRATCH: u64 = 256 << 20;
+
+/// The device: the first registered GPU, or the CPU backend playing one.
 #[derive(Debug)]
 struct Backend {
     ptr: sys::ggml_backend_t,
+    dev: sys::ggml_backend_dev_t,
     buft: sys::ggml_backend_buffer_type_t,
     align: u64,
+    gpu: bool,
+    name: String,
 }
 
 impl Backend {
-    fn cpu(threads: usize) -> Result<Backend> {
-        // SAFETY: creating a CPU backend has no preconditions; null is checked.
-        let ptr = unsafe { sys::ggml_backend_cpu_init() };
-        if ptr.is_null() {
-            bail!("ggml_backend_cpu_init failed");
-        }
-        // SAFETY: `ptr` is a live CPU backend.
-        let (buft, align) = unsafe {
-            sys::ggml_backend_cpu_set_n_threads(ptr, threads.max(1) as i32);
+    fn new(threads: usize, cpu: bool) -> Result<Backend> {
+        // SAFETY: device discovery and backend creation have no preconditions; every handle
+        // is checked for null before use.
+        unsafe {
+            let mut dev = if cpu {
+                std::ptr::null_mut()
+            } else {
+                sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU)
+            };
+            let gpu = !dev.is_null();
+            if !gpu {
+                dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+            }
+            if dev.is_null() {
+                bail!("ggml has no CPU device");
+            }
+            let name = std::ffi::CStr::from_ptr(sys::ggml_backend_dev_name(dev))
+                .to_string_lossy()
+                .into_owned();
+            let ptr = sys::ggml_backend_dev_init(dev, std::ptr::null());
+            if ptr.is_null() {
+                bail!("could not start the ggml backend of device {name}");
+            }
+            if !gpu {
+                sys::ggml_backend_cpu_set_n_threads(ptr, threads.max(1) as i32);
+            }
+            // On a GPU this creates the stream (and the driver context) before any memory
+            // figure is taken.
+            sys::ggml_backend_synchronize(ptr);
             let buft = sys::ggml_backend_get_default_buffer_type(ptr);
-            (buft, sys::ggml_backend_buft_get_alignment(buft) as u64)
-        };
-        Ok(Backend {
-            ptr,
-            buft,
-            align: align.max(64),
-        })
+            let align = sys::ggml_backend_buft_get_alignment(buft) as u64;
+            Ok(Backend {
+                ptr,
+                dev,
+                buft,
+                align: align.max(64),
+                gpu,
+                name,
+            })
+        }
+    }
+
+    /// The driver's (free, total) device memory; host memory for the CPU device.
+    fn memory(&self) -> (u64, u64) {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: `dev` is a registered device; the outputs are plain integers.
+        unsafe { sys::ggml_backend_dev_memory(self.dev, &mut free, &mut total) };
+        (free as u64, total as u64)
     }
 
     fn alloc_size(&self, t: &WTensor) -> u64 {
@@ -176,7 +234,7 @@ impl Prepared {
         let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
         let n_ctx = i64::from(o.n_ctx.max(1));
         let n_ub = i64::from(o.n_ubatch.clamp(1, o.n_ctx.max(1)));
-        let backend = Backend::cpu(o.threads)?;
+        let backend = Backend::new(o.threads, o.cpu)?;
         let w = Weights::new(&file, &hp)?;
         let st = State::new(&hp, n_ctx, n_ub)?;
         let gctx = Ctx::new(graph::GRAPH_NODES * 2, graph::GRAPH_NODES)?;
@@ -230,6 +288,7 @@ impl Prepared {
                     kv: 0,
                     state: 0,
                     compute: 0,
+                    scratch: 0,
                 },
                 streamed_bytes_per_token: 0,
                 read_bw: None,
@@ -245,8 +304,9 @@ impl Prepared {
             kv,
             state: state_all.saturating_sub(kv),
             compute,
+            scratch: if p.backend.gpu { GPU_SCRATCH } else { 0 },
         };
-        let budget = o.budget.unwrap_or_else(default_budget);
+        let budget = o.budget.unwrap_or_else(|| default_budget(&p.backend));
         p.plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
         Ok(p)
     }
@@ -395,6 +455,14 @@ pub struct Streamer {
     mask_g: Vec<f16>,
     mask_s: Vec<f16>,
     compute_delay: Duration,
+    /// Per slot: the event the staged upload records when the slot is filled (empty when the
+    /// reader writes the slots directly).
+    ready: Vec<upload::EventPtr>,
+    /// GPU only: the driver's free memory before this executor allocated anything, and the
+    /// largest drop from it seen after a step.
+    driver_free0: Option<u64>,
+    driver_peak: u64,
+    upload_path: &'static str,
 }
 
 impl std::fmt::Debug for Streamer {
@@ -426,7 +494,14 @@ impl Streamer {
             mask_g: Vec::new(),
             mask_s: Vec::new(),
             compute_delay: o.compute_delay,
+            ready: Vec::new(),
+            driver_free0: None,
+            driver_peak: 0,
+            upload_path: "none",
         };
+        if s.p.backend.gpu {
+            s.driver_free0 = Some(s.p.backend.memory().0);
+        }
         s.allocate(o)?;
         Ok(s)
     }
@@ -450,11 +525,39 @@ impl Streamer {
     }
 
     fn check_budget(&self, what: &str) -> Result<()> {
-        if self.device_bytes > self.p.plan.budget {
+        let scratch = self.p.plan.sizes.scratch;
+        if self.device_bytes + scratch > self.p.plan.budget {
             bail!(
-                "device memory {} would exceed the budget {} (allocating {what})",
+                "device memory {}{} would exceed the budget {} (allocating {what})",
                 crate::engine::plan::fmt_size(self.device_bytes),
+                if scratch > 0 {
+                    format!(
+                        " + backend scratch {}",
+                        crate::engine::plan::fmt_size(scratch)
+                    )
+                } else {
+                    String::new()
+                },
                 crate::engine::plan::fmt_size(self.p.plan.budget)
+            );
+        }
+        Ok(())
+    }
+
+    /// GPU only: what the driver says this run uses (free memory before allocating minus free
+    /// memory now) must stay within the budget too; it also sees the backend's own pool.
+    fn check_driver(&mut self) -> Result<()> {
+        let Some(free0) = self.driver_free0 else {
+            return Ok(());
+        };
+        let used = free0.saturating_sub(self.p.backend.memory().0);
+        self.driver_peak = self.driver_peak.max(used);
+        if used > self.p.plan.budget {
+            bail!(
+                "the driver reports {} of device memory in use by this run, over the budget {} (our buffers: {})",
+                crate::engine::plan::fmt_size(used),
+                crate::engine::plan::fmt_size(self.p.plan.budget),
+                crate::engine::plan::fmt_size(self.device_bytes)
             );
         }
         Ok(())
@@ -569,10 +672,32 @@ impl Streamer {
                 .map(|&l| self.p.layer_copy(l))
                 .collect();
             let source = Source::open(self.p.file.clone(), o.direct_io)?;
-            let addrs = self.slots.iter().map(|s| s.1).collect();
+            let bufs: Vec<_> = self.slots.iter().map(|s| s.0).collect();
+            // SAFETY: the slot buffers are live.
+            let host = bufs
+                .iter()
+                .all(|&b| unsafe { sys::ggml_backend_buffer_is_host(b) });
+            let sink = if o.skip_reads {
+                self.upload_path = "skipped (benchmark hook)";
+                Sink::Skip
+            } else if host && !o.staged {
+                self.upload_path = "direct into host-visible slots";
+                Sink::Host(self.slots.iter().map(|s| s.1).collect())
+            } else {
+                let st = upload::Staged::new(self.p.backend.dev, &bufs, o.staging_chunk)?;
+                self.ready = st.ready_events();
+                self.upload_path = match (st.pinned(), self.ready.iter().all(|e| !e.0.is_null())) {
+                    (true, true) => "staged: pinned chunks, upload stream, events",
+                    (true, false) => "staged: pinned chunks, synchronous",
+                    (false, true) => "staged: chunks, upload stream, events",
+                    (false, false) => "staged: chunks, synchronous",
+                };
+                Sink::Staged(st)
+            };
             self.ring = Some(Ring::start(
                 source,
-                addrs,
+                sink,
+                self.slots.len(),
                 cycle,
                 self.events.clone(),
                 o.read_delay,
@@ -592,6 +717,27 @@ impl Streamer {
     /// Sum of the sizes of every device buffer allocated (weights, KV, state, ring, compute).
     pub fn device_bytes(&self) -> u64 {
         self.device_bytes
+    }
+
+    /// The ggml device this executor runs on (e.g. `CPU`, `CUDA0`).
+    pub fn device_name(&self) -> &str {
+        &self.p.backend.name
+    }
+
+    /// GPU only: the largest device memory use the driver reported after a step (free memory
+    /// before allocating minus free memory then).
+    pub fn driver_peak(&self) -> Option<u64> {
+        self.driver_free0.map(|_| self.driver_peak)
+    }
+
+    /// The driver's (free, total) memory of the device (host memory for the CPU device).
+    pub fn device_memory(&self) -> (u64, u64) {
+        self.p.backend.memory()
+    }
+
+    /// How streamed layers reach the slots.
+    pub fn upload_path(&self) -> &'static str {
+        self.upload_path
     }
 
     pub fn n_past(&self) -> usize {
@@ -709,6 +855,7 @@ impl Streamer {
         stats.total_s = t_step.elapsed().as_secs_f64();
         stats.peak_rss = crate::engine::peak_rss();
         self.steps.push(stats);
+        self.check_driver()?;
         Ok(logits)
     }
 
@@ -755,6 +902,11 @@ impl Streamer {
                 let ts = self.p.w.layers[il];
                 let offs = self.p.layer_offsets[il];
                 self.place(b, &ts, &offs, false)?;
+                if let Some(&ev) = self.ready.get(f.slot) {
+                    // SAFETY: the event belongs to this device and was recorded by the reader
+                    // before it handed the slot over.
+                    unsafe { upload::order_before(self.p.backend.ptr, ev) };
+                }
                 slot = Some(f.slot);
             }
             let n_out_l =

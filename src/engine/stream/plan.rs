@@ -19,6 +19,9 @@ pub struct Sizes {
     pub kv: u64,
     pub state: u64,
     pub compute: u64,
+    /// Kept free for what the device backend allocates outside our buffers (a GPU's memory
+    /// pool and BLAS workspace; 0 on the CPU).
+    pub scratch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +40,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn fixed_bytes(&self) -> u64 {
-        self.sizes.output + self.sizes.kv + self.sizes.state + self.sizes.compute
+        self.sizes.output
+            + self.sizes.kv
+            + self.sizes.state
+            + self.sizes.compute
+            + self.sizes.scratch
     }
 
     pub fn resident_bytes(&self) -> u64 {
@@ -77,6 +84,7 @@ impl Plan {
             "kv_bytes": self.sizes.kv,
             "state_bytes": self.sizes.state,
             "compute_bytes": self.sizes.compute,
+            "scratch_bytes": self.sizes.scratch,
             "resident_bytes": self.resident_bytes(),
             "streamed_bytes_per_token": self.streamed_bytes_per_token,
             "read_bandwidth_bytes_per_s": self.read_bw,
@@ -122,6 +130,13 @@ impl fmt::Display for Plan {
             fmt_size(self.sizes.state),
             fmt_size(self.sizes.compute)
         )?;
+        if self.sizes.scratch > 0 {
+            writeln!(
+                f,
+                "  kept free for the backend's own scratch: {}",
+                fmt_size(self.sizes.scratch)
+            )?;
+        }
         writeln!(
             f,
             "  resident layers ({}): {} = {}",
@@ -160,7 +175,7 @@ impl fmt::Display for Plan {
 /// Plans under `budget`, or says what does not fit.
 pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
     let n = sizes.layers.len();
-    let fixed = sizes.output + sizes.kv + sizes.state + sizes.compute;
+    let fixed = sizes.output + sizes.kv + sizes.state + sizes.compute + sizes.scratch;
     let all: u64 = sizes.layers.iter().sum();
     let mk = |resident: Vec<usize>, streamed: Vec<usize>, slot_bytes: u64| {
         let per_token = streamed.iter().map(|&l| sizes.layers[l]).sum();
@@ -177,11 +192,16 @@ pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
     };
     let fixed_msg = || {
         format!(
-            "output head (token_embd + output_norm) {} + KV cache {} + state {} + compute buffer {}",
+            "output head (token_embd + output_norm) {} + KV cache {} + state {} + compute buffer {}{}",
             fmt_size(sizes.output),
             fmt_size(sizes.kv),
             fmt_size(sizes.state),
-            fmt_size(sizes.compute)
+            fmt_size(sizes.compute),
+            if sizes.scratch > 0 {
+                format!(" + backend scratch {}", fmt_size(sizes.scratch))
+            } else {
+                String::new()
+            }
         )
     };
     if fixed > budget {
@@ -234,6 +254,7 @@ mod tests {
             kv: 20,
             state: 5,
             compute: 25,
+            scratch: 0,
         }
     }
 

@@ -9,6 +9,7 @@
 //! for as long as the ring lives.
 
 use super::profile::{EvKind, Events};
+use super::upload::Staged;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -77,7 +78,7 @@ impl AlignedBuf {
         AlignedBuf { ptr, len }
     }
 
-    fn as_mut(&mut self) -> &mut [u8] {
+    pub fn as_mut(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` points to `len` bytes we own, exclusively borrowed through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
@@ -187,19 +188,61 @@ pub(crate) struct SlotAddr {
     pub size: u64,
 }
 
+/// Where the reader puts a layer.
+#[derive(Debug)]
+pub(crate) enum Sink {
+    /// Slots the host can write: the reader copies straight into them.
+    Host(Vec<SlotAddr>),
+    /// Slots behind a staged, asynchronous upload (see `upload.rs`).
+    Staged(Staged),
+    /// Benchmark hook: hand slots over without reading anything (their previous contents
+    /// stay), so a run measures the compute of the same plan with no copy.
+    Skip,
+}
+
+impl Sink {
+    fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
+        match self {
+            Sink::Host(slots) => {
+                let sa = slots[slot];
+                for p in &lc.pieces {
+                    if p.dst + p.len > sa.size {
+                        bail!("a tensor does not fit its slot");
+                    }
+                    // SAFETY: the slot is `sa.size` bytes of host memory that outlives the
+                    // reader thread (the ring is joined before the slots are freed), the range
+                    // is inside it (checked above), and the reader owns the slot until it sends
+                    // it as filled.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (sa.base as *mut u8).add(p.dst as usize),
+                            p.len as usize,
+                        )
+                    };
+                    source.read(*p, dst)?;
+                }
+                Ok(())
+            }
+            Sink::Staged(s) => s.fill(source, slot, &lc.pieces),
+            Sink::Skip => Ok(()),
+        }
+    }
+}
+
 impl Ring {
     /// Starts the reader over `cycle` (the streamed layers in execution order) with every
     /// slot free. `delay` slows each layer's read (test hook for the overlap test).
     pub fn start(
         mut source: Source,
-        slots: Vec<SlotAddr>,
+        mut sink: Sink,
+        n_slots: usize,
         cycle: Vec<LayerCopy>,
         events: Events,
         delay: Duration,
     ) -> Ring {
         let (free_tx, free_rx) = channel::<usize>();
         let (filled_tx, filled_rx) = channel();
-        for i in 0..slots.len() {
+        for i in 0..n_slots {
             free_tx.send(i).expect("receiver alive");
         }
         let thread = std::thread::Builder::new()
@@ -209,38 +252,24 @@ impl Ring {
                 while let Ok(slot) = free_rx.recv() {
                     let lc = &cycle[k % cycle.len()];
                     k += 1;
-                    let sa = slots[slot];
                     events.push(EvKind::ReadStart, lc.layer);
                     let t0 = std::time::Instant::now();
-                    let mut res = Ok(());
-                    for p in &lc.pieces {
-                        if p.dst + p.len > sa.size {
-                            res = Err(format!("layer {} does not fit its slot", lc.layer));
-                            break;
-                        }
-                        // SAFETY: the slot is `sa.size` bytes of host memory that outlives
-                        // this thread (the ring is joined before the slots are freed), the
-                        // range is inside it (checked above), and this thread owns the slot
-                        // until it sends it as filled.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                (sa.base as *mut u8).add(p.dst as usize),
-                                p.len as usize,
-                            )
-                        };
-                        if let Err(e) = source.read(*p, dst) {
-                            res = Err(format!("reading layer {}: {e:#}", lc.layer));
-                            break;
-                        }
-                    }
+                    let res = sink
+                        .fill(&mut source, slot, lc)
+                        .map_err(|e| format!("reading layer {}: {e:#}", lc.layer));
                     if !delay.is_zero() {
                         std::thread::sleep(delay);
                     }
                     events.push(EvKind::ReadEnd, lc.layer);
+                    let bytes = if matches!(sink, Sink::Skip) {
+                        0
+                    } else {
+                        lc.bytes()
+                    };
                     let msg = res.map(|()| Filled {
                         slot,
                         layer: lc.layer,
-                        bytes: lc.bytes(),
+                        bytes,
                         read_s: t0.elapsed().as_secs_f64(),
                     });
                     let stop = msg.is_err();
