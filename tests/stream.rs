@@ -2,8 +2,9 @@
 //! resident, the device budget holds, impossible budgets are refused, reads overlap compute.
 
 use jq::engine::llama::Llama;
+use jq::engine::stream::plan::host_split;
 use jq::engine::stream::profile::EvKind;
-use jq::engine::stream::{plan_only, StreamOptions, Streamer};
+use jq::engine::stream::{plan_only, HostLayers, StreamOptions, Streamer};
 use jq::quant::GgmlType;
 use jq::sample::SamplerConfig;
 use jq::synth::{write_gemma3, Gemma3Dims};
@@ -88,8 +89,12 @@ fn llama_reference(path: &Path) -> (Vec<f32>, Vec<u32>, Vec<Vec<f32>>) {
 /// Streams the same prompt and greedy decode; returns the worst error over the prompt and the
 /// decoded steps, and checks the ids.
 fn check_parity(path: &Path, budget: u64, slots: usize) -> (f64, Vec<f64>, Streamer) {
+    check_parity_with(path, &opts(Some(budget), slots))
+}
+
+fn check_parity_with(path: &Path, o: &StreamOptions) -> (f64, Vec<f64>, Streamer) {
     let (ref_prompt, ref_ids, ref_logits) = llama_reference(path);
-    let mut s = Streamer::open(path, &opts(Some(budget), slots)).unwrap();
+    let mut s = Streamer::open(path, o).unwrap();
     let prompt = s.eval(&PROMPT, true).unwrap();
     let v = s.hparams().n_vocab as usize;
     let e_prompt = rel_err(&prompt, &ref_prompt);
@@ -383,5 +388,92 @@ fn skip_reads_hook_streams_no_bytes() {
     for st in s.steps() {
         assert_eq!(st.bytes_streamed, 0);
         assert_eq!(st.layers.iter().filter(|l| l.streamed).count(), 5);
+    }
+}
+
+/// `--host-layers N`: the last N streamed layers compute on the CPU backend with their weights
+/// in place in the memory map and their KV cache in host memory, the activations crossing
+/// over and back each step; the logits still equal llama.cpp's fully resident run, and device
+/// memory holds only the resident layers, the ring and the fixed part.
+#[test]
+fn host_layers_equal_llama_cpp_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    for ty in [GgmlType::F32, GgmlType::Q8_0] {
+        let path = tiny(dir.path(), ty);
+        let budget = budget_for(&path, 1, 2);
+        for (n, host, streamed) in [
+            (2, vec![4, 5], vec![1, 2, 3]),
+            (5, vec![1, 2, 3, 4, 5], vec![]),
+        ] {
+            let o = StreamOptions {
+                host_layers: HostLayers::N(n),
+                ..opts(Some(budget), 2)
+            };
+            let (ep, ed, s) = check_parity_with(&path, &o);
+            let plan = s.plan();
+            eprintln!("{ty:?} host {n}: {plan}\nprompt error {ep:.3e}, decode errors {ed:?}");
+            assert_eq!(plan.resident, vec![0]);
+            assert_eq!(plan.host, host);
+            assert_eq!(plan.streamed, streamed);
+            assert!(
+                ep <= 1e-4 && max(&ed) <= 1e-4,
+                "{ty:?} host {n}: {ep} {ed:?}"
+            );
+            assert!(s.host_bytes() > 0);
+            let ring = if streamed.is_empty() {
+                0
+            } else {
+                2 * plan.slot_bytes
+            };
+            assert_eq!(
+                s.device_bytes(),
+                plan.fixed_bytes() + plan.resident_bytes() + ring
+            );
+            for st in s.steps() {
+                let hosted: Vec<usize> = st
+                    .layers
+                    .iter()
+                    .filter(|l| l.host)
+                    .map(|l| l.layer)
+                    .collect();
+                assert_eq!(hosted, host);
+                let per_token: u64 = streamed.iter().map(|&l| plan.sizes.layers[l]).sum();
+                assert!(st.bytes_streamed <= per_token);
+            }
+        }
+    }
+}
+
+/// `--host-layers auto` measures one layer's fill, device and CPU times and moves
+/// `host_split(...)` layers; with the reader slowed by 100 ms a layer (the test hook), filling
+/// dominates and every streamed layer moves to the CPU. Logits stay llama.cpp's either way.
+#[test]
+fn host_layers_auto_follows_the_measured_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::F32);
+    let budget = budget_for(&path, 1, 2);
+    for delay_ms in [0u64, 100] {
+        let o = StreamOptions {
+            host_layers: HostLayers::Auto,
+            read_delay: Duration::from_millis(delay_ms),
+            ..opts(Some(budget), 2)
+        };
+        let (ep, ed, s) = check_parity_with(&path, &o);
+        let plan = s.plan();
+        let c = plan.calibration.expect("auto measured");
+        eprintln!("delay {delay_ms} ms: {plan}\nprompt error {ep:.3e}, decode errors {ed:?}");
+        assert!(
+            c.fill_s > 0.0 && c.device_s > 0.0 && c.host_s > 0.0,
+            "{c:?}"
+        );
+        assert_eq!(c.chosen, host_split(5, c.fill_s, c.device_s, c.host_s));
+        assert_eq!(plan.host.len(), c.chosen);
+        assert_eq!(plan.streamed.len() + plan.host.len(), 5);
+        assert_eq!(s.device_bytes(), plan.device_bytes());
+        if delay_ms > 0 {
+            assert!(c.fill_s >= 0.1, "{c:?}");
+            assert_eq!(c.chosen, 5, "{c:?}");
+        }
+        assert!(ep <= 1e-4 && max(&ed) <= 1e-4, "{ep} {ed:?}");
     }
 }

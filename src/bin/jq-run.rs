@@ -111,6 +111,11 @@ struct Cli {
     /// --stream-layers: read streamed layers with O_DIRECT (bounded host memory, no page cache).
     #[arg(long, requires = "stream_layers")]
     direct_io: bool,
+    /// --stream-layers: compute the last N streamed layers on the CPU, weights in place from
+    /// the memory map, instead of streaming them to the device; `auto` times one layer's
+    /// fill, device compute and CPU compute at load and picks the N that balances them.
+    #[arg(long = "host-layers", requires = "stream_layers", value_parser = clap::value_parser!(jq::engine::stream::HostLayers))]
+    host_layers: Option<jq::engine::stream::HostLayers>,
     /// --stream-layers: per-step bytes streamed, GB/s, compute and wait times, per-layer times,
     /// peak RSS (stderr; with --json, in the JSON).
     #[arg(long, requires = "stream_layers")]
@@ -617,6 +622,7 @@ fn run_stream(cli: &Cli) -> Result<()> {
             n_slots: cli.prefetch,
             direct_io: cli.direct_io,
             cpu: matches!(cli.n_gpu_layers, Some(GpuLayers::N(0))),
+            host_layers: cli.host_layers.unwrap_or_default(),
             // One core is left to the reader thread by default: on 2 cores, 2 compute
             // threads + the reader ran decode 2.3x slower than 1 + the reader (BENCHMARKS).
             threads: cli

@@ -65,6 +65,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             println!("{}", plan.to_json());
         } else {
             println!("{plan}");
+            if o.host_layers == super::HostLayers::Auto && !plan.streamed.is_empty() {
+                println!("  --host-layers auto: measured and decided at load, not here");
+            }
         }
         return Ok(());
     }
@@ -143,7 +146,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let (dev_free, dev_total) = s.device_memory();
     eprintln!(
-        "load {:.2} ms; prompt {:.2} ms / {} tokens; decode {:.2} ms / {} tokens; device {} ({}), buffers {} of budget {}{}; device reports {} free of {}",
+        "load {:.2} ms; prompt {:.2} ms / {} tokens; decode {:.2} ms / {} tokens; device {} ({}), buffers {} of budget {}{}{}",
         load.as_secs_f64() * 1e3,
         prompt_s * 1e3,
         ids.len(),
@@ -154,10 +157,21 @@ pub fn run(a: &RunArgs) -> Result<()> {
         crate::engine::plan::fmt_size(s.device_bytes()),
         crate::engine::plan::fmt_size(s.plan().budget),
         s.driver_peak()
-            .map(|d| format!(", driver-measured peak {}", crate::engine::plan::fmt_size(d)))
+            .map(|d| format!(
+                "; the driver reports a peak of {} used by this run, {} free of {}",
+                crate::engine::plan::fmt_size(d),
+                crate::engine::plan::fmt_size(dev_free),
+                crate::engine::plan::fmt_size(dev_total)
+            ))
             .unwrap_or_default(),
-        crate::engine::plan::fmt_size(dev_free),
-        crate::engine::plan::fmt_size(dev_total),
+        if s.host_bytes() > 0 {
+            format!(
+                "; host layers use {} (weights in the memory map)",
+                crate::engine::plan::fmt_size(s.host_bytes())
+            )
+        } else {
+            String::new()
+        },
     );
     if a.json {
         let mut j = json!({
@@ -168,6 +182,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
             "device_bytes": s.device_bytes(),
             "device": s.device_name(),
             "upload_path": s.upload_path(),
+            "host_bytes": s.host_bytes(),
             "driver_peak_bytes": s.driver_peak(),
             "device_free_bytes": dev_free,
             "device_total_bytes": dev_total,

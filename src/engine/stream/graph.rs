@@ -322,6 +322,17 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(hp: &Hparams, n_ctx: i64, n_ub: i64) -> Result<State> {
+        State::with_kv(hp, n_ctx, n_ub, |_| true)
+    }
+
+    /// A state whose KV cache covers only the layers `kv` selects (null for the others: their
+    /// graphs must not be built on this state).
+    pub fn with_kv(
+        hp: &Hparams,
+        n_ctx: i64,
+        n_ub: i64,
+        kv: impl Fn(usize) -> bool,
+    ) -> Result<State> {
         let ctx = Ctx::new(2 * hp.n_layer + 8, 0)?;
         let row = hp.head_dim * hp.n_head_kv;
         // SAFETY: `ctx` is a live no-alloc context with room for 2*n_layer + 8 tensors.
@@ -331,8 +342,15 @@ impl State {
             let f16 = GgmlType::F16.id() as sys::ggml_type;
             let f32 = GgmlType::F32.id() as sys::ggml_type;
             let i32t = GgmlType::I32.id() as sys::ggml_type;
-            let k = (0..hp.n_layer).map(|_| nt(f16, row, n_ctx)).collect();
-            let v = (0..hp.n_layer).map(|_| nt(f16, row, n_ctx)).collect();
+            let cache = |il: usize| {
+                if kv(il) {
+                    nt(f16, row, n_ctx)
+                } else {
+                    null_mut()
+                }
+            };
+            let k = (0..hp.n_layer).map(cache).collect();
+            let v = (0..hp.n_layer).map(cache).collect();
             State {
                 k,
                 v,
@@ -439,6 +457,7 @@ pub(crate) unsafe fn build_layer(
         // Store this step's K and V (f32 -> f16, as llama.cpp's cache copy), then attend over
         // every cached position; the mask hides the future and, on sliding layers, the old.
         let (kc, vc) = (s.k[il], s.v[il]);
+        assert!(!kc.is_null(), "layer {il} has no KV cache in this state");
         let row = (*kc).nb[1];
         let kdst = sys::ggml_view_2d(g, kc, hd * hp.n_head_kv, t, row, row * sh.n_past as usize);
         let vdst = sys::ggml_view_2d(g, vc, hd * hp.n_head_kv, t, row, row * sh.n_past as usize);

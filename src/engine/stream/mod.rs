@@ -10,6 +10,7 @@
 //! - [`ring`]: the slots and the reader thread (mmap or `O_DIRECT`), slot hand-over;
 //! - [`profile`]: the event log and per-step statistics.
 //!
+//! - `host`: `--host-layers`, streamed layers computed on the CPU from the memory map;
 //! - [`upload`]: the staged, event-ordered upload path for device memory the host cannot write.
 //!
 //! The device is the first GPU ggml has registered (a `cuda` build on a machine with one),
@@ -21,6 +22,7 @@
 
 mod cli;
 pub mod graph;
+mod host;
 pub mod plan;
 pub mod profile;
 mod ring;
@@ -32,8 +34,8 @@ pub use cli::{run, RunArgs};
 use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
 use half::f16;
 use llama_cpp_sys_2 as sys;
-pub use plan::Plan;
-use plan::Sizes;
+use plan::{HostCalibration, Sizes};
+pub use plan::{HostLayers, Plan};
 use profile::{EvKind, Event, Events, LayerTime, StepStats};
 use ring::{LayerCopy, Piece, Ring, Sink, SlotAddr, Source};
 use std::path::Path;
@@ -63,6 +65,8 @@ pub struct StreamOptions {
     pub compute_delay: Duration,
     /// Run on the CPU backend even when a GPU is present (`jq-run -g 0`).
     pub cpu: bool,
+    /// Streamed layers to compute on the CPU from the memory map instead (`--host-layers`).
+    pub host_layers: HostLayers,
     /// Bytes per staging chunk of the staged upload path (4 chunks are in flight).
     pub staging_chunk: usize,
     /// Test hook: use the staged upload path (staging chunks, an upload backend, events)
@@ -85,6 +89,7 @@ impl Default for StreamOptions {
             read_delay: Duration::ZERO,
             compute_delay: Duration::ZERO,
             cpu: false,
+            host_layers: HostLayers::Off,
             staging_chunk: 16 << 20,
             staged: false,
             skip_reads: false,
@@ -194,6 +199,34 @@ impl Drop for Backend {
     }
 }
 
+/// Allocates `gf`'s intermediate tensors in `galloc`'s buffer (which must not grow past
+/// `expected` bytes: the reserved worst case) and computes it on `backend`.
+fn run_graph(
+    backend: sys::ggml_backend_t,
+    galloc: sys::ggml_gallocr_t,
+    expected: u64,
+    gf: *mut sys::ggml_cgraph,
+) -> Result<()> {
+    // SAFETY: `gf` is a graph of live tensors built in a graph context; the allocator places
+    // its intermediate tensors in the compute buffer reserved for this backend.
+    unsafe {
+        if !sys::ggml_gallocr_alloc_graph(galloc, gf) {
+            bail!("ggml could not allocate a graph");
+        }
+        let now = sys::ggml_gallocr_get_buffer_size(galloc, 0) as u64;
+        if now != expected {
+            bail!(
+                "the compute buffer grew from {expected} to {now} bytes (planned worst case exceeded)"
+            );
+        }
+        let st = sys::ggml_backend_graph_compute(backend, gf);
+        if st != sys::GGML_STATUS_SUCCESS {
+            bail!("ggml graph compute failed (status {st})");
+        }
+    }
+    Ok(())
+}
+
 /// Everything known before any device memory is allocated: the model, the descriptors, the
 /// measured compute buffer and the plan.
 struct Prepared {
@@ -281,6 +314,8 @@ impl Prepared {
                 n_slots: 0,
                 resident: vec![],
                 streamed: vec![],
+                host: vec![],
+                calibration: None,
                 slot_bytes: 0,
                 sizes: Sizes {
                     layers: vec![],
@@ -308,6 +343,9 @@ impl Prepared {
         };
         let budget = o.budget.unwrap_or_else(|| default_budget(&p.backend));
         p.plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
+        if let HostLayers::N(n) = o.host_layers {
+            p.plan.move_to_host(n);
+        }
         Ok(p)
     }
 
@@ -355,10 +393,13 @@ impl Prepared {
 
     fn kinds(&self) -> Vec<Kind> {
         let mut k = vec![Kind::Input, Kind::Output];
-        // One sliding and one global layer (their graphs differ only in the mask and RoPE).
-        k.push(Kind::Layer(0));
-        if let Some(g) = self.hp.swa.iter().position(|&s| !s) {
-            k.push(Kind::Layer(g));
+        // One sliding and one global layer on the device (their graphs differ only in the
+        // mask and RoPE; host layers have their own compute buffer).
+        for swa in [true, false] {
+            let on_device = |l: &usize| self.hp.swa[*l] == swa && !self.plan.host.contains(l);
+            if let Some(l) = (0..self.hp.n_layer).find(on_device) {
+                k.push(Kind::Layer(l));
+            }
         }
         k
     }
@@ -463,6 +504,10 @@ pub struct Streamer {
     driver_free0: Option<u64>,
     driver_peak: u64,
     upload_path: &'static str,
+    /// `--host-layers`: the CPU side, when any layer computes there.
+    host: Option<host::HostSide>,
+    /// Activation rows in transit between the device and the host state.
+    xbuf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Streamer {
@@ -498,6 +543,8 @@ impl Streamer {
             driver_free0: None,
             driver_peak: 0,
             upload_path: "none",
+            host: None,
+            xbuf: Vec::new(),
         };
         if s.p.backend.gpu {
             s.driver_free0 = Some(s.p.backend.memory().0);
@@ -665,35 +712,63 @@ impl Streamer {
         let n = (self.p.n_ctx * self.p.n_ub) as usize;
         self.mask_g = vec![f16::ZERO; n];
         self.mask_s = vec![f16::ZERO; n];
-        if !plan.streamed.is_empty() {
-            let cycle = plan
+        let n = (self.p.hp.n_embd * self.p.n_ub) as usize * 4;
+        self.xbuf = vec![0u8; n];
+        if plan.streamed.is_empty() {
+            return self.start_host(o);
+        }
+        let mut source = Source::open(self.p.file.clone(), o.direct_io)?;
+        let bufs: Vec<_> = self.slots.iter().map(|s| s.0).collect();
+        // SAFETY: the slot buffers are live.
+        let host_visible = bufs
+            .iter()
+            .all(|&b| unsafe { sys::ggml_backend_buffer_is_host(b) });
+        let mut sink = if o.skip_reads {
+            self.upload_path = "skipped (benchmark hook)";
+            Sink::Skip
+        } else if host_visible && !o.staged {
+            self.upload_path = "direct into host-visible slots";
+            Sink::Host(self.slots.iter().map(|s| s.1).collect())
+        } else {
+            let st = upload::Staged::new(self.p.backend.dev, &bufs, o.staging_chunk)?;
+            self.ready = st.ready_events();
+            self.upload_path = match (st.pinned(), self.ready.iter().all(|e| !e.0.is_null())) {
+                (true, true) => "staged: pinned chunks, upload stream, events",
+                (true, false) => "staged: pinned chunks, synchronous",
+                (false, true) => "staged: chunks, upload stream, events",
+                (false, false) => "staged: chunks, synchronous",
+            };
+            Sink::Staged(st)
+        };
+        if o.host_layers == HostLayers::Auto {
+            let c = self.calibrate(&mut sink, &mut source, o)?;
+            self.p.plan.move_to_host(c.chosen);
+            self.p.plan.calibration = Some(c);
+        }
+        self.start_host(o)?;
+        if self.p.plan.streamed.is_empty() {
+            // Everything moved to the host: no ring (the upload side goes first, it holds
+            // targets in the slots).
+            drop(sink);
+            self.ready.clear();
+            self.upload_path = "none";
+            for (b, _) in std::mem::take(&mut self.slots) {
+                self.buffers.retain(|&x| x != b);
+                // SAFETY: `b` is a live slot buffer no tensor or uploader uses any more (the
+                // streamed layers were placed in the memory map by `start_host`); freed once.
+                unsafe {
+                    self.device_bytes -= sys::ggml_backend_buffer_get_size(b) as u64;
+                    sys::ggml_backend_buffer_free(b);
+                }
+            }
+        } else {
+            let cycle = self
+                .p
+                .plan
                 .streamed
                 .iter()
                 .map(|&l| self.p.layer_copy(l))
                 .collect();
-            let source = Source::open(self.p.file.clone(), o.direct_io)?;
-            let bufs: Vec<_> = self.slots.iter().map(|s| s.0).collect();
-            // SAFETY: the slot buffers are live.
-            let host = bufs
-                .iter()
-                .all(|&b| unsafe { sys::ggml_backend_buffer_is_host(b) });
-            let sink = if o.skip_reads {
-                self.upload_path = "skipped (benchmark hook)";
-                Sink::Skip
-            } else if host && !o.staged {
-                self.upload_path = "direct into host-visible slots";
-                Sink::Host(self.slots.iter().map(|s| s.1).collect())
-            } else {
-                let st = upload::Staged::new(self.p.backend.dev, &bufs, o.staging_chunk)?;
-                self.ready = st.ready_events();
-                self.upload_path = match (st.pinned(), self.ready.iter().all(|e| !e.0.is_null())) {
-                    (true, true) => "staged: pinned chunks, upload stream, events",
-                    (true, false) => "staged: pinned chunks, synchronous",
-                    (false, true) => "staged: chunks, upload stream, events",
-                    (false, false) => "staged: chunks, synchronous",
-                };
-                Sink::Staged(st)
-            };
             self.ring = Some(Ring::start(
                 source,
                 sink,
@@ -702,6 +777,111 @@ impl Streamer {
                 self.events.clone(),
                 o.read_delay,
             ));
+        }
+        Ok(())
+    }
+
+    /// Sets up the CPU side for the plan's host layers, if any.
+    fn start_host(&mut self, o: &StreamOptions) -> Result<()> {
+        if self.p.plan.host.is_empty() {
+            return Ok(());
+        }
+        self.host = Some(host::HostSide::new(
+            &self.p.file,
+            &self.p.w,
+            &self.p.hp,
+            &self.p.plan.host,
+            self.p.n_ctx,
+            self.p.n_ub,
+            o.threads,
+        )?);
+        Ok(())
+    }
+
+    /// `--host-layers auto`: times, on the first streamed layer and a one-token step, filling
+    /// a slot through `sink`, computing on the device, and computing on the CPU from the
+    /// memory map (best of 3 for the computes), and chooses how many layers move.
+    fn calibrate(
+        &mut self,
+        sink: &mut Sink,
+        source: &mut Source,
+        o: &StreamOptions,
+    ) -> Result<HostCalibration> {
+        let l = self.p.plan.streamed[0];
+        let lc = self.p.layer_copy(l);
+        let t0 = Instant::now();
+        sink.fill(source, 0, &lc)?;
+        sink.finish();
+        // The slowed-reader test hook slows this read too.
+        std::thread::sleep(o.read_delay);
+        let fill_s = t0.elapsed().as_secs_f64();
+        let (b, _) = self.slots[0];
+        let ts = self.p.w.layers[l];
+        let offs = self.p.layer_offsets[l];
+        self.place(b, &ts, &offs, false)?;
+        if let Some(&ev) = self.ready.first() {
+            // SAFETY: the event belongs to this device; `fill` recorded it.
+            unsafe { upload::order_before(self.p.backend.ptr, ev) };
+        }
+        // A token at position 0: its KV cell is rewritten by the first real step.
+        self.set_inputs(&[0], 0)?;
+        let sh = Shape {
+            n_tokens: 1,
+            n_past: 0,
+            n_out: None,
+        };
+        let mut device_s = f64::MAX;
+        for _ in 0..3 {
+            self.p.gctx.reset();
+            // SAFETY: the graph context was reset; the layer is placed in slot 0, filled.
+            let gf = unsafe {
+                graph::build_layer(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, l, sh)
+            };
+            let t = Instant::now();
+            self.compute(gf)?;
+            device_s = device_s.min(t.elapsed().as_secs_f64());
+        }
+        self.host = Some(host::HostSide::new(
+            &self.p.file,
+            &self.p.w,
+            &self.p.hp,
+            &[l],
+            self.p.n_ctx,
+            self.p.n_ub,
+            o.threads,
+        )?);
+        self.set_inputs(&[0], 0)?;
+        let mut h = self.host.take().context("host side")?;
+        let mut host_s = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            h.compute_layer(&self.p.w, &self.p.hp, l, sh)?;
+            host_s = host_s.min(t.elapsed().as_secs_f64());
+        }
+        drop(h);
+        let n = self.p.plan.streamed.len();
+        Ok(HostCalibration {
+            fill_s,
+            device_s,
+            host_s,
+            chosen: plan::host_split(n, fill_s, device_s, host_s),
+        })
+    }
+
+    /// Copies the first `rows` activation rows to the host state (`to_host`) or back.
+    fn move_x(&mut self, rows: i64, to_host: bool) -> Result<()> {
+        let h = self.host.as_ref().context("no host side")?;
+        let (from, to) = if to_host {
+            (self.p.st.x, h.st.x)
+        } else {
+            (h.st.x, self.p.st.x)
+        };
+        let n = (self.p.hp.n_embd * rows) as usize * 4;
+        // SAFETY: both x tensors are [n_embd, n_ubatch] f32 with memory, rows <= n_ubatch, and
+        // `xbuf` holds n_embd * n_ubatch floats.
+        unsafe {
+            sys::ggml_backend_tensor_get(from, self.xbuf.as_mut_ptr().cast(), 0, n);
+            sys::ggml_backend_tensor_set(to, self.xbuf.as_ptr().cast(), 0, n);
         }
         Ok(())
     }
@@ -717,6 +897,12 @@ impl Streamer {
     /// Sum of the sizes of every device buffer allocated (weights, KV, state, ring, compute).
     pub fn device_bytes(&self) -> u64 {
         self.device_bytes
+    }
+
+    /// Host memory of `--host-layers` (their state, KV cache and compute buffer; the weights
+    /// stay in the memory map).
+    pub fn host_bytes(&self) -> u64 {
+        self.host.as_ref().map_or(0, |h| h.bytes())
     }
 
     /// The ggml device this executor runs on (e.g. `CPU`, `CUDA0`).
@@ -758,26 +944,7 @@ impl Streamer {
     }
 
     fn compute(&mut self, gf: *mut sys::ggml_cgraph) -> Result<()> {
-        // SAFETY: `gf` is a graph of live tensors built in the graph context; the allocator
-        // places its intermediate tensors in the compute buffer.
-        unsafe {
-            if !sys::ggml_gallocr_alloc_graph(self.p.galloc, gf) {
-                bail!("ggml could not allocate a graph");
-            }
-            let now = sys::ggml_gallocr_get_buffer_size(self.p.galloc, 0) as u64;
-            if now != self.compute_bytes {
-                bail!(
-                    "the compute buffer grew from {} to {} bytes (planned worst case exceeded)",
-                    self.compute_bytes,
-                    now
-                );
-            }
-            let st = sys::ggml_backend_graph_compute(self.p.backend.ptr, gf);
-            if st != sys::GGML_STATUS_SUCCESS {
-                bail!("ggml graph compute failed (status {st})");
-            }
-        }
-        Ok(())
+        run_graph(self.p.backend.ptr, self.p.galloc, self.compute_bytes, gf)
     }
 
     fn set_inputs(&mut self, tokens: &[u32], n_out: usize) -> Result<()> {
@@ -796,18 +963,20 @@ impl Streamer {
                 self.mask_s[j * n_kv + i] = if sw { f16::NEG_INFINITY } else { f16::ZERO };
             }
         }
-        let st = &self.p.st;
         let m = n_kv * t;
-        // SAFETY: each source slice fits its destination tensor (t <= n_ubatch,
-        // n_kv * t <= n_ctx * n_ubatch), all tensors live in the state buffer.
-        unsafe {
-            sys::ggml_backend_tensor_set(st.ids, ids.as_ptr().cast(), 0, 4 * t);
-            sys::ggml_backend_tensor_set(st.pos, pos.as_ptr().cast(), 0, 4 * t);
-            if n_out > 0 {
-                sys::ggml_backend_tensor_set(st.out_ids, out.as_ptr().cast(), 0, 4 * n_out);
+        let host = self.host.as_ref().map(|h| &h.st);
+        for st in std::iter::once(&self.p.st).chain(host) {
+            // SAFETY: each source slice fits its destination tensor (t <= n_ubatch,
+            // n_kv * t <= n_ctx * n_ubatch), all tensors live in their state buffer.
+            unsafe {
+                sys::ggml_backend_tensor_set(st.ids, ids.as_ptr().cast(), 0, 4 * t);
+                sys::ggml_backend_tensor_set(st.pos, pos.as_ptr().cast(), 0, 4 * t);
+                if n_out > 0 {
+                    sys::ggml_backend_tensor_set(st.out_ids, out.as_ptr().cast(), 0, 4 * n_out);
+                }
+                sys::ggml_backend_tensor_set(st.mask_g, self.mask_g.as_ptr().cast(), 0, 2 * m);
+                sys::ggml_backend_tensor_set(st.mask_s, self.mask_s.as_ptr().cast(), 0, 2 * m);
             }
-            sys::ggml_backend_tensor_set(st.mask_g, self.mask_g.as_ptr().cast(), 0, 2 * m);
-            sys::ggml_backend_tensor_set(st.mask_s, self.mask_s.as_ptr().cast(), 0, 2 * m);
         }
         Ok(())
     }
@@ -874,14 +1043,42 @@ impl Streamer {
             unsafe { graph::build_input(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, t) };
         self.compute(gf)?;
         let n_layer = self.p.hp.n_layer;
+        let mut x_on_host = false;
         for il in 0..n_layer {
             let streamed = self.p.plan.streamed.binary_search(&il).is_ok();
+            let on_host = self.p.plan.host.binary_search(&il).is_ok();
             let mut lt = LayerTime {
                 layer: il,
                 streamed,
+                host: on_host,
                 wait_s: 0.0,
                 compute_s: 0.0,
             };
+            let n_out_l =
+                (il + 1 == n_layer && (n_out as i64) < t && n_out > 0).then_some(n_out as i64);
+            let sh = Shape {
+                n_tokens: t,
+                n_past: self.n_past as i64,
+                n_out: n_out_l,
+            };
+            if on_host != x_on_host {
+                self.move_x(t, on_host)?;
+                x_on_host = on_host;
+            }
+            if on_host {
+                let c0 = self.events.now();
+                self.events.push(EvKind::ComputeStart, il);
+                let (w, hp) = (&self.p.w, &self.p.hp);
+                self.host
+                    .as_mut()
+                    .context("no host side")?
+                    .compute_layer(w, hp, il, sh)?;
+                self.events.push(EvKind::ComputeEnd, il);
+                lt.compute_s = self.events.now() - c0;
+                stats.compute_s += lt.compute_s;
+                stats.layers.push(lt);
+                continue;
+            }
             let mut slot = None;
             if streamed {
                 let ring = self.ring.as_ref().context("no ring")?;
@@ -909,14 +1106,7 @@ impl Streamer {
                 }
                 slot = Some(f.slot);
             }
-            let n_out_l =
-                (il + 1 == n_layer && (n_out as i64) < t && n_out > 0).then_some(n_out as i64);
             self.p.gctx.reset();
-            let sh = Shape {
-                n_tokens: t,
-                n_past: self.n_past as i64,
-                n_out: n_out_l,
-            };
             // SAFETY: the graph context was reset; the layer's weights have memory (resident
             // buffer or the slot just filled); shapes fit the state (checked in `eval`).
             let gf = unsafe {
@@ -936,6 +1126,9 @@ impl Streamer {
             stats.wait_s += lt.wait_s;
             stats.compute_s += lt.compute_s;
             stats.layers.push(lt);
+        }
+        if x_on_host {
+            self.move_x(t, false)?;
         }
         if n_out > 0 {
             self.p.gctx.reset();
@@ -987,6 +1180,7 @@ impl Drop for Streamer {
     fn drop(&mut self) {
         // The reader writes into the slots: stop it first.
         self.ring = None;
+        self.host = None;
         // SAFETY: the allocator and buffers were created by this executor and are freed once,
         // after the reader stopped and before the backend (dropped with `p` afterwards).
         unsafe {

@@ -24,12 +24,75 @@ pub struct Sizes {
     pub scratch: u64,
 }
 
+/// Which streamed layers compute on the CPU from the memory-mapped file instead of crossing
+/// into the device (`--host-layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostLayers {
+    /// Every layer computes on the device.
+    #[default]
+    Off,
+    /// The last N streamed layers.
+    N(usize),
+    /// As many as the measured fill, device and host times say pays (see [`host_split`]).
+    Auto,
+}
+
+impl std::str::FromStr for HostLayers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(HostLayers::Auto),
+            "off" | "0" => Ok(HostLayers::Off),
+            n => n
+                .parse()
+                .map(HostLayers::N)
+                .map_err(|_| format!("'{s}' is not a number of layers, 'auto' or 'off'")),
+        }
+    }
+}
+
+/// What `--host-layers auto` measured on one streamed layer for a one-token step, and chose.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostCalibration {
+    /// Seconds to bring the layer into a ring slot (read + upload, the path streaming uses).
+    pub fill_s: f64,
+    /// Seconds to compute it on the device.
+    pub device_s: f64,
+    /// Seconds to compute it on the CPU from the memory map.
+    pub host_s: f64,
+    /// Streamed layers moved to the host.
+    pub chosen: usize,
+}
+
+/// How many of `s` streamed layers to compute on the host, from one layer's fill, device and
+/// host compute times (one-token steps). The reader keeps filling slots while either side
+/// computes, so with k host layers a step takes about
+/// max((s-k) fill, (s-k) device + k host): the first term falls and the second rises with k.
+/// The best k balances them; none when filling is not the bottleneck (fill <= device).
+pub fn host_split(s: usize, fill_s: f64, device_s: f64, host_s: f64) -> usize {
+    if s == 0 || fill_s <= device_s || host_s <= 0.0 {
+        return 0;
+    }
+    let cost = |k: usize| {
+        let m = (s - k) as f64;
+        (m * fill_s).max(m * device_s + k as f64 * host_s)
+    };
+    (0..=s)
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub budget: u64,
     pub n_slots: usize,
     pub resident: Vec<usize>,
     pub streamed: Vec<usize>,
+    /// Layers computed on the CPU from the memory map (taken from the end of the streamed
+    /// ones; not in device memory; their KV cache is in host memory).
+    pub host: Vec<usize>,
+    /// `--host-layers auto`'s measurements, once loaded.
+    pub calibration: Option<HostCalibration>,
     pub slot_bytes: u64,
     pub sizes: Sizes,
     /// Weight bytes crossing into the ring per step (every streamed layer once).
@@ -72,6 +135,15 @@ impl Plan {
             .map(|b| self.streamed_bytes_per_token as f64 / b)
     }
 
+    /// Moves the last `k` streamed layers to the host (at most all of them).
+    pub fn move_to_host(&mut self, k: usize) {
+        let k = k.min(self.streamed.len());
+        let moved = self.streamed.split_off(self.streamed.len() - k);
+        self.host.extend(moved);
+        self.host.sort_unstable();
+        self.streamed_bytes_per_token = self.streamed.iter().map(|&l| self.sizes.layers[l]).sum();
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "budget": self.budget,
@@ -80,6 +152,10 @@ impl Plan {
             "slot_bytes": self.slot_bytes,
             "resident_layers": self.resident,
             "streamed_layers": self.streamed,
+            "host_layers": self.host,
+            "host_calibration": self.calibration.map(|c| json!({
+                "fill_s": c.fill_s, "device_s": c.device_s, "host_s": c.host_s, "chosen": c.chosen,
+            })),
             "output_bytes": self.sizes.output,
             "kv_bytes": self.sizes.kv,
             "state_bytes": self.sizes.state,
@@ -168,6 +244,24 @@ impl fmt::Display for Plan {
                 )?;
             }
         }
+        if !self.host.is_empty() {
+            write!(
+                f,
+                "\n  host layers ({}): {} computed on the CPU from the memory map",
+                self.host.len(),
+                ranges(&self.host)
+            )?;
+        }
+        if let Some(c) = self.calibration {
+            write!(
+                f,
+                "\n  --host-layers auto: one layer fills a slot in {:.2} ms, computes in {:.2} ms on the device, {:.2} ms on the CPU -> {} to the CPU",
+                c.fill_s * 1e3,
+                c.device_s * 1e3,
+                c.host_s * 1e3,
+                c.chosen
+            )?;
+        }
         Ok(())
     }
 }
@@ -184,6 +278,8 @@ pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
             n_slots,
             resident,
             streamed,
+            host: Vec::new(),
+            calibration: None,
             slot_bytes,
             sizes: sizes.clone(),
             streamed_bytes_per_token: per_token,
@@ -276,6 +372,29 @@ mod tests {
         let p = plan(300, 2, sizes(6)).unwrap();
         assert!(p.resident.is_empty());
         assert_eq!(p.device_bytes(), 300);
+    }
+
+    #[test]
+    fn host_split_balances_fill_against_compute() {
+        // Filling is not the bottleneck: nothing moves.
+        assert_eq!(host_split(10, 1.0, 2.0, 3.0), 0);
+        assert_eq!(host_split(0, 5.0, 1.0, 1.0), 0);
+        // fill 4, device 1, host 2: (10-k)*4 = (10-k)*1 + 2k  ->  k = 6 (16 = 16).
+        assert_eq!(host_split(10, 4.0, 1.0, 2.0), 6);
+        // A host faster than the device takes every layer.
+        assert_eq!(host_split(8, 4.0, 1.0, 0.5), 8);
+    }
+
+    #[test]
+    fn move_to_host_takes_the_last_streamed_layers() {
+        let mut p = plan(500, 2, sizes(6)).unwrap();
+        p.move_to_host(3);
+        assert_eq!(p.streamed, vec![2]);
+        assert_eq!(p.host, vec![3, 4, 5]);
+        assert_eq!(p.streamed_bytes_per_token, 100);
+        p.move_to_host(9);
+        assert!(p.streamed.is_empty());
+        assert_eq!(p.host, vec![2, 3, 4, 5]);
     }
 
     #[test]

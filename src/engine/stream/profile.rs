@@ -66,6 +66,8 @@ impl Default for Events {
 pub struct LayerTime {
     pub layer: usize,
     pub streamed: bool,
+    /// Computed on the CPU from the memory map (`--host-layers`).
+    pub host: bool,
     /// Seconds the executor waited for the layer's bytes.
     pub wait_s: f64,
     pub compute_s: f64,
@@ -116,7 +118,7 @@ impl StepStats {
             "total_s": self.total_s,
             "peak_rss": self.peak_rss,
             "layers": self.layers.iter().map(|l| json!({
-                "layer": l.layer, "streamed": l.streamed, "wait_s": l.wait_s, "compute_s": l.compute_s
+                "layer": l.layer, "streamed": l.streamed, "host": l.host, "wait_s": l.wait_s, "compute_s": l.compute_s
             })).collect::<Vec<_>>(),
         })
     }
@@ -139,7 +141,13 @@ impl StepStats {
             s.push_str(&format!(
                 "  layer {:>3} {:<8} wait {:8.3} ms  compute {:8.3} ms\n",
                 l.layer,
-                if l.streamed { "streamed" } else { "resident" },
+                if l.host {
+                    "host"
+                } else if l.streamed {
+                    "streamed"
+                } else {
+                    "resident"
+                },
                 l.wait_s * 1e3,
                 l.compute_s * 1e3
             ));

@@ -201,7 +201,8 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
-    fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
+    /// Puts `lc` into `slot` (the caller owns the slot).
+    pub fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
         match self {
             Sink::Host(slots) => {
                 let sa = slots[slot];
@@ -225,6 +226,13 @@ impl Sink {
             }
             Sink::Staged(s) => s.fill(source, slot, &lc.pieces),
             Sink::Skip => Ok(()),
+        }
+    }
+
+    /// Waits until every queued upload has landed.
+    pub fn finish(&mut self) {
+        if let Sink::Staged(s) = self {
+            s.finish();
         }
     }
 }

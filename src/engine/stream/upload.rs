@@ -184,6 +184,12 @@ impl Staged {
         c.pending = false;
     }
 
+    /// Blocks until every queued upload finished.
+    pub fn finish(&mut self) {
+        // SAFETY: a live backend owned by `self`.
+        unsafe { sys::ggml_backend_synchronize(self.upload) };
+    }
+
     /// Reads `pieces` from `source` and queues their upload into `slot`; records the slot's
     /// ready event after the last one. The caller owns the slot (no compute reads it).
     pub fn fill(&mut self, source: &mut Source, slot: usize, pieces: &[Piece]) -> Result<()> {
