@@ -1,15 +1,19 @@
 //! Gemma-3-27B-shaped Q4_0 (random blocks, ~15 GB, under target/bench-data, never committed)
 //! streamed under a 6 GiB budget on the CPU backend: plan, 128-token prompt, a few decode
 //! tokens, the copy floor (the same streamed bytes through the same ring with no compute, same
-//! run), and llama.cpp CPU-only on the same file through the bindings.
+//! run), the compute floor (the same plan with the reader handing slots over unread, same
+//! run), `--host-layers auto` and every streamed layer on the host (weights in place from the
+//! memory map), and llama.cpp CPU-only on the same file through the bindings.
 //!
 //! `cargo bench --bench stream_27b` (env: `JQ_BENCH_DECODE` tokens, default 3;
-//! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_NO_LLAMA=1` skips the anchor;
-//! `JQ_BENCH_DIRECT=1` reads with O_DIRECT).
+//! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_THREADS` compute threads, default cores - 1 as
+//! `jq-run`; `JQ_BENCH_NO_LLAMA=1` skips the anchor; `JQ_BENCH_NO_EXTRA=1` skips the compute
+//! floor and host-layer runs; `JQ_BENCH_DIRECT=1` reads with O_DIRECT; `JQ_BENCH_NO_REPACK=1`
+//! keeps the weights in the file's layout instead of ggml's CPU_REPACK one).
 
 use jq::engine::llama::Llama;
 use jq::engine::plan::{fmt_size, parse_size};
-use jq::engine::stream::{StreamOptions, Streamer};
+use jq::engine::stream::{HostLayers, StreamOptions, Streamer};
 use jq::synth::Gemma3Dims;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,9 +37,9 @@ fn main() -> anyhow::Result<()> {
     let budget =
         parse_size(&env("JQ_BENCH_BUDGET").unwrap_or("6GiB".into())).map_err(anyhow::Error::msg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Compute threads of the streamed run (default: all cores; the reader thread comes on top).
-    let st_threads: usize =
-        env("JQ_BENCH_THREADS").map_or(threads, |v| v.parse().unwrap_or(threads));
+    // Compute threads of the streamed runs (default as jq-run: one core left to the reader).
+    let dflt = threads.saturating_sub(1).max(1);
+    let st_threads: usize = env("JQ_BENCH_THREADS").map_or(dflt, |v| v.parse().unwrap_or(dflt));
     let n_prompt = 128usize;
     let prompt: Vec<u32> = (0..n_prompt as u32)
         .map(|i| 2 + (i * 2654435761u32) % 262_000)
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         n_ctx: 256,
         n_ubatch: 128,
         threads: st_threads,
+        repack: env("JQ_BENCH_NO_REPACK").is_none(),
         ..StreamOptions::default()
     };
     let t = Instant::now();
@@ -97,7 +102,8 @@ fn main() -> anyhow::Result<()> {
         (fb / 2) as f64 / floor / 1e9
     );
     let mut rows = vec![format!(
-        "| jq --stream-layers (6 GiB budget, 2 slots, {st_threads} compute thread(s)) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        "| jq --stream-layers (6 GiB budget, 2 slots, {st_threads} compute thread(s), {}) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        if opts.repack { "CPU_REPACK layout" } else { "file layout" },
         dec_mean,
         1.0 / dec_mean,
         dec_mean / floor,
@@ -108,6 +114,72 @@ fn main() -> anyhow::Result<()> {
         "| copy floor (same ring, no compute) | {floor:.2} | {:.2} | 1.00x | - | - |",
         1.0 / floor
     ));
+    if env("JQ_BENCH_NO_EXTRA").is_none() {
+        // Decode only (a one-token prompt first), same options otherwise.
+        let decode_only = |o: &StreamOptions| -> anyhow::Result<(f64, String, u64)> {
+            let mut s = Streamer::open(&path, o)?;
+            s.eval(&[2], false)?;
+            let mut d = Vec::new();
+            for k in 0..n_decode {
+                let t = Instant::now();
+                s.eval(&[(k as u32) + 300], false)?;
+                d.push(t.elapsed().as_secs_f64());
+            }
+            let plan = s.plan();
+            let note = format!(
+                "{} streamed, {} host{}",
+                plan.streamed.len(),
+                plan.host.len(),
+                plan.calibration.map_or(String::new(), |c| format!(
+                    " (auto: fill {:.1} ms, device {:.1} ms, host {:.1} ms per layer)",
+                    c.fill_s * 1e3,
+                    c.device_s * 1e3,
+                    c.host_s * 1e3
+                ))
+            );
+            Ok((
+                d.iter().sum::<f64>() / d.len().max(1) as f64,
+                note,
+                s.device_bytes(),
+            ))
+        };
+        let (cf, _, _) = decode_only(&StreamOptions {
+            skip_reads: true,
+            ..opts.clone()
+        })?;
+        println!("compute floor (reader hands slots over unread): {cf:.2} s/token");
+        rows.insert(
+            1,
+            format!(
+                "| jq, same plan, {:.2}x max(copy, compute floor) | | | | | |",
+                dec_mean / cf.max(floor)
+            ),
+        );
+        rows.push(format!(
+            "| compute floor (same plan, slots handed over unread) | {cf:.2} | {:.2} | {:.2}x | - | - |",
+            1.0 / cf,
+            cf / floor
+        ));
+        for (label, hl) in [
+            ("--host-layers auto", HostLayers::Auto),
+            (
+                "--host-layers all streamed (weights in place)",
+                HostLayers::N(usize::MAX),
+            ),
+        ] {
+            let (d, note, dev) = decode_only(&StreamOptions {
+                host_layers: hl,
+                ..opts.clone()
+            })?;
+            println!("{label}: {d:.2} s/token; {note}");
+            rows.push(format!(
+                "| jq {label}: {note} | {d:.2} | {:.2} | {:.2}x | - | {} |",
+                1.0 / d,
+                d / floor,
+                fmt_size(dev)
+            ));
+        }
+    }
     if env("JQ_BENCH_NO_LLAMA").is_none() {
         let t = Instant::now();
         let llama = Llama::load(&path)?;

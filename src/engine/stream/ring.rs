@@ -8,9 +8,11 @@
 //! runs ahead by up to N layers, across token boundaries: it cycles through the streamed layers
 //! for as long as the ring lives.
 
+use super::graph::Ctx;
 use super::profile::{EvKind, Events};
 use super::upload::Staged;
 use anyhow::{bail, Context, Result};
+use llama_cpp_sys_2 as sys;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -104,6 +106,14 @@ impl Source {
         })
     }
 
+    /// `p`'s bytes in place, when the source is the memory map.
+    pub fn mapped(&self, p: Piece) -> Option<&[u8]> {
+        match self {
+            Source::Mmap(f) => f.bytes().get(p.src as usize..(p.src + p.len) as usize),
+            Source::Direct { .. } => None,
+        }
+    }
+
     /// Copies `p` into `dst` (which is `p.len` bytes).
     pub fn read(&mut self, p: Piece, dst: &mut [u8]) -> Result<()> {
         match self {
@@ -141,6 +151,88 @@ impl Source {
                         .copy_from_slice(&buf[skip as usize..(skip + useful) as usize]);
                     done += useful;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `src` into tensor `t` of `buf`: through the buffer's `set_tensor` (which repacks in
+/// a CPU_REPACK buffer, uploads on a GPU), except for a tensor in a CPU_REPACK buffer that ggml
+/// does not repack (no traits in `extra`: norms, shapes its kernels do not take), whose bytes
+/// are copied as they are (that buffer's `set_tensor` only knows repacking).
+///
+/// # Safety
+/// `t` is a live tensor placed in the live buffer `buf` with `src.len()` == its size.
+pub(crate) unsafe fn set_tensor(
+    buf: sys::ggml_backend_buffer_t,
+    t: *mut sys::ggml_tensor,
+    src: &[u8],
+) {
+    // SAFETY: the caller's contract; a CPU_REPACK buffer is host memory.
+    unsafe {
+        let name = std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(
+            sys::ggml_backend_buffer_get_type(buf),
+        ));
+        if (*t).extra.is_null() && name.to_bytes() == b"CPU_REPACK" {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), (*t).data.cast::<u8>(), src.len());
+        } else {
+            sys::ggml_backend_tensor_set(t, src.as_ptr().cast(), 0, src.len());
+        }
+    }
+}
+
+/// Per slot, tensor descriptors laid out as every streamed layer is (one per piece, in piece
+/// order), placed in the slot's CPU_REPACK buffer.
+pub(crate) struct RepackSlots {
+    pub _ctx: Ctx,
+    /// Per slot: its buffer and the descriptors.
+    pub slots: Vec<(sys::ggml_backend_buffer_t, Vec<*mut sys::ggml_tensor>)>,
+    /// For `O_DIRECT` sources: room for the largest tensor (repacking takes a whole tensor).
+    pub staging: Option<AlignedBuf>,
+}
+
+impl std::fmt::Debug for RepackSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepackSlots")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+// SAFETY: the descriptors and buffers are only touched by the reader thread while it owns the
+// slot (channel hand-over), and they outlive it (the ring is joined before they are freed).
+unsafe impl Send for RepackSlots {}
+
+impl RepackSlots {
+    fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
+        let (buf, ts) = &self.slots[slot];
+        if ts.len() != lc.pieces.len() {
+            bail!("layer {} is laid out unlike its slot", lc.layer);
+        }
+        // SAFETY: `buf` is a live slot buffer.
+        let base = unsafe { sys::ggml_backend_buffer_get_base(*buf) } as u64;
+        for (&t, p) in ts.iter().zip(&lc.pieces) {
+            // SAFETY: `t` is a live descriptor placed in `buf`.
+            let (at, n) = unsafe { ((*t).data as u64, sys::ggml_nbytes(t) as u64) };
+            if at != base + p.dst || n != p.len {
+                bail!("layer {} is laid out unlike its slot", lc.layer);
+            }
+            if let Some(src) = source.mapped(*p) {
+                // SAFETY: `t` is placed in `buf`, `src` is its size (checked above).
+                unsafe { set_tensor(*buf, t, src) };
+            } else {
+                let st = self
+                    .staging
+                    .as_mut()
+                    .context("no staging buffer for direct reads")?;
+                let dst = st
+                    .as_mut()
+                    .get_mut(..p.len as usize)
+                    .context("a tensor is larger than the staging buffer")?;
+                source.read(*p, dst)?;
+                // SAFETY: as above.
+                unsafe { set_tensor(*buf, t, dst) };
             }
         }
         Ok(())
@@ -195,9 +287,14 @@ pub(crate) enum Sink {
     Host(Vec<SlotAddr>),
     /// Slots behind a staged, asynchronous upload (see `upload.rs`).
     Staged(Staged),
-    /// Benchmark hook: hand slots over without reading anything (their previous contents
-    /// stay), so a run measures the compute of the same plan with no copy.
-    Skip,
+    /// Slots whose buffer type transforms on write (CPU_REPACK): every tensor goes through
+    /// the buffer's own `set_tensor` (which repacks it), whole, from the memory map or from a
+    /// staging buffer of the largest tensor.
+    Repack(RepackSlots),
+    /// Benchmark hook: each slot is filled once through the inner sink (so the compute reads
+    /// real, distinct memory: an untouched slot would read the kernel's shared zero page from
+    /// cache), then handed over without reading: the compute of the same plan with no copy.
+    Skip { inner: Box<Sink>, filled: Vec<bool> },
 }
 
 impl Sink {
@@ -225,14 +322,25 @@ impl Sink {
                 Ok(())
             }
             Sink::Staged(s) => s.fill(source, slot, &lc.pieces),
-            Sink::Skip => Ok(()),
+            Sink::Repack(r) => r.fill(source, slot, lc),
+            Sink::Skip { inner, filled } => {
+                if filled[slot] {
+                    return Ok(());
+                }
+                filled[slot] = true;
+                inner.fill(source, slot, lc)?;
+                inner.finish();
+                Ok(())
+            }
         }
     }
 
     /// Waits until every queued upload has landed.
     pub fn finish(&mut self) {
-        if let Sink::Staged(s) = self {
-            s.finish();
+        match self {
+            Sink::Staged(s) => s.finish(),
+            Sink::Skip { inner, .. } => inner.finish(),
+            Sink::Host(_) | Sink::Repack(_) => {}
         }
     }
 }
@@ -269,7 +377,7 @@ impl Ring {
                         std::thread::sleep(delay);
                     }
                     events.push(EvKind::ReadEnd, lc.layer);
-                    let bytes = if matches!(sink, Sink::Skip) {
+                    let bytes = if matches!(sink, Sink::Skip { .. }) {
                         0
                     } else {
                         lc.bytes()
