@@ -346,13 +346,13 @@ fn direct_io_and_staged_uploads_match_the_mmap_path() {
     let base = opts(Some(budget), 2);
     // Repacked slots: memory map vs O_DIRECT.
     let (want, how) = run_streamed(&path, &base);
-    assert_eq!(how, "repacked into CPU_REPACK slots by the reader");
+    assert!(how.starts_with("repacked into"), "{how}");
     let o = StreamOptions {
         direct_io: true,
         ..base.clone()
     };
     let (got, how) = run_streamed(&path, &o);
-    assert_eq!(how, "repacked into CPU_REPACK slots by the reader");
+    assert!(how.starts_with("repacked into"), "{how}");
     assert_eq!(bit_differences(&got, &want), 0, "repacked, O_DIRECT");
     // File layout.
     let plain = StreamOptions {

@@ -29,6 +29,7 @@ mod ring;
 mod upload;
 
 use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
 pub use cli::{run, RunArgs};
 use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
@@ -65,9 +66,10 @@ pub struct StreamOptions {
     pub compute_delay: Duration,
     /// Run on the CPU backend even when a GPU is present (`jq-run -g 0`).
     pub cpu: bool,
-    /// CPU device: keep the layers' matmul weights in ggml's CPU_REPACK layout (interleaved
-    /// blocks for its faster kernels, as llama.cpp's CPU backend does by default); streamed
-    /// layers are repacked by the reader as it fills a slot.
+    /// CPU device: keep the layers' weights in the first of ggml's extra CPU buffer types
+    /// that runs them (AMX, else CPU_REPACK: packed layouts for faster kernels, as llama.cpp's
+    /// CPU backend does by default); streamed layers are repacked by the reader as it fills a
+    /// slot.
     pub repack: bool,
     /// Streamed layers to compute on the CPU from the memory map instead (`--host-layers`).
     pub host_layers: HostLayers,
@@ -137,29 +139,33 @@ struct Backend {
     align: u64,
     gpu: bool,
     name: String,
-    /// The CPU device's CPU_REPACK buffer type, when ggml has one (null otherwise).
-    repack: sys::ggml_backend_buffer_type_t,
+    /// The CPU device's extra buffer types, in ggml's order (empty on a GPU).
+    extra: Vec<(String, sys::ggml_backend_buffer_type_t)>,
 }
 
-/// The CPU device's `CPU_REPACK` extra buffer type, found through the registry's
-/// `ggml_backend_dev_get_extra_bufts` (null when there is none).
+/// The CPU device's extra buffer types in ggml's order of preference (AMX, KleidiAI,
+/// CPU_REPACK: whichever this build and CPU have), through the registry's
+/// `ggml_backend_dev_get_extra_bufts`.
 ///
 /// # Safety
 /// `dev` is a registered device.
-unsafe fn cpu_repack_buft(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_buffer_type_t {
+unsafe fn cpu_extra_bufts(
+    dev: sys::ggml_backend_dev_t,
+) -> Vec<(String, sys::ggml_backend_buffer_type_t)> {
+    let mut v = Vec::new();
     // SAFETY: the caller's contract; the registry returns a function of the documented type
     // (ggml-backend.h: ggml_backend_dev_get_extra_bufts_t) and a null-terminated array.
     unsafe {
         let reg = sys::ggml_backend_dev_backend_reg(dev);
         if reg.is_null() {
-            return std::ptr::null_mut();
+            return v;
         }
         let f = sys::ggml_backend_reg_get_proc_address(
             reg,
             c"ggml_backend_dev_get_extra_bufts".as_ptr(),
         );
         if f.is_null() {
-            return std::ptr::null_mut();
+            return v;
         }
         let f: unsafe extern "C" fn(
             sys::ggml_backend_dev_t,
@@ -167,13 +173,30 @@ unsafe fn cpu_repack_buft(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_buf
         let mut p = f(dev);
         while !p.is_null() && !(*p).is_null() {
             let name = std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(*p));
-            if name.to_bytes() == b"CPU_REPACK" {
-                return *p;
-            }
+            v.push((name.to_string_lossy().into_owned(), *p));
             p = p.add(1);
         }
-        std::ptr::null_mut()
     }
+    v
+}
+
+/// Whether ggml's AMX buffer type runs every matrix of `layers` (its `supports_op` for
+/// MUL_MAT: a quantized type it packs with rows a multiple of its block, output rows a
+/// multiple of 32); without a scheduler nothing else would check.
+fn amx_takes(layers: &[[WTensor; 13]]) -> bool {
+    layers.iter().flatten().all(|t| {
+        // SAFETY: live descriptors.
+        let (ty, ne) = unsafe { ((*t.t).type_, (*t.t).ne) };
+        if ne[1] == 1 {
+            return true; // a vector (norm): copied as is
+        }
+        let k = match GgmlType::from_id(ty as u32) {
+            Some(GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) => 32,
+            Some(GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::IQ4_XS) => 256,
+            _ => return false,
+        };
+        ne[0] % k == 0 && ne[1] % 32 == 0
+    })
 }
 
 impl Backend {
@@ -208,10 +231,10 @@ impl Backend {
             sys::ggml_backend_synchronize(ptr);
             let buft = sys::ggml_backend_get_default_buffer_type(ptr);
             let align = sys::ggml_backend_buft_get_alignment(buft) as u64;
-            let repack = if gpu {
-                std::ptr::null_mut()
+            let extra = if gpu {
+                Vec::new()
             } else {
-                cpu_repack_buft(dev)
+                cpu_extra_bufts(dev)
             };
             Ok(Backend {
                 ptr,
@@ -220,7 +243,7 @@ impl Backend {
                 align: align.max(64),
                 gpu,
                 name,
-                repack,
+                extra,
             })
         }
     }
@@ -234,8 +257,12 @@ impl Backend {
     }
 
     fn alloc_size(&self, t: &WTensor) -> u64 {
-        // SAFETY: `buft` is the live backend's buffer type, `t.t` a live descriptor.
-        let n = unsafe { sys::ggml_backend_buft_get_alloc_size(self.buft, t.t) } as u64;
+        self.alloc_size_in(self.buft, t)
+    }
+
+    fn alloc_size_in(&self, buft: sys::ggml_backend_buffer_type_t, t: &WTensor) -> u64 {
+        // SAFETY: `buft` is a live buffer type of this device, `t.t` a live descriptor.
+        let n = unsafe { sys::ggml_backend_buft_get_alloc_size(buft, t.t) } as u64;
         align_up(n, self.align)
     }
 }
@@ -289,6 +316,10 @@ struct Prepared {
     plan: Plan,
     /// Per layer: the slot/buffer offset of each of its 13 tensors.
     layer_offsets: Vec<[u64; 13]>,
+    /// Where layer weights live: an extra buffer type of the CPU (its name) or the device's
+    /// own (empty name).
+    layer_buft: sys::ggml_backend_buffer_type_t,
+    layer_buft_name: String,
     n_ctx: i64,
     n_ub: i64,
 }
@@ -324,6 +355,19 @@ impl Prepared {
         if galloc.is_null() {
             bail!("ggml_gallocr_new failed");
         }
+        // Layer weights: the first extra buffer type (ggml's order) that runs them all, as
+        // llama.cpp's CPU backend picks per weight; else the device's own.
+        let (layer_buft_name, layer_buft) = backend
+            .extra
+            .iter()
+            .find(|(name, _)| match name.as_str() {
+                "AMX" => amx_takes(&w.layers),
+                "CPU_REPACK" => true,
+                _ => false,
+            })
+            .filter(|_| o.repack)
+            .cloned()
+            .unwrap_or_else(|| (String::new(), backend.buft));
         let mut layer_offsets = Vec::with_capacity(hp.n_layer);
         let mut layer_bytes = Vec::with_capacity(hp.n_layer);
         for lw in &w.layers {
@@ -331,7 +375,7 @@ impl Prepared {
             let mut acc = 0;
             for (i, t) in lw.iter().enumerate() {
                 off[i] = acc;
-                acc += backend.alloc_size(t);
+                acc += backend.alloc_size_in(layer_buft, t);
             }
             layer_offsets.push(off);
             layer_bytes.push(acc);
@@ -377,6 +421,8 @@ impl Prepared {
                 read_bw: None,
             },
             layer_offsets,
+            layer_buft,
+            layer_buft_name,
             n_ctx,
             n_ub,
         };
@@ -552,8 +598,6 @@ pub struct Streamer {
     driver_free0: Option<u64>,
     driver_peak: u64,
     upload_path: &'static str,
-    /// Layer weights in the CPU_REPACK layout (`StreamOptions::repack` on the CPU device).
-    repack: bool,
     /// `--host-layers`: the CPU side, when any layer computes there.
     host: Option<host::HostSide>,
     /// Activation rows in transit between the device and the host state.
@@ -593,7 +637,6 @@ impl Streamer {
             driver_free0: None,
             driver_peak: 0,
             upload_path: "none",
-            repack: o.repack,
             host: None,
             xbuf: Vec::new(),
         };
@@ -608,13 +651,9 @@ impl Streamer {
         self.alloc_buffer_of(self.p.backend.buft, size, what)
     }
 
-    /// The buffer type for layer weights: CPU_REPACK when enabled and available.
+    /// The buffer type for layer weights (see `Prepared::layer_buft`).
     fn layer_buft(&self) -> sys::ggml_backend_buffer_type_t {
-        if self.repack && !self.p.backend.repack.is_null() {
-            self.p.backend.repack
-        } else {
-            self.p.backend.buft
-        }
+        self.p.layer_buft
     }
 
     fn alloc_buffer_of(
@@ -795,7 +834,11 @@ impl Streamer {
             .all(|&b| unsafe { sys::ggml_backend_buffer_is_host(b) });
         let repack_slots = self.repack_slots(o)?;
         let mut sink = if let Some(r) = repack_slots {
-            self.upload_path = "repacked into CPU_REPACK slots by the reader";
+            self.upload_path = match self.p.layer_buft_name.as_str() {
+                "AMX" => "repacked into AMX slots by the reader",
+                "CPU_REPACK" => "repacked into CPU_REPACK slots by the reader",
+                _ => "repacked by the reader",
+            };
             Sink::Repack(r)
         } else if host_visible && !o.staged {
             self.upload_path = "direct into host-visible slots";
