@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         fmt_size(s.device_bytes())
     );
     let per_token = s.plan().streamed_bytes_per_token;
+    let upload_path = s.upload_path().to_string();
     // Warm the page cache state the steps will see: one copy-floor cycle first.
     let (_, warm_s) = s.copy_floor(1)?;
     println!("warm-up copy cycle: {warm_s:.2} s");
@@ -103,7 +104,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut rows = vec![format!(
         "| jq --stream-layers (6 GiB budget, 2 slots, {st_threads} compute thread(s), {}) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
-        if opts.repack { "CPU_REPACK layout" } else { "file layout" },
+        upload_path,
         dec_mean,
         1.0 / dec_mean,
         dec_mean / floor,

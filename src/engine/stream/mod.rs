@@ -190,7 +190,7 @@ fn amx_takes(layers: &[[WTensor; 13]]) -> bool {
         if ne[1] == 1 {
             return true; // a vector (norm): copied as is
         }
-        let k = match GgmlType::from_id(ty as u32) {
+        let k = match GgmlType::from_id(ty) {
             Some(GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) => 32,
             Some(GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::IQ4_XS) => 256,
             _ => return false,

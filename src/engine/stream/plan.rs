@@ -4,7 +4,7 @@
 //! Fixed on the device: the output head (`token_embd`, tied, plus `output_norm`; it also feeds
 //! the embedding lookup), the KV cache of every layer, the state (activations, inputs, masks)
 //! and the compute buffer (measured by ggml's allocator on the worst-case graphs). The ring is
-//! `n_slots` buffers of the largest streamed layer. Layers are kept resident front to back
+//! `n_slots` buffers of the largest streamed layer. Resident layers are spread evenly
 //! while they fit beside the ring; if every layer fits, nothing streams and there is no ring.
 
 use crate::engine::plan::fmt_size;
@@ -266,6 +266,17 @@ impl fmt::Display for Plan {
     }
 }
 
+/// `r` of `n` layer indices spread evenly (`floor(i n / r)`, layer 0 first). Resident layers
+/// between streamed ones keep the reader busy: while a resident layer computes, the ring has
+/// a free slot to fill. Kept as one prefix, the reader would stall once the ring is full for
+/// the whole resident stretch (measured on the 27B shape: docs/BENCHMARKS.md).
+pub fn spread(r: usize, n: usize) -> Vec<usize> {
+    if r == 0 {
+        return Vec::new();
+    }
+    (0..r).map(|i| i * n / r).collect()
+}
+
 /// Plans under `budget`, or says what does not fit.
 pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
     let n = sizes.layers.len();
@@ -315,13 +326,16 @@ pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
         return Err("--prefetch must be at least 1 ring slot".into());
     }
     let left = budget - fixed;
-    // Keep layers 0..r resident; the ring holds the largest of the rest.
+    // Keep r layers resident, spread evenly (see `spread`); the ring holds the largest of the
+    // rest.
     let mut r = n;
     loop {
-        let slot = sizes.layers[r.min(n)..].iter().copied().max().unwrap_or(0);
-        let resident: u64 = sizes.layers[..r].iter().sum();
-        if r < n && resident + n_slots as u64 * slot <= left {
-            return Ok(mk((0..r).collect(), (r..n).collect(), slot));
+        let resident = spread(r, n);
+        let streamed: Vec<usize> = (0..n).filter(|l| !resident.contains(l)).collect();
+        let slot = streamed.iter().map(|&l| sizes.layers[l]).max().unwrap_or(0);
+        let res_bytes: u64 = resident.iter().map(|&l| sizes.layers[l]).sum();
+        if r < n && res_bytes + n_slots as u64 * slot <= left {
+            return Ok(mk(resident, streamed, slot));
         }
         if r == 0 {
             let slot = sizes.layers.iter().copied().max().unwrap_or(0);
@@ -365,8 +379,8 @@ mod tests {
     #[test]
     fn streams_the_rest_through_the_ring() {
         let p = plan(500, 2, sizes(6)).unwrap();
-        assert_eq!(p.resident, vec![0, 1]);
-        assert_eq!(p.streamed, vec![2, 3, 4, 5]);
+        assert_eq!(p.resident, vec![0, 3]);
+        assert_eq!(p.streamed, vec![1, 2, 4, 5]);
         assert_eq!(p.streamed_bytes_per_token, 400);
         assert_eq!(p.device_bytes(), 500);
         let p = plan(300, 2, sizes(6)).unwrap();
@@ -389,12 +403,26 @@ mod tests {
     fn move_to_host_takes_the_last_streamed_layers() {
         let mut p = plan(500, 2, sizes(6)).unwrap();
         p.move_to_host(3);
-        assert_eq!(p.streamed, vec![2]);
-        assert_eq!(p.host, vec![3, 4, 5]);
+        assert_eq!(p.streamed, vec![1]);
+        assert_eq!(p.host, vec![2, 4, 5]);
         assert_eq!(p.streamed_bytes_per_token, 100);
         p.move_to_host(9);
         assert!(p.streamed.is_empty());
-        assert_eq!(p.host, vec![2, 3, 4, 5]);
+        assert_eq!(p.host, vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn resident_layers_are_spread() {
+        assert_eq!(spread(0, 6), Vec::<usize>::new());
+        assert_eq!(spread(1, 6), vec![0]);
+        assert_eq!(spread(3, 6), vec![0, 2, 4]);
+        assert_eq!(spread(6, 6), (0..6).collect::<Vec<_>>());
+        let s = spread(21, 62);
+        assert_eq!(s.len(), 21);
+        assert!(
+            s.windows(2).all(|w| w[1] - w[0] >= 2 && w[1] - w[0] <= 3),
+            "{s:?}"
+        );
     }
 
     #[test]
