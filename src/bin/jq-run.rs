@@ -628,6 +628,8 @@ fn run_stream(cli: &Cli) -> Result<()> {
             threads: cli
                 .threads
                 .unwrap_or_else(|| cli.threads().saturating_sub(1).max(1)),
+            // Prompt batches are compute-bound and the reader mostly waits: every core.
+            threads_batch: cli.threads(),
             ..StreamOptions::default()
         },
     })

@@ -58,7 +58,12 @@ pub struct StreamOptions {
     pub n_ctx: u32,
     /// Most tokens per graph (prompts are split into batches of this size).
     pub n_ubatch: u32,
+    /// CPU compute threads for one-token steps (decode), where the reader thread needs a core
+    /// of its own.
     pub threads: usize,
+    /// CPU compute threads for batches of more than one token (prompts: compute-bound, the
+    /// ring is mostly full and the reader mostly waits).
+    pub threads_batch: usize,
     /// Test hook: the reader sleeps this long after each layer it reads.
     pub read_delay: Duration,
     /// Test hook: each layer's compute is followed by this much sleep before it ends (and
@@ -92,6 +97,7 @@ impl Default for StreamOptions {
             n_ctx: 512,
             n_ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads_batch: std::thread::available_parallelism().map_or(1, |n| n.get()),
             read_delay: Duration::ZERO,
             compute_delay: Duration::ZERO,
             cpu: false,
@@ -598,6 +604,8 @@ pub struct Streamer {
     driver_free0: Option<u64>,
     driver_peak: u64,
     upload_path: &'static str,
+    /// Compute threads for one-token steps and for batches (CPU backends).
+    threads: (usize, usize),
     /// `--host-layers`: the CPU side, when any layer computes there.
     host: Option<host::HostSide>,
     /// Activation rows in transit between the device and the host state.
@@ -638,6 +646,7 @@ impl Streamer {
             driver_peak: 0,
             upload_path: "none",
             host: None,
+            threads: (o.threads.max(1), o.threads_batch.max(1)),
             xbuf: Vec::new(),
         };
         if s.p.backend.gpu {
@@ -1216,6 +1225,18 @@ impl Streamer {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let t = tokens.len() as i64;
+        let n_threads = if t > 1 {
+            self.threads.1
+        } else {
+            self.threads.0
+        } as i32;
+        let host = self.host.as_ref().map(|h| &h.backend);
+        for b in std::iter::once(&self.p.backend).chain(host) {
+            if !b.gpu {
+                // SAFETY: a live CPU backend.
+                unsafe { sys::ggml_backend_cpu_set_n_threads(b.ptr, n_threads) };
+            }
+        }
         self.set_inputs(tokens, n_out)?;
         self.p.gctx.reset();
         // SAFETY: the graph context was reset; t <= n_ubatch.
