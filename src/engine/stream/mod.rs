@@ -189,8 +189,8 @@ unsafe fn cpu_extra_bufts(
 /// Whether ggml's AMX buffer type runs every matrix of `layers` (its `supports_op` for
 /// MUL_MAT: a quantized type it packs with rows a multiple of its block, output rows a
 /// multiple of 32); without a scheduler nothing else would check.
-fn amx_takes(layers: &[[WTensor; 13]]) -> bool {
-    layers.iter().flatten().all(|t| {
+fn amx_takes<'a>(mut tensors: impl Iterator<Item = &'a WTensor>) -> bool {
+    tensors.all(|t| {
         // SAFETY: live descriptors.
         let (ty, ne) = unsafe { ((*t.t).type_, (*t.t).ne) };
         if ne[1] == 1 {
@@ -262,10 +262,6 @@ impl Backend {
         (free as u64, total as u64)
     }
 
-    fn alloc_size(&self, t: &WTensor) -> u64 {
-        self.alloc_size_in(self.buft, t)
-    }
-
     fn alloc_size_in(&self, buft: sys::ggml_backend_buffer_type_t, t: &WTensor) -> u64 {
         // SAFETY: `buft` is a live buffer type of this device, `t.t` a live descriptor.
         let n = unsafe { sys::ggml_backend_buft_get_alloc_size(buft, t.t) } as u64;
@@ -326,6 +322,9 @@ struct Prepared {
     /// own (empty name).
     layer_buft: sys::ggml_backend_buffer_type_t,
     layer_buft_name: String,
+    /// Where the output head lives; when it is not the device's own buffer type, the
+    /// embedding lookup runs on the host from the memory map.
+    out_buft: sys::ggml_backend_buffer_type_t,
     n_ctx: i64,
     n_ub: i64,
 }
@@ -367,7 +366,7 @@ impl Prepared {
             .extra
             .iter()
             .find(|(name, _)| match name.as_str() {
-                "AMX" => amx_takes(&w.layers),
+                "AMX" => amx_takes(w.layers.iter().flatten()),
                 "CPU_REPACK" => true,
                 _ => false,
             })
@@ -386,7 +385,17 @@ impl Prepared {
             layer_offsets.push(off);
             layer_bytes.push(acc);
         }
-        let output = backend.alloc_size(&w.tok_embd) + backend.alloc_size(&w.output_norm);
+        // The tied output head joins the layers in AMX when AMX runs it too (as llama.cpp's
+        // CPU backend places `output`); the AMX layout cannot serve the embedding lookup, so the
+        // executor then reads token rows from the memory map on the host (ggml's own
+        // dequantization, the same as its get_rows).
+        let out_buft = if layer_buft_name == "AMX" && amx_takes(std::iter::once(&w.tok_embd)) {
+            layer_buft
+        } else {
+            backend.buft
+        };
+        let output = backend.alloc_size_in(out_buft, &w.tok_embd)
+            + backend.alloc_size_in(out_buft, &w.output_norm);
         let kv: u64 =
             st.k.iter()
                 .chain(&st.v)
@@ -429,6 +438,7 @@ impl Prepared {
             layer_offsets,
             layer_buft,
             layer_buft_name,
+            out_buft,
             n_ctx,
             n_ub,
         };
@@ -610,6 +620,8 @@ pub struct Streamer {
     host: Option<host::HostSide>,
     /// Activation rows in transit between the device and the host state.
     xbuf: Vec<u8>,
+    /// Token embeddings looked up on the host (when the output head is packed).
+    embd: Vec<f32>,
 }
 
 impl std::fmt::Debug for Streamer {
@@ -648,16 +660,13 @@ impl Streamer {
             host: None,
             threads: (o.threads.max(1), o.threads_batch.max(1)),
             xbuf: Vec::new(),
+            embd: Vec::new(),
         };
         if s.p.backend.gpu {
             s.driver_free0 = Some(s.p.backend.memory().0);
         }
         s.allocate(o)?;
         Ok(s)
-    }
-
-    fn alloc_buffer(&mut self, size: u64, what: &str) -> Result<sys::ggml_backend_buffer_t> {
-        self.alloc_buffer_of(self.p.backend.buft, size, what)
     }
 
     /// The buffer type for layer weights (see `Prepared::layer_buft`).
@@ -764,9 +773,11 @@ impl Streamer {
         let plan = self.p.plan.clone();
         // Output head (also the embedding table).
         let out = [self.p.w.tok_embd, self.p.w.output_norm];
-        let off = [0, self.p.backend.alloc_size(&out[0])];
-        let b = self.alloc_buffer(plan.sizes.output, "the output head")?;
+        let out_buft = self.p.out_buft;
+        let off = [0, self.p.backend.alloc_size_in(out_buft, &out[0])];
+        let b = self.alloc_buffer_of(out_buft, plan.sizes.output, "the output head")?;
         self.place(b, &out, &off, true)?;
+        self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
         // KV cache and state.
         // SAFETY: the state context and buffer type are live; null is checked.
         let sb = unsafe {
@@ -1057,6 +1068,52 @@ impl Streamer {
         })
     }
 
+    /// x[0..n] = token_embd[tokens] * sqrt(n_embd), the rows read from the memory map and
+    /// turned to f32 by ggml's own `to_float` (what its CPU `get_rows` uses), scaled in f32 as
+    /// `ggml_scale` does.
+    fn embed_on_host(&mut self, tokens: &[u32]) -> Result<()> {
+        let te = self.p.w.tok_embd;
+        let n = self.p.hp.n_embd as usize;
+        // SAFETY: a live descriptor; ggml's type table is static.
+        let (ty, row) = unsafe {
+            let ty = (*te.t).type_;
+            (ty, sys::ggml_row_size(ty, n as i64))
+        };
+        // SAFETY: ggml's static type table.
+        let to_float = unsafe { (*sys::ggml_get_type_traits(ty)).to_float };
+        let bytes = self.p.file.bytes();
+        let scale = (n as f32).sqrt();
+        for (j, &id) in tokens.iter().enumerate() {
+            let at = te.file_off as usize + id as usize * row;
+            let src = bytes
+                .get(at..at + row)
+                .context("token_embd row outside the file")?;
+            let dst = &mut self.embd[j * n..(j + 1) * n];
+            if ty == GgmlType::F32.id() as sys::ggml_type {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            } else {
+                let f = to_float.context("token_embd's type has no ggml to_float")?;
+                // SAFETY: `src` is one row of `n` values of this type, `dst` has `n` floats.
+                unsafe { f(src.as_ptr().cast(), dst.as_mut_ptr(), n as i64) };
+            }
+            for d in dst.iter_mut() {
+                *d *= scale;
+            }
+        }
+        // SAFETY: x is [n_embd, n_ubatch] f32 in the state buffer; tokens.len() <= n_ubatch.
+        unsafe {
+            sys::ggml_backend_tensor_set(
+                self.p.st.x,
+                self.embd.as_ptr().cast(),
+                0,
+                4 * n * tokens.len(),
+            )
+        };
+        Ok(())
+    }
+
     /// Copies the first `rows` activation rows to the host state (`to_host`) or back.
     fn move_x(&mut self, rows: i64, to_host: bool) -> Result<()> {
         let h = self.host.as_ref().context("no host side")?;
@@ -1238,11 +1295,16 @@ impl Streamer {
             }
         }
         self.set_inputs(tokens, n_out)?;
-        self.p.gctx.reset();
-        // SAFETY: the graph context was reset; t <= n_ubatch.
-        let gf =
-            unsafe { graph::build_input(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, t) };
-        self.compute(gf)?;
+        if self.p.out_buft == self.p.backend.buft {
+            self.p.gctx.reset();
+            // SAFETY: the graph context was reset; t <= n_ubatch.
+            let gf = unsafe {
+                graph::build_input(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, t)
+            };
+            self.compute(gf)?;
+        } else {
+            self.embed_on_host(tokens)?;
+        }
         let n_layer = self.p.hp.n_layer;
         let mut x_on_host = false;
         for il in 0..n_layer {
