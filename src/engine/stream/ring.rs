@@ -127,33 +127,30 @@ impl Source {
                 // Aligned chunks covering [src, src+len); each chunk's useful part is copied.
                 let mut done = 0u64;
                 while done < p.len {
-                    let want = p.src + done;
-                    let start = want / DIO_ALIGN * DIO_ALIGN;
-                    let skip = want - start;
-                    let chunk = (STAGING_BYTES as u64)
-                        .min((skip + (p.len - done)).div_ceil(DIO_ALIGN) * DIO_ALIGN);
-                    let buf = &mut staging.as_mut()[..chunk as usize];
-                    let mut got = 0usize;
-                    while got < buf.len() {
-                        let n = file
-                            .read_at(&mut buf[got..], start + got as u64)
-                            .context("direct read")?;
-                        if n == 0 {
-                            break;
-                        }
-                        got += n;
-                    }
-                    let useful = (got as u64).saturating_sub(skip).min(p.len - done);
-                    if useful == 0 {
-                        bail!("direct read: unexpected end of file at offset {want}");
-                    }
+                    let (skip, useful) =
+                        read_aligned(file, staging.as_mut(), p.src + done, p.len - done)?;
                     dst[done as usize..(done + useful) as usize]
-                        .copy_from_slice(&buf[skip as usize..(skip + useful) as usize]);
+                        .copy_from_slice(&staging.as_mut()[skip..skip + useful as usize]);
                     done += useful;
                 }
             }
         }
         Ok(())
+    }
+
+    /// `O_DIRECT` only: reads the aligned blocks covering the start of [src, src+len) straight
+    /// into `buf` (4 KiB-aligned), as many as fit, and returns where the wanted bytes start in
+    /// it and how many arrived; `None` for the memory map.
+    pub fn read_into_aligned(
+        &mut self,
+        src: u64,
+        len: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, u64)>> {
+        match self {
+            Source::Mmap(_) => Ok(None),
+            Source::Direct { file, .. } => read_aligned(file, buf, src, len).map(Some),
+        }
     }
 }
 
@@ -237,6 +234,37 @@ impl RepackSlots {
         }
         Ok(())
     }
+}
+
+/// Direct-I/O alignment, public to the staging code.
+pub(crate) const DIRECT_ALIGN: usize = DIO_ALIGN as usize;
+
+/// Reads with `O_DIRECT` the aligned blocks covering [want, want+len) into `buf` (4 KiB-aligned
+/// memory), as many as fit; returns (offset of `want` in `buf`, useful bytes read).
+fn read_aligned(file: &File, buf: &mut [u8], want: u64, len: u64) -> Result<(usize, u64)> {
+    if (buf.as_ptr() as u64) % DIO_ALIGN != 0 || (buf.len() as u64) < 2 * DIO_ALIGN {
+        bail!("direct read: the staging buffer is not aligned or too small");
+    }
+    let start = want / DIO_ALIGN * DIO_ALIGN;
+    let skip = want - start;
+    let room = buf.len() as u64 / DIO_ALIGN * DIO_ALIGN;
+    let chunk = room.min((skip + len).div_ceil(DIO_ALIGN) * DIO_ALIGN);
+    let buf = &mut buf[..chunk as usize];
+    let mut got = 0usize;
+    while got < buf.len() {
+        let n = file
+            .read_at(&mut buf[got..], start + got as u64)
+            .context("direct read")?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let useful = (got as u64).saturating_sub(skip).min(len);
+    if useful == 0 {
+        bail!("direct read: unexpected end of file at offset {want}");
+    }
+    Ok((skip as usize, useful))
 }
 
 /// `O_DIRECT` from Linux's `fcntl.h` (it differs by architecture; no libc dependency for one

@@ -1,6 +1,7 @@
 //! The staged upload path, for devices whose memory the host cannot write (CUDA): the reader
-//! copies each streamed layer chunk by chunk into staging memory (pinned host memory, the
-//! device's host buffer type, when it has one) and queues each chunk's upload on a backend
+//! brings each streamed layer chunk by chunk into staging memory (pinned host memory, the
+//! device's host buffer type, when it has one: copied from the memory map, or with
+//! `--direct-io` read by `O_DIRECT` straight into the chunk) and queues each chunk's upload on a backend
 //! instance of its own (on CUDA: its own stream), so uploads overlap the compute running on the
 //! executor's backend (another stream). Ordering is by events, not by the host:
 //! - a staging chunk is refilled only after the event recorded behind its upload completed;
@@ -16,7 +17,7 @@
 //! backend (`StreamOptions::staged`) to check offsets and chunking against the direct path.
 
 use super::graph::Ctx;
-use super::ring::{AlignedBuf, Piece, Source};
+use super::ring::{AlignedBuf, Piece, Source, DIRECT_ALIGN};
 use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
 
@@ -97,7 +98,10 @@ impl Staged {
         slots: &[sys::ggml_backend_buffer_t],
         chunk_bytes: usize,
     ) -> Result<Staged> {
+        // Room for `chunk_bytes` of payload plus the alignment slack of an O_DIRECT read
+        // straight into the chunk.
         let chunk_bytes = chunk_bytes.max(1);
+        let alloc = chunk_bytes + 2 * DIRECT_ALIGN;
         let ctx = Ctx::new(slots.len(), 0)?;
         // SAFETY: `dev` is a registered device; every handle is checked for null and owned by
         // the returned struct (freed in Drop, also on the error paths below via Drop).
@@ -135,17 +139,17 @@ impl Staged {
             let host = sys::ggml_backend_dev_host_buffer_type(dev);
             for _ in 0..CHUNKS {
                 let mem = if host.is_null() {
-                    Memory::Plain(AlignedBuf::new(chunk_bytes))
+                    Memory::Plain(AlignedBuf::new(alloc))
                 } else {
-                    let buf = sys::ggml_backend_buft_alloc_buffer(host, chunk_bytes);
+                    let buf = sys::ggml_backend_buft_alloc_buffer(host, alloc);
                     if buf.is_null() {
-                        bail!("could not pin {chunk_bytes} bytes of staging memory");
+                        bail!("could not pin {alloc} bytes of staging memory");
                     }
                     s.pinned = true;
                     Memory::Pinned {
                         buf,
                         base: sys::ggml_backend_buffer_get_base(buf).cast(),
-                        len: chunk_bytes,
+                        len: alloc,
                     }
                 };
                 s.chunks.push(Chunk {
@@ -200,18 +204,33 @@ impl Staged {
             }
             let mut done = 0u64;
             while done < p.len {
-                let n = (self.chunk_bytes as u64).min(p.len - done);
+                let want = (self.chunk_bytes as u64).min(p.len - done);
                 let i = self.next;
                 self.next = (self.next + 1) % self.chunks.len();
                 self.wait_chunk(i);
                 let c = &mut self.chunks[i];
-                let part = Piece {
-                    src: p.src + done,
-                    len: n,
-                    dst: 0,
+                let mem = c.bytes();
+                // O_DIRECT reads land in the (page-aligned) chunk itself; the memory map is
+                // copied in.
+                let aligned = (mem.as_ptr() as usize) % DIRECT_ALIGN == 0;
+                let direct = if aligned {
+                    source.read_into_aligned(p.src + done, want, mem)?
+                } else {
+                    None
                 };
-                let staging = &mut c.bytes()[..n as usize];
-                source.read(part, staging)?;
+                let (skip, n) = match direct {
+                    Some(r) => r,
+                    None => {
+                        let part = Piece {
+                            src: p.src + done,
+                            len: want,
+                            dst: 0,
+                        };
+                        source.read(part, &mut mem[..want as usize])?;
+                        (0, want)
+                    }
+                };
+                let staging = &mem[skip..skip + n as usize];
                 // SAFETY: `target` spans the live slot buffer and the range is inside it
                 // (checked above); the staging bytes stay untouched until the chunk's event
                 // completes (`wait_chunk` before any refill, and in Drop).
