@@ -242,7 +242,7 @@ pub(crate) const DIRECT_ALIGN: usize = DIO_ALIGN as usize;
 /// Reads with `O_DIRECT` the aligned blocks covering [want, want+len) into `buf` (4 KiB-aligned
 /// memory), as many as fit; returns (offset of `want` in `buf`, useful bytes read).
 fn read_aligned(file: &File, buf: &mut [u8], want: u64, len: u64) -> Result<(usize, u64)> {
-    if (buf.as_ptr() as u64) % DIO_ALIGN != 0 || (buf.len() as u64) < 2 * DIO_ALIGN {
+    if !(buf.as_ptr() as u64).is_multiple_of(DIO_ALIGN) || (buf.len() as u64) < 2 * DIO_ALIGN {
         bail!("direct read: the staging buffer is not aligned or too small");
     }
     let start = want / DIO_ALIGN * DIO_ALIGN;

@@ -212,7 +212,7 @@ impl Staged {
                 let mem = c.bytes();
                 // O_DIRECT reads land in the (page-aligned) chunk itself; the memory map is
                 // copied in.
-                let aligned = (mem.as_ptr() as usize) % DIRECT_ALIGN == 0;
+                let aligned = (mem.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
                 let direct = if aligned {
                     source.read_into_aligned(p.src + done, want, mem)?
                 } else {
