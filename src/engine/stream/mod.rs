@@ -434,6 +434,7 @@ impl Prepared {
                 },
                 streamed_bytes_per_token: 0,
                 read_bw: None,
+                read_bw_again: None,
             },
             layer_offsets,
             layer_buft,
@@ -548,21 +549,26 @@ impl Prepared {
 
     /// Copies `bytes_max` of the first streamed layer from `source` to host memory and returns
     /// the bandwidth (bytes/s).
-    fn measure_read(&self, direct: bool) -> Result<Option<f64>> {
+    fn measure_read(&mut self, direct: bool) -> Result<()> {
         let Some(&l) = self.plan.streamed.first() else {
-            return Ok(None);
+            return Ok(());
         };
         let lc = self.layer_copy(l);
         let mut source = Source::open(self.file.clone(), direct)?;
         let mut buf = vec![0u8; lc.bytes() as usize];
-        let t = Instant::now();
-        let mut at = 0usize;
-        for p in &lc.pieces {
-            source.read(*p, &mut buf[at..at + p.len as usize])?;
-            at += p.len as usize;
+        let mut bw = [None; 2];
+        for b in &mut bw {
+            let t = Instant::now();
+            let mut at = 0usize;
+            for p in &lc.pieces {
+                source.read(*p, &mut buf[at..at + p.len as usize])?;
+                at += p.len as usize;
+            }
+            let s = t.elapsed().as_secs_f64();
+            *b = (s > 0.0).then(|| lc.bytes() as f64 / s);
         }
-        let s = t.elapsed().as_secs_f64();
-        Ok((s > 0.0).then(|| lc.bytes() as f64 / s))
+        [self.plan.read_bw, self.plan.read_bw_again] = bw;
+        Ok(())
     }
 
     fn layer_copy(&self, l: usize) -> LayerCopy {
@@ -582,11 +588,11 @@ impl Prepared {
 }
 
 /// Plans without allocating or loading anything (`--plan-only`); measures the copy bandwidth
-/// of one streamed layer for the predicted floor.
+/// of one streamed layer, twice (first read, then cached), for the predicted floors.
 pub fn plan_only(path: &Path, o: &StreamOptions) -> Result<Plan> {
-    let p = Prepared::new(path, o)?;
-    let mut plan = p.plan.clone();
-    plan.read_bw = p.measure_read(o.direct_io)?;
+    let mut p = Prepared::new(path, o)?;
+    p.measure_read(o.direct_io)?;
+    let plan = p.plan.clone();
     // SAFETY: the allocator was created by `Prepared::new`, holds no buffer, freed once.
     unsafe { sys::ggml_gallocr_free(p.galloc) };
     Ok(plan)
@@ -639,7 +645,7 @@ impl Streamer {
     /// device buffers once, uploads the resident weights and starts the reader.
     pub fn open(path: &Path, o: &StreamOptions) -> Result<Streamer> {
         let mut p = Prepared::new(path, o)?;
-        p.plan.read_bw = p.measure_read(o.direct_io)?;
+        p.measure_read(o.direct_io)?;
         let mut s = Streamer {
             p,
             buffers: Vec::new(),

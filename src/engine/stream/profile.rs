@@ -2,6 +2,7 @@
 //! tests can check the order of reads and computes), and per-step statistics derived from it.
 
 use serde_json::json;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,25 +25,31 @@ pub struct Event {
     pub layer: usize,
 }
 
-/// The shared log.
+/// Events kept: the newest ones (about 6 MiB; a 62-layer model logs ~250 a token).
+const EVENTS_KEPT: usize = 1 << 18;
+
+/// The shared log (bounded: the oldest events go first).
 #[derive(Debug, Clone)]
 pub struct Events {
     t0: Instant,
-    log: Arc<Mutex<Vec<Event>>>,
+    log: Arc<Mutex<VecDeque<Event>>>,
 }
 
 impl Events {
     pub fn new() -> Events {
         Events {
             t0: Instant::now(),
-            log: Arc::new(Mutex::new(Vec::with_capacity(1 << 16))),
+            log: Arc::new(Mutex::new(VecDeque::with_capacity(1 << 12))),
         }
     }
 
     pub fn push(&self, kind: EvKind, layer: usize) {
         let t = self.t0.elapsed().as_secs_f64();
         if let Ok(mut l) = self.log.lock() {
-            l.push(Event { t, kind, layer });
+            if l.len() == EVENTS_KEPT {
+                l.pop_front();
+            }
+            l.push_back(Event { t, kind, layer });
         }
     }
 
@@ -51,7 +58,10 @@ impl Events {
     }
 
     pub fn snapshot(&self) -> Vec<Event> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
