@@ -464,3 +464,111 @@ fn llama_arch_list_matches_the_linked_llama_cpp() {
     assert_eq!(names, LLAMA_ARCHS, "run scripts/gen-llama-archs");
     assert!(LLAMA_ARCHS.contains(&"gemma3"));
 }
+
+fn read_logits(p: &Path) -> Vec<f32> {
+    jq::npy::parse(&std::fs::read(p).unwrap()).unwrap().data
+}
+
+/// `--stream-layers` end to end through the binary, on the converter fixture: with most layers
+/// streamed through 2 slots (and again with 3 of them on the host), the prompt logits equal the
+/// same binary's llama.cpp path bit for bit (same ggml kernels); the plan comes out as JSON;
+/// an impossible budget is one line naming what did not fit.
+#[test]
+fn stream_layers_through_the_binary() {
+    let f = fixture();
+    let f = f.to_str().unwrap();
+    let list = "2,300,301,7,350,17,302,303";
+    let plan: Value = serde_json::from_slice(&ok(&jq_run(
+        &[
+            f,
+            "--stream-layers",
+            "-c",
+            "64",
+            "--plan-only",
+            "--json",
+            "--vram-budget",
+            "1TiB",
+        ],
+        None,
+    )))
+    .unwrap();
+    let n_layers = plan["resident_layers"].as_array().unwrap().len() as u64;
+    assert_eq!(n_layers, 8, "{plan}");
+    let layer = plan["resident_bytes"].as_u64().unwrap() / n_layers;
+    let budget = (plan["device_bytes"].as_u64().unwrap()
+        - plan["resident_bytes"].as_u64().unwrap()
+        + 3 * layer)
+        .to_string();
+    let reference = tmp("stream-ref.npy");
+    ok(&jq_run(
+        &[
+            f,
+            "--prompt-tokens",
+            list,
+            "-n",
+            "0",
+            "-t",
+            "2",
+            "-c",
+            "64",
+            "--dump-logits",
+            reference.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let want = read_logits(&reference);
+    for (host, want_host) in [("0", vec![]), ("3", vec![5u64, 6, 7])] {
+        let npy = tmp(&format!("stream-{host}.npy"));
+        let out = ok(&jq_run(
+            &[
+                f,
+                "--stream-layers",
+                "-c",
+                "64",
+                "--vram-budget",
+                &budget,
+                "--host-layers",
+                host,
+                "--prompt-tokens",
+                list,
+                "-n",
+                "0",
+                "-t",
+                "2",
+                "--json",
+                "--dump-logits",
+                npy.to_str().unwrap(),
+            ],
+            None,
+        ));
+        let j: Value = serde_json::from_slice(&out).unwrap();
+        let p = &j["plan"];
+        assert_eq!(ids(p, "resident_layers"), vec![0], "{p}");
+        assert_eq!(ids(p, "host_layers"), want_host, "{p}");
+        assert_eq!(ids(p, "streamed_layers").len() + want_host.len(), 7, "{p}");
+        assert!(j["device_bytes"].as_u64().unwrap() <= budget.parse::<u64>().unwrap());
+        let got = read_logits(&npy);
+        assert_eq!(got.len(), want.len());
+        let differ = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "--host-layers {host}: {differ} logits differ");
+    }
+    expect_error(
+        &[
+            f,
+            "--stream-layers",
+            "-c",
+            "64",
+            "--vram-budget",
+            "100KiB",
+            "--prompt-tokens",
+            list,
+            "--seed",
+            "1",
+        ],
+        "does not fit the fixed part",
+    );
+}
