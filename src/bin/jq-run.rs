@@ -29,6 +29,8 @@ const EXAMPLES: &str = "Examples:
   jq-run model.gguf --prompt-tokens 2,651,6 -n 0 --dump-logits logits.npy
   jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --plan-only
   jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --prompt \"Hello\" -n 4 --profile
+  jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --host-layers auto --prompt \"Hi\" -n 4
+  jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --direct-io --prompt \"Hi\" -n 4
   jq-run jarvis.gguf          # interactive when stdin is a terminal";
 
 #[derive(Parser, Debug)]
