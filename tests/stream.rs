@@ -469,7 +469,7 @@ fn host_layers_equal_llama_cpp_resident() {
 }
 
 /// `--host-layers auto` measures one layer's fill, device and CPU times and moves
-/// `host_split(...)` layers; with the reader slowed by 100 ms a layer (the test hook), filling
+/// the `host_split` of those times (a simulated step); with the reader slowed by 100 ms a layer (the test hook), filling
 /// dominates and every streamed layer moves to the CPU. Logits stay llama.cpp's either way.
 #[test]
 fn host_layers_auto_follows_the_measured_times() {
@@ -490,7 +490,14 @@ fn host_layers_auto_follows_the_measured_times() {
             c.fill_s > 0.0 && c.device_s > 0.0 && c.host_s > 0.0,
             "{c:?}"
         );
-        assert_eq!(c.chosen, host_split(5, c.fill_s, c.device_s, c.host_s));
+        let mut before = plan.clone();
+        before.streamed.extend(&plan.host);
+        before.streamed.sort_unstable();
+        before.host.clear();
+        assert_eq!(
+            c.chosen,
+            host_split(&before, c.fill_s, c.device_s, c.host_s)
+        );
         assert_eq!(plan.host.len(), c.chosen);
         assert_eq!(plan.streamed.len() + plan.host.len(), 5);
         assert_eq!(s.device_bytes(), plan.device_bytes());

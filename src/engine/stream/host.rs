@@ -70,6 +70,7 @@ impl HostSide {
                 for t in &w.layers[l] {
                     (*t.t).data = std::ptr::null_mut();
                     (*t.t).buffer = std::ptr::null_mut();
+                    (*t.t).extra = std::ptr::null_mut();
                     let at = (base + t.file_off as usize) as *mut _;
                     let s = sys::ggml_backend_tensor_alloc(h.map_buf, t.t, at);
                     if s != sys::GGML_STATUS_SUCCESS {

@@ -116,7 +116,12 @@ fn default_budget(backend: &Backend) -> u64 {
     if backend.gpu {
         return backend.memory().0.saturating_sub(512 << 20);
     }
-    let avail = std::fs::read_to_string("/proc/meminfo")
+    mem_available().unwrap_or(8 << 30).saturating_sub(1 << 30)
+}
+
+/// The kernel's MemAvailable (bytes).
+fn mem_available() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -124,8 +129,7 @@ fn default_budget(backend: &Backend) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|x| x.parse::<u64>().ok())
         })
-        .map_or(8 << 30, |kb| kb * 1024);
-    avail.saturating_sub(1 << 30)
+        .map(|kb| kb * 1024)
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
@@ -304,6 +308,24 @@ fn run_graph(
     Ok(())
 }
 
+/// (KV cache, the rest of the state) bytes of `st` on `backend`'s buffer type.
+fn state_sizes(st: &State, backend: &Backend) -> (u64, u64) {
+    let kv: u64 =
+        st.k.iter()
+            .chain(&st.v)
+            .filter(|t| !t.is_null())
+            .map(|&t| {
+                // SAFETY: live descriptors of the state context.
+                align_up(unsafe { sys::ggml_nbytes(t) } as u64, backend.align)
+            })
+            .sum();
+    // SAFETY: the state context and the backend's buffer type are live.
+    let all =
+        unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft_size(st.ctx.ptr, backend.buft) }
+            as u64;
+    (kv, all.saturating_sub(kv))
+}
+
 /// Everything known before any device memory is allocated: the model, the descriptors, the
 /// measured compute buffer and the plan.
 struct Prepared {
@@ -396,18 +418,7 @@ impl Prepared {
         };
         let output = backend.alloc_size_in(out_buft, &w.tok_embd)
             + backend.alloc_size_in(out_buft, &w.output_norm);
-        let kv: u64 =
-            st.k.iter()
-                .chain(&st.v)
-                .map(|&t| {
-                    // SAFETY: live descriptors of the state context.
-                    align_up(unsafe { sys::ggml_nbytes(t) } as u64, backend.align)
-                })
-                .sum();
-        // SAFETY: the state context and the backend's buffer type are live.
-        let state_all =
-            unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft_size(st.ctx.ptr, backend.buft) }
-                as u64;
+        let (kv, state) = state_sizes(&st, &backend);
         let mut p = Prepared {
             file,
             hp,
@@ -448,7 +459,7 @@ impl Prepared {
             layers: layer_bytes,
             output,
             kv,
-            state: state_all.saturating_sub(kv),
+            state,
             compute,
             scratch: if p.backend.gpu { GPU_SCRATCH } else { 0 },
         };
@@ -456,6 +467,14 @@ impl Prepared {
         p.plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
         if let HostLayers::N(n) = o.host_layers {
             p.plan.move_to_host(n);
+            if !p.plan.host.is_empty() {
+                // Their KV cache lives on the host: the device state goes without it.
+                let host = p.plan.host.clone();
+                p.st = State::with_kv(&p.hp, n_ctx, n_ub, |l| !host.contains(&l))?;
+                let (kv, state) = state_sizes(&p.st, &p.backend);
+                p.plan.sizes.kv = kv;
+                p.plan.sizes.state = state;
+            }
         }
         Ok(p)
     }
@@ -464,7 +483,7 @@ impl Prepared {
         let mut v: Vec<_> = self.w.layers.iter().flatten().map(|t| t.t).collect();
         v.push(self.w.tok_embd.t);
         v.push(self.w.output_norm.t);
-        v.extend(self.st.k.iter().chain(&self.st.v));
+        v.extend(self.st.k.iter().chain(&self.st.v).filter(|t| !t.is_null()));
         v.extend([
             self.st.x,
             self.st.ids,
@@ -587,15 +606,20 @@ impl Prepared {
     }
 }
 
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // SAFETY: created in `Prepared::new`, freed once, before the backend (a field, dropped
+        // after this).
+        unsafe { sys::ggml_gallocr_free(self.galloc) };
+    }
+}
+
 /// Plans without allocating or loading anything (`--plan-only`); measures the copy bandwidth
 /// of one streamed layer, twice (first read, then cached), for the predicted floors.
 pub fn plan_only(path: &Path, o: &StreamOptions) -> Result<Plan> {
     let mut p = Prepared::new(path, o)?;
     p.measure_read(o.direct_io)?;
-    let plan = p.plan.clone();
-    // SAFETY: the allocator was created by `Prepared::new`, holds no buffer, freed once.
-    unsafe { sys::ggml_gallocr_free(p.galloc) };
-    Ok(plan)
+    Ok(p.plan.clone())
 }
 
 /// The executor: buffers allocated, resident weights uploaded, the reader running.
@@ -614,7 +638,7 @@ pub struct Streamer {
     compute_delay: Duration,
     /// Per slot: the event the staged upload records when the slot is filled (empty when the
     /// reader writes the slots directly).
-    ready: Vec<upload::EventPtr>,
+    ready: Option<Arc<upload::ReadyEvents>>,
     /// GPU only: the driver's free memory before this executor allocated anything, and the
     /// largest drop from it seen after a step.
     driver_free0: Option<u64>,
@@ -622,6 +646,8 @@ pub struct Streamer {
     upload_path: &'static str,
     /// Compute threads for one-token steps and for batches (CPU backends).
     threads: (usize, usize),
+    /// Set when a step failed part way: later steps are refused.
+    failed: Option<String>,
     /// `--host-layers`: the CPU side, when any layer computes there.
     host: Option<host::HostSide>,
     /// Activation rows in transit between the device and the host state.
@@ -659,11 +685,12 @@ impl Streamer {
             mask_g: Vec::new(),
             mask_s: Vec::new(),
             compute_delay: o.compute_delay,
-            ready: Vec::new(),
+            ready: None,
             driver_free0: None,
             driver_peak: 0,
             upload_path: "none",
             host: None,
+            failed: None,
             threads: (o.threads.max(1), o.threads_batch.max(1)),
             xbuf: Vec::new(),
             embd: Vec::new(),
@@ -815,6 +842,11 @@ impl Streamer {
             for i in 0..plan.n_slots {
                 let buft = self.layer_buft();
                 let b = self.alloc_buffer_of(buft, plan.slot_bytes, &format!("ring slot {i}"))?;
+                // Zeroed once, synchronously: the padding a GPU buffer type adds after
+                // quantized rows is never written by uploads, and the per-step placement's
+                // own zeroing (CUDA init_tensor) runs on another stream than the compute.
+                // SAFETY: `b` is live.
+                unsafe { sys::ggml_backend_buffer_clear(b, 0) };
                 // SAFETY: `b` is live.
                 let base = unsafe { sys::ggml_backend_buffer_get_base(b) } as usize;
                 self.slots.push((
@@ -871,13 +903,14 @@ impl Streamer {
             Sink::Host(self.slots.iter().map(|s| s.1).collect())
         } else {
             let st = upload::Staged::new(self.p.backend.dev, &bufs, o.staging_chunk)?;
-            self.ready = st.ready_events();
-            self.upload_path = match (st.pinned(), self.ready.iter().all(|e| !e.0.is_null())) {
+            let ready = st.ready_events();
+            self.upload_path = match (st.pinned(), ready.real()) {
                 (true, true) => "staged: pinned chunks, upload stream, events",
                 (true, false) => "staged: pinned chunks, synchronous",
                 (false, true) => "staged: chunks, upload stream, events",
                 (false, false) => "staged: chunks, synchronous",
             };
+            self.ready = Some(ready);
             Sink::Staged(st)
         };
         if o.skip_reads {
@@ -897,7 +930,7 @@ impl Streamer {
             // Everything moved to the host: no ring (the upload side goes first, it holds
             // targets in the slots).
             drop(sink);
-            self.ready.clear();
+            self.ready = None;
             self.upload_path = "none";
             for (b, _) in std::mem::take(&mut self.slots) {
                 self.buffers.retain(|&x| x != b);
@@ -1021,11 +1054,19 @@ impl Streamer {
             std::thread::sleep(o.read_delay);
             fill_s = fill_s.min(t0.elapsed().as_secs_f64());
         }
+        // A file the page cache cannot hold is read from disk at every step: no faster than
+        // the first (cold) read measured at open.
+        let file_bytes = self.p.file.bytes().len() as u64;
+        if o.direct_io || mem_available().is_some_and(|m| file_bytes > m) {
+            if let Some(bw) = self.p.plan.read_bw.filter(|&b| b > 0.0) {
+                fill_s = fill_s.max(lc.bytes() as f64 / bw);
+            }
+        }
         let (b, _) = self.slots[0];
         let ts = self.p.w.layers[l];
         let offs = self.p.layer_offsets[l];
         self.place(b, &ts, &offs, false)?;
-        if let Some(&ev) = self.ready.first() {
+        if let Some(ev) = self.ready.as_ref().map(|r| r.get(0)) {
             // SAFETY: the event belongs to this device; `fill` recorded it.
             unsafe { upload::order_before(self.p.backend.ptr, ev) };
         }
@@ -1065,12 +1106,20 @@ impl Streamer {
             host_s = host_s.min(t.elapsed().as_secs_f64());
         }
         drop(h);
-        let n = self.p.plan.streamed.len();
+        for t in &self.p.w.layers[l] {
+            // SAFETY: a live descriptor; it pointed into the mapping buffer just freed and is
+            // placed again before its next use.
+            unsafe {
+                (*t.t).data = std::ptr::null_mut();
+                (*t.t).buffer = std::ptr::null_mut();
+                (*t.t).extra = std::ptr::null_mut();
+            }
+        }
         Ok(HostCalibration {
             fill_s,
             device_s,
             host_s,
-            chosen: plan::host_split(n, fill_s, device_s, host_s),
+            chosen: plan::host_split(&self.p.plan, fill_s, device_s, host_s),
         })
     }
 
@@ -1236,6 +1285,9 @@ impl Streamer {
     /// Evaluates `tokens` after the cached context. Returns the logits of every token
     /// (`all_logits`) or of the last one, row-major `[n, n_vocab]`.
     pub fn eval(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        if let Some(e) = &self.failed {
+            bail!("an earlier step failed, the ring is out of step ({e}); open the model again");
+        }
         if tokens.is_empty() {
             bail!("nothing to evaluate");
         }
@@ -1271,7 +1323,12 @@ impl Streamer {
                 (false, true) => 1,
                 (false, false) => 0,
             };
-            self.step(chunk, n_out, &mut stats, &mut logits)?;
+            if let Err(e) = self.step(chunk, n_out, &mut stats, &mut logits) {
+                // A step that stopped half way may hold slots or have consumed layers the
+                // reader has moved past: nothing after it can be trusted.
+                self.failed = Some(format!("{e:#}"));
+                return Err(e);
+            }
         }
         stats.total_s = t_step.elapsed().as_secs_f64();
         stats.peak_rss = crate::engine::peak_rss();
@@ -1368,7 +1425,7 @@ impl Streamer {
                 let ts = self.p.w.layers[il];
                 let offs = self.p.layer_offsets[il];
                 self.place(b, &ts, &offs, false)?;
-                if let Some(&ev) = self.ready.get(f.slot) {
+                if let Some(ev) = self.ready.as_ref().map(|r| r.get(f.slot)) {
                     // SAFETY: the event belongs to this device and was recorded by the reader
                     // before it handed the slot over.
                     unsafe { upload::order_before(self.p.backend.ptr, ev) };
@@ -1450,10 +1507,9 @@ impl Drop for Streamer {
         // The reader writes into the slots: stop it first.
         self.ring = None;
         self.host = None;
-        // SAFETY: the allocator and buffers were created by this executor and are freed once,
-        // after the reader stopped and before the backend (dropped with `p` afterwards).
+        // SAFETY: the buffers were created by this executor and are freed once, after the
+        // reader stopped and before the allocator and the backend (dropped with `p` after).
         unsafe {
-            sys::ggml_gallocr_free(self.p.galloc);
             for &b in &self.buffers {
                 sys::ggml_backend_buffer_free(b);
             }

@@ -20,18 +20,49 @@ use super::graph::Ctx;
 use super::ring::{AlignedBuf, Piece, Source, DIRECT_ALIGN};
 use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
+use std::sync::Arc;
 
 /// Staging chunks in flight (host memory used for staging is `CHUNKS` x the chunk size,
 /// `StreamOptions::staging_chunk`).
 pub(crate) const CHUNKS: usize = 4;
 
-/// A device event handle that may cross threads (ggml/CUDA events are thread-safe handles;
-/// who records and who waits is ordered by the ring's channels).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct EventPtr(pub sys::ggml_backend_event_t);
+/// The per-slot ready events, shared by the reader (which records them) and the executor
+/// (which waits on them), freed when both are done with them: the reader may stop early on an
+/// error while the executor still holds slots it handed over. Null entries: the device has no
+/// events.
+#[derive(Debug)]
+pub(crate) struct ReadyEvents(Vec<sys::ggml_backend_event_t>);
 
-// SAFETY: see the type's doc: the handle is only used in an order fixed by channel hand-over.
-unsafe impl Send for EventPtr {}
+// SAFETY: ggml/CUDA events are thread-safe handles; who records and who waits is ordered by the
+// ring's channels; they are freed once, by the last owner.
+unsafe impl Send for ReadyEvents {}
+// SAFETY: as above; shared access only records or waits, in channel order.
+unsafe impl Sync for ReadyEvents {}
+
+impl ReadyEvents {
+    /// Slot `i`'s event (null without events).
+    pub fn get(&self, i: usize) -> sys::ggml_backend_event_t {
+        self.0.get(i).copied().unwrap_or(std::ptr::null_mut())
+    }
+
+    /// Whether the device has events.
+    pub fn real(&self) -> bool {
+        self.0.iter().all(|e| !e.is_null())
+    }
+}
+
+impl Drop for ReadyEvents {
+    fn drop(&mut self) {
+        for &e in &self.0 {
+            if !e.is_null() {
+                // SAFETY: created by ggml_backend_event_new, freed once, by the last owner,
+                // after the upload backend synchronized (Staged's Drop runs before its Arc
+                // releases this).
+                unsafe { sys::ggml_backend_event_free(e) };
+            }
+        }
+    }
+}
 
 enum Memory {
     /// Pinned host memory from the device's host buffer type.
@@ -68,7 +99,7 @@ pub(crate) struct Staged {
     /// Holds one byte tensor spanning each slot buffer (the upload target).
     _ctx: Ctx,
     slots: Vec<(*mut sys::ggml_tensor, u64)>,
-    ready: Vec<sys::ggml_backend_event_t>,
+    ready: Arc<ReadyEvents>,
     chunks: Vec<Chunk>,
     chunk_bytes: usize,
     next: usize,
@@ -81,13 +112,13 @@ impl std::fmt::Debug for Staged {
             .field("slots", &self.slots.len())
             .field("chunks", &self.chunks.len())
             .field("pinned", &self.pinned)
-            .field("events", &!self.ready.iter().any(|e| e.is_null()))
+            .field("events", &self.ready.real())
             .finish()
     }
 }
 
 // SAFETY: every handle is owned by this struct; it is built on the executor's thread and then
-// used by the reader thread only (the ready events' copies are used as described at EventPtr).
+// used by the reader thread only (the ready events are shared as described at ReadyEvents).
 unsafe impl Send for Staged {}
 
 impl Staged {
@@ -116,7 +147,11 @@ impl Staged {
                 upload,
                 _ctx: ctx,
                 slots: Vec::new(),
-                ready: Vec::new(),
+                ready: Arc::new(ReadyEvents(
+                    (0..slots.len())
+                        .map(|_| sys::ggml_backend_event_new(dev))
+                        .collect(),
+                )),
                 chunks: Vec::new(),
                 chunk_bytes,
                 next: 0,
@@ -134,7 +169,6 @@ impl Staged {
                     bail!("placing a slot target failed (status {st})");
                 }
                 s.slots.push((t, size as u64));
-                s.ready.push(sys::ggml_backend_event_new(dev));
             }
             let host = sys::ggml_backend_dev_host_buffer_type(dev);
             for _ in 0..CHUNKS {
@@ -163,8 +197,8 @@ impl Staged {
     }
 
     /// The per-slot ready events (null where the device has no events).
-    pub fn ready_events(&self) -> Vec<EventPtr> {
-        self.ready.iter().map(|&e| EventPtr(e)).collect()
+    pub fn ready_events(&self) -> Arc<ReadyEvents> {
+        self.ready.clone()
     }
 
     /// Whether staging is pinned host memory.
@@ -252,7 +286,7 @@ impl Staged {
         }
         // SAFETY: live handles owned by `self`.
         unsafe {
-            let ev = self.ready[slot];
+            let ev = self.ready.get(slot);
             if ev.is_null() {
                 // No events: the executor cannot wait on the device, so the host does.
                 sys::ggml_backend_synchronize(self.upload);
@@ -277,11 +311,6 @@ impl Drop for Staged {
                     sys::ggml_backend_buffer_free(buf);
                 }
             }
-            for &e in &self.ready {
-                if !e.is_null() {
-                    sys::ggml_backend_event_free(e);
-                }
-            }
             sys::ggml_backend_free(self.upload);
         }
     }
@@ -293,9 +322,9 @@ impl Drop for Staged {
 /// # Safety
 /// `compute` is a live backend of the device that created `ev`; `ev` was recorded before the
 /// slot it belongs to was handed over.
-pub(crate) unsafe fn order_before(compute: sys::ggml_backend_t, ev: EventPtr) {
-    if !ev.0.is_null() {
+pub(crate) unsafe fn order_before(compute: sys::ggml_backend_t, ev: sys::ggml_backend_event_t) {
+    if !ev.is_null() {
         // SAFETY: the caller's contract.
-        unsafe { sys::ggml_backend_event_wait(compute, ev.0) };
+        unsafe { sys::ggml_backend_event_wait(compute, ev) };
     }
 }
