@@ -115,7 +115,7 @@ struct Cli {
     direct_io: bool,
     /// --stream-layers: compute the last N streamed layers on the CPU, weights in place from
     /// the memory map, instead of streaming them to the device; `auto` times one layer's
-    /// fill, device compute and CPU compute at load and picks the N that balances them.
+    /// fill, device compute and CPU compute at load and picks the N whose simulated step is fastest.
     #[arg(long = "host-layers", requires = "stream_layers", value_parser = clap::value_parser!(jq::engine::stream::HostLayers))]
     host_layers: Option<jq::engine::stream::HostLayers>,
     /// --stream-layers: per-step bytes streamed, GB/s, compute and wait times, per-layer times,
