@@ -226,6 +226,40 @@ impl Drop for Ctx {
     }
 }
 
+/// Forgets where `t`'s data was (memory, buffer, the buffer type's per-tensor extra).
+///
+/// # Safety
+/// `t` is a live descriptor no graph in flight uses.
+pub(crate) unsafe fn detach(t: *mut sys::ggml_tensor) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*t).data = null_mut();
+        (*t).buffer = null_mut();
+        (*t).extra = null_mut();
+    }
+}
+
+/// Places `t` at `addr` in `buf` (detached first; ggml checks the bound and runs the buffer
+/// type's `init_tensor`).
+///
+/// # Safety
+/// `t` is a live descriptor no graph in flight uses, `buf` a live buffer, `addr` inside it.
+pub(crate) unsafe fn place_tensor(
+    buf: sys::ggml_backend_buffer_t,
+    t: *mut sys::ggml_tensor,
+    addr: usize,
+) -> Result<()> {
+    // SAFETY: the caller's contract.
+    let st = unsafe {
+        detach(t);
+        sys::ggml_backend_tensor_alloc(buf, t, addr as *mut _)
+    };
+    if st != sys::GGML_STATUS_SUCCESS {
+        bail!("placing a tensor in a backend buffer failed (status {st})");
+    }
+    Ok(())
+}
+
 /// A weight tensor: its ggml descriptor and where its bytes are in the file.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WTensor {

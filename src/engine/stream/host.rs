@@ -7,7 +7,7 @@
 use super::graph::{self, Ctx, Hparams, Shape, State, Weights};
 use super::{run_graph, Backend};
 use crate::gguf::GgufFile;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use llama_cpp_sys_2 as sys;
 
 /// The CPU backend, the host state and the compute buffer for the host layers.
@@ -68,14 +68,8 @@ impl HostSide {
             let base = bytes.as_ptr() as usize;
             for &l in layers {
                 for t in &w.layers[l] {
-                    (*t.t).data = std::ptr::null_mut();
-                    (*t.t).buffer = std::ptr::null_mut();
-                    (*t.t).extra = std::ptr::null_mut();
-                    let at = (base + t.file_off as usize) as *mut _;
-                    let s = sys::ggml_backend_tensor_alloc(h.map_buf, t.t, at);
-                    if s != sys::GGML_STATUS_SUCCESS {
-                        bail!("placing layer {l}'s weights in the memory map failed (status {s})");
-                    }
+                    graph::place_tensor(h.map_buf, t.t, base + t.file_off as usize)
+                        .with_context(|| format!("layer {l}'s weights in the memory map"))?;
                 }
             }
             // The worst case: a full batch at the end of the context, on one sliding and one

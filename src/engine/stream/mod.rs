@@ -116,20 +116,9 @@ fn default_budget(backend: &Backend) -> u64 {
     if backend.gpu {
         return backend.memory().0.saturating_sub(512 << 20);
     }
-    mem_available().unwrap_or(8 << 30).saturating_sub(1 << 30)
-}
-
-/// The kernel's MemAvailable (bytes).
-fn mem_available() -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|x| x.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
+    crate::engine::mem_available()
+        .unwrap_or(8 << 30)
+        .saturating_sub(1 << 30)
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
@@ -779,18 +768,9 @@ impl Streamer {
         let base = unsafe { sys::ggml_backend_buffer_get_base(buf) } as usize;
         let bytes = self.p.file.bytes();
         for (t, &off) in ts.iter().zip(offsets) {
-            // SAFETY: `t.t` is a live descriptor; it is detached from any previous memory and
-            // placed inside `buf` (the offsets were packed from the buffer type's own sizes,
-            // and ggml_backend_tensor_alloc checks the bound).
-            unsafe {
-                (*t.t).data = std::ptr::null_mut();
-                (*t.t).buffer = std::ptr::null_mut();
-                (*t.t).extra = std::ptr::null_mut();
-                let st = sys::ggml_backend_tensor_alloc(buf, t.t, (base + off as usize) as *mut _);
-                if st != sys::GGML_STATUS_SUCCESS {
-                    bail!("placing a tensor failed (status {st})");
-                }
-            }
+            // SAFETY: `t.t` is a live descriptor no graph uses now; the offsets were packed from
+            // the buffer type's own sizes, so it lands inside `buf`.
+            unsafe { graph::place_tensor(buf, t.t, base + off as usize)? };
             if upload {
                 let src = bytes
                     .get(t.file_off as usize..(t.file_off + t.size) as usize)
@@ -810,7 +790,10 @@ impl Streamer {
         let off = [0, self.p.backend.alloc_size_in(out_buft, &out[0])];
         let b = self.alloc_buffer_of(out_buft, plan.sizes.output, "the output head")?;
         self.place(b, &out, &off, true)?;
-        self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
+        if out_buft != self.p.backend.buft {
+            // The embedding lookup runs on the host (see `embed_on_host`).
+            self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
+        }
         // KV cache and state.
         // SAFETY: the state context and buffer type are live; null is checked.
         let sb = unsafe {
@@ -879,8 +862,6 @@ impl Streamer {
         let n = (self.p.n_ctx * self.p.n_ub) as usize;
         self.mask_g = vec![f16::ZERO; n];
         self.mask_s = vec![f16::ZERO; n];
-        let n = (self.p.hp.n_embd * self.p.n_ub) as usize * 4;
-        self.xbuf = vec![0u8; n];
         if plan.streamed.is_empty() {
             return self.start_host(o);
         }
@@ -994,11 +975,7 @@ impl Streamer {
                 // buffer and the offset lies inside it (the plan sized it from these offsets).
                 unsafe {
                     let t = sys::ggml_dup_tensor(ctx.ptr, w.t);
-                    let st =
-                        sys::ggml_backend_tensor_alloc(b, t, (sa.base + off as usize) as *mut _);
-                    if st != sys::GGML_STATUS_SUCCESS {
-                        bail!("placing a slot descriptor failed (status {st})");
-                    }
+                    graph::place_tensor(b, t, sa.base + off as usize)?;
                     ts.push(t);
                 }
             }
@@ -1021,6 +998,7 @@ impl Streamer {
         if self.p.plan.host.is_empty() {
             return Ok(());
         }
+        self.xbuf = vec![0u8; (self.p.hp.n_embd * self.p.n_ub) as usize * 4];
         self.host = Some(host::HostSide::new(
             &self.p.file,
             &self.p.w,
@@ -1057,7 +1035,7 @@ impl Streamer {
         // A file the page cache cannot hold is read from disk at every step: no faster than
         // the first (cold) read measured at open.
         let file_bytes = self.p.file.bytes().len() as u64;
-        if o.direct_io || mem_available().is_some_and(|m| file_bytes > m) {
+        if o.direct_io || crate::engine::mem_available().is_some_and(|m| file_bytes > m) {
             if let Some(bw) = self.p.plan.read_bw.filter(|&b| b > 0.0) {
                 fill_s = fill_s.max(lc.bytes() as f64 / bw);
             }
@@ -1109,11 +1087,7 @@ impl Streamer {
         for t in &self.p.w.layers[l] {
             // SAFETY: a live descriptor; it pointed into the mapping buffer just freed and is
             // placed again before its next use.
-            unsafe {
-                (*t.t).data = std::ptr::null_mut();
-                (*t.t).buffer = std::ptr::null_mut();
-                (*t.t).extra = std::ptr::null_mut();
-            }
+            unsafe { graph::detach(t.t) };
         }
         Ok(HostCalibration {
             fill_s,

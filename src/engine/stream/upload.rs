@@ -163,11 +163,7 @@ impl Staged {
                 if t.is_null() {
                     bail!("ggml_new_tensor_1d failed for a slot target");
                 }
-                let base = sys::ggml_backend_buffer_get_base(b);
-                let st = sys::ggml_backend_tensor_alloc(b, t, base);
-                if st != sys::GGML_STATUS_SUCCESS {
-                    bail!("placing a slot target failed (status {st})");
-                }
+                super::graph::place_tensor(b, t, sys::ggml_backend_buffer_get_base(b) as usize)?;
                 s.slots.push((t, size as u64));
             }
             let host = sys::ggml_backend_dev_host_buffer_type(dev);
