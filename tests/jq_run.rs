@@ -6,6 +6,8 @@
 //! (not through `jq::engine::llama`, which the binary uses): logits of the prompt, and the
 //! greedy reply of a chat turn.
 
+mod common;
+use common::bit_differences;
 use jq::engine::llama::Llama;
 use jq::engine::LLAMA_ARCHS;
 use jq::gguf::GgufWriter;
@@ -243,6 +245,31 @@ fn chat_template_output_is_stable() {
     assert_eq!(f.format_chat(&turns, true).unwrap(), text);
 }
 
+/// A greedy, penalty-free `--chat` on the tiny model, 10 tokens a reply (what
+/// [`greedy_reply`] computes through the bindings).
+fn greedy_chat_args() -> [&'static str; 10] {
+    [
+        tiny().to_str().unwrap(),
+        "--chat",
+        "--temp",
+        "0",
+        "--repeat-penalty",
+        "1",
+        "-n",
+        "10",
+        "-t",
+        "2",
+    ]
+}
+
+/// llama.cpp's greedy continuation of `prompt` (10 tokens), cut at the first end-of-generation
+/// token.
+fn greedy_reply(l: &Llama, prompt: &[u32]) -> Vec<u32> {
+    let (_, _, g) = l.greedy_decode(prompt, 10, 256, 2).unwrap();
+    let end = g.iter().position(|&t| l.is_eog(t)).unwrap_or(g.len());
+    g[..end].to_vec()
+}
+
 #[test]
 fn chat_reply_is_llama_cpps_greedy_continuation_and_input_ends_cleanly() {
     let l = Llama::load(tiny()).unwrap();
@@ -254,25 +281,12 @@ fn chat_reply_is_llama_cpps_greedy_continuation_and_input_ends_cleanly() {
         prompt.contains(&4),
         "<start_of_turn> parsed as a special token"
     );
-    let (_, _, greedy) = l.greedy_decode(&prompt, 10, 256, 2).unwrap();
-    let end = greedy
+    let want: Vec<u8> = greedy_reply(&l, &prompt)
         .iter()
-        .position(|&t| l.is_eog(t))
-        .unwrap_or(greedy.len());
-    let want: Vec<u8> = greedy[..end].iter().flat_map(|&t| l.piece(t)).collect();
+        .flat_map(|&t| l.piece(t))
+        .collect();
 
-    let args = [
-        tiny().to_str().unwrap(),
-        "--chat",
-        "--temp",
-        "0",
-        "--repeat-penalty",
-        "1",
-        "-n",
-        "10",
-        "-t",
-        "2",
-    ];
+    let args = greedy_chat_args();
     // Two turns then end of input (no /exit): status 0, the first reply then a newline.
     let mut first = want.clone();
     first.push(b'\n');
@@ -290,12 +304,7 @@ fn chat_reply_is_llama_cpps_greedy_continuation_and_input_ends_cleanly() {
 #[test]
 fn chat_second_turn_continues_the_cached_conversation() {
     let l = Llama::load(tiny()).unwrap();
-    let n = 10;
-    let greedy = |prompt: &[u32]| -> Vec<u32> {
-        let (_, _, g) = l.greedy_decode(prompt, n, 256, 2).unwrap();
-        let end = g.iter().position(|&t| l.is_eog(t)).unwrap_or(g.len());
-        g[..end].to_vec()
-    };
+    let greedy = |prompt: &[u32]| greedy_reply(&l, prompt);
     let pieces = |ids: &[u32]| -> Vec<u8> { ids.iter().flat_map(|&t| l.piece(t)).collect() };
     let (u1, u2) = ("the cat sat on the mat", "and the dog?");
     let mut turns = vec![("user".to_string(), u1.to_string())];
@@ -316,18 +325,7 @@ fn chat_second_turn_continues_the_cached_conversation() {
     want.push(b'\n');
     want.extend(pieces(&g2));
     want.push(b'\n');
-    let args = [
-        tiny().to_str().unwrap(),
-        "--chat",
-        "--temp",
-        "0",
-        "--repeat-penalty",
-        "1",
-        "-n",
-        "10",
-        "-t",
-        "2",
-    ];
+    let args = greedy_chat_args();
     let out = ok(&jq_run(&args, Some(&format!("{u1}\n{u2}\n"))));
     assert_eq!(out, want);
 }
@@ -547,13 +545,7 @@ fn stream_layers_through_the_binary() {
         assert_eq!(ids(p, "host_layers"), want_host, "{p}");
         assert_eq!(ids(p, "streamed_layers").len() + want_host.len(), 7, "{p}");
         assert!(j["device_bytes"].as_u64().unwrap() <= budget.parse::<u64>().unwrap());
-        let got = read_logits(&npy);
-        assert_eq!(got.len(), want.len());
-        let differ = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let differ = bit_differences(&read_logits(&npy), &want);
         assert_eq!(differ, 0, "--host-layers {host}: {differ} logits differ");
     }
     expect_error(

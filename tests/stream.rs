@@ -1,6 +1,8 @@
 //! `--stream-layers` on the CPU backend (playing the device): logits equal llama.cpp fully
 //! resident, the device budget holds, impossible budgets are refused, reads overlap compute.
 
+mod common;
+use common::bit_differences;
 use jq::engine::llama::Llama;
 use jq::engine::stream::plan::host_split;
 use jq::engine::stream::profile::EvKind;
@@ -320,14 +322,6 @@ fn run_streamed(path: &Path, o: &StreamOptions) -> (Vec<f32>, String) {
         all.extend_from_slice(&l);
     }
     (all, s.upload_path().to_string())
-}
-
-fn bit_differences(got: &[f32], want: &[f32]) -> usize {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count()
 }
 
 /// The other ways bytes reach the slots put the same bytes there: `O_DIRECT` reads, and the

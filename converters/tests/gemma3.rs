@@ -3,7 +3,7 @@
 //! against llama.cpp's own converter's, the three key layouts, and bad checkpoints.
 
 mod common;
-use common::{agreement, rel_err, root};
+use common::{agreement, reference_prompts, rel_err, root};
 
 use jq::engine::llama::Llama;
 use jq::gguf::{GgufFile, MetaValue};
@@ -38,16 +38,10 @@ fn convert(dir: &Path, ty: &str, out_dir: &Path) -> PathBuf {
 /// (ids, logits [n x vocab]) per prompt.
 fn reference(model: &str) -> Vec<(Vec<u32>, Vec<f32>)> {
     let a = jq::npz::read(&fixture(model).join("reference.npz")).unwrap();
-    let mut out = Vec::new();
-    for k in 0.. {
-        let Some(ids) = a.get(&format!("ids_{k}")) else {
-            break;
-        };
-        out.push((
-            ids.data.iter().map(|&x| x as u32).collect(),
-            a[&format!("logits_{k}")].data.clone(),
-        ));
-    }
+    let out: Vec<_> = reference_prompts(&a)
+        .into_iter()
+        .map(|(_, ids, logits)| (ids, logits))
+        .collect();
     assert!(out.len() >= 3);
     out
 }

@@ -3,7 +3,7 @@
 //! and against llama.cpp running our `gpt2` export.
 
 mod common;
-use common::{agreement, argmax, rel_err, root};
+use common::{agreement, argmax, reference_prompts, rel_err, root};
 
 use jq::engine::llama::Llama;
 use jq::gguf::GgufFile;
@@ -50,18 +50,13 @@ fn ids(a: &jq::npy::NpyArray) -> Vec<u32> {
 
 fn reference(model: &str) -> Reference {
     let arrays = jq::npz::read(&fixture(model).join("reference.npz")).unwrap();
-    let mut cases = Vec::new();
-    for k in 0.. {
-        let Some(i) = arrays.get(&format!("ids_{k}")) else {
-            break;
-        };
-        cases.push((
-            format!("prompt {k}"),
-            ids(i),
-            arrays[&format!("logits_{k}")].data.clone(),
-            ids(&arrays[&format!("greedy_{k}")]),
-        ));
-    }
+    let cases: Vec<Case> = reference_prompts(&arrays)
+        .into_iter()
+        .map(|(k, i, logits)| {
+            let greedy = ids(&arrays[&format!("greedy_{k}")]);
+            (format!("prompt {k}"), i, logits, greedy)
+        })
+        .collect();
     assert!(cases.len() >= 3, "reference.npz has too few prompts");
     let long = (ids(&arrays["ids_long"]), ids(&arrays["greedy_long"]));
     let metrics: Value = serde_json::from_str(

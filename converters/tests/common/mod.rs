@@ -49,6 +49,23 @@ pub fn agreement(ours: &[f32], theirs: &[f32], vocab: usize) -> (f64, f64) {
     (same as f64 / n as f64, kl / n as f64)
 }
 
+/// A fixture's `reference.npz` prompts, numbered from 0 while `ids_{k}` exists: (k, token
+/// ids, logits [n x vocab]).
+pub fn reference_prompts(
+    a: &std::collections::BTreeMap<String, jq::npy::NpyArray>,
+) -> Vec<(usize, Vec<u32>, Vec<f32>)> {
+    (0..)
+        .map_while(|k| {
+            let ids = a.get(&format!("ids_{k}"))?;
+            Some((
+                k,
+                ids.data.iter().map(|&x| x as u32).collect(),
+                a[&format!("logits_{k}")].data.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// The repository root (the workspace's top level).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
