@@ -11,7 +11,7 @@ mod shards;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use jq::gguf::GgufFile;
+use jq::gguf::GgufModel;
 use jq::quant::GgmlType;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -333,7 +333,8 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Inspect { file, json, full } => {
-            let f = GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
+            let f =
+                GgufModel::open(&file).with_context(|| format!("reading {}", file.display()))?;
             if json {
                 println!(
                     "{}",

@@ -29,15 +29,19 @@ use std::time::{Duration, Instant};
 /// llama.cpp's backend may be initialised once per process. Its logs are silenced unless
 /// `JQ_LLAMA_LOG=1`.
 pub fn backend() -> Result<&'static LlamaBackend> {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    if let Some(b) = BACKEND.get() {
-        return Ok(b);
-    }
-    let mut b = LlamaBackend::init().map_err(|e| anyhow!("initialising llama.cpp: {e}"))?;
-    if std::env::var_os("JQ_LLAMA_LOG").is_none_or(|v| v != "1") {
-        b.void_logs();
-    }
-    Ok(BACKEND.get_or_init(|| b))
+    // Initialised under the OnceLock's own lock: two threads asking at once must not both
+    // call llama_backend_init (the second would fail).
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut b = LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))?;
+            if std::env::var_os("JQ_LLAMA_LOG").is_none_or(|v| v != "1") {
+                b.void_logs();
+            }
+            Ok(b)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// GPUs llama.cpp can offload to (CUDA and the like; empty in a CPU build or without a driver).

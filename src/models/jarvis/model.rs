@@ -3,7 +3,7 @@
 //! accumulated along the way.
 
 use super::config::{Config, Gelu};
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufModel};
 use crate::quant::{dot_f32, Matrix, Team};
 
 /// Attention work (positions x d_model) below which the heads run on one thread.
@@ -48,7 +48,7 @@ fn shape_err(name: &str, ne: &[u64], want: &[usize]) -> GgufError {
 }
 
 fn matrix<'a>(
-    f: &'a GgufFile,
+    f: &'a GgufModel,
     name: &str,
     cols: usize,
     rows: usize,
@@ -63,7 +63,7 @@ fn matrix<'a>(
     })
 }
 
-fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
+fn vector(f: &GgufModel, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
     let t = f.tensor(name)?;
     if t.info.ne != [n as u64] {
         return Err(shape_err(name, &t.info.ne, &[n]));
@@ -71,7 +71,7 @@ fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
     t.to_f32()
 }
 
-fn norm(f: &GgufFile, prefix: &str, n: usize) -> Result<Norm, GgufError> {
+fn norm(f: &GgufModel, prefix: &str, n: usize) -> Result<Norm, GgufError> {
     Ok(Norm {
         g: vector(f, &format!("{prefix}.weight"), n)?,
         b: vector(f, &format!("{prefix}.bias"), n)?,
@@ -95,7 +95,7 @@ pub fn sinusoidal_table(ctx: usize, d: usize) -> Vec<f32> {
 
 impl<'a> Model<'a> {
     /// Maps the weights of a `jarvis` GGUF; every shape is checked against the configuration.
-    pub fn load(f: &'a GgufFile) -> Result<Model<'a>, GgufError> {
+    pub fn load(f: &'a GgufModel) -> Result<Model<'a>, GgufError> {
         let cfg = Config::from_gguf(f)?;
         let (d, ff, v) = (cfg.d_model, cfg.d_ff, cfg.vocab);
         let mut layers = Vec::with_capacity(cfg.n_layers);
