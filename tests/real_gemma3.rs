@@ -234,3 +234,44 @@ fn real_q4_0_copy_streams_bit_identical_to_llama_cpp() {
 fn real_q8_0_copy_streams_bit_identical_to_llama_cpp() {
     parity(&model("gemma-3-270m-q8_0.gguf"), &CONFIGS);
 }
+
+/// A split copy of the real model (gguf-py's writer, 60 tensors a part, the first holding only
+/// the metadata): llama.cpp loads it to the same logits as the single file, and it streams to
+/// those same bits, from whichever part is named.
+#[test]
+fn real_split_copy_runs_like_the_single_file() {
+    let single = model("gemma-3-270m-q4_k_m.gguf");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gguf_variants.py");
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["split", single.to_str().unwrap()])
+        .arg(dir.path().join("g270"))
+        .args(["--max-tensors", "60", "--small-first-shard"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let parts: Vec<PathBuf> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(parts.len(), 5, "{parts:?}");
+    let llama = Llama::load(&single).unwrap();
+    let prompt = prompts(&llama).swap_remove(1);
+    let want = reference(&single, &prompt);
+    let got = reference(&parts[0], &prompt);
+    let v = llama.n_vocab();
+    assert!(
+        compare(&got, &want, v).is_empty(),
+        "llama.cpp on the split set"
+    );
+    let b = budget(&single, 2, 2);
+    for p in [&parts[0], &parts[3]] {
+        let mut s = Streamer::open(p, &opts(b, 2, HostLayers::Off)).unwrap();
+        assert!(s.plan().streamed.len() >= 12, "{}", s.plan());
+        let got = streamed(&mut s, &prompt);
+        let bad = compare(&got, &want, v);
+        assert!(bad.is_empty(), "{}: {bad:?}", p.display());
+    }
+}
