@@ -124,7 +124,13 @@ fn opts(budget: u64, slots: usize, host: HostLayers) -> StreamOptions {
 /// A budget with room for the fixed part, `resident` layers spread as the planner spreads
 /// them, and `slots` slots for the rest.
 fn budget(path: &Path, resident: usize, slots: usize) -> u64 {
-    let p = plan_only(path, &opts(u64::MAX / 2, slots, HostLayers::Off)).unwrap();
+    budget_with(path, resident, &opts(u64::MAX / 2, slots, HostLayers::Off))
+}
+
+/// The same for options `o` (its budget is ignored).
+fn budget_with(path: &Path, resident: usize, o: &StreamOptions) -> u64 {
+    let slots = o.n_slots;
+    let p = plan_only(path, o).unwrap();
     let s = &p.sizes;
     let n = s.layers.len();
     let res = jq::engine::stream::plan::spread(resident, n);
@@ -274,4 +280,47 @@ fn real_split_copy_runs_like_the_single_file() {
         let bad = compare(&got, &want, v);
         assert!(bad.is_empty(), "{}: {bad:?}", p.display());
     }
+}
+
+/// A default `--stream-layers` run on the real model prints only jq's own lines on stderr (the
+/// plan and the timing report): ggml's repack notices and llama.cpp's loader logs stay silent.
+/// With `JQ_LLAMA_LOG=1` they appear (so this check sees them when they are there).
+#[test]
+fn a_default_streamed_run_prints_no_library_logs() {
+    let m = model("gemma-3-270m-q4_k_m.gguf");
+    // The run below asks for the last position's logits only: its compute buffer is small.
+    let o = StreamOptions {
+        all_logits: false,
+        ..opts(u64::MAX / 2, 2, HostLayers::Off)
+    };
+    let b = budget_with(&m, 1, &o).to_string();
+    let run = |log: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_jq-run"));
+        c.arg(&m)
+            .args([
+                "--stream-layers",
+                "--vram-budget",
+                &b,
+                "-p",
+                "Why is the sky blue?",
+            ])
+            .args(["-n", "4", "--temp", "0", "-c", "1024"])
+            .env_remove("JQ_LLAMA_LOG");
+        if log {
+            c.env("JQ_LLAMA_LOG", "1");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let ours = ["stream plan:", "  ", "load ", "seed "];
+    let quiet = run(false);
+    let foreign: Vec<&str> = quiet
+        .lines()
+        .filter(|l| !ours.iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert!(foreign.is_empty(), "library lines on stderr: {foreign:#?}");
+    assert!(quiet.contains("streamed layers (17)"), "{quiet}");
+    let loud = run(true);
+    assert!(loud.lines().any(|l| l.starts_with("repack: ")), "{loud}");
 }
