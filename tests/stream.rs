@@ -737,3 +737,39 @@ fn micro_batch_shrinks_to_fit_the_budget() {
         plan.n_ubatch
     );
 }
+
+/// The bench generator's Q4_K_M mixture gives every tensor the type `llama_model_quantize`
+/// gives it on the same shapes (both the K-quant rows and the fallbacks), and the random-block
+/// file streams to llama.cpp's logits bit for bit.
+#[test]
+fn random_q4_k_m_blocks_follow_llama_cpps_types_and_stream_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for n_embd in [256u64, 320] {
+        let theirs = tiny_q4_k_m(dir.path(), n_embd);
+        let d = Gemma3Dims {
+            n_embd,
+            n_ff: 512,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            ..Gemma3Dims::TINY
+        };
+        let ours = dir.path().join(format!("random-q4_k_m-{n_embd}.gguf"));
+        jq::synth_blocks::write_gemma3_random(&ours, d, 384, jq::synth_blocks::Mixture::Q4KM, 3)
+            .unwrap();
+        let types = |p: &Path| -> Vec<(String, GgmlType)> {
+            let f = jq::gguf::GgufModel::open(p).unwrap();
+            let mut v: Vec<_> = f.tensor_infos().map(|t| (t.name.clone(), t.ty)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(types(&ours), types(&theirs), "n_embd {n_embd}");
+        let llama = Llama::load(&ours).unwrap();
+        let want = llama.prompt_logits(&PROMPT, N_CTX, 2).unwrap();
+        let budget = budget_for(&ours, 1, 2);
+        let mut s = Streamer::open(&ours, &opts(Some(budget), 2)).unwrap();
+        let got = s.eval(&PROMPT, true).unwrap();
+        assert_eq!(bit_differences(&got, &want), 0, "n_embd {n_embd}");
+        assert!(got.iter().all(|x| x.is_finite()));
+    }
+}

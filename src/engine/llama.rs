@@ -34,6 +34,8 @@ pub fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            #[cfg(feature = "dynamic-backends")]
+            load_backend_modules();
             let mut b = LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))?;
             if std::env::var_os("JQ_LLAMA_LOG").is_none_or(|v| v != "1") {
                 b.void_logs();
@@ -42,6 +44,23 @@ pub fn backend() -> Result<&'static LlamaBackend> {
         })
         .as_ref()
         .map_err(|e| anyhow!("{e}"))
+}
+
+/// Loads ggml's backend modules (the best CPU variant for this machine, CUDA where its module
+/// is there) from `$JQ_BACKENDS_DIR`, else from the executable's own folder.
+#[cfg(feature = "dynamic-backends")]
+fn load_backend_modules() {
+    let dir = std::env::var_os("JQ_BACKENDS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|p| p.to_path_buf())
+        });
+    if let Some(d) = dir {
+        llama_cpp_2::llama_backend::load_backends_from_path(&d);
+    }
 }
 
 /// GPUs llama.cpp can offload to (CUDA and the like; empty in a CPU build or without a driver).
