@@ -43,7 +43,8 @@ pub enum Mixture {
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third one
 /// between get more bits.
 fn use_more_bits(i: u64, n: u64) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // (i - n/8) is only reached when i >= n/8: no underflow.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// The type `llama_model_quantize` gives a Gemma-3 weight for Q4_K_M: the tied embedding
@@ -52,7 +53,7 @@ fn use_more_bits(i: u64, n: u64) -> bool {
 /// as llama.cpp falls back (`tensor_type_fallback`: Q4_K to Q5_0, Q6_K to Q8_0; the output to
 /// Q8_0).
 pub fn q4_k_m_type(w: WeightSlot<'_>) -> GgmlType {
-    let fits = w.ne0 % 256 == 0;
+    let fits = w.ne0.is_multiple_of(256);
     let more = |l: Option<u64>| l.is_some_and(|l| use_more_bits(l, w.n_layer));
     let want = match w.kind {
         "token_embd" => return if fits { GgmlType::Q6_K } else { GgmlType::Q8_0 },
@@ -155,11 +156,6 @@ pub fn write_gemma3_random(
         }
         Ok(())
     })
-}
-
-/// The Q4_0 file [`write_gemma3_random`] writes (kept for the benches' and tests' callers).
-pub fn write_gemma3_q4_0_random(path: &Path, d: Gemma3Dims, n_vocab: u64, seed: u64) -> Result<()> {
-    write_gemma3_random(path, d, n_vocab, Mixture::Q4_0, seed)
 }
 
 #[cfg(test)]

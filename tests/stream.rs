@@ -304,7 +304,14 @@ fn reads_overlap_compute() {
 fn random_q4_0_blocks_file_streams_like_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("random-q4_0.gguf");
-    jq::synth_blocks::write_gemma3_q4_0_random(&path, Gemma3Dims::TINY, 384, 7).unwrap();
+    jq::synth_blocks::write_gemma3_random(
+        &path,
+        Gemma3Dims::TINY,
+        384,
+        jq::synth_blocks::Mixture::Q4_0,
+        7,
+    )
+    .unwrap();
     let llama = Llama::load(&path).unwrap();
     let want = llama.prompt_logits(&PROMPT, N_CTX, 2).unwrap();
     let budget = budget_for(&path, 1, 2);
