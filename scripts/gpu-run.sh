@@ -24,6 +24,7 @@ if [ ! -f "$here/libggml-cuda.so" ]; then
     # SASS only ("-real"): the driver needs no newer PTX JIT than it has.
     cmake -S "$here/ggml" -B "$here/cuda-build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DGGML_CUDA=ON -DGGML_BACKEND_DL=ON -DGGML_CPU=OFF -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON \
+      -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF ${CUDAToolkit_ROOT:+-DCUDAToolkit_ROOT=$CUDAToolkit_ROOT} \
       -DCMAKE_CUDA_ARCHITECTURES="${arch}-real" -DGGML_CUDA_NO_VMM="${GGML_CUDA_NO_VMM:-OFF}" \
       > "$here/cuda-configure.log" 2>&1 || { tail -20 "$here/cuda-configure.log" >&2; exit 1; }
     cmake --build "$here/cuda-build" --target ggml-cuda -j "$(nproc)" > "$here/cuda-build.log" 2>&1 \
