@@ -115,13 +115,7 @@ struct Run {
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[b] {
-            b = i;
-        }
-    }
-    b as u32
+    jq::sample::argmax(l) as u32
 }
 
 fn llama_run(path: &Path, ngl: u32, prompt: &[u32], n_decode: usize, n_ctx: u32) -> Result<Run> {
@@ -154,13 +148,7 @@ fn stream_opts(budget: u64, cpu: bool, n_ctx: u32) -> StreamOptions {
 
 /// A budget for the fixed part, 2 resident layers and 2 ring slots on the device.
 fn forcing_budget(path: &Path, cpu: bool, n_ctx: u32) -> Result<u64> {
-    let p = plan_only(path, &stream_opts(u64::MAX / 2, cpu, n_ctx))?;
-    let s = &p.sizes;
-    let n = s.layers.len();
-    let res = jq::engine::stream::plan::spread(2.min(n), n);
-    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
-    let slot: u64 = s.slot_segments(&streamed).iter().sum();
-    Ok(p.fixed_bytes() + res.iter().map(|&l| s.layer(l)).sum::<u64>() + 2 * slot)
+    Ok(plan_only(path, &stream_opts(u64::MAX / 2, cpu, n_ctx))?.budget_for(2, 2))
 }
 
 fn stream_run(

@@ -49,13 +49,7 @@ fn prompts(llama: &Llama) -> Vec<Vec<u32>> {
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[b] {
-            b = i;
-        }
-    }
-    b as u32
+    jq::sample::argmax(l) as u32
 }
 
 /// A prompt's logits (every position) and the greedy continuation's ids and logits.
@@ -65,19 +59,14 @@ struct Run {
     steps: Vec<Vec<f32>>,
 }
 
-/// llama.cpp fully resident, batches and micro-batches of 512.
-fn reference(path: &Path, prompt: &[u32]) -> Run {
-    let llama = Llama::load(path).unwrap();
-    let mut sess = llama
-        .session(N_CTX, N_UB, 2, &SamplerConfig::greedy())
-        .unwrap();
-    let p = sess.eval(prompt, true).unwrap();
-    let v = llama.n_vocab();
+/// The prompt through `eval` (every position's logits), then `N_DECODE` greedy steps.
+fn greedy(mut eval: impl FnMut(&[u32]) -> Vec<f32>, v: usize, prompt: &[u32]) -> Run {
+    let p = eval(prompt);
     let mut next = argmax(&p[p.len() - v..]);
     let (mut ids, mut steps) = (Vec::new(), Vec::new());
     for _ in 0..N_DECODE {
         ids.push(next);
-        let l = sess.eval(&[next], true).unwrap();
+        let l = eval(&[next]);
         next = argmax(&l);
         steps.push(l);
     }
@@ -88,23 +77,19 @@ fn reference(path: &Path, prompt: &[u32]) -> Run {
     }
 }
 
+/// llama.cpp fully resident, batches and micro-batches of 512.
+fn reference(path: &Path, prompt: &[u32]) -> Run {
+    let llama = Llama::load(path).unwrap();
+    let mut sess = llama
+        .session(N_CTX, N_UB, 2, &SamplerConfig::greedy())
+        .unwrap();
+    greedy(|t| sess.eval(t, true).unwrap(), llama.n_vocab(), prompt)
+}
+
 fn streamed(s: &mut Streamer, prompt: &[u32]) -> Run {
     s.clear();
-    let p = s.eval(prompt, true).unwrap();
     let v = s.hparams().n_vocab as usize;
-    let mut next = argmax(&p[p.len() - v..]);
-    let (mut ids, mut steps) = (Vec::new(), Vec::new());
-    for _ in 0..N_DECODE {
-        ids.push(next);
-        let l = s.eval(&[next], true).unwrap();
-        next = argmax(&l);
-        steps.push(l);
-    }
-    Run {
-        prompt: p,
-        ids,
-        steps,
-    }
+    greedy(|t| s.eval(t, true).unwrap(), v, prompt)
 }
 
 fn opts(budget: u64, slots: usize, host: HostLayers) -> StreamOptions {
@@ -129,14 +114,7 @@ fn budget(path: &Path, resident: usize, slots: usize) -> u64 {
 
 /// The same for options `o` (its budget is ignored).
 fn budget_with(path: &Path, resident: usize, o: &StreamOptions) -> u64 {
-    let slots = o.n_slots;
-    let p = plan_only(path, o).unwrap();
-    let s = &p.sizes;
-    let n = s.layers.len();
-    let res = jq::engine::stream::plan::spread(resident, n);
-    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
-    let slot: u64 = s.slot_segments(&streamed).iter().sum();
-    p.fixed_bytes() + res.iter().map(|&l| s.layer(l)).sum::<u64>() + slots as u64 * slot
+    plan_only(path, o).unwrap().budget_for(resident, o.n_slots)
 }
 
 /// Where two runs differ: (place, differing logits, largest difference), or none.

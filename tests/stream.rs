@@ -38,19 +38,9 @@ fn opts(budget: Option<u64>, slots: usize) -> StreamOptions {
 /// A budget with room for the fixed part, `resident` layers (spread as the planner spreads
 /// them) and a ring of `slots` sized for the others.
 fn budget_for(path: &Path, resident: usize, slots: usize) -> u64 {
-    let p = plan_only(path, &opts(Some(u64::MAX / 2), slots)).unwrap();
-    let s = &p.sizes;
-    let n = s.layers.len();
-    let res = jq::engine::stream::plan::spread(resident, n);
-    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
-    let slot: u64 = s.slot_segments(&streamed).iter().sum();
-    s.output
-        + s.kv
-        + s.state
-        + s.compute
-        + s.scratch
-        + res.iter().map(|&l| s.layer(l)).sum::<u64>()
-        + slots as u64 * slot
+    plan_only(path, &opts(Some(u64::MAX / 2), slots))
+        .unwrap()
+        .budget_for(resident, slots)
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -64,13 +54,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[b] {
-            b = i;
-        }
-    }
-    b as u32
+    jq::sample::argmax(l) as u32
 }
 
 /// llama.cpp fully resident: the prompt's logits, then N_DECODE greedy tokens one at a time
