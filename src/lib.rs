@@ -3,6 +3,7 @@
 //! Data flows one way: bytes on disk -> [`gguf`] (validated views) -> [`quant`] (codecs) ->
 //! engines -> tokens. The FFI to ggml used as the independent reference lives in [`ggml`].
 
+pub mod arch;
 pub mod engine;
 pub mod ggml;
 pub mod gguf;

@@ -18,13 +18,33 @@ use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
 use std::ffi::CStr;
 
-/// The op a weight feeds (llama.cpp's `llm_tensor_info_for`): what its placement is tested on.
+/// The op a weight feeds (llama.cpp's `llm_tensor_info_for`), with what `weight_buft_supported`
+/// builds to test it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WeightOp {
     /// A matrix: `ggml_mul_mat(w, x)`.
     MulMat,
     /// A norm's scale: `ggml_mul(x, w)`.
     Mul,
+    /// A bias: `ggml_add(x, w)`.
+    Add,
+    /// RoPE frequency factors: `ggml_rope_ext(x, pos, w, ...)` on `[head_dim, n_head, 512]`.
+    Rope { head_dim: i64, n_head: i64 },
+}
+
+impl WeightOp {
+    pub fn from(op: crate::arch::Op, hp: &crate::arch::Hparams) -> WeightOp {
+        use crate::arch::Op;
+        match op {
+            Op::MulMat => WeightOp::MulMat,
+            Op::Mul => WeightOp::Mul,
+            Op::Add => WeightOp::Add,
+            Op::Rope => WeightOp::Rope {
+                head_dim: hp.head_dim,
+                n_head: hp.n_head,
+            },
+        }
+    }
 }
 
 /// A buffer type of the device, with the device that runs ops on its tensors.
@@ -144,6 +164,15 @@ unsafe fn supports(b: &Buft, w: *mut sys::ggml_tensor, op: WeightOp) -> Result<b
             WeightOp::Mul => {
                 let a = sys::ggml_new_tensor_4d(ctx.ptr, f32t, ne[0], ne[1], ne[2], ne[3]);
                 sys::ggml_mul(ctx.ptr, a, w)
+            }
+            WeightOp::Add => {
+                let a = sys::ggml_new_tensor_4d(ctx.ptr, f32t, ne[0], ne[1], ne[2], ne[3]);
+                sys::ggml_add(ctx.ptr, a, w)
+            }
+            WeightOp::Rope { head_dim, n_head } => {
+                let a = sys::ggml_new_tensor_3d(ctx.ptr, f32t, head_dim, n_head, 512);
+                let b = sys::ggml_new_tensor_1d(ctx.ptr, sys::GGML_TYPE_I32, 512);
+                sys::ggml_rope_ext(ctx.ptr, a, b, w, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             }
         };
         if !(*w).buffer.is_null() {

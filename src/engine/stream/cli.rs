@@ -1,7 +1,7 @@
 //! `jq-run MODEL --stream-layers ...`: plan, stream, generate, report.
 
 use super::{plan_only, StreamOptions, Streamer};
-use crate::engine::stream::graph::Hparams;
+use crate::arch::Hparams;
 use crate::gguf::GgufModel;
 use crate::sample::{Sampler, SamplerConfig};
 use anyhow::{anyhow, bail, Context, Result};

@@ -7,9 +7,10 @@
 //! state of their own (`n_embd x n_tokens` floats each way), and these layers' KV cache lives
 //! in host memory.
 
-use super::graph::{self, Ctx, Hparams, Shape, State, Weights};
+use super::graph::{self, Ctx, State, WTensor, Weights};
 use super::ring::Seg;
 use super::{choose_bufts, run_graph, Backend, Packing};
+use crate::arch::{self, Batch, Hparams};
 use crate::gguf::GgufModel;
 use anyhow::{bail, Context, Result};
 use llama_cpp_sys_2 as sys;
@@ -27,6 +28,10 @@ pub(crate) struct HostSide {
     /// The repacked weights' buffers.
     packed: Vec<sys::ggml_backend_buffer_t>,
     packed_bytes: u64,
+    /// This side's own descriptor of the RoPE factors (in the memory map), when the model has
+    /// them: the device side's is placed in device memory.
+    _ctx: Ctx,
+    rope_freqs: *mut sys::ggml_tensor,
 }
 
 impl HostSide {
@@ -66,6 +71,8 @@ impl HostSide {
                 map_bufs: Vec::new(),
                 packed: Vec::new(),
                 packed_bytes: 0,
+                _ctx: Ctx::new(1, 0)?,
+                rope_freqs: std::ptr::null_mut(),
             };
             h.state_buf =
                 sys::ggml_backend_alloc_ctx_tensors_from_buft(h.st.ctx.ptr, h.backend.buft);
@@ -87,15 +94,11 @@ impl HostSide {
             let mut chosen = Vec::with_capacity(layers.len());
             let mut total = vec![0u64; bufts.len()];
             for &l in layers {
-                let names: Vec<String> = graph::LAYER_TENSORS
-                    .iter()
-                    .map(|n| format!("blk.{l}.{n}.weight"))
-                    .collect();
-                for t in &w.layers[l] {
+                for t in w.present(l) {
                     // The device side may have placed it (calibration); it is placed here now.
                     graph::detach(t.t);
                 }
-                let b = choose_bufts(&h.backend, &w.layers[l], &names)?;
+                let b = choose_bufts(&h.backend, &w.layers[l], &w.layer_names(l))?;
                 let pk = Packing::new(&h.backend, &w.layers[l], &b);
                 for (i, n) in pk.bytes.iter().enumerate() {
                     if !bufts[i].plain_host {
@@ -124,7 +127,10 @@ impl HostSide {
             }
             let mut shift = vec![0u64; bufts.len()];
             for (&l, pk) in layers.iter().zip(&chosen) {
-                for (t, &(b, off)) in w.layers[l].iter().zip(&pk.at) {
+                for (t, at) in w.layers[l].iter().zip(&pk.at) {
+                    let (Some(t), Some((b, off))) = (t, *at) else {
+                        continue;
+                    };
                     let bytes = file.parts()[t.part].bytes();
                     if bufts[b].plain_host {
                         let base = bytes.as_ptr() as usize;
@@ -145,6 +151,9 @@ impl HostSide {
                     }
                 }
             }
+            if let Some(rf) = w.rope_freqs {
+                h.rope_freqs = h.place_in_map(file, &rf)?;
+            }
             // The worst case: a full batch at the end of the context, on one sliding and one
             // global layer among ours.
             let mut kinds: Vec<usize> = Vec::new();
@@ -154,14 +163,13 @@ impl HostSide {
                 }
             }
             for l in kinds {
-                h.gctx.reset();
-                let sh = Shape {
+                let sh = Batch {
                     n_tokens: n_ub,
                     n_past: n_ctx - n_ub,
                     n_kv: n_cells,
                     n_out: None,
                 };
-                let gf = graph::build_layer(h.gctx.ptr, w, &h.st, hp, l, sh);
+                let gf = h.graph(w, hp, l, sh)?;
                 if !sys::ggml_gallocr_reserve(h.galloc, gf) {
                     bail!("could not allocate the host layers' compute buffer");
                 }
@@ -172,13 +180,44 @@ impl HostSide {
     }
 
     /// Computes layer `il` (one of ours) over the host state's activations.
-    pub fn compute_layer(&mut self, w: &Weights, hp: &Hparams, il: usize, sh: Shape) -> Result<()> {
-        self.gctx.reset();
-        // SAFETY: the graph context was reset; the layer's weights are placed in the mapping
-        // and its KV cache is in our state (it is one of `layers`); shapes were checked by the
-        // executor against the same n_ctx / n_ubatch.
-        let gf = unsafe { graph::build_layer(self.gctx.ptr, w, &self.st, hp, il, sh) };
+    pub fn compute_layer(&mut self, w: &Weights, hp: &Hparams, il: usize, sh: Batch) -> Result<()> {
+        let gf = self.graph(w, hp, il, sh)?;
         run_graph(self.backend.ptr, self.galloc, self.compute_bytes, gf)
+    }
+
+    /// Layer `il`'s graph (one of ours) over this side's state.
+    fn graph(
+        &mut self,
+        w: &Weights,
+        hp: &Hparams,
+        il: usize,
+        sh: Batch,
+    ) -> Result<*mut sys::ggml_cgraph> {
+        self.gctx.reset();
+        let io = self.st.io(hp, il, self.rope_freqs)?;
+        // SAFETY: the graph context was reset; the layer's weights are placed (memory map or
+        // repacked host buffers) and its KV cache is in our state (it is one of `layers`);
+        // shapes were checked by the executor against the same n_ctx / n_ubatch.
+        Ok(unsafe { arch::build_layer(self.gctx.ptr, &w.roles(il), &io, hp, il, sh) })
+    }
+
+    /// A descriptor of `t` of this side's own, in place in the memory map.
+    fn place_in_map(&mut self, file: &GgufModel, t: &WTensor) -> Result<*mut sys::ggml_tensor> {
+        let bytes = file.parts()[t.part].bytes();
+        // SAFETY: `_ctx` has room for one descriptor; the mapping buffer of that part is live
+        // and holds the tensor's bytes at their file offset.
+        unsafe {
+            let d = sys::ggml_dup_tensor(self._ctx.ptr, t.t);
+            if d.is_null() {
+                bail!("ggml could not duplicate a descriptor");
+            }
+            graph::place_tensor(
+                self.map_bufs[t.part],
+                d,
+                bytes.as_ptr() as usize + t.file_off as usize,
+            )?;
+            Ok(d)
+        }
     }
 
     /// Host memory this side allocated (state, KV cache, compute buffer, repacked weights).

@@ -31,12 +31,13 @@ pub mod profile;
 mod ring;
 mod upload;
 
+use crate::arch::{self, Batch, Hparams};
 use crate::gguf::GgufModel;
 use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
 use backend::Backend;
 pub use cli::{run, RunArgs};
-use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
+use graph::{Ctx, State, WTensor, Weights};
 use half::f16;
 use llama_cpp_sys_2 as sys;
 use plan::{HostCalibration, Sizes};
@@ -141,39 +142,46 @@ fn align_up(x: u64, a: u64) -> u64 {
 /// backend's memory pool and cuBLAS workspace); checked against the driver's figure.
 const GPU_SCRATCH: u64 = 256 << 20;
 
-/// Tensors packed into per-buffer-type regions: each tensor's buffer type (an index into the
-/// device's `weight_bufts`) and offset in its region, and each region's bytes.
+/// Tensors packed into per-buffer-type regions: each present tensor's buffer type (an index
+/// into the device's `weight_bufts`) and offset in its region, and each region's bytes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Packing {
-    pub at: Vec<(usize, u64)>,
+    pub at: Vec<Option<(usize, u64)>>,
     pub bytes: Vec<u64>,
 }
 
 impl Packing {
-    /// Packs `ts`, tensor `i` going to buffer type `bufts[i]`, each at its alloc size in that
-    /// buffer type.
-    fn new(backend: &Backend, ts: &[WTensor], bufts: &[usize]) -> Packing {
+    /// Packs the present ones of `ts`, tensor `i` going to buffer type `bufts[i]`, each at its
+    /// alloc size in that buffer type.
+    fn new(backend: &Backend, ts: &[Option<WTensor>], bufts: &[Option<usize>]) -> Packing {
         let mut bytes = vec![0u64; backend.weight_bufts.len()];
         let at = ts
             .iter()
             .zip(bufts)
-            .map(|(t, &b)| {
+            .map(|(t, b)| {
+                let (t, &b) = (t.as_ref()?, b.as_ref()?);
                 let off = bytes[b];
                 bytes[b] += backend.alloc_size_in(backend.weight_bufts[b].ptr, t.t);
-                (b, off)
+                Some((b, off))
             })
             .collect();
         Packing { at, bytes }
     }
 }
 
-/// The buffer type llama.cpp would choose for each of `ts` on `backend` (see `backend`).
-fn choose_bufts(backend: &Backend, ts: &[WTensor], names: &[String]) -> Result<Vec<usize>> {
+/// The buffer type llama.cpp would choose for each present one of `ts` on `backend` (see
+/// `backend`).
+fn choose_bufts(
+    backend: &Backend,
+    ts: &[Option<WTensor>],
+    names: &[String],
+) -> Result<Vec<Option<usize>>> {
     ts.iter()
         .zip(names)
         .map(|(t, name)| {
+            let Some(t) = t else { return Ok(None) };
             // SAFETY: `t.t` is a live descriptor with no buffer (placement comes later).
-            unsafe { backend::select(&backend.weight_bufts, t.t, t.op, name) }
+            unsafe { backend::select(&backend.weight_bufts, t.t, t.op, name) }.map(Some)
         })
         .collect()
 }
@@ -237,7 +245,8 @@ struct Prepared {
     plan: Plan,
     /// Per layer: each tensor's buffer type and offset in that layer's region of it.
     layouts: Vec<Packing>,
-    /// The output head (`token_embd` as the tied output, `output_norm`), packed likewise.
+    /// The globals on the device ([`Weights::globals`]: the output head, its norm, the RoPE
+    /// factors), packed likewise.
     out_layout: Packing,
     n_ctx: i64,
     /// KV cells, as llama.cpp allocates them for `n_ctx` (padded to 256).
@@ -277,23 +286,13 @@ impl Prepared {
         if galloc.is_null() {
             bail!("ggml_gallocr_new failed");
         }
-        let names = |il: usize| -> Vec<String> {
-            graph::LAYER_TENSORS
-                .iter()
-                .map(|n| format!("blk.{il}.{n}.weight"))
-                .collect()
-        };
         let mut layouts = Vec::with_capacity(hp.n_layer);
         for (il, lw) in w.layers.iter().enumerate() {
-            let b = choose_bufts(&backend, lw, &names(il))?;
+            let b = choose_bufts(&backend, lw, &w.layer_names(il))?;
             layouts.push(Packing::new(&backend, lw, &b));
         }
-        let out = [w.tok_embd, w.output_norm];
-        let out_names = [
-            "output.weight (token_embd)".into(),
-            "output_norm.weight".into(),
-        ];
-        let ob = choose_bufts(&backend, &out, &out_names)?;
+        let out: Vec<Option<WTensor>> = w.globals().into_iter().map(Some).collect();
+        let ob = choose_bufts(&backend, &out, &w.global_names())?;
         let out_layout = Packing::new(&backend, &out, &ob);
         let n_ub_req = o.n_ubatch.clamp(1, o.n_ctx.max(1));
         let mut p = Prepared {
@@ -383,7 +382,7 @@ impl Prepared {
                 .w
                 .layers
                 .iter()
-                .map(|l| l.iter().map(|t| t.size).sum())
+                .map(|l| l.iter().flatten().map(|t| t.size).sum())
                 .collect(),
             bufts: self
                 .backend
@@ -404,9 +403,15 @@ impl Prepared {
     }
 
     fn all_tensors(&self) -> Vec<*mut sys::ggml_tensor> {
-        let mut v: Vec<_> = self.w.layers.iter().flatten().map(|t| t.t).collect();
-        v.push(self.w.tok_embd.t);
-        v.push(self.w.output_norm.t);
+        let mut v: Vec<_> = self
+            .w
+            .layers
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.t)
+            .collect();
+        v.extend(self.w.globals().iter().map(|t| t.t));
         v.extend(self.st.k.iter().chain(&self.st.v).filter(|t| !t.is_null()));
         v.extend([
             self.st.x,
@@ -418,32 +423,51 @@ impl Prepared {
         v
     }
 
-    /// Builds the graph of `kind` at the worst-case batch in the graph context.
-    fn worst_graph(&mut self, kind: Kind) -> *mut sys::ggml_cgraph {
+    /// The RoPE factors' descriptor on the device, if the model has them.
+    fn rope_freqs(&self) -> *mut sys::ggml_tensor {
+        self.w.rope_freqs.map_or(std::ptr::null_mut(), |t| t.t)
+    }
+
+    /// Builds layer `il`'s graph for batch `b` in the graph context.
+    fn layer_graph(&mut self, il: usize, b: Batch) -> Result<*mut sys::ggml_cgraph> {
         self.gctx.reset();
-        let (g, n_ub, n_ctx) = (self.gctx.ptr, self.n_ub, self.n_ctx);
-        // SAFETY: the graph context was just reset; n_past + n_tokens == n_ctx <= n_kv == the
-        // KV cells and
-        // n_tokens == n_ubatch fit the state tensors; n_outputs <= n_ubatch.
+        let io = self.st.io(&self.hp, il, self.rope_freqs())?;
+        // SAFETY: the graph context was just reset; the layer's weights and the state have
+        // memory (or placeholders while measuring); `b` fits the state (the executor checks
+        // n_past + n_tokens against the context and n_tokens against the micro-batch).
+        Ok(unsafe { arch::build_layer(self.gctx.ptr, &self.w.roles(il), &io, &self.hp, il, b) })
+    }
+
+    /// Builds the output graph over the first `n_out` rows; returns it and the logits.
+    fn output_graph(&mut self, n_out: i64) -> (*mut sys::ggml_cgraph, *mut sys::ggml_tensor) {
+        self.gctx.reset();
+        // SAFETY: the graph context was just reset; n_out <= n_outputs <= n_ubatch rows of x.
         unsafe {
-            match kind {
-                Kind::Layer(il) => graph::build_layer(
-                    g,
-                    &self.w,
-                    &self.st,
-                    &self.hp,
-                    il,
-                    Shape {
-                        n_tokens: n_ub,
-                        n_past: n_ctx - n_ub,
-                        n_kv: self.n_cells,
-                        n_out: None,
-                    },
-                ),
-                Kind::Output => {
-                    graph::build_output(g, &self.w, &self.st, &self.hp, self.n_outputs).0
-                }
-            }
+            arch::build_output(
+                self.gctx.ptr,
+                self.st.x,
+                self.w.output_norm.t,
+                self.w.head().t,
+                &self.hp,
+                n_out,
+            )
+        }
+    }
+
+    /// Builds the graph of `kind` at the worst-case batch: a full micro-batch at the end of
+    /// the context over every KV cell, or every logit row asked for.
+    fn worst_graph(&mut self, kind: Kind) -> Result<*mut sys::ggml_cgraph> {
+        match kind {
+            Kind::Layer(il) => self.layer_graph(
+                il,
+                Batch {
+                    n_tokens: self.n_ub,
+                    n_past: self.n_ctx - self.n_ub,
+                    n_kv: self.n_cells,
+                    n_out: None,
+                },
+            ),
+            Kind::Output => Ok(self.output_graph(self.n_outputs).0),
         }
     }
 
@@ -471,7 +495,7 @@ impl Prepared {
         }
         let mut best = 0u64;
         for kind in self.kinds() {
-            let gf = self.worst_graph(kind);
+            let gf = self.worst_graph(kind)?;
             let mut size = 0usize;
             // SAFETY: `gf` is a graph of live tensors; one buffer type, so one size.
             unsafe {
@@ -525,13 +549,16 @@ impl Prepared {
                 .iter()
                 .zip(&self.layouts[l].at)
                 .enumerate()
-                .map(|(i, (t, &(seg, off)))| Piece {
-                    part: t.part,
-                    src: t.file_off,
-                    len: t.size,
-                    seg,
-                    dst: off,
-                    tensor: i,
+                .filter_map(|(i, (t, at))| {
+                    let (t, &(seg, off)) = (t.as_ref()?, at.as_ref()?);
+                    Some(Piece {
+                        part: t.part,
+                        src: t.file_off,
+                        len: t.size,
+                        seg,
+                        dst: off,
+                        tensor: i,
+                    })
                 })
                 .collect(),
         }
@@ -721,12 +748,15 @@ impl Streamer {
     fn place(
         &self,
         segs: &[Option<Seg>],
-        ts: &[WTensor],
+        ts: &[Option<WTensor>],
         layout: &Packing,
         shift: Option<&[u64]>,
         upload: bool,
     ) -> Result<()> {
-        for (t, &(b, off)) in ts.iter().zip(&layout.at) {
+        for (t, at) in ts.iter().zip(&layout.at) {
+            let (Some(t), Some((b, off))) = (t, *at) else {
+                continue;
+            };
             let seg = segs[b].context("a tensor's buffer type has no region")?;
             let off = off + shift.map_or(0, |s| s[b]);
             // SAFETY: `t.t` is a live descriptor no graph uses now; the offsets were packed
@@ -758,10 +788,10 @@ impl Streamer {
 
     fn allocate(&mut self, o: &StreamOptions) -> Result<()> {
         let plan = self.p.plan.clone();
-        // Output head (the tied embedding).
+        // Output head (and its norm, the RoPE factors).
         let out_regions =
             self.alloc_regions(&self.p.out_layout.bytes.clone(), "the output head")?;
-        let out = [self.p.w.tok_embd, self.p.w.output_norm];
+        let out: Vec<Option<WTensor>> = self.p.w.globals().into_iter().map(Some).collect();
         self.place(&out_regions, &out, &self.p.out_layout, None, true)?;
         // The embedding lookup runs on the host (see `embed_on_host`).
         self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
@@ -817,7 +847,7 @@ impl Streamer {
             self.place_in_slot(l, 0)?;
         }
         for kind in self.p.kinds() {
-            let gf = self.p.worst_graph(kind);
+            let gf = self.p.worst_graph(kind)?;
             // SAFETY: every weight and state tensor has memory; `gf` is a live graph.
             if !unsafe { sys::ggml_gallocr_reserve(self.p.galloc, gf) } {
                 bail!("could not allocate the compute buffer");
@@ -916,11 +946,18 @@ impl Streamer {
             let streamed = self.p.plan.streamed.clone();
             let layers: Vec<(usize, Vec<*mut sys::ggml_tensor>)> = streamed
                 .iter()
-                .map(|&l| (l, self.p.w.layers[l].iter().map(|t| t.t).collect()))
+                .map(|&l| {
+                    let ts = self.p.w.layers[l].iter();
+                    (
+                        l,
+                        ts.map(|t| t.map_or(std::ptr::null_mut(), |t| t.t))
+                            .collect(),
+                    )
+                })
                 .collect();
             let largest = streamed
                 .iter()
-                .flat_map(|&l| self.p.w.layers[l].iter().map(|t| t.size))
+                .flat_map(|&l| self.p.w.present(l).map(|t| t.size))
                 .max()
                 .unwrap_or(0);
             return Ok(Sink::Host(HostSlots::new(
@@ -1000,7 +1037,7 @@ impl Streamer {
         }
         // A token at position 0: its KV cell is rewritten by the first real step.
         self.set_inputs(&[0], 0)?;
-        let sh = Shape {
+        let sh = Batch {
             n_tokens: 1,
             n_past: 0,
             n_kv: graph::n_kv_cells(1, self.p.n_cells),
@@ -1008,11 +1045,8 @@ impl Streamer {
         };
         let mut device_s = f64::MAX;
         for _ in 0..3 {
-            self.p.gctx.reset();
-            // SAFETY: the graph context was reset; the layer is placed in slot 0, filled.
-            let gf = unsafe {
-                graph::build_layer(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, l, sh)
-            };
+            // The layer is placed in slot 0, filled.
+            let gf = self.p.layer_graph(l, sh)?;
             let t = Instant::now();
             self.compute(gf)?;
             device_s = device_s.min(t.elapsed().as_secs_f64());
@@ -1037,7 +1071,7 @@ impl Streamer {
             host_s = host_s.min(t.elapsed().as_secs_f64());
         }
         drop(h);
-        for t in &self.p.w.layers[l] {
+        for t in self.p.w.present(l) {
             // SAFETY: a live descriptor; it pointed into host memory just freed and is placed
             // again before its next use.
             unsafe { graph::detach(t.t) };
@@ -1050,7 +1084,7 @@ impl Streamer {
         })
     }
 
-    /// x[0..n] = token_embd[tokens] * sqrt(n_embd): llama.cpp's input layer, which always runs
+    /// x[0..n] = token_embd[tokens] (times the family's embedding scale): llama.cpp's input layer, which always runs
     /// on the CPU (`dev_input` in `src/llama-model.cpp`) with `token_embd` in a plain CPU
     /// buffer (no extra buffer type takes GET_ROWS): the rows read from the memory map and
     /// turned to f32 by ggml's own `to_float` (what its CPU `get_rows` uses), scaled in f32 as
@@ -1066,7 +1100,7 @@ impl Streamer {
         // SAFETY: ggml's static type table.
         let to_float = unsafe { (*sys::ggml_get_type_traits(ty)).to_float };
         let bytes = self.p.file.parts()[te.part].bytes();
-        let scale = (n as f32).sqrt();
+        let scale = self.p.hp.embd_scale;
         for (j, &id) in tokens.iter().enumerate() {
             let at = te.file_off as usize + id as usize * row;
             let src = bytes
@@ -1082,8 +1116,10 @@ impl Streamer {
                 // SAFETY: `src` is one row of `n` values of this type, `dst` has `n` floats.
                 unsafe { f(src.as_ptr().cast(), dst.as_mut_ptr(), n as i64) };
             }
-            for d in dst.iter_mut() {
-                *d *= scale;
+            if scale != 1.0 {
+                for d in dst.iter_mut() {
+                    *d *= scale;
+                }
             }
         }
         // SAFETY: x is [n_embd, n_ubatch] f32 in the state buffer; tokens.len() <= n_ubatch.
@@ -1146,15 +1182,22 @@ impl Streamer {
         let bufts = &self.p.backend.weight_bufts;
         let mut v = Vec::new();
         for (il, lay) in self.p.layouts.iter().enumerate() {
-            for (n, &(b, _)) in graph::LAYER_TENSORS.iter().zip(&lay.at) {
-                v.push((format!("blk.{il}.{n}.weight"), bufts[b].name.clone()));
+            for (n, at) in self.p.w.layer_names(il).into_iter().zip(&lay.at) {
+                if let Some((b, _)) = at {
+                    v.push((n, bufts[*b].name.clone()));
+                }
             }
         }
-        for (n, &(b, _)) in ["output.weight", "output_norm.weight"]
-            .iter()
+        for (n, at) in self
+            .p
+            .w
+            .global_names()
+            .into_iter()
             .zip(&self.p.out_layout.at)
         {
-            v.push((n.to_string(), bufts[b].name.clone()));
+            if let Some((b, _)) = at {
+                v.push((n, bufts[*b].name.clone()));
+            }
         }
         v
     }
@@ -1323,7 +1366,7 @@ impl Streamer {
             };
             let n_out_l =
                 (il + 1 == n_layer && (n_out as i64) < t && n_out > 0).then_some(n_out as i64);
-            let sh = Shape {
+            let sh = Batch {
                 n_tokens: t,
                 n_past: self.n_past as i64,
                 n_kv: graph::n_kv_cells(self.n_past as i64 + t, self.p.n_cells),
@@ -1371,12 +1414,9 @@ impl Streamer {
                 }
                 slot = Some(f.slot);
             }
-            self.p.gctx.reset();
-            // SAFETY: the graph context was reset; the layer's weights have memory (resident
-            // buffer or the slot just filled); shapes fit the state (checked in `eval`).
-            let gf = unsafe {
-                graph::build_layer(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, il, sh)
-            };
+            // The layer's weights have memory (resident buffers or the slot just filled);
+            // shapes fit the state (checked in `eval`).
+            let gf = self.p.layer_graph(il, sh)?;
             let c0 = self.events.now();
             self.events.push(EvKind::ComputeStart, il);
             self.compute(gf)?;
@@ -1399,17 +1439,8 @@ impl Streamer {
             let n = n_out * self.p.hp.n_vocab as usize;
             let at = logits.len();
             logits.resize(at + n, 0.0);
-            self.p.gctx.reset();
-            // SAFETY: the graph context was reset; n_out <= n_outputs (checked in `eval`).
-            let (gf, out) = unsafe {
-                graph::build_output(
-                    self.p.gctx.ptr,
-                    &self.p.w,
-                    &self.p.st,
-                    &self.p.hp,
-                    n_out as i64,
-                )
-            };
+            // n_out <= n_outputs (checked in `eval`).
+            let (gf, out) = self.p.output_graph(n_out as i64);
             let c0 = self.events.now();
             self.events.push(EvKind::ComputeStart, n_layer);
             self.compute(gf)?;
