@@ -4,12 +4,15 @@
 //! engines -> tokens. The FFI to ggml used as the independent reference lives in [`ggml`].
 
 pub mod engine;
+pub mod errors;
 pub mod ggml;
 pub mod gguf;
 pub mod models;
 pub mod npy;
 pub mod npz;
+pub mod output;
 pub mod quant;
 pub mod sample;
 pub mod synth;
 pub mod synth_blocks;
+pub mod validate;

@@ -492,3 +492,36 @@ fn npz_variants_convert_to_the_same_weights() {
     assert_eq!(f.get_u32("jarvis.attention.head_count").unwrap(), 4);
     assert_eq!(f.get_u32("jarvis.context_length").unwrap(), 512);
 }
+
+/// Through jq-run's text path (`--prompt`, not `--prompt-tokens`): llama.cpp's tokenizer on the
+/// gpt2 export gives exactly the native engine's ids for every fixture prompt. The export's
+/// WPM vocabulary says add_bos_token = false; jq-run adds special tokens only when the model
+/// asks (llama.cpp's tools call its tokenizer with add_special = add_bos), so no CLS/SEP appear.
+#[test]
+fn export_text_path_tokenizes_like_the_native_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = convert_ok("tiny-norm", "f32", "native", dir.path());
+    let export = convert_ok("tiny-norm", "f32", "ollama", dir.path());
+    let ids = |model: &Path, prompt: &str| -> Vec<u64> {
+        let o = Command::new(jq_run())
+            .arg(model)
+            .args(["--prompt", prompt, "-n", "0", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let all = prompts();
+    assert!(all.len() >= 3);
+    for p in &all {
+        let n = ids(&native, p);
+        assert!(!n.is_empty());
+        assert_eq!(ids(&export, p), n, "prompt {p:?}");
+    }
+}

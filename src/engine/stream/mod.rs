@@ -359,6 +359,7 @@ impl Prepared {
             GgufFile::open(path)
                 .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?,
         );
+        crate::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
         let n_ctx = i64::from(o.n_ctx.max(1));
         let n_ub = i64::from(o.n_ubatch.clamp(1, o.n_ctx.max(1)));
