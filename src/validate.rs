@@ -95,6 +95,21 @@ fn per_layer(f: &GgufFile, key: &str, n_layer: u64) -> Result<Option<Vec<u64>>> 
     }
 }
 
+/// A float key, when present, must be finite and at least `min` (above it when `strict`).
+fn finite(f: &GgufFile, key: &str, min: f64, strict: bool) -> Result<()> {
+    let Some(v) = f.get(key) else {
+        return Ok(());
+    };
+    let x = v
+        .as_f64()
+        .ok_or_else(|| key_err(key, format!("must be a number, is {}", v.type_name())))?;
+    if !x.is_finite() || x < min || (strict && x == min) {
+        let want = if strict { "above" } else { "at least" };
+        return Err(key_err(key, format!("is {x}, must be a finite number {want} {min}")));
+    }
+    Ok(())
+}
+
 /// What the generic checks learnt, for the per-architecture ones.
 #[derive(Debug, Clone)]
 struct Hparams {
@@ -246,6 +261,10 @@ fn generic(f: &GgufFile, arch: &str) -> Result<Hparams> {
             ));
         }
     }
+    // ggml asserts eps >= 0 in its norms (a NaN fails that too).
+    for key in ["attention.layer_norm_epsilon", "attention.layer_norm_rms_epsilon"] {
+        finite(f, &k(key), 0.0, false)?;
+    }
     let n_head = per_layer(f, &k("attention.head_count"), n_layer)?.unwrap_or_else(|| vec![0; n_layer as usize]);
     let n_head_kv = per_layer(f, &k("attention.head_count_kv"), n_layer)?.unwrap_or_else(|| n_head.clone());
     for (i, (&h, &kv)) in n_head.iter().zip(&n_head_kv).enumerate() {
@@ -374,14 +393,61 @@ fn head_dims(f: &GgufFile, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
     Ok((hk, hv))
 }
 
+/// The block count must be exactly the blocks that have tensors (llama.cpp refuses other
+/// counts for these architectures, after reading the file).
+fn exact_blocks(f: &GgufFile, key: &str, n_layer: u64) -> Result<()> {
+    match blocks_present(f) {
+        Some(max) if max + 1 != n_layer => Err(key_err(
+            key,
+            format!("is {n_layer} but the file has tensors for blocks 0..={max}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `llama_model_gemma3::load_arch_tensors`.
 fn gemma3(f: &GgufFile, hp: &Hparams) -> Result<()> {
+    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
     let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
     let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
     let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
     if f.get("gemma3.attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()).is_none() {
         return Err(key_err("gemma3.attention.layer_norm_rms_epsilon", "is missing or not a number"));
+    }
+    // `load_swa_pattern(ml, 6)`: a sliding window with no sliding layer trips llama.cpp's
+    // GGML_ASSERT(hparams.is_swa_any()) when the context is made.
+    if uint(f, &hp.key("attention.sliding_window"))?.unwrap_or(0) > 0 {
+        let key = hp.key("attention.sliding_window_pattern");
+        let any = match f.get(&key) {
+            Some(Value::Array(a)) => {
+                let v = a
+                    .to_u64_vec()
+                    .ok_or_else(|| key_err(&key, "must be an array of bools or one integer"))?;
+                if v.len() as u64 != hp.n_layer {
+                    return Err(key_err(&key, format!("has {} entries for {} layers", v.len(), hp.n_layer)));
+                }
+                v.iter().any(|&x| x != 0)
+            }
+            _ => {
+                let p = uint(f, &key)?.unwrap_or(6);
+                (0..hp.n_layer).any(|il| p == 0 || il % p < p - 1)
+            }
+        };
+        if !any {
+            return Err(key_err(
+                &key,
+                "makes no layer sliding while attention.sliding_window is set (llama.cpp aborts on that)",
+            ));
+        }
+    }
+    for (key, min, strict) in [
+        ("rope.freq_base", 0.0, true),
+        ("rope.freq_base_swa", 0.0, true),
+        ("rope.scaling.factor", 0.0, false),
+        ("final_logit_softcapping", 0.0, false),
+    ] {
+        finite(f, &hp.key(key), min, strict)?;
     }
     let (e, v) = (hp.n_embd, n_vocab(f, hp)?);
     let mut w = vec![
@@ -411,13 +477,14 @@ fn gemma3(f: &GgufFile, hp: &Hparams) -> Result<()> {
         ]);
     }
     let why = format!(
-        "gemma3.embedding_length {e}, head_count {n_head}, head_count_kv {n_kv}, key_length {hk}, feed_forward_length {n_ff}, {v} tokens"
+        "gemma3.embedding_length {e}, head_count {n_head}, head_count_kv {n_kv}, key_length {hk}, value_length {hv}, feed_forward_length {n_ff}, {v} tokens"
     );
     check_tensors(f, &w, &why)
 }
 
 /// `llama_model_gpt2::load_arch_tensors`.
 fn gpt2(f: &GgufFile, hp: &Hparams) -> Result<()> {
+    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
     let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
     let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
     let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
@@ -462,6 +529,7 @@ fn jarvis(f: &GgufFile) -> Result<()> {
     use crate::models::jarvis::keys;
     let n_layer = need(f, keys::BLOCK_COUNT)?;
     check_block_count(f, keys::BLOCK_COUNT, n_layer, 1)?;
+    exact_blocks(f, keys::BLOCK_COUNT, n_layer)?;
     let d = need(f, keys::EMBEDDING_LENGTH)?;
     let heads = need(f, keys::HEAD_COUNT)?;
     let ff = need(f, keys::FEED_FORWARD_LENGTH)?;
@@ -476,6 +544,7 @@ fn jarvis(f: &GgufFile) -> Result<()> {
             return Err(key_err(key, format!("is {x}, must be in {min}..={}", u32::MAX)));
         }
     }
+    finite(f, keys::LAYER_NORM_EPS, 0.0, false)?;
     if d % heads != 0 {
         return Err(key_err(keys::HEAD_COUNT, format!("is {heads}, which does not divide embedding_length {d}")));
     }

@@ -530,7 +530,7 @@ fn dump_logits_on_a_full_disk_leaves_nothing() {
         let o = go(
             &args,
             &Opts {
-                fsize_limit: Some(1000),
+                fsize_limit: Some(100),
                 ..Opts::default()
             },
         );
