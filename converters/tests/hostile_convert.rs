@@ -120,7 +120,7 @@ fn npz_every_config_number() {
                 d.path(),
                 &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)],
                 Some(&out),
-                |o| assert_ok_or_refused(o, bound(), &[key, "config.json", "n_heads", "layer_"]),
+                |o| assert_ok_or_refused(o, bound(), &[key, "config.json", "n_heads", "layer_", "from the configuration"]),
             );
         }
     }
@@ -162,10 +162,11 @@ fn npz_every_array_shape() {
                 shapes.push(s2);
             }
         }
-        if shape.len() == 2 {
+        if shape.len() == 2 && shape[0] != shape[1] {
             shapes.push(vec![shape[1], shape[0]]);
         }
         for sh in shapes {
+            eprintln!("case: '{key}' as {sh:?}");
             let d = scratch();
             let j = jarvis_dir(d.path());
             let members: Vec<(String, Vec<u8>)> = arrays

@@ -7,10 +7,8 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// How a run ended.
 #[derive(Debug)]
@@ -56,10 +54,29 @@ pub struct Opts {
     pub cwd: Option<PathBuf>,
 }
 
-/// Runs `bin args`, draining its pipes, and reaps it with `wait4` for its peak RSS.
+/// GNU time: it forks the binary from its own small, freshly exec'd process.
+const TIME: &str = "/usr/bin/time";
+
+/// Runs `bin args`, draining its pipes, and reports the binary's own peak RSS.
+///
+/// The kernel's `ru_maxrss` of a forked child starts from its parent's memory (the address
+/// space it replaces at exec is a copy of the parent's), so a child of a large test process
+/// looks large, and so does any fork of a fork. The binary is therefore run by GNU time
+/// (`/usr/bin/time`), which reports `wait4`'s `ru_maxrss` of its own child; the status comes
+/// from time's report (a signal) or its exit code (the child's).
 pub fn run(bin: &Path, args: &[&str], o: &Opts) -> Outcome {
-    let mut c = Command::new(bin);
-    c.args(args)
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    assert!(
+        Path::new(TIME).exists(),
+        "{TIME} is missing: run scripts/setup (it installs the `time` package)"
+    );
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut c = Command::new(TIME);
+    c.args(["-f", "maxrss %M", "-o"])
+        .arg(report.path())
+        .arg(bin)
+        .args(args)
         .stdin(if o.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -72,7 +89,8 @@ pub fn run(bin: &Path, args: &[&str], o: &Opts) -> Outcome {
         c.current_dir(d);
     }
     if let Some(limit) = o.fsize_limit {
-        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec; both
+        // the limit and the ignored SIGXFSZ are inherited by time's child.
         unsafe {
             c.pre_exec(move || {
                 let r = libc::rlimit {
@@ -85,46 +103,32 @@ pub fn run(bin: &Path, args: &[&str], o: &Opts) -> Outcome {
             });
         }
     }
-    let mut child = c.spawn().expect("spawning the binary");
-    let pid = child.id() as libc::pid_t;
+    let mut child = c.spawn().expect("spawning the binary under /usr/bin/time");
     if let Some(input) = o.stdin.clone() {
         let mut si = child.stdin.take().unwrap();
         std::thread::spawn(move || {
             let _ = si.write_all(&input);
         });
     }
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter; `pid` is our unreaped child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4");
-    // The child is reaped; `Child` must not wait for it again.
-    std::mem::forget(child);
-    let (code, signal) = if libc::WIFEXITED(status) {
-        (Some(libc::WEXITSTATUS(status)), None)
-    } else {
-        (None, Some(libc::WTERMSIG(status)))
-    };
+    let out = child.wait_with_output().unwrap();
+    let rep = std::fs::read_to_string(report.path()).unwrap_or_default();
+    let signal = rep
+        .lines()
+        .find_map(|l| l.strip_prefix("Command terminated by signal "))
+        .and_then(|n| n.trim().parse::<i32>().ok());
+    let max_rss = rep
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
     Outcome {
         args: args.iter().map(|s| s.to_string()).collect(),
-        code,
+        code: if signal.is_some() { None } else { out.status.code() },
         signal,
-        stdout: t_out.join().unwrap(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
-        max_rss: (ru.ru_maxrss as u64) * 1024,
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        max_rss,
     }
 }
 
