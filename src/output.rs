@@ -265,14 +265,21 @@ impl AtomicFile {
         }
         remove_stale_temps(dir, name);
         let tmp = dir.join(temp_name(name, std::process::id()));
-        let file = OpenOptions::new()
+        // Registered (and the handlers installed) before the file exists, so a signal at any
+        // moment after it appears removes it.
+        let slot = register(&tmp);
+        let file = match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .open(&tmp)
-            .map_err(|e| io_err(path, e))?;
-        // Registered before anything else can fail, so the file never outlives us unnoticed.
-        let slot = register(&tmp);
+        {
+            Ok(f) => f,
+            Err(e) => {
+                deregister(slot);
+                return Err(io_err(path, e));
+            }
+        };
         let me = AtomicFile {
             path: path.to_path_buf(),
             tmp,
