@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use jq::engine::llama::Llama;
 use jq::engine::native::Jarvis;
-use jq::gguf::GgufFile;
+use jq::gguf::GgufModel;
 use jq::models::jarvis::Generator;
 
 fn main() -> Result<()> {
@@ -14,7 +14,7 @@ fn main() -> Result<()> {
         [a, b, c] => (a, b, c),
         _ => anyhow::bail!("usage: llama_parity NATIVE.gguf GPT2.gguf PROMPT"),
     };
-    let f = GgufFile::open(native).with_context(|| native.clone())?;
+    let f = GgufModel::open(native).with_context(|| native.clone())?;
     let j = Jarvis::load(&f)?;
     let ids = j.tokenizer.encode(text)?;
     let mut g = Generator::new(&j.model);

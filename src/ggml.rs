@@ -192,6 +192,13 @@ pub fn read_gguf(path: &Path) -> Option<GgmlGguf> {
 /// Runs `llama_model_quantize` in `pure` mode (every eligible tensor to `ftype`'s type).
 /// Returns llama.cpp's status (0 = success).
 pub fn llama_quantize_pure(input: &Path, output: &Path, ftype: u32, nthread: i32) -> u32 {
+    llama_quantize(input, output, ftype, true, nthread)
+}
+
+/// Runs `llama_model_quantize` for the file type `ftype` (`LLAMA_FTYPE_*`: 15 is Q4_K_M);
+/// without `pure`, llama.cpp's own per-tensor mixture rules (`llama_tensor_get_type`) apply.
+/// Returns llama.cpp's status (0 = success).
+pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, pure: bool, nthread: i32) -> u32 {
     let i = CString::new(input.to_str().expect("utf-8 path")).expect("no NUL");
     let o = CString::new(output.to_str().expect("utf-8 path")).expect("no NUL");
     // SAFETY: default params come from llama.cpp; both paths are valid C strings that outlive
@@ -200,7 +207,7 @@ pub fn llama_quantize_pure(input: &Path, output: &Path, ftype: u32, nthread: i32
         sys::llama_backend_init();
         let mut p = sys::llama_model_quantize_default_params();
         p.ftype = ftype;
-        p.pure_ = true;
+        p.pure_ = pure;
         p.nthread = nthread;
         sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
     }

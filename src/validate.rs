@@ -15,7 +15,7 @@
 //! native loader reads. The architectures-as-data issue later moves these tables beside the
 //! per-family code.
 
-use crate::gguf::{GgufFile, TensorInfo, Value, ValueType};
+use crate::gguf::{GgufFile, GgufModel, TensorInfo, Value, ValueType};
 use crate::quant::GgmlType;
 use std::collections::HashMap;
 
@@ -44,6 +44,37 @@ impl ValidateError {
 
 type Result<T> = std::result::Result<T, ValidateError>;
 
+/// What the checks read: one GGUF file or a split set.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<Value<'_>>;
+    fn infos(&self) -> Vec<&TensorInfo>;
+    fn info(&self, name: &str) -> Option<&TensorInfo>;
+}
+
+impl Source for GgufFile {
+    fn get(&self, key: &str) -> Option<Value<'_>> {
+        GgufFile::get(self, key)
+    }
+    fn infos(&self) -> Vec<&TensorInfo> {
+        self.tensor_infos().iter().collect()
+    }
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor(name).ok().map(|t| t.info)
+    }
+}
+
+impl Source for GgufModel {
+    fn get(&self, key: &str) -> Option<Value<'_>> {
+        GgufModel::get(self, key)
+    }
+    fn infos(&self) -> Vec<&TensorInfo> {
+        self.tensor_infos().collect()
+    }
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor(name).ok().map(|t| t.info)
+    }
+}
+
 fn key_err(key: &str, reason: impl Into<String>) -> ValidateError {
     ValidateError::Key {
         key: key.to_string(),
@@ -59,7 +90,7 @@ fn tensor_err(name: &str, reason: impl Into<String>) -> ValidateError {
 }
 
 /// An unsigned integer key: `None` when absent, an error when present as anything else.
-fn uint(f: &GgufFile, key: &str) -> Result<Option<u64>> {
+fn uint(f: &dyn Source, key: &str) -> Result<Option<u64>> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => v
@@ -69,13 +100,13 @@ fn uint(f: &GgufFile, key: &str) -> Result<Option<u64>> {
     }
 }
 
-fn need(f: &GgufFile, key: &str) -> Result<u64> {
+fn need(f: &dyn Source, key: &str) -> Result<u64> {
     uint(f, key)?.ok_or_else(|| key_err(key, "is missing"))
 }
 
 /// A per-layer key given as one integer or an array of `n_layer` (llama.cpp's
 /// `get_key_or_arr`). `None` when absent.
-fn per_layer(f: &GgufFile, key: &str, n_layer: u64) -> Result<Option<Vec<u64>>> {
+fn per_layer(f: &dyn Source, key: &str, n_layer: u64) -> Result<Option<Vec<u64>>> {
     match f.get(key) {
         None => Ok(None),
         Some(Value::Array(a)) => {
@@ -96,7 +127,7 @@ fn per_layer(f: &GgufFile, key: &str, n_layer: u64) -> Result<Option<Vec<u64>>> 
 }
 
 /// A float key, when present, must be finite and at least `min` (above it when `strict`).
-fn finite(f: &GgufFile, key: &str, min: f64, strict: bool) -> Result<()> {
+fn finite(f: &dyn Source, key: &str, min: f64, strict: bool) -> Result<()> {
     let Some(v) = f.get(key) else {
         return Ok(());
     };
@@ -132,7 +163,7 @@ impl Hparams {
 }
 
 /// Validates a GGUF's metadata and tensors for its architecture.
-pub fn check(f: &GgufFile) -> Result<()> {
+pub fn check(f: &dyn Source) -> Result<()> {
     let arch = f
         .get("general.architecture")
         .and_then(|v| v.as_str().map(str::to_string))
@@ -149,14 +180,14 @@ pub fn check(f: &GgufFile) -> Result<()> {
 }
 
 /// The largest `N` of the `blk.N.*` tensors, and how many such tensors there are.
-fn blocks_present(f: &GgufFile) -> Option<u64> {
-    f.tensor_infos()
-        .iter()
+fn blocks_present(f: &dyn Source) -> Option<u64> {
+    f.infos()
+        .into_iter()
         .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<u64>().ok())
         .max()
 }
 
-fn check_block_count(f: &GgufFile, key: &str, n_layer: u64, min: u64) -> Result<()> {
+fn check_block_count(f: &dyn Source, key: &str, n_layer: u64, min: u64) -> Result<()> {
     if n_layer < min || n_layer > MAX_LAYERS {
         return Err(key_err(key, format!("is {n_layer}, must be in {min}..={MAX_LAYERS}")));
     }
@@ -165,7 +196,7 @@ fn check_block_count(f: &GgufFile, key: &str, n_layer: u64, min: u64) -> Result<
             key,
             format!("is {n_layer} but the file has tensors for blocks 0..={max} only"),
         )),
-        None if n_layer > 0 && f.tensor_infos().iter().any(|t| t.name.starts_with("blk.")) => Err(
+        None if n_layer > 0 && f.infos().into_iter().any(|t| t.name.starts_with("blk.")) => Err(
             key_err(key, format!("is {n_layer} but no tensor is named blk.N.*")),
         ),
         _ => Ok(()),
@@ -174,7 +205,7 @@ fn check_block_count(f: &GgufFile, key: &str, n_layer: u64, min: u64) -> Result<
 
 /// Token strings must be distinct (llama.cpp renames an empty one `[EMPTY_<i>]` first, then
 /// asserts); returns their count.
-fn check_tokens(f: &GgufFile) -> Result<Option<u64>> {
+fn check_tokens(f: &dyn Source) -> Result<Option<u64>> {
     const KEY: &str = "tokenizer.ggml.tokens";
     let Some(v) = f.get(KEY) else {
         return Ok(None);
@@ -207,7 +238,7 @@ fn check_tokens(f: &GgufFile) -> Result<Option<u64>> {
 }
 
 /// The checks that protect llama.cpp's loader for any architecture.
-fn generic(f: &GgufFile, arch: &str) -> Result<Hparams> {
+fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
     let k = |s: &str| format!("{arch}.{s}");
     let n_layer = need(f, &k("block_count"))?;
     check_block_count(f, &k("block_count"), n_layer, 1)?;
@@ -283,8 +314,8 @@ fn generic(f: &GgufFile, arch: &str) -> Result<Hparams> {
     }
     let n_ff = per_layer(f, &k("feed_forward_length"), n_layer)?.unwrap_or_else(|| vec![0; n_layer as usize]);
     let n_tokens = check_tokens(f)?;
-    if let (Some(n), Ok(t)) = (n_tokens, f.tensor("token_embd.weight")) {
-        let rows = t.info.ne.get(1).copied().unwrap_or(1);
+    if let (Some(n), Some(t)) = (n_tokens, f.info("token_embd.weight")) {
+        let rows = t.ne.get(1).copied().unwrap_or(1);
         if rows != n {
             return Err(tensor_err(
                 "token_embd.weight",
@@ -327,9 +358,9 @@ fn dims_match(t: &TensorInfo, ne: &[u64]) -> bool {
     (0..4).all(|i| t.ne4()[i] == ne.get(i).copied().unwrap_or(1))
 }
 
-fn check_tensors(f: &GgufFile, wants: &[Want], why: &str) -> Result<()> {
+fn check_tensors(f: &dyn Source, wants: &[Want], why: &str) -> Result<()> {
     for w in wants {
-        let Some(t) = f.tensor_infos().iter().find(|t| t.name == w.name) else {
+        let Some(t) = f.info(&w.name) else {
             if w.required {
                 return Err(tensor_err(&w.name, "is missing"));
             }
@@ -361,20 +392,19 @@ fn uniform(hp: &Hparams, v: &[u64], key: &str, min: u64) -> Result<u64> {
     Ok(x)
 }
 
-fn n_vocab(f: &GgufFile, hp: &Hparams) -> Result<u64> {
+fn n_vocab(f: &dyn Source, hp: &Hparams) -> Result<u64> {
     match hp.n_tokens {
         Some(n) => Ok(n),
         None => Err(key_err("tokenizer.ggml.tokens", "is missing")),
     }
     .or_else(|e| {
-        f.tensor("token_embd.weight")
-            .ok()
-            .and_then(|t| t.info.ne.get(1).copied())
+        f.info("token_embd.weight")
+            .and_then(|t| t.ne.get(1).copied())
             .ok_or(e)
     })
 }
 
-fn head_dims(f: &GgufFile, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
+fn head_dims(f: &dyn Source, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
     let k = uint(f, &hp.key("attention.key_length"))?;
     let v = uint(f, &hp.key("attention.value_length"))?;
     if k.is_none() && hp.n_embd % n_head != 0 {
@@ -395,7 +425,7 @@ fn head_dims(f: &GgufFile, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
 
 /// The block count must be exactly the blocks that have tensors (llama.cpp refuses other
 /// counts for these architectures, after reading the file).
-fn exact_blocks(f: &GgufFile, key: &str, n_layer: u64) -> Result<()> {
+fn exact_blocks(f: &dyn Source, key: &str, n_layer: u64) -> Result<()> {
     match blocks_present(f) {
         Some(max) if max + 1 != n_layer => Err(key_err(
             key,
@@ -406,7 +436,7 @@ fn exact_blocks(f: &GgufFile, key: &str, n_layer: u64) -> Result<()> {
 }
 
 /// `llama_model_gemma3::load_arch_tensors`.
-fn gemma3(f: &GgufFile, hp: &Hparams) -> Result<()> {
+fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
     exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
     let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
     let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
@@ -457,7 +487,7 @@ fn gemma3(f: &GgufFile, hp: &Hparams) -> Result<()> {
     ];
     for i in 0..hp.n_layer {
         let b = |s: &str| format!("blk.{i}.{s}");
-        let fused = f.tensor(&b("attn_qkv.weight")).is_ok();
+        let fused = f.info(&b("attn_qkv.weight")).is_some();
         let qkv = hk * n_head + hk * n_kv + hv * n_kv;
         w.extend([
             want(b("attn_norm.weight"), &[e], true),
@@ -483,7 +513,7 @@ fn gemma3(f: &GgufFile, hp: &Hparams) -> Result<()> {
 }
 
 /// `llama_model_gpt2::load_arch_tensors`.
-fn gpt2(f: &GgufFile, hp: &Hparams) -> Result<()> {
+fn gpt2(f: &dyn Source, hp: &Hparams) -> Result<()> {
     exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
     let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
     let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
@@ -525,7 +555,7 @@ fn gpt2(f: &GgufFile, hp: &Hparams) -> Result<()> {
 }
 
 /// What the native Jarvis loader reads (`models::jarvis`).
-fn jarvis(f: &GgufFile) -> Result<()> {
+fn jarvis(f: &dyn Source) -> Result<()> {
     use crate::models::jarvis::keys;
     let n_layer = need(f, keys::BLOCK_COUNT)?;
     check_block_count(f, keys::BLOCK_COUNT, n_layer, 1)?;
@@ -549,7 +579,7 @@ fn jarvis(f: &GgufFile) -> Result<()> {
         return Err(key_err(keys::HEAD_COUNT, format!("is {heads}, which does not divide embedding_length {d}")));
     }
     let v = check_tokens(f)?.ok_or_else(|| key_err("tokenizer.ggml.tokens", "is missing"))?;
-    let norm = f.tensor("output_norm.weight").is_ok();
+    let norm = f.info("output_norm.weight").is_some();
     let mut w = vec![
         want("token_embd.weight", &[d, v], true),
         want("output.weight", &[d, v], true),

@@ -111,7 +111,13 @@ fn sampling_with_a_seed_is_reproducible() {
         ids(&b, "generated_ids"),
         ids(&c, "generated_ids"),
     );
-    assert_eq!(ga.len(), 24, "{a}");
+    // 24 tokens unless an end-of-generation token was drawn first (which one is drawn depends
+    // on the CPU's kernels: this tiny random model's logits differ in their last bits between
+    // AVX-512 and AVX2 machines).
+    assert!(
+        ga.len() == 24 || (a["stop"] == "Eog" && !ga.is_empty()),
+        "{a}"
+    );
     assert_eq!(ga, gb, "same seed, different tokens");
     assert_ne!(ga, gc, "seeds 7 and 8 drew the same 24 tokens");
     // The prompt went through llama.cpp's tokenizer with BOS added.
@@ -486,6 +492,10 @@ fn stream_layers_through_the_binary() {
             "--json",
             "--vram-budget",
             "1TiB",
+            // Planned for the runs below, which dump every position's logits (the output
+            // buffer is sized for them).
+            "--dump-logits",
+            "unused.npy",
         ],
         None,
     )))

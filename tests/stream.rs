@@ -27,6 +27,7 @@ fn opts(budget: Option<u64>, slots: usize) -> StreamOptions {
     StreamOptions {
         budget,
         n_slots: slots,
+        all_logits: true,
         n_ctx: N_CTX,
         n_ubatch: N_CTX,
         threads: 2,
@@ -34,18 +35,22 @@ fn opts(budget: Option<u64>, slots: usize) -> StreamOptions {
     }
 }
 
-/// A budget with room for the fixed part, `resident` layers and a ring of `slots`.
+/// A budget with room for the fixed part, `resident` layers (spread as the planner spreads
+/// them) and a ring of `slots` sized for the others.
 fn budget_for(path: &Path, resident: usize, slots: usize) -> u64 {
     let p = plan_only(path, &opts(Some(u64::MAX / 2), slots)).unwrap();
     let s = &p.sizes;
-    let layer = *s.layers.iter().max().unwrap();
+    let n = s.layers.len();
+    let res = jq::engine::stream::plan::spread(resident, n);
+    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
+    let slot: u64 = s.slot_segments(&streamed).iter().sum();
     s.output
         + s.kv
         + s.state
         + s.compute
         + s.scratch
-        + s.layers[..resident].iter().sum::<u64>()
-        + slots as u64 * layer
+        + res.iter().map(|&l| s.layer(l)).sum::<u64>()
+        + slots as u64 * slot
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -146,7 +151,7 @@ fn parity(ty: GgmlType, decode_outliers: usize) {
     );
     assert!(s.device_bytes() <= budget);
     // Every step streamed every streamed layer once.
-    let per_token: u64 = plan.streamed.iter().map(|&l| plan.sizes.layers[l]).sum();
+    let per_token: u64 = plan.streamed_bytes_per_token;
     assert!(per_token > 0);
     for st in s.steps() {
         assert!(st.bytes_streamed > 0 && st.bytes_streamed <= per_token);
@@ -441,7 +446,7 @@ fn host_layers_equal_llama_cpp_resident() {
             let ring = if streamed.is_empty() {
                 0
             } else {
-                2 * plan.slot_bytes
+                2 * plan.slot_bytes()
             };
             assert_eq!(
                 s.device_bytes(),
@@ -455,7 +460,10 @@ fn host_layers_equal_llama_cpp_resident() {
                     .map(|l| l.layer)
                     .collect();
                 assert_eq!(hosted, host);
-                let per_token: u64 = streamed.iter().map(|&l| plan.sizes.layers[l]).sum();
+                let per_token: u64 = streamed
+                    .iter()
+                    .map(|&l| plan.sizes.layer_file_bytes[l])
+                    .sum();
                 assert!(st.bytes_streamed <= per_token);
             }
         }
@@ -501,4 +509,231 @@ fn host_layers_auto_follows_the_measured_times() {
         }
         assert!(ep <= 1e-4 && max(&ed) <= 1e-4, "{ep} {ed:?}");
     }
+}
+
+/// A tiny Gemma-3 in llama.cpp's Q4_K_M mixture: written in F32 (`synth`), then quantized by
+/// `llama_model_quantize` itself (llama.cpp's per-tensor rules, not ours). `n_embd` 256 gives
+/// K-quant rows (Q4_K next to Q6_K: `attn_v`/`ffn_down` get more bits in some layers); 320,
+/// like the real 270M's 640, is not a multiple of 256, so those rows fall back to Q5_0 / Q8_0
+/// while `attn_output` and `ffn_down` keep Q4_K / Q6_K.
+fn tiny_q4_k_m(dir: &Path, n_embd: u64) -> PathBuf {
+    let d = Gemma3Dims {
+        n_embd,
+        n_ff: 512,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 64,
+        ..Gemma3Dims::TINY
+    };
+    let f32_path = dir.join(format!("tiny-gemma3-{n_embd}-f32.gguf"));
+    write_gemma3(&f32_path, d, 384, GgmlType::F32).unwrap();
+    let out = dir.join(format!("tiny-gemma3-{n_embd}-q4_k_m.gguf"));
+    const LLAMA_FTYPE_MOSTLY_Q4_K_M: u32 = 15;
+    let st = jq::ggml::llama_quantize(&f32_path, &out, LLAMA_FTYPE_MOSTLY_Q4_K_M, false, 2);
+    assert_eq!(st, 0, "llama_model_quantize failed");
+    out
+}
+
+/// The types of each layer's matrices, in file order.
+fn layer_types(path: &Path) -> Vec<Vec<GgmlType>> {
+    let f = jq::gguf::GgufModel::open(path).unwrap();
+    let n = f.get_u32("gemma3.block_count").unwrap() as usize;
+    (0..n)
+        .map(|l| {
+            f.tensor_infos()
+                .filter(|t| t.name.starts_with(&format!("blk.{l}.")) && t.ne.len() == 2)
+                .map(|t| t.ty)
+                .collect()
+        })
+        .collect()
+}
+
+/// Layers of different types (a K-quant mixture) stream through one ring (slots sized for the
+/// largest streamed layer in each buffer type) and give llama.cpp's logits bit for bit.
+#[test]
+fn mixed_k_quant_layers_stream_like_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n_embd, want) in [
+        (256, vec![GgmlType::Q4_K, GgmlType::Q6_K]),
+        (
+            320,
+            vec![
+                GgmlType::Q5_0,
+                GgmlType::Q8_0,
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+            ],
+        ),
+    ] {
+        let path = tiny_q4_k_m(dir.path(), n_embd);
+        let types = layer_types(&path);
+        for ty in &want {
+            assert!(
+                types.iter().flatten().any(|t| t == ty),
+                "n_embd {n_embd}: no {ty:?} in {types:?}"
+            );
+        }
+        assert!(
+            types.windows(2).any(|w| w[0] != w[1]),
+            "n_embd {n_embd}: the layers are alike: {types:?}"
+        );
+        for slots in [2, 3] {
+            let budget = budget_for(&path, 1, slots);
+            let (ref_prompt, ref_ids, ref_logits) = llama_reference(&path);
+            let mut s = Streamer::open(&path, &opts(Some(budget), slots)).unwrap();
+            assert_eq!(s.plan().streamed, vec![1, 2, 3, 4, 5]);
+            let prompt = s.eval(&PROMPT, true).unwrap();
+            assert_eq!(
+                bit_differences(&prompt, &ref_prompt),
+                0,
+                "n_embd {n_embd}, {slots} slots: prompt logits"
+            );
+            for (k, (&id, want)) in ref_ids.iter().zip(&ref_logits).enumerate() {
+                let l = s.eval(&[id], true).unwrap();
+                assert_eq!(
+                    bit_differences(&l, want),
+                    0,
+                    "n_embd {n_embd}, {slots} slots: decode step {k}"
+                );
+            }
+            assert!(s.device_bytes() <= budget);
+            assert_eq!(s.device_bytes(), s.plan().device_bytes());
+        }
+    }
+}
+
+/// `--plan-only` and the run make the same decisions: over a sweep of budgets from below the
+/// smallest workable one to above everything-resident, a plan is printed exactly when the run
+/// opens, and the run then allocates what the plan said.
+#[test]
+fn plan_and_run_agree_on_every_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_q4_k_m(dir.path(), 320);
+    let min = budget_for(&path, 0, 2);
+    let all = budget_for(&path, 6, 0);
+    let (lo, hi) = (min - min / 8, all + all / 8);
+    let (mut ok, mut refused) = (0, 0);
+    for k in 0..=24u64 {
+        let budget = lo + (hi - lo) * k / 24;
+        let o = opts(Some(budget), 2);
+        let plan = plan_only(&path, &o);
+        let run = Streamer::open(&path, &o);
+        match (&plan, &run) {
+            (Ok(p), Ok(s)) => {
+                ok += 1;
+                assert_eq!(s.plan().resident, p.resident, "budget {budget}");
+                assert_eq!(s.plan().streamed, p.streamed, "budget {budget}");
+                assert_eq!(s.device_bytes(), p.device_bytes(), "budget {budget}");
+                assert!(s.device_bytes() <= budget);
+            }
+            (Err(a), Err(b)) => {
+                refused += 1;
+                assert_eq!(a.to_string(), b.to_string(), "budget {budget}");
+            }
+            _ => panic!(
+                "budget {budget}: plan {:?} but run {:?}",
+                plan.as_ref().map(|p| p.streamed.clone()),
+                run.as_ref().map(|s| s.plan().streamed.clone())
+            ),
+        }
+    }
+    assert!(ok > 10 && refused > 0, "ok {ok}, refused {refused}");
+}
+
+/// The output buffer holds the logits asked for: one row unless every position's are wanted
+/// (then the whole micro-batch's); asking a last-row executor for every row is refused.
+#[test]
+fn output_buffer_is_sized_for_the_logits_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // A vocabulary large enough that the logits dominate the compute buffer (as Gemma's 262k do).
+    let path = dir.path().join("tiny-gemma3-vocab8192.gguf");
+    write_gemma3(&path, Gemma3Dims::TINY, 8192, GgmlType::Q8_0).unwrap();
+    let big = Some(u64::MAX / 2);
+    let all = plan_only(&path, &opts(big, 2)).unwrap();
+    let last = plan_only(
+        &path,
+        &StreamOptions {
+            all_logits: false,
+            ..opts(big, 2)
+        },
+    )
+    .unwrap();
+    assert_eq!((all.n_outputs, last.n_outputs), (N_CTX, 1));
+    // 64 rows of 8192 logits are 2 MiB of f32: the all-rows buffer holds them, the last-row
+    // one is a small fraction of that (its largest graph is a layer's).
+    let rows = 64 * 8192 * 4;
+    assert!(
+        all.sizes.compute >= rows && last.sizes.compute < rows / 8,
+        "{} vs {}",
+        all.sizes.compute,
+        last.sizes.compute
+    );
+    let mut s = Streamer::open(
+        &path,
+        &StreamOptions {
+            all_logits: false,
+            ..opts(big, 2)
+        },
+    )
+    .unwrap();
+    let e = s.eval(&PROMPT, true).unwrap_err().to_string();
+    assert!(e.contains("sized for the last one"), "{e}");
+    // The last row alone is what an all-rows run gives for that row.
+    let mut s = Streamer::open(
+        &path,
+        &StreamOptions {
+            all_logits: false,
+            ..opts(big, 2)
+        },
+    )
+    .unwrap();
+    let one = s.eval(&PROMPT, false).unwrap();
+    let mut s2 = Streamer::open(&path, &opts(big, 2)).unwrap();
+    let every = s2.eval(&PROMPT, true).unwrap();
+    let v = s.hparams().n_vocab as usize;
+    assert_eq!(one.len(), v);
+    let e = rel_err(&one, &every[every.len() - v..]);
+    assert!(e <= 1e-5, "{e}");
+}
+
+/// A budget the default micro-batch's compute buffer does not fit: with `n_ubatch_auto` the
+/// micro-batch is halved until the plan fits (and the plan says so), the device never exceeds
+/// the budget, and the logits equal llama.cpp's run with that same micro-batch bit for bit;
+/// without it the refusal names `-b`.
+#[test]
+fn micro_batch_shrinks_to_fit_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::Q8_0);
+    let full = plan_only(&path, &opts(Some(u64::MAX / 2), 2)).unwrap();
+    // Room for the smallest plan (everything streamed) but half its compute buffer: the
+    // micro-batch must shrink.
+    let budget = budget_for(&path, 0, 2) - full.sizes.compute / 2;
+    let fixed = StreamOptions {
+        n_ubatch_auto: false,
+        ..opts(Some(budget), 2)
+    };
+    let e = plan_only(&path, &fixed).unwrap_err().to_string();
+    assert!(e.contains("-b"), "{e}");
+    let o = StreamOptions {
+        n_ubatch_auto: true,
+        ..opts(Some(budget), 2)
+    };
+    let plan = plan_only(&path, &o).unwrap();
+    assert!(plan.n_ubatch < N_CTX, "{plan}");
+    assert_eq!(plan.n_ubatch_requested, N_CTX);
+    assert!(plan.to_string().contains("reduced from 64"), "{plan}");
+    let mut s = Streamer::open(&path, &o).unwrap();
+    let got = s.eval(&PROMPT, true).unwrap();
+    assert!(s.device_bytes() <= budget);
+    let llama = Llama::load(&path).unwrap();
+    let mut sess = llama
+        .session(N_CTX, plan.n_ubatch, 2, &SamplerConfig::greedy())
+        .unwrap();
+    let want = sess.eval(&PROMPT, true).unwrap();
+    assert_eq!(
+        bit_differences(&got, &want),
+        0,
+        "micro-batch {}",
+        plan.n_ubatch
+    );
 }

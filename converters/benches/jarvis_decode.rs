@@ -8,7 +8,7 @@
 
 use jq::engine::llama::Llama;
 use jq::engine::native::{Jarvis, RunOptions};
-use jq::gguf::GgufFile;
+use jq::gguf::GgufModel;
 use jq::sample::SamplerConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,7 +87,7 @@ fn main() {
     for ty in ["f32", "f16", "q8_0", "q4_0"] {
         let native = convert(dir.path(), ty, "native");
         let gpt2 = convert(dir.path(), ty, "ollama");
-        let f = GgufFile::open(&native).unwrap();
+        let f = GgufModel::open(&native).unwrap();
         let j = Jarvis::load(&f).unwrap();
         let opts = RunOptions {
             prompt_ids: prompt.clone(),

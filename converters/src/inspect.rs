@@ -1,6 +1,6 @@
 //! `jq-convert inspect`: everything in a GGUF header, for people (`text`) and tools (`json`).
 
-use jq::gguf::{GgufFile, Value};
+use jq::gguf::{GgufModel, Value};
 use jq::quant::GgmlType;
 use serde_json::{json, Map, Number, Value as Json};
 use std::collections::BTreeMap;
@@ -100,8 +100,10 @@ fn json_value(v: &Value<'_>, full: bool) -> Json {
 
 /// The JSON description: `{"version", "alignment", "data_offset", "metadata": {key: {"type",
 /// "value"[, "len", "truncated"]}}, "tensors": [{"name", "type", "shape" (ggml ne order),
-/// "offset", "size"}]}`.
-pub fn to_json(f: &GgufFile, full: bool) -> Json {
+/// "offset", "size"}]}`. A split set is described as the one model it is: the first part's
+/// header fields and metadata (without the `split.*` keys), every part's tensors, each with its
+/// `part`, and a `parts` list (path, data offset, tensor count).
+pub fn to_json(f: &GgufModel, full: bool) -> Json {
     let mut meta = Map::new();
     for (k, v) in f.metadata() {
         let mut entry = Map::new();
@@ -115,26 +117,44 @@ pub fn to_json(f: &GgufFile, full: bool) -> Json {
         }
         meta.insert(k.to_string(), Json::Object(entry));
     }
-    let tensors: Vec<Json> = f
-        .tensor_infos()
-        .iter()
-        .map(|t| {
-            json!({
+    let mut tensors: Vec<Json> = Vec::with_capacity(f.n_tensors());
+    for (pi, p) in f.parts().iter().enumerate() {
+        for t in p.tensor_infos() {
+            let mut j = json!({
                 "name": t.name,
                 "type": t.ty.upper_name(),
                 "shape": t.ne,
                 "offset": t.offset,
                 "size": t.size,
-            })
-        })
-        .collect();
-    json!({
-        "version": f.version(),
-        "alignment": f.alignment(),
-        "data_offset": f.data_offset(),
+            });
+            if f.is_split() {
+                j["part"] = pi.into();
+            }
+            tensors.push(j);
+        }
+    }
+    let m = f.meta();
+    let mut j = json!({
+        "version": m.version(),
+        "alignment": m.alignment(),
+        "data_offset": m.data_offset(),
         "metadata": meta,
         "tensors": tensors,
-    })
+    });
+    if f.is_split() {
+        j["parts"] = f
+            .parts()
+            .iter()
+            .map(|p| {
+                json!({
+                    "path": p.path().display().to_string(),
+                    "data_offset": p.data_offset(),
+                    "tensors": p.tensor_infos().len(),
+                })
+            })
+            .collect();
+    }
+    j
 }
 
 fn human_bytes(n: u64) -> String {
@@ -152,19 +172,32 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// The human-readable report.
-pub fn to_text(f: &GgufFile, full: bool) -> String {
+/// The human-readable report (a split set as one model, with a line per part).
+pub fn to_text(f: &GgufModel, full: bool) -> String {
     let mut s = String::new();
-    let infos = f.tensor_infos();
+    let infos: Vec<&jq::gguf::TensorInfo> = f.tensor_infos().collect();
+    let m = f.meta();
     let _ = writeln!(
         s,
         "GGUF v{}  alignment {}  data offset {}  {} metadata keys  {} tensors",
-        f.version(),
-        f.alignment(),
-        f.data_offset(),
-        f.index().kvs.len(),
+        m.version(),
+        m.alignment(),
+        m.data_offset(),
+        f.metadata().count(),
         infos.len()
     );
+    if f.is_split() {
+        let _ = writeln!(s, "split set of {} parts:", f.parts().len());
+        for (i, p) in f.parts().iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  part {i}: {}  data offset {}  {} tensors",
+                p.path().display(),
+                p.data_offset(),
+                p.tensor_infos().len()
+            );
+        }
+    }
     let _ = writeln!(s, "\nmetadata:");
     let kw = f.metadata().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in f.metadata() {
@@ -198,6 +231,7 @@ pub fn to_text(f: &GgufFile, full: bool) -> String {
         "#", "name", "type", "shape (numpy)", "ne (ggml)", "offset", "bytes"
     );
     for (i, (t, (np, ne))) in infos.iter().zip(&rows).enumerate() {
+        let t: &jq::gguf::TensorInfo = t;
         let _ = writeln!(
             s,
             "  {i:>4}  {:<nw$}  {:<5}  {np:<sw$}  {ne:<ew$}  {:>12}  {:>12}",
@@ -208,7 +242,7 @@ pub fn to_text(f: &GgufFile, full: bool) -> String {
         );
     }
     let mut per: BTreeMap<GgmlType, (usize, u64, u64)> = BTreeMap::new();
-    for t in infos {
+    for t in &infos {
         let e = per.entry(t.ty).or_default();
         e.0 += 1;
         e.1 += t.n_elements();

@@ -12,7 +12,7 @@ mod tokenizer_json;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use jq::gguf::GgufFile;
+use jq::gguf::GgufModel;
 use jq::output::{refuse_aliases, AtomicFile};
 use jq::quant::GgmlType;
 use std::io::IsTerminal;
@@ -410,7 +410,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Inspect { file, json, full } => {
             use std::io::Write;
             input_file("the GGUF", &file)?;
-            let f = GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
+            let f =
+                GgufModel::open(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = if json {
                 serde_json::to_string_pretty(&inspect::to_json(&f, full))? + "\n"
             } else {

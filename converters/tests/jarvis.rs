@@ -6,7 +6,7 @@ mod common;
 use common::{agreement, argmax, reference_prompts, rel_err, root};
 
 use jq::engine::llama::Llama;
-use jq::gguf::GgufFile;
+use jq::gguf::{GgufFile, GgufModel};
 use jq::models::jarvis::{Generator, LayerMetrics, Model, WordTokenizer};
 use jq::sample::{Sampler, SamplerConfig};
 use serde_json::Value;
@@ -152,7 +152,7 @@ fn native_f32_matches_numpy_reference() {
     let dir = tempfile::tempdir().unwrap();
     for model in ["tiny-norm", "tiny-nonorm"] {
         let path = convert_ok(model, "f32", "native", dir.path());
-        let f = GgufFile::open(&path).unwrap();
+        let f = GgufModel::open(&path).unwrap();
         let m = Model::load(&f).unwrap();
         let tok = WordTokenizer::from_gguf(&f).unwrap();
         let r = reference(model);
@@ -207,7 +207,7 @@ fn quantized_types_stay_close() {
         ("q4_0", 2.5e-1, 0.85, 5e-2),
     ] {
         let path = convert_ok("tiny-norm", ty, "native", dir.path());
-        let f = GgufFile::open(&path).unwrap();
+        let f = GgufModel::open(&path).unwrap();
         let m = Model::load(&f).unwrap();
         let (mut ours_all, mut ref_all) = (Vec::new(), Vec::new());
         for (_, ids, logits, _) in &r.cases {
@@ -236,7 +236,7 @@ fn gpt2_export_runs_in_llama_cpp_with_the_same_logits_and_tokens() {
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.get_str("general.architecture").unwrap(), "gpt2");
     let native = convert_ok("tiny-norm", "f32", "native", dir.path());
-    let nf = GgufFile::open(&native).unwrap();
+    let nf = GgufModel::open(&native).unwrap();
     let tok = WordTokenizer::from_gguf(&nf).unwrap();
     let l = Llama::load(&path).unwrap();
     let r = reference("tiny-norm");

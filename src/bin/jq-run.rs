@@ -10,7 +10,7 @@ use jq::engine::llama::{Llama, Session, Stop};
 use jq::engine::native::{Jarvis, RunOptions, RunReport};
 use jq::engine::plan::{self, fmt_size, GpuLayers, ModelShape};
 use jq::engine::{peak_rss, LLAMA_ARCHS};
-use jq::gguf::GgufFile;
+use jq::gguf::GgufModel;
 use jq::models::jarvis::LayerMetrics;
 use jq::sample::SamplerConfig;
 use serde_json::json;
@@ -81,9 +81,10 @@ struct Cli {
     /// Threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Prompt batch size for llama.cpp.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
-    batch_size: u32,
+    /// Prompt batch size (tokens per graph; default 512). With --stream-layers an unset -b is
+    /// reduced to fit the budget (the plan says so); a set one is kept or refused.
+    #[arg(short = 'b', long = "batch-size")]
+    batch_size: Option<u32>,
     /// Write the prompt's logits, f32 [n_prompt_tokens, vocab], to this .npy file.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
@@ -327,7 +328,7 @@ fn run_native_once(
     Ok(())
 }
 
-fn run_native(cli: &Cli, file: &GgufFile, t0: Instant) -> Result<()> {
+fn run_native(cli: &Cli, file: &GgufModel, t0: Instant) -> Result<()> {
     if cli.chat {
         bail!(
             "{}: --chat needs a tokenizer.chat_template and Jarvis models have none (run without --chat for the interactive prompt)",
@@ -357,21 +358,21 @@ fn run_native(cli: &Cli, file: &GgufFile, t0: Instant) -> Result<()> {
     }
     if let Some(b) = cli.vram_budget {
         let c = &jarvis.model.cfg;
-        let kv = 2 * (c.n_layers * n_ctx as usize * c.d_model * 4) as u64;
-        let need = file.bytes().len() as u64 + kv;
+        let kv = (2 * c.n_layers * n_ctx as usize * c.d_model * 4) as u64;
+        let need = file.total_bytes() + kv;
         if need > b {
             bail!(
                 "--vram-budget {} is too small for even the CPU path: the native engine needs {} (weights {}, KV cache {})",
                 fmt_size(b),
                 fmt_size(need),
-                fmt_size(file.bytes().len() as u64),
+                fmt_size(file.total_bytes()),
                 fmt_size(kv)
             );
         }
         eprintln!(
             "plan: native engine on the CPU: {} (weights {}, KV cache {}) of a {} budget",
             fmt_size(need),
-            fmt_size(file.bytes().len() as u64),
+            fmt_size(file.total_bytes()),
             fmt_size(kv),
             fmt_size(b)
         );
@@ -412,7 +413,7 @@ fn run_native(cli: &Cli, file: &GgufFile, t0: Instant) -> Result<()> {
 
 // ---------------------------------------------------------------- llama.cpp engine
 
-fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> {
+fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()> {
     let path = &cli.model;
     let shape = ModelShape::from_gguf(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let n_ctx = cli.n_ctx(shape.n_ctx_train)?;
@@ -427,13 +428,13 @@ fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> 
             shape.n_vocab
         );
     }
-    let n_batch = cli.batch_size.clamp(1, n_ctx);
+    let n_batch = cli.batch_size.unwrap_or(512).clamp(1, n_ctx);
     let gpu = jq::engine::llama::gpus().into_iter().next();
     let want = cli.n_gpu_layers.unwrap_or(GpuLayers::Auto);
     let plan = plan::plan(&shape, want, cli.vram_budget, gpu, n_ctx, n_batch)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     eprintln!("{arch}: {plan}");
-    let llama = Llama::load_with(path, plan.n_gpu_layers)?;
+    let llama = Llama::load_with(file.path(), plan.n_gpu_layers)?;
     let threads = cli.threads() as i32;
     let seed = cli.seed();
     let mut sess = llama.session(n_ctx, n_batch, threads, &cli.sampler(seed))?;
@@ -509,7 +510,7 @@ fn run_llama(cli: &Cli, file: &GgufFile, arch: &str, t0: Instant) -> Result<()> 
 /// Multi-turn chat. The KV cache keeps the conversation; each turn evaluates only the text the
 /// template adds after what is cached. When a turn would not fit, the oldest exchanges are
 /// dropped (the system message stays) and the rest is evaluated again.
-fn chat(cli: &Cli, file: &GgufFile, llama: &Llama, sess: &mut Session) -> Result<()> {
+fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Result<()> {
     if llama.chat_template().is_none() {
         bail!(
             "{}: --chat needs a tokenizer.chat_template and this GGUF has none",
@@ -625,8 +626,14 @@ fn run(cli: &Cli) -> Result<()> {
     if let Some(d) = &cli.dump_logits {
         jq::output::refuse_aliases(&[("--dump-logits", d)], &[("the model", path)])?;
     }
-    let file = GgufFile::open(path)
+    // A split set is one model: any part may be named; llama.cpp is given the first.
+    let file = GgufModel::open(path)
         .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    if let Some(d) = &cli.dump_logits {
+        let parts: Vec<(&str, &std::path::Path)> =
+            file.parts().iter().map(|p| ("the model", p.path())).collect();
+        jq::output::refuse_aliases(&[("--dump-logits", d)], &parts)?;
+    }
     let arch = file
         .get_str("general.architecture")
         .map_err(|e| anyhow!("{}: {e}", path.display()))?
@@ -711,7 +718,7 @@ fn main() -> ExitCode {
 mod guard {
     use super::{Cli, GpuLayers};
     use anyhow::{bail, Result};
-    use jq::gguf::GgufFile;
+    use jq::gguf::GgufModel;
     use std::io::{BufRead, Read};
     use std::path::Path;
 
@@ -772,7 +779,7 @@ mod guard {
     /// The longest text that could fit `n_ctx` tokens: no token covers more input bytes than
     /// its own text (byte-fallback and SentencePiece pieces are at least as long as what they
     /// stand for), so more than `n_ctx` times the longest token is refused before tokenizing.
-    pub fn prompt_byte_limit(file: &GgufFile, n_ctx: u32) -> usize {
+    pub fn prompt_byte_limit(file: &GgufModel, n_ctx: u32) -> usize {
         let longest = file
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())

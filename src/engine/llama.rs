@@ -30,13 +30,16 @@ use std::time::{Duration, Instant};
 /// [`super::logs`]: captured (the error lines explain a failed load), printed only with
 /// `-v/--verbose` or `JQ_LLAMA_LOG=1`.
 pub fn backend() -> Result<&'static LlamaBackend> {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    if let Some(b) = BACKEND.get() {
-        return Ok(b);
-    }
-    super::logs::install();
-    let b = LlamaBackend::init().map_err(|e| anyhow!("initialising llama.cpp: {e}"))?;
-    Ok(BACKEND.get_or_init(|| b))
+    // Initialised under the OnceLock's own lock: two threads asking at once must not both
+    // call llama_backend_init (the second would fail).
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            super::logs::install();
+            LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// llama.cpp's own reason for the failure just reported as `e` (its last error log line), or

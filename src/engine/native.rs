@@ -1,7 +1,7 @@
 //! The native Jarvis engine behind `jq-run`: tokenize, run the prompt, sample, stream text,
 //! collect metrics and timings.
 
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 use crate::models::jarvis::{Generator, LayerMetrics, Model, WordTokenizer};
 use crate::sample::{Sampler, SamplerConfig};
 use anyhow::{bail, Context, Result};
@@ -42,12 +42,12 @@ pub struct Jarvis<'a> {
 }
 
 impl<'a> Jarvis<'a> {
-    pub fn load(f: &'a GgufFile) -> Result<Jarvis<'a>> {
+    pub fn load(f: &'a GgufModel) -> Result<Jarvis<'a>> {
         Self::load_with_ctx(f, usize::MAX)
     }
 
     /// Loads for a context of at most `ctx` positions (see [`Model::load_with_ctx`]).
-    pub fn load_with_ctx(f: &'a GgufFile, ctx: usize) -> Result<Jarvis<'a>> {
+    pub fn load_with_ctx(f: &'a GgufModel, ctx: usize) -> Result<Jarvis<'a>> {
         let model = Model::load_with_ctx(f, ctx)
             .with_context(|| format!("loading Jarvis weights from {}", f.path().display()))?;
         let tokenizer = WordTokenizer::from_gguf(f)

@@ -9,7 +9,7 @@
 //! With no GPU the CPU plays the device: the whole model, its KV cache and compute buffers must
 //! fit the budget (the CPU path), or the run is refused before loading.
 
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 use std::fmt;
 
 /// Parses `6GiB`, `512MiB`, `1.5 GiB`, `100KiB`, `4096` (bytes). `K`/`M`/`G`/`T` alone and
@@ -84,7 +84,7 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
-    pub fn from_gguf(f: &GgufFile) -> Result<ModelShape, String> {
+    pub fn from_gguf(f: &GgufModel) -> Result<ModelShape, String> {
         let arch = f
             .get_str("general.architecture")
             .map_err(|e| e.to_string())?

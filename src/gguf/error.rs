@@ -95,6 +95,8 @@ pub enum GgufError {
     },
     #[error("tensor '{name}' not found")]
     MissingTensor { name: String },
+    #[error("{path}: {msg}")]
+    Split { path: PathBuf, msg: String },
     #[error("tensor '{name}': {source}")]
     Codec {
         name: String,

@@ -2,7 +2,7 @@
 
 use super::{plan_only, StreamOptions, Streamer};
 use crate::engine::stream::graph::Hparams;
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 use crate::sample::{Sampler, SamplerConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -21,7 +21,8 @@ pub struct RunArgs {
     pub prompt_tokens: Option<Vec<u32>>,
     pub n_predict: usize,
     pub ctx_size: Option<u32>,
-    pub batch_size: u32,
+    /// `-b`: the micro-batch; `None`: 512, reduced when the budget needs it.
+    pub batch_size: Option<u32>,
     pub sampler: SamplerConfig,
     pub dump_logits: Option<PathBuf>,
     pub json: bool,
@@ -43,10 +44,12 @@ fn vocab(path: &std::path::Path) -> Result<LlamaModel> {
 
 pub fn run(a: &RunArgs) -> Result<()> {
     let path = &a.model;
-    let file = GgufFile::open(path)
+    let file = GgufModel::open(path)
         .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
     crate::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
+    // llama.cpp's tokenizer is given the first part of a split set.
+    let first = file.path().to_path_buf();
     drop(file);
     let n_ctx = match a.ctx_size {
         Some(0) => bail!("-c/--ctx-size must be at least 1"),
@@ -59,7 +62,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let mut o = a.opts.clone();
     o.n_ctx = n_ctx;
-    o.n_ubatch = a.batch_size.clamp(1, n_ctx);
+    o.n_ubatch = a.batch_size.unwrap_or(512).clamp(1, n_ctx);
+    o.n_ubatch_auto = a.batch_size.is_none();
+    o.all_logits = a.dump_logits.is_some();
     if a.plan_only {
         let plan = plan_only(path, &o).with_context(|| path.display().to_string())?;
         if a.json {
@@ -77,7 +82,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     eprintln!("{}", s.plan());
     let load = t0.elapsed();
     let voc = if a.prompt_tokens.is_none() || a.n_predict > 0 {
-        Some(vocab(path)?)
+        Some(vocab(&first)?)
     } else {
         None
     };

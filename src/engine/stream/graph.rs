@@ -5,7 +5,8 @@
 //! attention and an F16 KV cache (what a default llama.cpp context resolves to on the CPU), so a
 //! streamed run and llama.cpp fully resident compute the same floats.
 
-use crate::gguf::GgufFile;
+use super::backend::WeightOp;
+use crate::gguf::GgufModel;
 use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Result};
 use llama_cpp_sys_2 as sys;
@@ -13,6 +14,9 @@ use std::ptr::null_mut;
 
 /// `GGML_ROPE_TYPE_NEOX` (a `#define` in ggml.h, not in the generated bindings).
 const ROPE_TYPE_NEOX: i32 = 2;
+/// Largest width or count taken from metadata (far above any real model's, low enough that
+/// products of two stay far from overflow).
+const MAX_DIM: i64 = 1 << 24;
 /// Most nodes one layer graph holds (about 45 are used).
 pub(crate) const GRAPH_NODES: usize = 256;
 
@@ -75,7 +79,7 @@ pub struct Hparams {
 }
 
 impl Hparams {
-    pub fn from_gguf(f: &GgufFile) -> Result<Hparams> {
+    pub fn from_gguf(f: &GgufModel) -> Result<Hparams> {
         let arch = f.get_str("general.architecture")?;
         if arch != "gemma3" {
             bail!("--stream-layers runs gemma3 models; this one is '{arch}'");
@@ -102,10 +106,41 @@ impl Hparams {
             );
         }
         let n_ff = u("feed_forward_length")? as i64;
-        let n_ctx_train = u("context_length")? as u32;
+        let n_ctx_train = u("context_length")?;
         let eps = fl("attention.layer_norm_rms_epsilon").ok_or_else(|| {
             anyhow!("metadata key 'gemma3.attention.layer_norm_rms_epsilon' is missing")
         })?;
+        // Bounds before anything is sized from them: every count must be positive, and the
+        // layers must exist in the file (13 tensors each).
+        let max_layers = f.n_tensors() / LAYER_TENSORS.len();
+        if n_layer == 0 || n_layer > max_layers {
+            bail!(
+                "metadata key 'gemma3.block_count' is {n_layer}, but the file holds tensors for at most {max_layers} layers"
+            );
+        }
+        for (k, v) in [
+            ("embedding_length", n_embd),
+            ("attention.head_count", n_head),
+            ("attention.head_count_kv", n_head_kv),
+            ("attention.key_length", head_dim),
+            ("feed_forward_length", n_ff),
+        ] {
+            if !(1..=MAX_DIM).contains(&v) {
+                bail!("metadata key 'gemma3.{k}' is {v}, outside 1..={MAX_DIM}");
+            }
+        }
+        if n_head % n_head_kv != 0 {
+            bail!("metadata: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}");
+        }
+        let n_ctx_train = u32::try_from(n_ctx_train)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| {
+                anyhow!("metadata key 'gemma3.context_length' is {n_ctx_train}, outside 1..=2^32-1")
+            })?;
+        if !(eps.is_finite() && eps > 0.0) {
+            bail!("metadata key 'gemma3.attention.layer_norm_rms_epsilon' is {eps}, not a positive number");
+        }
         let n_swa = u("attention.sliding_window").unwrap_or(0) as u32;
         // llama.cpp: a bool array per layer, or a period (default 6): layer il is sliding iff
         // il % n < n - 1 (n == 0: every layer sliding).
@@ -148,6 +183,12 @@ impl Hparams {
         let softcap = fl("final_logit_softcapping").unwrap_or(0.0);
         let embd = f.tensor("token_embd.weight")?;
         let n_vocab = embd.info.ne.get(1).copied().unwrap_or(0) as i64;
+        if n_vocab < 1 {
+            bail!(
+                "tensor 'token_embd.weight' has no rows (shape {:?})",
+                embd.info.ne
+            );
+        }
         Ok(Hparams {
             n_layer,
             n_embd,
@@ -260,37 +301,44 @@ pub(crate) unsafe fn place_tensor(
     Ok(())
 }
 
-/// A weight tensor: its ggml descriptor and where its bytes are in the file.
+/// A weight tensor: its ggml descriptor, where its bytes are (which file of a split set, the
+/// absolute offset there) and the op it feeds (what its placement is decided on).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WTensor {
     pub t: *mut sys::ggml_tensor,
-    /// Absolute offset of the data in the GGUF file.
+    pub part: usize,
     pub file_off: u64,
     pub size: u64,
+    pub op: WeightOp,
 }
 
 /// Descriptors of every weight tensor (the executor gives them memory).
 #[derive(Debug)]
 pub(crate) struct Weights {
     pub _ctx: Ctx,
-    pub layers: Vec<[WTensor; 13]>,
+    /// Per layer, the tensors of [`LAYER_TENSORS`] in that order.
+    pub layers: Vec<Vec<WTensor>>,
     pub tok_embd: WTensor,
     pub output_norm: WTensor,
 }
 
 impl Weights {
-    pub fn new(f: &GgufFile, hp: &Hparams) -> Result<Weights> {
-        let ctx = Ctx::new(hp.n_layer * 13 + 4, 0)?;
-        let base = f.data_offset();
-        let mk = |name: &str| -> Result<WTensor> {
+    /// Describes every weight, checking each tensor's type and shape against the
+    /// hyper-parameters (as llama.cpp's `create_tensor` does) before ggml sees it.
+    pub fn new(f: &GgufModel, hp: &Hparams) -> Result<Weights> {
+        let ctx = Ctx::new(hp.n_layer * LAYER_TENSORS.len() + 4, 0)?;
+        let mk = |name: &str, want: &[i64], op: WeightOp| -> Result<WTensor> {
             let v = f.tensor(name)?;
             let info = v.info;
-            if info.ne.is_empty() || info.ne.len() > 4 {
-                bail!("tensor '{name}' has {} dimensions", info.ne.len());
-            }
             let ne: Vec<i64> = info.ne.iter().map(|&x| x as i64).collect();
+            if ne != want {
+                bail!("tensor '{name}' has shape {ne:?}, the metadata says {want:?}");
+            }
+            if op == WeightOp::Mul && info.ty != GgmlType::F32 {
+                bail!("tensor '{name}' is {}, norms must be F32", info.ty.name());
+            }
             // SAFETY: `ctx` is a live no-alloc context with room for every tensor created
-            // here; `ne` holds `ne.len()` (1..=4) dimensions.
+            // here; `ne` holds 1 or 2 dimensions (checked against `want` above).
             let t = unsafe {
                 sys::ggml_new_tensor(
                     ctx.ptr,
@@ -310,22 +358,30 @@ impl Weights {
                     info.size
                 );
             }
+            let loc = f.location(name)?;
             Ok(WTensor {
                 t,
-                file_off: base + info.offset,
+                part: loc.part,
+                file_off: loc.offset,
                 size: info.size,
+                op,
             })
         };
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
-            let mut arr = Vec::with_capacity(13);
-            for n in LAYER_TENSORS {
-                arr.push(mk(&format!("blk.{il}.{n}.weight"))?);
+            let mut v = Vec::with_capacity(LAYER_TENSORS.len());
+            for (i, n) in LAYER_TENSORS.iter().enumerate() {
+                let (shape, op) = layer_tensor_shape(hp, i);
+                v.push(mk(&format!("blk.{il}.{n}.weight"), &shape, op)?);
             }
-            layers.push(<[WTensor; 13]>::try_from(arr).expect("13 tensors"));
+            layers.push(v);
         }
-        let tok_embd = mk("token_embd.weight")?;
-        let output_norm = mk("output_norm.weight")?;
+        let tok_embd = mk(
+            "token_embd.weight",
+            &[hp.n_embd, hp.n_vocab],
+            WeightOp::MulMat,
+        )?;
+        let output_norm = mk("output_norm.weight", &[hp.n_embd], WeightOp::Mul)?;
         if f.tensor("output.weight").is_ok() {
             bail!("gemma3 with a separate output.weight is not supported by --stream-layers (tied embeddings expected)");
         }
@@ -338,6 +394,41 @@ impl Weights {
     }
 }
 
+/// The shape llama.cpp's gemma3 loader expects for layer tensor `i` of [`LAYER_TENSORS`], and
+/// the op it feeds (`src/llama-model.cpp`, `LLM_ARCH_GEMMA3`).
+fn layer_tensor_shape(hp: &Hparams, i: usize) -> (Vec<i64>, WeightOp) {
+    let (e, hd) = (hp.n_embd, hp.head_dim);
+    let (q, kv) = (hp.n_head * hd, hp.n_head_kv * hd);
+    match i {
+        WQ => (vec![e, q], WeightOp::MulMat),
+        WK | WV => (vec![e, kv], WeightOp::MulMat),
+        WO => (vec![q, e], WeightOp::MulMat),
+        Q_NORM | K_NORM => (vec![hd], WeightOp::Mul),
+        FFN_GATE | FFN_UP => (vec![e, hp.n_ff], WeightOp::MulMat),
+        FFN_DOWN => (vec![hp.n_ff, e], WeightOp::MulMat),
+        _ => (vec![e], WeightOp::Mul),
+    }
+}
+
+/// KV cells llama.cpp allocates for a context of `n_ctx` (`cparams.n_ctx = GGML_PAD(n_ctx,
+/// 256)` in `src/llama-context.cpp`; with the default `swa_full`, sliding-window layers get as
+/// many).
+pub(crate) fn kv_cells(n_ctx: i64) -> i64 {
+    (n_ctx.max(1) + KV_PAD - 1) / KV_PAD * KV_PAD
+}
+
+/// KV cells a graph attends over after `used` positions are filled, as llama.cpp counts them
+/// (`llama_kv_cache::get_n_kv`: the used cells padded to 256, at least 256, at most the
+/// cache). The count matters beyond the masked cells: ggml's CPU flash attention splits a
+/// one-token query's KV cells into one chunk per thread once there are 512 or more, so the
+/// chunk bounds, and with them the rounding, follow this count.
+pub(crate) fn n_kv_cells(used: i64, cells: i64) -> i64 {
+    cells.min(KV_PAD.max((used + KV_PAD - 1) / KV_PAD * KV_PAD))
+}
+
+/// llama.cpp's KV padding (`n_pad_cur = max(n_pad, 256)`).
+const KV_PAD: i64 = 256;
+
 /// Device-resident state: KV cache per layer (F16), the activations, the inputs.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -346,7 +437,6 @@ pub(crate) struct State {
     pub v: Vec<*mut sys::ggml_tensor>,
     /// Activations [n_embd, n_ubatch], f32, read and overwritten by every layer.
     pub x: *mut sys::ggml_tensor,
-    pub ids: *mut sys::ggml_tensor,
     pub pos: *mut sys::ggml_tensor,
     pub out_ids: *mut sys::ggml_tensor,
     /// Masks [n_ctx, n_ubatch] f16: causal (global layers) and causal + window (sliding).
@@ -389,7 +479,6 @@ impl State {
                 k,
                 v,
                 x: nt(f32, hp.n_embd, n_ub),
-                ids: sys::ggml_new_tensor_1d(ctx.ptr, i32t, n_ub),
                 pos: sys::ggml_new_tensor_1d(ctx.ptr, i32t, n_ub),
                 out_ids: sys::ggml_new_tensor_1d(ctx.ptr, i32t, n_ub),
                 mask_g: nt(f16, n_ctx, n_ub),
@@ -401,43 +490,24 @@ impl State {
     }
 }
 
-/// What a layer graph computes: `n_tokens` new tokens after `n_past` cached ones; with
+/// What a layer graph computes: `n_tokens` new tokens after `n_past` cached ones, attending
+/// over the first `n_kv` KV cells (llama.cpp's padded count, see [`n_kv_cells`]: cells past
+/// `n_past + n_tokens` are masked); with
 /// `n_out`, the last layer keeps only the rows listed in `out_ids` (llama.cpp's
 /// `inp_out_ids`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
     pub n_tokens: i64,
     pub n_past: i64,
+    pub n_kv: i64,
     pub n_out: Option<i64>,
-}
-
-/// x[0..n_tokens] = token_embd[ids] * sqrt(n_embd).
-///
-/// # Safety
-/// `g` is a live, freshly reset graph context; `w` and `s` describe live tensors.
-pub(crate) unsafe fn build_input(
-    g: *mut sys::ggml_context,
-    w: &Weights,
-    s: &State,
-    hp: &Hparams,
-    n_tokens: i64,
-) -> *mut sys::ggml_cgraph {
-    // SAFETY: the caller's contract; every tensor passed to ggml comes from `g`, `w` or `s`.
-    unsafe {
-        let gf = sys::ggml_new_graph_custom(g, GRAPH_NODES, false);
-        let ids = sys::ggml_view_1d(g, s.ids, n_tokens, 0);
-        let e = sys::ggml_get_rows(g, w.tok_embd.t, ids);
-        let e = sys::ggml_scale(g, e, (hp.n_embd as f32).sqrt());
-        let dst = sys::ggml_view_2d(g, s.x, hp.n_embd, n_tokens, (*s.x).nb[1], 0);
-        sys::ggml_build_forward_expand(gf, sys::ggml_cpy(g, e, dst));
-        gf
-    }
 }
 
 /// One Gemma-3 block over x, written back into x.
 ///
 /// # Safety
-/// As [`build_input`]; the layer's weight tensors have memory (data set).
+/// `g` is a live, freshly reset graph context; `w` and `s` describe live tensors; the layer's
+/// weight tensors have memory (data set).
 pub(crate) unsafe fn build_layer(
     g: *mut sys::ggml_context,
     w: &Weights,
@@ -448,7 +518,7 @@ pub(crate) unsafe fn build_layer(
 ) -> *mut sys::ggml_cgraph {
     let lw = &w.layers[il];
     let (t, hd) = (sh.n_tokens, hp.head_dim);
-    let n_kv = sh.n_past + t;
+    let n_kv = sh.n_kv;
     let swa = hp.swa[il];
     let (base, scale) = if swa {
         (hp.rope_base_swa, 1.0)
@@ -456,7 +526,8 @@ pub(crate) unsafe fn build_layer(
         (hp.rope_base, hp.rope_scale)
     };
     // SAFETY: the caller's contract; views stay inside the state tensors because
-    // n_past + n_tokens <= n_ctx and n_tokens <= n_ubatch (checked by the executor).
+    // n_past + n_tokens <= n_kv <= the KV cells and n_tokens <= n_ubatch (checked by the
+    // executor).
     unsafe {
         let gf = sys::ggml_new_graph_custom(g, GRAPH_NODES, false);
         let norm = |x: *mut sys::ggml_tensor, wt: usize| {
@@ -541,7 +612,7 @@ pub(crate) unsafe fn build_layer(
 /// logits[0..n_out] = softcap(rmsnorm(x) * output_norm @ token_embd^T).
 ///
 /// # Safety
-/// As [`build_input`].
+/// As [`build_layer`].
 pub(crate) unsafe fn build_output(
     g: *mut sys::ggml_context,
     w: &Weights,

@@ -1,25 +1,28 @@
 //! Layer streaming: Gemma-3 run layer by layer on a ggml backend whose memory budget is smaller
 //! than the model (`jq-run --stream-layers`).
 //!
-//! Data flow per step (a prompt batch or one decoded token): token ids -> embedding rows (the
-//! output head doubles as the embedding table) -> for every layer: a resident layer computes
-//! from its own buffer, a streamed layer from the ring slot the reader thread filled while the
-//! previous layers computed -> output head -> logits. Pieces:
+//! Data flow per step (a prompt batch or one decoded token): token ids -> embedding rows (read
+//! on the host from the memory map, as llama.cpp's input layer always runs on the CPU) -> for
+//! every layer: a resident layer computes from its own buffers, a streamed layer from the ring
+//! slot the reader thread filled while the previous layers computed -> output head (the tied
+//! embedding) -> logits. Pieces:
+//! - [`backend`]: the device, and the buffer type llama.cpp would give each weight on it;
 //! - [`graph`]: hyper-parameters, tensor descriptors, the per-layer ggml graphs;
 //! - [`plan`]: what stays resident and what streams under the budget, or why nothing fits;
 //! - [`ring`]: the slots and the reader thread (mmap or `O_DIRECT`), slot hand-over;
-//! - [`profile`]: the event log and per-step statistics.
-//!
-//! - `host`: `--host-layers`, streamed layers computed on the CPU from the memory map;
+//! - [`profile`]: the event log and per-step statistics;
+//! - `host`: `--host-layers`, streamed layers computed on the CPU instead;
 //! - [`upload`]: the staged, event-ordered upload path for device memory the host cannot write.
 //!
-//! The device is the first GPU ggml has registered (a `cuda` build on a machine with one),
-//! else the CPU backend, which then plays the device: its buffers are host memory, so the
-//! reader copies straight into the slots. Device memory is every backend buffer this executor
+//! Layers need not be alike: K-quant mixtures give some layers more bits, and each tensor
+//! lives in the buffer type llama.cpp would choose for it (AMX, CPU_REPACK or plain on the CPU),
+//! so a layer is a set of per-buffer-type regions and a ring slot has, per buffer type, room for
+//! the largest streamed layer's region. Device memory is every backend buffer this executor
 //! allocates (weights, KV cache, state, ring, the allocator's compute buffer); it is summed
 //! from the buffers' real sizes and checked against the budget; on a GPU the driver's own
 //! free-memory figure is checked too. Buffers are allocated once: eviction is slot reuse.
 
+mod backend;
 mod cli;
 pub mod graph;
 mod host;
@@ -28,9 +31,10 @@ pub mod profile;
 mod ring;
 mod upload;
 
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
+use backend::Backend;
 pub use cli::{run, RunArgs};
 use graph::{Ctx, Hparams, Shape, State, WTensor, Weights};
 use half::f16;
@@ -38,7 +42,7 @@ use llama_cpp_sys_2 as sys;
 use plan::{HostCalibration, Sizes};
 pub use plan::{HostLayers, Plan};
 use profile::{EvKind, Event, Events, LayerTime, StepStats};
-use ring::{LayerCopy, Piece, Ring, Sink, SlotAddr, Source};
+use ring::{HostSlots, LayerCopy, Piece, Ring, Seg, Sink, Source};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,8 +50,8 @@ use std::time::{Duration, Instant};
 /// How to stream.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
-    /// Device memory the executor may allocate (default: available host memory minus 1 GiB,
-    /// since the CPU backend plays the device).
+    /// Device memory the executor may allocate (default: the GPU's free memory minus 512 MiB,
+    /// or available host memory minus 1 GiB when the CPU backend plays the device).
     pub budget: Option<u64>,
     /// Ring slots (`--prefetch`), at least 1; 2 overlaps the read of layer i+1 with the
     /// compute of layer i.
@@ -56,8 +60,14 @@ pub struct StreamOptions {
     pub direct_io: bool,
     /// Context length (KV cache positions).
     pub n_ctx: u32,
-    /// Most tokens per graph (prompts are split into batches of this size).
+    /// Most tokens per graph (prompts are split into micro-batches of this size).
     pub n_ubatch: u32,
+    /// Halve `n_ubatch` until the plan fits the budget (the compute buffer grows with it);
+    /// off when the user chose `-b`.
+    pub n_ubatch_auto: bool,
+    /// Size the output buffer for every position's logits (`--dump-logits`, tests); else only
+    /// the last position's are computed and [`Streamer::eval`] refuses `all_logits`.
+    pub all_logits: bool,
     /// CPU compute threads for one-token steps (decode), where the reader thread needs a core
     /// of its own.
     pub threads: usize,
@@ -71,17 +81,17 @@ pub struct StreamOptions {
     pub compute_delay: Duration,
     /// Run on the CPU backend even when a GPU is present (`jq-run -g 0`).
     pub cpu: bool,
-    /// CPU device: keep the layers' weights in the first of ggml's extra CPU buffer types
-    /// that runs them (AMX, else CPU_REPACK: packed layouts for faster kernels, as llama.cpp's
-    /// CPU backend does by default); streamed layers are repacked by the reader as it fills a
-    /// slot.
+    /// CPU device: place each weight in the buffer type llama.cpp's CPU backend would (ggml's
+    /// extra buffer types first: AMX, CPU_REPACK; packed layouts for faster kernels); off:
+    /// every weight in the file's layout (plain kernels, unlike llama.cpp's defaults).
     pub repack: bool,
-    /// Streamed layers to compute on the CPU from the memory map instead (`--host-layers`).
+    /// Streamed layers to compute on the CPU instead (`--host-layers`).
     pub host_layers: HostLayers,
     /// Bytes per staging chunk of the staged upload path (4 chunks are in flight).
     pub staging_chunk: usize,
     /// Test hook: use the staged upload path (staging chunks, an upload backend, events)
-    /// even when the slots are host memory, as it is used for GPU memory.
+    /// even when the slots are host memory, as it is used for GPU memory (the weights are
+    /// then kept in the file's layout: staged bytes are not repacked).
     pub staged: bool,
     /// Benchmark hook: the reader hands slots over without reading (the compute floor of the
     /// same plan; the logits are meaningless).
@@ -96,6 +106,8 @@ impl Default for StreamOptions {
             direct_io: false,
             n_ctx: 512,
             n_ubatch: 512,
+            n_ubatch_auto: false,
+            all_logits: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             threads_batch: std::thread::available_parallelism().map_or(1, |n| n.get()),
             read_delay: Duration::ZERO,
@@ -129,144 +141,41 @@ fn align_up(x: u64, a: u64) -> u64 {
 /// backend's memory pool and cuBLAS workspace); checked against the driver's figure.
 const GPU_SCRATCH: u64 = 256 << 20;
 
-/// The device: the first registered GPU, or the CPU backend playing one.
-#[derive(Debug)]
-struct Backend {
-    ptr: sys::ggml_backend_t,
-    dev: sys::ggml_backend_dev_t,
-    buft: sys::ggml_backend_buffer_type_t,
-    align: u64,
-    gpu: bool,
-    name: String,
-    /// The CPU device's extra buffer types, in ggml's order (empty on a GPU).
-    extra: Vec<(String, sys::ggml_backend_buffer_type_t)>,
+/// Tensors packed into per-buffer-type regions: each tensor's buffer type (an index into the
+/// device's `weight_bufts`) and offset in its region, and each region's bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Packing {
+    pub at: Vec<(usize, u64)>,
+    pub bytes: Vec<u64>,
 }
 
-/// The CPU device's extra buffer types in ggml's order of preference (AMX, KleidiAI,
-/// CPU_REPACK: whichever this build and CPU have), through the registry's
-/// `ggml_backend_dev_get_extra_bufts`.
-///
-/// # Safety
-/// `dev` is a registered device.
-unsafe fn cpu_extra_bufts(
-    dev: sys::ggml_backend_dev_t,
-) -> Vec<(String, sys::ggml_backend_buffer_type_t)> {
-    let mut v = Vec::new();
-    // SAFETY: the caller's contract; the registry returns a function of the documented type
-    // (ggml-backend.h: ggml_backend_dev_get_extra_bufts_t) and a null-terminated array.
-    unsafe {
-        let reg = sys::ggml_backend_dev_backend_reg(dev);
-        if reg.is_null() {
-            return v;
-        }
-        let f = sys::ggml_backend_reg_get_proc_address(
-            reg,
-            c"ggml_backend_dev_get_extra_bufts".as_ptr(),
-        );
-        if f.is_null() {
-            return v;
-        }
-        let f: unsafe extern "C" fn(
-            sys::ggml_backend_dev_t,
-        ) -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
-        let mut p = f(dev);
-        while !p.is_null() && !(*p).is_null() {
-            let name = std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(*p));
-            v.push((name.to_string_lossy().into_owned(), *p));
-            p = p.add(1);
-        }
-    }
-    v
-}
-
-/// Whether ggml's AMX buffer type runs every matrix of `layers` (its `supports_op` for
-/// MUL_MAT: a quantized type it packs with rows a multiple of its block, output rows a
-/// multiple of 32); without a scheduler nothing else would check.
-fn amx_takes<'a>(mut tensors: impl Iterator<Item = &'a WTensor>) -> bool {
-    tensors.all(|t| {
-        // SAFETY: live descriptors.
-        let (ty, ne) = unsafe { ((*t.t).type_, (*t.t).ne) };
-        if ne[1] == 1 {
-            return true; // a vector (norm): copied as is
-        }
-        let k = match GgmlType::from_id(ty) {
-            Some(GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) => 32,
-            Some(GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::IQ4_XS) => 256,
-            _ => return false,
-        };
-        ne[0] % k == 0 && ne[1] % 32 == 0
-    })
-}
-
-impl Backend {
-    fn new(threads: usize, cpu: bool) -> Result<Backend> {
-        // SAFETY: device discovery and backend creation have no preconditions; every handle
-        // is checked for null before use.
-        unsafe {
-            let mut dev = if cpu {
-                std::ptr::null_mut()
-            } else {
-                sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU)
-            };
-            let gpu = !dev.is_null();
-            if !gpu {
-                dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
-            }
-            if dev.is_null() {
-                bail!("ggml has no CPU device");
-            }
-            let name = std::ffi::CStr::from_ptr(sys::ggml_backend_dev_name(dev))
-                .to_string_lossy()
-                .into_owned();
-            let ptr = sys::ggml_backend_dev_init(dev, std::ptr::null());
-            if ptr.is_null() {
-                bail!("could not start the ggml backend of device {name}");
-            }
-            if !gpu {
-                sys::ggml_backend_cpu_set_n_threads(ptr, threads.max(1) as i32);
-            }
-            // On a GPU this creates the stream (and the driver context) before any memory
-            // figure is taken.
-            sys::ggml_backend_synchronize(ptr);
-            let buft = sys::ggml_backend_get_default_buffer_type(ptr);
-            let align = sys::ggml_backend_buft_get_alignment(buft) as u64;
-            let extra = if gpu {
-                Vec::new()
-            } else {
-                cpu_extra_bufts(dev)
-            };
-            Ok(Backend {
-                ptr,
-                dev,
-                buft,
-                align: align.max(64),
-                gpu,
-                name,
-                extra,
+impl Packing {
+    /// Packs `ts`, tensor `i` going to buffer type `bufts[i]`, each at its alloc size in that
+    /// buffer type.
+    fn new(backend: &Backend, ts: &[WTensor], bufts: &[usize]) -> Packing {
+        let mut bytes = vec![0u64; backend.weight_bufts.len()];
+        let at = ts
+            .iter()
+            .zip(bufts)
+            .map(|(t, &b)| {
+                let off = bytes[b];
+                bytes[b] += backend.alloc_size_in(backend.weight_bufts[b].ptr, t.t);
+                (b, off)
             })
-        }
-    }
-
-    /// The driver's (free, total) device memory; host memory for the CPU device.
-    fn memory(&self) -> (u64, u64) {
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: `dev` is a registered device; the outputs are plain integers.
-        unsafe { sys::ggml_backend_dev_memory(self.dev, &mut free, &mut total) };
-        (free as u64, total as u64)
-    }
-
-    fn alloc_size_in(&self, buft: sys::ggml_backend_buffer_type_t, t: &WTensor) -> u64 {
-        // SAFETY: `buft` is a live buffer type of this device, `t.t` a live descriptor.
-        let n = unsafe { sys::ggml_backend_buft_get_alloc_size(buft, t.t) } as u64;
-        align_up(n, self.align)
+            .collect();
+        Packing { at, bytes }
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        // SAFETY: freed once, after every buffer and allocator using it (see Streamer's Drop).
-        unsafe { sys::ggml_backend_free(self.ptr) }
-    }
+/// The buffer type llama.cpp would choose for each of `ts` on `backend` (see `backend`).
+fn choose_bufts(backend: &Backend, ts: &[WTensor], names: &[String]) -> Result<Vec<usize>> {
+    ts.iter()
+        .zip(names)
+        .map(|(t, name)| {
+            // SAFETY: `t.t` is a live descriptor with no buffer (placement comes later).
+            unsafe { backend::select(&backend.weight_bufts, t.t, t.op, name) }
+        })
+        .collect()
 }
 
 /// Allocates `gf`'s intermediate tensors in `galloc`'s buffer (which must not grow past
@@ -315,158 +224,184 @@ fn state_sizes(st: &State, backend: &Backend) -> (u64, u64) {
     (kv, all.saturating_sub(kv))
 }
 
-/// Everything known before any device memory is allocated: the model, the descriptors, the
-/// measured compute buffer and the plan.
+/// Everything known before any device memory is allocated: the model, the descriptors, where
+/// each weight goes, the measured compute buffer and the plan.
 struct Prepared {
-    file: Arc<GgufFile>,
+    file: Arc<GgufModel>,
     hp: Hparams,
     backend: Backend,
     w: Weights,
     st: State,
     gctx: Ctx,
     galloc: sys::ggml_gallocr_t,
-    /// Graphs to reserve the compute buffer with, largest first: (n_tokens, n_past, n_out).
     plan: Plan,
-    /// Per layer: the slot/buffer offset of each of its 13 tensors.
-    layer_offsets: Vec<[u64; 13]>,
-    /// Where layer weights live: an extra buffer type of the CPU (its name) or the device's
-    /// own (empty name).
-    layer_buft: sys::ggml_backend_buffer_type_t,
-    layer_buft_name: String,
-    /// Where the output head lives; when it is not the device's own buffer type, the
-    /// embedding lookup runs on the host from the memory map.
-    out_buft: sys::ggml_backend_buffer_type_t,
+    /// Per layer: each tensor's buffer type and offset in that layer's region of it.
+    layouts: Vec<Packing>,
+    /// The output head (`token_embd` as the tied output, `output_norm`), packed likewise.
+    out_layout: Packing,
     n_ctx: i64,
+    /// KV cells, as llama.cpp allocates them for `n_ctx` (padded to 256).
+    n_cells: i64,
     n_ub: i64,
+    /// Logit rows the output graph is sized for.
+    n_outputs: i64,
 }
 
 /// A fake, never dereferenced address given to already-placed tensors while ggml's allocator
 /// only measures (so it does not count them as activations).
 const PLACEHOLDER: usize = 4096;
 
-/// Graph shapes whose compute buffers bound every step's: input, layer (middle and last),
+/// Graph shapes whose compute buffers bound every step's: one layer (sliding, global) and the
 /// output, each at the largest batch.
 #[derive(Clone, Copy)]
 enum Kind {
-    Input,
     Layer(usize),
     Output,
 }
 
 impl Prepared {
     fn new(path: &Path, o: &StreamOptions) -> Result<Prepared> {
+        // llama.cpp's and ggml's logs (repack notices and the like) stay silent unless asked.
+        crate::engine::llama::backend()?;
         let file = Arc::new(
-            GgufFile::open(path)
+            GgufModel::open(path)
                 .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?,
         );
-        crate::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        crate::validate::check(&*file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
         let n_ctx = i64::from(o.n_ctx.max(1));
-        let n_ub = i64::from(o.n_ubatch.clamp(1, o.n_ctx.max(1)));
-        let backend = Backend::new(o.threads, o.cpu)?;
+        let backend = Backend::new(o.threads, o.cpu, !o.repack || o.staged)?;
         let w = Weights::new(&file, &hp)?;
-        let st = State::new(&hp, n_ctx, n_ub)?;
         let gctx = Ctx::new(graph::GRAPH_NODES * 2, graph::GRAPH_NODES)?;
         // SAFETY: `buft` is the live backend's buffer type.
         let galloc = unsafe { sys::ggml_gallocr_new(backend.buft) };
         if galloc.is_null() {
             bail!("ggml_gallocr_new failed");
         }
-        // Layer weights: the first extra buffer type (ggml's order) that runs them all, as
-        // llama.cpp's CPU backend picks per weight; else the device's own.
-        let (layer_buft_name, layer_buft) = backend
-            .extra
-            .iter()
-            .find(|(name, _)| match name.as_str() {
-                "AMX" => amx_takes(w.layers.iter().flatten()),
-                "CPU_REPACK" => true,
-                _ => false,
-            })
-            .filter(|_| o.repack)
-            .cloned()
-            .unwrap_or_else(|| (String::new(), backend.buft));
-        let mut layer_offsets = Vec::with_capacity(hp.n_layer);
-        let mut layer_bytes = Vec::with_capacity(hp.n_layer);
-        for lw in &w.layers {
-            let mut off = [0u64; 13];
-            let mut acc = 0;
-            for (i, t) in lw.iter().enumerate() {
-                off[i] = acc;
-                acc += backend.alloc_size_in(layer_buft, t);
-            }
-            layer_offsets.push(off);
-            layer_bytes.push(acc);
-        }
-        // The tied output head joins the layers in AMX when AMX runs it too (as llama.cpp's
-        // CPU backend places `output`); the AMX layout cannot serve the embedding lookup, so the
-        // executor then reads token rows from the memory map on the host (ggml's own
-        // dequantization, the same as its get_rows).
-        let out_buft = if layer_buft_name == "AMX" && amx_takes(std::iter::once(&w.tok_embd)) {
-            layer_buft
-        } else {
-            backend.buft
+        let names = |il: usize| -> Vec<String> {
+            graph::LAYER_TENSORS
+                .iter()
+                .map(|n| format!("blk.{il}.{n}.weight"))
+                .collect()
         };
-        let output = backend.alloc_size_in(out_buft, &w.tok_embd)
-            + backend.alloc_size_in(out_buft, &w.output_norm);
-        let (kv, state) = state_sizes(&st, &backend);
+        let mut layouts = Vec::with_capacity(hp.n_layer);
+        for (il, lw) in w.layers.iter().enumerate() {
+            let b = choose_bufts(&backend, lw, &names(il))?;
+            layouts.push(Packing::new(&backend, lw, &b));
+        }
+        let out = [w.tok_embd, w.output_norm];
+        let out_names = [
+            "output.weight (token_embd)".into(),
+            "output_norm.weight".into(),
+        ];
+        let ob = choose_bufts(&backend, &out, &out_names)?;
+        let out_layout = Packing::new(&backend, &out, &ob);
+        let n_ub_req = o.n_ubatch.clamp(1, o.n_ctx.max(1));
         let mut p = Prepared {
             file,
+            st: State::new(&hp, graph::kv_cells(n_ctx), i64::from(n_ub_req))?,
             hp,
             backend,
             w,
-            st,
             gctx,
             galloc,
-            plan: Plan {
-                budget: 0,
-                n_slots: 0,
-                resident: vec![],
-                streamed: vec![],
-                host: vec![],
-                calibration: None,
-                slot_bytes: 0,
-                sizes: Sizes {
+            plan: plan::plan(
+                u64::MAX,
+                1,
+                Sizes {
                     layers: vec![],
+                    layer_file_bytes: vec![],
+                    bufts: vec![],
                     output: 0,
                     kv: 0,
                     state: 0,
                     compute: 0,
                     scratch: 0,
                 },
-                streamed_bytes_per_token: 0,
-                read_bw: None,
-                read_bw_again: None,
-            },
-            layer_offsets,
-            layer_buft,
-            layer_buft_name,
-            out_buft,
+            )
+            .map_err(|e| anyhow!("{e}"))?,
+            layouts,
+            out_layout,
             n_ctx,
-            n_ub,
-        };
-        let compute = p.measure_compute()?;
-        let sizes = Sizes {
-            layers: layer_bytes,
-            output,
-            kv,
-            state,
-            compute,
-            scratch: if p.backend.gpu { GPU_SCRATCH } else { 0 },
+            n_cells: graph::kv_cells(n_ctx),
+            n_ub: i64::from(n_ub_req),
+            n_outputs: 1,
         };
         let budget = o.budget.unwrap_or_else(|| default_budget(&p.backend));
-        p.plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
+        // The compute buffer grows with the micro-batch (and, with every position's logits,
+        // the output buffer too): halve it until the plan fits, when allowed.
+        let mut n_ub = n_ub_req;
+        loop {
+            let r = p.plan_at(n_ub, budget, o);
+            match r {
+                Ok(plan) => {
+                    p.plan = plan;
+                    break;
+                }
+                Err(e) if o.n_ubatch_auto && n_ub > 1 => {
+                    let _ = e;
+                    n_ub /= 2;
+                }
+                Err(e) => {
+                    let hint = if n_ub > 1 {
+                        format!(
+                            "; a smaller micro-batch (-b, now {n_ub}) shrinks the compute buffer"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    bail!(
+                        "{e}{hint}; a shorter context (-c) shrinks the KV cache, --prefetch 1 the ring, or raise --vram-budget"
+                    );
+                }
+            }
+        }
+        p.plan.n_ubatch_requested = n_ub_req;
         if let HostLayers::N(n) = o.host_layers {
             p.plan.move_to_host(n);
             if !p.plan.host.is_empty() {
                 // Their KV cache lives on the host: the device state goes without it.
                 let host = p.plan.host.clone();
-                p.st = State::with_kv(&p.hp, n_ctx, n_ub, |l| !host.contains(&l))?;
+                p.st = State::with_kv(&p.hp, p.n_cells, p.n_ub, |l| !host.contains(&l))?;
                 let (kv, state) = state_sizes(&p.st, &p.backend);
                 p.plan.sizes.kv = kv;
                 p.plan.sizes.state = state;
             }
         }
         Ok(p)
+    }
+
+    /// Sizes the state and compute buffer for micro-batches of `n_ub` and plans.
+    fn plan_at(&mut self, n_ub: u32, budget: u64, o: &StreamOptions) -> Result<Plan> {
+        self.n_ub = i64::from(n_ub);
+        self.n_outputs = if o.all_logits { self.n_ub } else { 1 };
+        self.st = State::new(&self.hp, self.n_cells, self.n_ub)?;
+        let compute = self.measure_compute()?;
+        let (kv, state) = state_sizes(&self.st, &self.backend);
+        let sizes = Sizes {
+            layers: self.layouts.iter().map(|l| l.bytes.clone()).collect(),
+            layer_file_bytes: self
+                .w
+                .layers
+                .iter()
+                .map(|l| l.iter().map(|t| t.size).sum())
+                .collect(),
+            bufts: self
+                .backend
+                .weight_bufts
+                .iter()
+                .map(|b| b.name.clone())
+                .collect(),
+            output: self.out_layout.bytes.iter().sum(),
+            kv,
+            state,
+            compute,
+            scratch: if self.backend.gpu { GPU_SCRATCH } else { 0 },
+        };
+        let mut plan = plan::plan(budget, o.n_slots, sizes).map_err(|e| anyhow!("{e}"))?;
+        plan.n_ubatch = n_ub;
+        plan.n_outputs = self.n_outputs as u32;
+        Ok(plan)
     }
 
     fn all_tensors(&self) -> Vec<*mut sys::ggml_tensor> {
@@ -476,7 +411,6 @@ impl Prepared {
         v.extend(self.st.k.iter().chain(&self.st.v).filter(|t| !t.is_null()));
         v.extend([
             self.st.x,
-            self.st.ids,
             self.st.pos,
             self.st.out_ids,
             self.st.mask_g,
@@ -489,11 +423,11 @@ impl Prepared {
     fn worst_graph(&mut self, kind: Kind) -> *mut sys::ggml_cgraph {
         self.gctx.reset();
         let (g, n_ub, n_ctx) = (self.gctx.ptr, self.n_ub, self.n_ctx);
-        // SAFETY: the graph context was just reset; n_past + n_tokens == n_ctx and
-        // n_tokens == n_ubatch fit the state tensors.
+        // SAFETY: the graph context was just reset; n_past + n_tokens == n_ctx <= n_kv == the
+        // KV cells and
+        // n_tokens == n_ubatch fit the state tensors; n_outputs <= n_ubatch.
         unsafe {
             match kind {
-                Kind::Input => graph::build_input(g, &self.w, &self.st, &self.hp, n_ub),
                 Kind::Layer(il) => graph::build_layer(
                     g,
                     &self.w,
@@ -503,16 +437,19 @@ impl Prepared {
                     Shape {
                         n_tokens: n_ub,
                         n_past: n_ctx - n_ub,
+                        n_kv: self.n_cells,
                         n_out: None,
                     },
                 ),
-                Kind::Output => graph::build_output(g, &self.w, &self.st, &self.hp, n_ub).0,
+                Kind::Output => {
+                    graph::build_output(g, &self.w, &self.st, &self.hp, self.n_outputs).0
+                }
             }
         }
     }
 
     fn kinds(&self) -> Vec<Kind> {
-        let mut k = vec![Kind::Input, Kind::Output];
+        let mut k = vec![Kind::Output];
         // One sliding and one global layer on the device (their graphs differ only in the
         // mask and RoPE; host layers have their own compute buffer).
         for swa in [true, false] {
@@ -556,8 +493,8 @@ impl Prepared {
         Ok(align_up(best, self.backend.align))
     }
 
-    /// Copies `bytes_max` of the first streamed layer from `source` to host memory and returns
-    /// the bandwidth (bytes/s).
+    /// Copies the first streamed layer from its source to host memory, twice, and records
+    /// the bandwidths (first read, then cached).
     fn measure_read(&mut self, direct: bool) -> Result<()> {
         let Some(&l) = self.plan.streamed.first() else {
             return Ok(());
@@ -580,16 +517,22 @@ impl Prepared {
         Ok(())
     }
 
+    /// What the reader copies for layer `l`: each tensor's bytes to its buffer type's region
+    /// of a slot, at the tensor's offset there.
     fn layer_copy(&self, l: usize) -> LayerCopy {
         LayerCopy {
             layer: l,
             pieces: self.w.layers[l]
                 .iter()
-                .zip(self.layer_offsets[l])
-                .map(|(t, off)| Piece {
+                .zip(&self.layouts[l].at)
+                .enumerate()
+                .map(|(i, (t, &(seg, off)))| Piece {
+                    part: t.part,
                     src: t.file_off,
                     len: t.size,
+                    seg,
                     dst: off,
+                    tensor: i,
                 })
                 .collect(),
         }
@@ -605,7 +548,8 @@ impl Drop for Prepared {
 }
 
 /// Plans without allocating or loading anything (`--plan-only`); measures the copy bandwidth
-/// of one streamed layer, twice (first read, then cached), for the predicted floors.
+/// of one streamed layer, twice (first read, then cached), for the predicted floors. The
+/// checks are the run's: a plan that prints is a plan that runs.
 pub fn plan_only(path: &Path, o: &StreamOptions) -> Result<Plan> {
     let mut p = Prepared::new(path, o)?;
     p.measure_read(o.direct_io)?;
@@ -616,7 +560,8 @@ pub fn plan_only(path: &Path, o: &StreamOptions) -> Result<Plan> {
 pub struct Streamer {
     p: Prepared,
     buffers: Vec<sys::ggml_backend_buffer_t>,
-    slots: Vec<(sys::ggml_backend_buffer_t, SlotAddr)>,
+    /// Per slot, per buffer type: its region (None where no streamed layer has tensors).
+    slots: Vec<Vec<Option<Seg>>>,
     ring: Option<Ring>,
     compute_bytes: u64,
     device_bytes: u64,
@@ -633,7 +578,7 @@ pub struct Streamer {
     /// largest drop from it seen after a step.
     driver_free0: Option<u64>,
     driver_peak: u64,
-    upload_path: &'static str,
+    upload_path: String,
     /// Compute threads for one-token steps and for batches (CPU backends).
     threads: (usize, usize),
     /// Set when a step failed part way: later steps are refused.
@@ -642,7 +587,7 @@ pub struct Streamer {
     host: Option<host::HostSide>,
     /// Activation rows in transit between the device and the host state.
     xbuf: Vec<u8>,
-    /// Token embeddings looked up on the host (when the output head is packed).
+    /// Token embeddings looked up on the host.
     embd: Vec<f32>,
 }
 
@@ -678,7 +623,7 @@ impl Streamer {
             ready: None,
             driver_free0: None,
             driver_peak: 0,
-            upload_path: "none",
+            upload_path: "none".into(),
             host: None,
             failed: None,
             threads: (o.threads.max(1), o.threads_batch.max(1)),
@@ -690,11 +635,6 @@ impl Streamer {
         }
         s.allocate(o)?;
         Ok(s)
-    }
-
-    /// The buffer type for layer weights (see `Prepared::layer_buft`).
-    fn layer_buft(&self) -> sys::ggml_backend_buffer_type_t {
-        self.p.layer_buft
     }
 
     fn alloc_buffer_of(
@@ -716,6 +656,25 @@ impl Streamer {
         self.device_bytes += unsafe { sys::ggml_backend_buffer_get_size(b) } as u64;
         self.check_budget(what)?;
         Ok(b)
+    }
+
+    /// One buffer per buffer type with a non-zero size in `bytes` (a region set: a layer
+    /// group, the output head or a ring slot).
+    fn alloc_regions(&mut self, bytes: &[u64], what: &str) -> Result<Vec<Option<Seg>>> {
+        let mut v = Vec::with_capacity(bytes.len());
+        for (b, &n) in bytes.iter().enumerate() {
+            if n == 0 {
+                v.push(None);
+                continue;
+            }
+            let buft = &self.p.backend.weight_bufts[b];
+            let (ptr, name) = (buft.ptr, buft.name.clone());
+            let buf = self.alloc_buffer_of(ptr, n, &format!("{what} ({name})"))?;
+            // SAFETY: `buf` is live.
+            let base = unsafe { sys::ggml_backend_buffer_get_base(buf) } as usize;
+            v.push(Some(Seg { buf, base, size: n }));
+        }
+        Ok(v)
     }
 
     fn check_budget(&self, what: &str) -> Result<()> {
@@ -757,44 +716,56 @@ impl Streamer {
         Ok(())
     }
 
-    /// Places `ts` at `offsets` in `buf` and, with `upload`, copies their bytes from the file.
+    /// Places `ts` in the regions `segs` (tensor i at its packing's buffer type and offset,
+    /// plus `shift[buft]`) and, with `upload`, copies their bytes from the file (through the
+    /// buffer's `set_tensor`, which repacks where the buffer type lays tensors out its way).
     fn place(
         &self,
-        buf: sys::ggml_backend_buffer_t,
+        segs: &[Option<Seg>],
         ts: &[WTensor],
-        offsets: &[u64],
+        layout: &Packing,
+        shift: Option<&[u64]>,
         upload: bool,
     ) -> Result<()> {
-        // SAFETY: `buf` is live.
-        let base = unsafe { sys::ggml_backend_buffer_get_base(buf) } as usize;
-        let bytes = self.p.file.bytes();
-        for (t, &off) in ts.iter().zip(offsets) {
-            // SAFETY: `t.t` is a live descriptor no graph uses now; the offsets were packed from
-            // the buffer type's own sizes, so it lands inside `buf`.
-            unsafe { graph::place_tensor(buf, t.t, base + off as usize)? };
+        for (t, &(b, off)) in ts.iter().zip(&layout.at) {
+            let seg = segs[b].context("a tensor's buffer type has no region")?;
+            let off = off + shift.map_or(0, |s| s[b]);
+            // SAFETY: `t.t` is a live descriptor no graph uses now; the offsets were packed
+            // from the buffer type's own sizes, so it lands inside the region.
+            unsafe { graph::place_tensor(seg.buf, t.t, seg.base + off as usize)? };
             if upload {
-                let src = bytes
+                let src = self.p.file.parts()[t.part]
+                    .bytes()
                     .get(t.file_off as usize..(t.file_off + t.size) as usize)
                     .context("tensor data outside the file")?;
-                // SAFETY: `t.t` now has `t.size` bytes of memory in `buf`; `src` is that many.
-                unsafe { ring::set_tensor(buf, t.t, src) };
+                // SAFETY: `t.t` now has `t.size` bytes of memory in `seg.buf`; `src` is that
+                // many.
+                unsafe { ring::set_tensor(seg.buf, t.t, src) };
             }
         }
         Ok(())
     }
 
+    /// Places streamed layer `l` in slot `slot` (descriptors only: the reader fills it).
+    fn place_in_slot(&self, l: usize, slot: usize) -> Result<()> {
+        self.place(
+            &self.slots[slot],
+            &self.p.w.layers[l],
+            &self.p.layouts[l],
+            None,
+            false,
+        )
+    }
+
     fn allocate(&mut self, o: &StreamOptions) -> Result<()> {
         let plan = self.p.plan.clone();
-        // Output head (also the embedding table).
+        // Output head (the tied embedding).
+        let out_regions =
+            self.alloc_regions(&self.p.out_layout.bytes.clone(), "the output head")?;
         let out = [self.p.w.tok_embd, self.p.w.output_norm];
-        let out_buft = self.p.out_buft;
-        let off = [0, self.p.backend.alloc_size_in(out_buft, &out[0])];
-        let b = self.alloc_buffer_of(out_buft, plan.sizes.output, "the output head")?;
-        self.place(b, &out, &off, true)?;
-        if out_buft != self.p.backend.buft {
-            // The embedding lookup runs on the host (see `embed_on_host`).
-            self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
-        }
+        self.place(&out_regions, &out, &self.p.out_layout, None, true)?;
+        // The embedding lookup runs on the host (see `embed_on_host`).
+        self.embd = vec![0f32; (self.p.hp.n_embd * self.p.n_ub) as usize];
         // KV cache and state.
         // SAFETY: the state context and buffer type are live; null is checked.
         let sb = unsafe {
@@ -809,45 +780,42 @@ impl Streamer {
         // SAFETY: `sb` is live.
         self.device_bytes += unsafe { sys::ggml_backend_buffer_get_size(sb) } as u64;
         self.check_budget("the KV cache and state")?;
-        // Resident layers, one buffer.
+        // Resident layers: one region per buffer type for all of them.
         if !plan.resident.is_empty() {
-            let buft = self.layer_buft();
-            let b = self.alloc_buffer_of(buft, plan.resident_bytes(), "the resident layers")?;
-            let mut at = 0;
+            let n_b = self.p.backend.weight_bufts.len();
+            let mut total = vec![0u64; n_b];
             for &l in &plan.resident {
-                let offs: Vec<u64> = self.p.layer_offsets[l].iter().map(|o| o + at).collect();
-                let ts = self.p.w.layers[l];
-                self.place(b, &ts, &offs, true)?;
-                at += plan.sizes.layers[l];
+                for (t, n) in total.iter_mut().zip(&self.p.layouts[l].bytes) {
+                    *t += n;
+                }
+            }
+            let regions = self.alloc_regions(&total, "the resident layers")?;
+            let mut shift = vec![0u64; n_b];
+            for &l in &plan.resident {
+                let ts = self.p.w.layers[l].clone();
+                self.place(&regions, &ts, &self.p.layouts[l], Some(&shift), true)?;
+                for (s, n) in shift.iter_mut().zip(&self.p.layouts[l].bytes) {
+                    *s += n;
+                }
             }
         }
         // Ring slots.
         if !plan.streamed.is_empty() {
             for i in 0..plan.n_slots {
-                let buft = self.layer_buft();
-                let b = self.alloc_buffer_of(buft, plan.slot_bytes, &format!("ring slot {i}"))?;
-                // Zeroed once, synchronously: the padding a GPU buffer type adds after
-                // quantized rows is never written by uploads, and the per-step placement's
-                // own zeroing (CUDA init_tensor) runs on another stream than the compute.
-                // SAFETY: `b` is live.
-                unsafe { sys::ggml_backend_buffer_clear(b, 0) };
-                // SAFETY: `b` is live.
-                let base = unsafe { sys::ggml_backend_buffer_get_base(b) } as usize;
-                self.slots.push((
-                    b,
-                    SlotAddr {
-                        base,
-                        size: plan.slot_bytes,
-                    },
-                ));
+                let slot = self.alloc_regions(&plan.slot_segments, &format!("ring slot {i}"))?;
+                for seg in slot.iter().flatten() {
+                    // Zeroed once, synchronously: the padding a GPU buffer type adds after
+                    // quantized rows is never written by uploads, and the per-step placement's
+                    // own zeroing (CUDA init_tensor) runs on another stream than the compute.
+                    // SAFETY: `seg.buf` is live.
+                    unsafe { sys::ggml_backend_buffer_clear(seg.buf, 0) };
+                }
+                self.slots.push(slot);
             }
         }
-        // Compute buffer: reserve the worst-case graphs (streamed layers bound to slot 0).
+        // Compute buffer: reserve the worst-case graphs (streamed layers placed in slot 0).
         for &l in &plan.streamed {
-            let (b, _) = self.slots[0];
-            let ts = self.p.w.layers[l];
-            let offs = self.p.layer_offsets[l];
-            self.place(b, &ts, &offs, false)?;
+            self.place_in_slot(l, 0)?;
         }
         for kind in self.p.kinds() {
             let gf = self.p.worst_graph(kind);
@@ -860,43 +828,16 @@ impl Streamer {
         self.compute_bytes = unsafe { sys::ggml_gallocr_get_buffer_size(self.p.galloc, 0) } as u64;
         self.device_bytes += self.compute_bytes;
         self.check_budget("the compute buffer")?;
-        let n = (self.p.n_ctx * self.p.n_ub) as usize;
+        let n = (self.p.n_cells * self.p.n_ub) as usize;
         self.mask_g = vec![f16::ZERO; n];
         self.mask_s = vec![f16::ZERO; n];
         if plan.streamed.is_empty() {
             return self.start_host(o);
         }
         let mut source = Source::open(self.p.file.clone(), o.direct_io)?;
-        let bufs: Vec<_> = self.slots.iter().map(|s| s.0).collect();
-        // SAFETY: the slot buffers are live.
-        let host_visible = bufs
-            .iter()
-            .all(|&b| unsafe { sys::ggml_backend_buffer_is_host(b) });
-        let repack_slots = self.repack_slots(o)?;
-        let mut sink = if let Some(r) = repack_slots {
-            self.upload_path = match self.p.layer_buft_name.as_str() {
-                "AMX" => "repacked into AMX slots by the reader",
-                "CPU_REPACK" => "repacked into CPU_REPACK slots by the reader",
-                _ => "repacked by the reader",
-            };
-            Sink::Repack(r)
-        } else if host_visible && !o.staged {
-            self.upload_path = "direct into host-visible slots";
-            Sink::Host(self.slots.iter().map(|s| s.1).collect())
-        } else {
-            let st = upload::Staged::new(self.p.backend.dev, &bufs, o.staging_chunk)?;
-            let ready = st.ready_events();
-            self.upload_path = match (st.pinned(), ready.real()) {
-                (true, true) => "staged: pinned chunks, upload stream, events",
-                (true, false) => "staged: pinned chunks, synchronous",
-                (false, true) => "staged: chunks, upload stream, events",
-                (false, false) => "staged: chunks, synchronous",
-            };
-            self.ready = Some(ready);
-            Sink::Staged(st)
-        };
+        let mut sink = self.make_sink(o)?;
         if o.skip_reads {
-            self.upload_path = "skipped (benchmark hook)";
+            self.upload_path = "skipped (benchmark hook)".into();
             sink = Sink::Skip {
                 inner: Box::new(sink),
                 filled: vec![false; self.slots.len()],
@@ -913,14 +854,18 @@ impl Streamer {
             // targets in the slots).
             drop(sink);
             self.ready = None;
-            self.upload_path = "none";
-            for (b, _) in std::mem::take(&mut self.slots) {
-                self.buffers.retain(|&x| x != b);
-                // SAFETY: `b` is a live slot buffer no tensor or uploader uses any more (the
-                // streamed layers were placed in the memory map by `start_host`); freed once.
+            self.upload_path = "none".into();
+            for seg in std::mem::take(&mut self.slots)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                self.buffers.retain(|&x| x != seg.buf);
+                // SAFETY: `seg.buf` is a live slot buffer no tensor or uploader uses any more
+                // (the streamed layers were placed on the host by `start_host`); freed once.
                 unsafe {
-                    self.device_bytes -= sys::ggml_backend_buffer_get_size(b) as u64;
-                    sys::ggml_backend_buffer_free(b);
+                    self.device_bytes -= sys::ggml_backend_buffer_get_size(seg.buf) as u64;
+                    sys::ggml_backend_buffer_free(seg.buf);
                 }
             }
         } else {
@@ -943,55 +888,61 @@ impl Streamer {
         Ok(())
     }
 
-    /// When the slots are CPU_REPACK buffers: per slot, descriptors laid out as every streamed
-    /// layer is (they all must be: Gemma-3's are), for the reader to write through.
-    fn repack_slots(&self, o: &StreamOptions) -> Result<Option<ring::RepackSlots>> {
-        if self.layer_buft() == self.p.backend.buft || self.slots.is_empty() {
-            return Ok(None);
-        }
-        let streamed = &self.p.plan.streamed;
-        let first = streamed[0];
-        let same = |l: usize| {
-            self.p.layer_offsets[l] == self.p.layer_offsets[first]
-                && self.p.w.layers[l]
-                    .iter()
-                    .zip(&self.p.w.layers[first])
-                    .all(|(a, b)| {
-                        // SAFETY: live descriptors.
-                        unsafe { (*a.t).type_ == (*b.t).type_ && (*a.t).ne == (*b.t).ne }
-                    })
-        };
-        if let Some(&l) = streamed.iter().find(|&&l| !same(l)) {
-            bail!("layer {l} is laid out unlike layer {first}: the ring needs uniform layers");
-        }
-        let ctx = Ctx::new(13 * self.slots.len(), 0)?;
-        let mut slots = Vec::new();
-        for &(b, sa) in &self.slots {
-            let mut ts = Vec::new();
-            for (w, &off) in self.p.w.layers[first]
+    /// How the reader fills the slots: straight into host memory (the CPU device: bytes
+    /// copied in, or written through `set_tensor` where the buffer type repacks), or staged
+    /// through an upload stream (device memory the host cannot write, or the test hook).
+    fn make_sink(&mut self, o: &StreamOptions) -> Result<Sink> {
+        let bufts = &self.p.backend.weight_bufts;
+        if !self.p.backend.gpu && !o.staged {
+            let used: Vec<usize> = (0..bufts.len())
+                .filter(|&b| self.p.plan.slot_segments[b] > 0)
+                .collect();
+            let repacking: Vec<&str> = used
                 .iter()
-                .zip(&self.p.layer_offsets[first])
-            {
-                // SAFETY: `ctx` has room for 13 descriptors per slot; `b` is a live slot
-                // buffer and the offset lies inside it (the plan sized it from these offsets).
-                unsafe {
-                    let t = sys::ggml_dup_tensor(ctx.ptr, w.t);
-                    graph::place_tensor(b, t, sa.base + off as usize)?;
-                    ts.push(t);
-                }
-            }
-            slots.push((b, ts));
+                .filter(|&&b| !bufts[b].plain_host)
+                .map(|&b| bufts[b].name.as_str())
+                .collect();
+            self.upload_path = if repacking.is_empty() {
+                "direct into host-visible slots".into()
+            } else {
+                format!(
+                    "repacked into {} slots by the reader",
+                    used.iter()
+                        .map(|&b| bufts[b].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+")
+                )
+            };
+            let plain: Vec<bool> = bufts.iter().map(|b| b.plain_host).collect();
+            let streamed = self.p.plan.streamed.clone();
+            let layers: Vec<(usize, Vec<*mut sys::ggml_tensor>)> = streamed
+                .iter()
+                .map(|&l| (l, self.p.w.layers[l].iter().map(|t| t.t).collect()))
+                .collect();
+            let largest = streamed
+                .iter()
+                .flat_map(|&l| self.p.w.layers[l].iter().map(|t| t.size))
+                .max()
+                .unwrap_or(0);
+            return Ok(Sink::Host(HostSlots::new(
+                self.slots.clone(),
+                plain,
+                &layers,
+                self.p.hp.n_layer,
+                o.direct_io.then_some(largest as usize),
+            )?));
         }
-        let largest = self.p.w.layers[first]
-            .iter()
-            .map(|t| t.size)
-            .max()
-            .unwrap_or(0);
-        Ok(Some(ring::RepackSlots {
-            _ctx: ctx,
-            slots,
-            staging: o.direct_io.then(|| ring::AlignedBuf::new(largest as usize)),
-        }))
+        let st = upload::Staged::new(self.p.backend.dev, &self.slots, o.staging_chunk)?;
+        let ready = st.ready_events();
+        self.upload_path = match (st.pinned(), ready.real()) {
+            (true, true) => "staged: pinned chunks, upload stream, events",
+            (true, false) => "staged: pinned chunks, synchronous",
+            (false, true) => "staged: chunks, upload stream, events",
+            (false, false) => "staged: chunks, synchronous",
+        }
+        .into();
+        self.ready = Some(ready);
+        Ok(Sink::Staged(st))
     }
 
     /// Sets up the CPU side for the plan's host layers, if any.
@@ -1006,15 +957,17 @@ impl Streamer {
             &self.p.hp,
             &self.p.plan.host,
             self.p.n_ctx,
+            self.p.n_cells,
             self.p.n_ub,
             o.threads,
+            o.repack,
         )?);
         Ok(())
     }
 
     /// `--host-layers auto`: times, on the first streamed layer and a one-token step, filling
     /// a slot through `sink` (best of 2), computing on the device, and computing on the CPU
-    /// from the memory map (best of 3), and chooses how many layers move.
+    /// (best of 3), and chooses how many layers move.
     fn calibrate(
         &mut self,
         sink: &mut Sink,
@@ -1035,16 +988,13 @@ impl Streamer {
         }
         // A file the page cache cannot hold is read from disk at every step: no faster than
         // the first (cold) read measured at open.
-        let file_bytes = self.p.file.bytes().len() as u64;
+        let file_bytes = self.p.file.total_bytes();
         if o.direct_io || crate::engine::mem_available().is_some_and(|m| file_bytes > m) {
             if let Some(bw) = self.p.plan.read_bw.filter(|&b| b > 0.0) {
                 fill_s = fill_s.max(lc.bytes() as f64 / bw);
             }
         }
-        let (b, _) = self.slots[0];
-        let ts = self.p.w.layers[l];
-        let offs = self.p.layer_offsets[l];
-        self.place(b, &ts, &offs, false)?;
+        self.place_in_slot(l, 0)?;
         if let Some(ev) = self.ready.as_ref().map(|r| r.get(0)) {
             // SAFETY: the event belongs to this device; `fill` recorded it.
             unsafe { upload::order_before(self.p.backend.ptr, ev) };
@@ -1054,6 +1004,7 @@ impl Streamer {
         let sh = Shape {
             n_tokens: 1,
             n_past: 0,
+            n_kv: graph::n_kv_cells(1, self.p.n_cells),
             n_out: None,
         };
         let mut device_s = f64::MAX;
@@ -1073,8 +1024,10 @@ impl Streamer {
             &self.p.hp,
             &[l],
             self.p.n_ctx,
+            self.p.n_cells,
             self.p.n_ub,
             o.threads,
+            o.repack,
         )?);
         self.set_inputs(&[0], 0)?;
         let mut h = self.host.take().context("host side")?;
@@ -1086,8 +1039,8 @@ impl Streamer {
         }
         drop(h);
         for t in &self.p.w.layers[l] {
-            // SAFETY: a live descriptor; it pointed into the mapping buffer just freed and is
-            // placed again before its next use.
+            // SAFETY: a live descriptor; it pointed into host memory just freed and is placed
+            // again before its next use.
             unsafe { graph::detach(t.t) };
         }
         Ok(HostCalibration {
@@ -1098,7 +1051,9 @@ impl Streamer {
         })
     }
 
-    /// x[0..n] = token_embd[tokens] * sqrt(n_embd), the rows read from the memory map and
+    /// x[0..n] = token_embd[tokens] * sqrt(n_embd): llama.cpp's input layer, which always runs
+    /// on the CPU (`dev_input` in `src/llama-model.cpp`) with `token_embd` in a plain CPU
+    /// buffer (no extra buffer type takes GET_ROWS): the rows read from the memory map and
     /// turned to f32 by ggml's own `to_float` (what its CPU `get_rows` uses), scaled in f32 as
     /// `ggml_scale` does.
     fn embed_on_host(&mut self, tokens: &[u32]) -> Result<()> {
@@ -1111,7 +1066,7 @@ impl Streamer {
         };
         // SAFETY: ggml's static type table.
         let to_float = unsafe { (*sys::ggml_get_type_traits(ty)).to_float };
-        let bytes = self.p.file.bytes();
+        let bytes = self.p.file.parts()[te.part].bytes();
         let scale = (n as f32).sqrt();
         for (j, &id) in tokens.iter().enumerate() {
             let at = te.file_off as usize + id as usize * row;
@@ -1175,8 +1130,8 @@ impl Streamer {
         self.device_bytes
     }
 
-    /// Host memory of `--host-layers` (their state, KV cache and compute buffer; the weights
-    /// stay in the memory map).
+    /// Host memory of `--host-layers` (their state, KV cache, compute buffer and the weights
+    /// llama.cpp would repack; the others stay in the memory map).
     pub fn host_bytes(&self) -> u64 {
         self.host.as_ref().map_or(0, |h| h.bytes())
     }
@@ -1184,6 +1139,25 @@ impl Streamer {
     /// The ggml device this executor runs on (e.g. `CPU`, `CUDA0`).
     pub fn device_name(&self) -> &str {
         &self.p.backend.name
+    }
+
+    /// Each weight's buffer type, `(tensor name, buffer type)` in layer order then the output
+    /// head: where llama.cpp would put it on this device.
+    pub fn placement(&self) -> Vec<(String, String)> {
+        let bufts = &self.p.backend.weight_bufts;
+        let mut v = Vec::new();
+        for (il, lay) in self.p.layouts.iter().enumerate() {
+            for (n, &(b, _)) in graph::LAYER_TENSORS.iter().zip(&lay.at) {
+                v.push((format!("blk.{il}.{n}.weight"), bufts[b].name.clone()));
+            }
+        }
+        for (n, &(b, _)) in ["output.weight", "output_norm.weight"]
+            .iter()
+            .zip(&self.p.out_layout.at)
+        {
+            v.push((n.to_string(), bufts[b].name.clone()));
+        }
+        v
     }
 
     /// GPU only: the largest device memory use the driver reported after a step (free memory
@@ -1198,8 +1172,8 @@ impl Streamer {
     }
 
     /// How streamed layers reach the slots.
-    pub fn upload_path(&self) -> &'static str {
-        self.upload_path
+    pub fn upload_path(&self) -> &str {
+        &self.upload_path
     }
 
     pub fn n_past(&self) -> usize {
@@ -1225,9 +1199,8 @@ impl Streamer {
 
     fn set_inputs(&mut self, tokens: &[u32], n_out: usize) -> Result<()> {
         let t = tokens.len();
-        let n_kv = self.n_past + t;
-        let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
-        let pos: Vec<i32> = (self.n_past..n_kv).map(|p| p as i32).collect();
+        let n_kv = graph::n_kv_cells((self.n_past + t) as i64, self.p.n_cells) as usize;
+        let pos: Vec<i32> = (self.n_past..self.n_past + t).map(|p| p as i32).collect();
         let out: Vec<i32> = ((t - n_out)..t).map(|i| i as i32).collect();
         let n_swa = self.p.hp.n_swa as usize;
         for j in 0..t {
@@ -1243,9 +1216,8 @@ impl Streamer {
         let host = self.host.as_ref().map(|h| &h.st);
         for st in std::iter::once(&self.p.st).chain(host) {
             // SAFETY: each source slice fits its destination tensor (t <= n_ubatch,
-            // n_kv * t <= n_ctx * n_ubatch), all tensors live in their state buffer.
+            // n_kv * t <= cells * n_ubatch), all tensors live in their state buffer.
             unsafe {
-                sys::ggml_backend_tensor_set(st.ids, ids.as_ptr().cast(), 0, 4 * t);
                 sys::ggml_backend_tensor_set(st.pos, pos.as_ptr().cast(), 0, 4 * t);
                 if n_out > 0 {
                     sys::ggml_backend_tensor_set(st.out_ids, out.as_ptr().cast(), 0, 4 * n_out);
@@ -1258,13 +1230,17 @@ impl Streamer {
     }
 
     /// Evaluates `tokens` after the cached context. Returns the logits of every token
-    /// (`all_logits`) or of the last one, row-major `[n, n_vocab]`.
+    /// (`all_logits`, which the executor must have been opened for) or of the last one,
+    /// row-major `[n, n_vocab]`.
     pub fn eval(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         if let Some(e) = &self.failed {
             bail!("an earlier step failed, the ring is out of step ({e}); open the model again");
         }
         if tokens.is_empty() {
             bail!("nothing to evaluate");
+        }
+        if all_logits && self.p.n_outputs < self.p.n_ub.min(tokens.len() as i64) {
+            bail!("every position's logits were asked for, but the output buffer was sized for the last one (StreamOptions::all_logits)");
         }
         if self.n_past + tokens.len() > self.p.n_ctx as usize {
             bail!(
@@ -1333,16 +1309,7 @@ impl Streamer {
             }
         }
         self.set_inputs(tokens, n_out)?;
-        if self.p.out_buft == self.p.backend.buft {
-            self.p.gctx.reset();
-            // SAFETY: the graph context was reset; t <= n_ubatch.
-            let gf = unsafe {
-                graph::build_input(self.p.gctx.ptr, &self.p.w, &self.p.st, &self.p.hp, t)
-            };
-            self.compute(gf)?;
-        } else {
-            self.embed_on_host(tokens)?;
-        }
+        self.embed_on_host(tokens)?;
         let n_layer = self.p.hp.n_layer;
         let mut x_on_host = false;
         for il in 0..n_layer {
@@ -1360,6 +1327,7 @@ impl Streamer {
             let sh = Shape {
                 n_tokens: t,
                 n_past: self.n_past as i64,
+                n_kv: graph::n_kv_cells(self.n_past as i64 + t, self.p.n_cells),
                 n_out: n_out_l,
             };
             if on_host != x_on_host {
@@ -1396,10 +1364,7 @@ impl Streamer {
                 }
                 stats.bytes_streamed += f.bytes;
                 stats.read_s += f.read_s;
-                let (b, _) = self.slots[f.slot];
-                let ts = self.p.w.layers[il];
-                let offs = self.p.layer_offsets[il];
-                self.place(b, &ts, &offs, false)?;
+                self.place_in_slot(il, f.slot)?;
                 if let Some(ev) = self.ready.as_ref().map(|r| r.get(f.slot)) {
                     // SAFETY: the event belongs to this device and was recorded by the reader
                     // before it handed the slot over.
@@ -1432,8 +1397,11 @@ impl Streamer {
             self.move_x(t, false)?;
         }
         if n_out > 0 {
+            let n = n_out * self.p.hp.n_vocab as usize;
+            let at = logits.len();
+            logits.resize(at + n, 0.0);
             self.p.gctx.reset();
-            // SAFETY: the graph context was reset; n_out <= t <= n_ubatch.
+            // SAFETY: the graph context was reset; n_out <= n_outputs (checked in `eval`).
             let (gf, out) = unsafe {
                 graph::build_output(
                     self.p.gctx.ptr,
@@ -1448,9 +1416,6 @@ impl Streamer {
             self.compute(gf)?;
             self.events.push(EvKind::ComputeEnd, n_layer);
             stats.compute_s += self.events.now() - c0;
-            let n = n_out * self.p.hp.n_vocab as usize;
-            let at = logits.len();
-            logits.resize(at + n, 0.0);
             // SAFETY: `out` is the graph's f32 output of exactly n elements, computed above.
             unsafe {
                 sys::ggml_backend_tensor_get(out, logits[at..].as_mut_ptr().cast(), 0, 4 * n)

@@ -14,7 +14,14 @@ use std::fmt;
 /// Sizes the planner works from (bytes, as the backend allocates them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sizes {
-    pub layers: Vec<u64>,
+    /// Per layer, its bytes in each of the device's weight buffer types (the columns are
+    /// [`Sizes::bufts`]): layers are not uniform (K-quant mixtures give some more bits), and
+    /// each tensor lives in the buffer type llama.cpp would give it.
+    pub layers: Vec<Vec<u64>>,
+    /// Per layer, the bytes of its tensors in the file (what crosses per token when it streams).
+    pub layer_file_bytes: Vec<u64>,
+    /// Names of the buffer types, one per column of `layers`.
+    pub bufts: Vec<String>,
     pub output: u64,
     pub kv: u64,
     pub state: u64,
@@ -22,6 +29,31 @@ pub struct Sizes {
     /// Kept free for what the device backend allocates outside our buffers (a GPU's memory
     /// pool and BLAS workspace; 0 on the CPU).
     pub scratch: u64,
+}
+
+impl Sizes {
+    /// Device bytes of layer `l` (all buffer types).
+    pub fn layer(&self, l: usize) -> u64 {
+        self.layers[l].iter().sum()
+    }
+
+    /// A ring slot for `streamed`: per buffer type, room for the largest of those layers.
+    pub fn slot_segments(&self, streamed: &[usize]) -> Vec<u64> {
+        (0..self.bufts.len())
+            .map(|b| {
+                streamed
+                    .iter()
+                    .map(|&l| self.layers[l][b])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    fn largest_slot(&self) -> u64 {
+        let all: Vec<usize> = (0..self.layers.len()).collect();
+        self.slot_segments(&all).iter().sum()
+    }
 }
 
 /// Which streamed layers compute on the CPU from the memory-mapped file instead of crossing
@@ -147,8 +179,15 @@ pub struct Plan {
     pub host: Vec<usize>,
     /// `--host-layers auto`'s measurements, once loaded.
     pub calibration: Option<HostCalibration>,
-    pub slot_bytes: u64,
+    /// A ring slot's bytes per buffer type (the columns of `Sizes::layers`).
+    pub slot_segments: Vec<u64>,
     pub sizes: Sizes,
+    /// Tokens per graph: the micro-batch prompts are split into (`-b`), and the one requested
+    /// when it was reduced to fit the budget.
+    pub n_ubatch: u32,
+    pub n_ubatch_requested: u32,
+    /// Logit rows the output buffer holds per graph (1: only the last position is asked for).
+    pub n_outputs: u32,
     /// Weight bytes crossing into the ring per step (every streamed layer once).
     pub streamed_bytes_per_token: u64,
     /// Measured source -> host memory copy bandwidth of one streamed layer (bytes/s): the
@@ -168,14 +207,19 @@ impl Plan {
     }
 
     pub fn resident_bytes(&self) -> u64 {
-        self.resident.iter().map(|&l| self.sizes.layers[l]).sum()
+        self.resident.iter().map(|&l| self.sizes.layer(l)).sum()
+    }
+
+    /// One ring slot (all its buffer types).
+    pub fn slot_bytes(&self) -> u64 {
+        self.slot_segments.iter().sum()
     }
 
     pub fn ring_bytes(&self) -> u64 {
         if self.streamed.is_empty() {
             0
         } else {
-            self.n_slots as u64 * self.slot_bytes
+            self.n_slots as u64 * self.slot_bytes()
         }
     }
 
@@ -206,7 +250,11 @@ impl Plan {
         let moved = self.streamed.split_off(self.streamed.len() - k);
         self.host.extend(moved);
         self.host.sort_unstable();
-        self.streamed_bytes_per_token = self.streamed.iter().map(|&l| self.sizes.layers[l]).sum();
+        self.streamed_bytes_per_token = self
+            .streamed
+            .iter()
+            .map(|&l| self.sizes.layer_file_bytes[l])
+            .sum();
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -214,7 +262,12 @@ impl Plan {
             "budget": self.budget,
             "device_bytes": self.device_bytes(),
             "n_slots": self.n_slots,
-            "slot_bytes": self.slot_bytes,
+            "slot_bytes": self.slot_bytes(),
+            "slot_segments": self.sizes.bufts.iter().zip(&self.slot_segments)
+                .map(|(b, n)| json!({"buffer_type": b, "bytes": n})).collect::<Vec<_>>(),
+            "n_ubatch": self.n_ubatch,
+            "n_ubatch_requested": self.n_ubatch_requested,
+            "n_outputs": self.n_outputs,
             "resident_layers": self.resident,
             "streamed_layers": self.streamed,
             "host_layers": self.host,
@@ -257,6 +310,25 @@ fn ranges(v: &[usize]) -> String {
     out.join(",")
 }
 
+impl Plan {
+    /// " (AMX 10 MiB + CPU 1 MiB)" when a slot spans more than one buffer type.
+    fn segments_text(&self) -> String {
+        let parts: Vec<String> = self
+            .sizes
+            .bufts
+            .iter()
+            .zip(&self.slot_segments)
+            .filter(|(_, &n)| n > 0)
+            .map(|(b, &n)| format!("{b} {}", fmt_size(n)))
+            .collect();
+        if parts.len() > 1 {
+            format!(" ({})", parts.join(" + "))
+        } else {
+            String::new()
+        }
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -267,11 +339,19 @@ impl fmt::Display for Plan {
         )?;
         writeln!(
             f,
-            "  fixed: output head {} + KV cache {} + state {} + compute buffer {}",
+            "  fixed: output head {} + KV cache {} + state {} + compute buffer {} (micro-batch {}{}, {} logit row{} per graph)",
             fmt_size(self.sizes.output),
             fmt_size(self.sizes.kv),
             fmt_size(self.sizes.state),
-            fmt_size(self.sizes.compute)
+            fmt_size(self.sizes.compute),
+            self.n_ubatch,
+            if self.n_ubatch < self.n_ubatch_requested {
+                format!(", reduced from {} to fit the budget: -b {} gives llama.cpp the same", self.n_ubatch_requested, self.n_ubatch)
+            } else {
+                String::new()
+            },
+            self.n_outputs,
+            if self.n_outputs == 1 { "" } else { "s" }
         )?;
         if self.sizes.scratch > 0 {
             writeln!(
@@ -296,9 +376,10 @@ impl fmt::Display for Plan {
         if !self.streamed.is_empty() {
             write!(
                 f,
-                " through a ring of {} x {} = {}\n  streamed per token: {}",
+                " through a ring of {} x {}{} = {}\n  streamed per token: {}",
                 self.n_slots,
-                fmt_size(self.slot_bytes),
+                fmt_size(self.slot_bytes()),
+                self.segments_text(),
                 fmt_size(self.ring_bytes()),
                 fmt_size(self.streamed_bytes_per_token)
             )?;
@@ -352,13 +433,19 @@ pub fn spread(r: usize, n: usize) -> Vec<usize> {
     (0..r).map(|i| i * n / r).collect()
 }
 
-/// Plans under `budget`, or says what does not fit.
+/// Plans under `budget`, or says what does not fit. The micro-batch fields are the caller's
+/// (it sized the compute buffer for them).
 pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
     let n = sizes.layers.len();
     let fixed = sizes.output + sizes.kv + sizes.state + sizes.compute + sizes.scratch;
-    let all: u64 = sizes.layers.iter().sum();
-    let mk = |resident: Vec<usize>, streamed: Vec<usize>, slot_bytes: u64| {
-        let per_token = streamed.iter().map(|&l| sizes.layers[l]).sum();
+    let all: u64 = (0..n).map(|l| sizes.layer(l)).sum();
+    let mk = |resident: Vec<usize>, streamed: Vec<usize>| {
+        let per_token = streamed.iter().map(|&l| sizes.layer_file_bytes[l]).sum();
+        let slot_segments = if streamed.is_empty() {
+            vec![0; sizes.bufts.len()]
+        } else {
+            sizes.slot_segments(&streamed)
+        };
         Plan {
             budget,
             n_slots,
@@ -366,8 +453,11 @@ pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
             streamed,
             host: Vec::new(),
             calibration: None,
-            slot_bytes,
+            slot_segments,
             sizes: sizes.clone(),
+            n_ubatch: 0,
+            n_ubatch_requested: 0,
+            n_outputs: 0,
             streamed_bytes_per_token: per_token,
             read_bw: None,
             read_bw_again: None,
@@ -396,25 +486,25 @@ pub fn plan(budget: u64, n_slots: usize, sizes: Sizes) -> Result<Plan, String> {
         ));
     }
     if fixed + all <= budget {
-        return Ok(mk((0..n).collect(), Vec::new(), 0));
+        return Ok(mk((0..n).collect(), Vec::new()));
     }
     if n_slots == 0 {
         return Err("--prefetch must be at least 1 ring slot".into());
     }
     let left = budget - fixed;
     // Keep r layers resident, spread evenly (see `spread`); the ring holds the largest of the
-    // rest.
+    // rest in each buffer type.
     let mut r = n;
     loop {
         let resident = spread(r, n);
         let streamed: Vec<usize> = (0..n).filter(|l| !resident.contains(l)).collect();
-        let slot = streamed.iter().map(|&l| sizes.layers[l]).max().unwrap_or(0);
-        let res_bytes: u64 = resident.iter().map(|&l| sizes.layers[l]).sum();
+        let slot: u64 = sizes.slot_segments(&streamed).iter().sum();
+        let res_bytes: u64 = resident.iter().map(|&l| sizes.layer(l)).sum();
         if r < n && res_bytes + n_slots as u64 * slot <= left {
-            return Ok(mk(resident, streamed, slot));
+            return Ok(mk(resident, streamed));
         }
         if r == 0 {
-            let slot = sizes.layers.iter().copied().max().unwrap_or(0);
+            let slot = sizes.largest_slot();
             return Err(format!(
                 "device budget {} does not fit a ring of {} slot(s) x {} (the largest layer) beside the fixed part: {} = {}; at least {} is needed",
                 fmt_size(budget),
@@ -435,7 +525,9 @@ mod tests {
 
     fn sizes(n: usize) -> Sizes {
         Sizes {
-            layers: vec![100; n],
+            layers: vec![vec![100]; n],
+            layer_file_bytes: vec![100; n],
+            bufts: vec!["CPU".into()],
             output: 50,
             kv: 20,
             state: 5,

@@ -8,7 +8,7 @@
 //! runs ahead by up to N layers, across token boundaries: it cycles through the streamed layers
 //! for as long as the ring lives.
 
-use super::graph::Ctx;
+use super::graph::{self, Ctx};
 use super::profile::{EvKind, Events};
 use super::upload::Staged;
 use anyhow::{bail, Context, Result};
@@ -21,15 +21,31 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 
-/// One piece of a layer: `len` bytes at absolute file offset `src` go to slot offset `dst`.
+/// One piece of a layer: tensor `tensor` of the layer, `len` bytes at absolute offset `src` of
+/// file `part` (of a split set), goes to offset `dst` of the slot's region of buffer type `seg`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Piece {
+    pub part: usize,
     pub src: u64,
     pub len: u64,
+    pub seg: usize,
     pub dst: u64,
+    pub tensor: usize,
 }
+
+/// A region of a slot (or of the resident layers): a backend buffer of one buffer type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seg {
+    pub buf: sys::ggml_backend_buffer_t,
+    pub base: usize,
+    pub size: u64,
+}
+
+// SAFETY: a handle and an address; who may touch the memory behind them is decided by the
+// ring's slot hand-over.
+unsafe impl Send for Seg {}
 
 /// What the reader copies for one streamed layer.
 #[derive(Debug, Clone)]
@@ -47,11 +63,14 @@ impl LayerCopy {
 /// Where the reader gets bytes from.
 #[derive(Debug)]
 pub(crate) enum Source {
-    /// The memory-mapped GGUF (page cache, or disk on first touch).
-    Mmap(Arc<GgufFile>),
-    /// `O_DIRECT` preads into an aligned staging buffer of bounded size, bypassing the page
-    /// cache.
-    Direct { file: File, staging: AlignedBuf },
+    /// The memory-mapped GGUF (page cache, or disk on first touch); every part of a split set.
+    Mmap(Arc<GgufModel>),
+    /// `O_DIRECT` preads (one file per part) into an aligned staging buffer of bounded size,
+    /// bypassing the page cache.
+    Direct {
+        files: Vec<File>,
+        staging: AlignedBuf,
+    },
 }
 
 /// Direct-I/O alignment (logical block size of every disk we meet; 4 KiB covers 512 too).
@@ -71,13 +90,17 @@ unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     pub fn new(len: usize) -> AlignedBuf {
-        let layout = std::alloc::Layout::from_size_align(len, DIO_ALIGN as usize).expect("layout");
+        let layout =
+            std::alloc::Layout::from_size_align(len.max(1), DIO_ALIGN as usize).expect("layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        AlignedBuf { ptr, len }
+        AlignedBuf {
+            ptr,
+            len: len.max(1),
+        }
     }
 
     pub fn as_mut(&mut self) -> &mut [u8] {
@@ -96,12 +119,16 @@ impl Drop for AlignedBuf {
 }
 
 impl Source {
-    pub fn open(file: Arc<GgufFile>, direct: bool) -> Result<Source> {
+    pub fn open(file: Arc<GgufModel>, direct: bool) -> Result<Source> {
         if !direct {
             return Ok(Source::Mmap(file));
         }
         Ok(Source::Direct {
-            file: open_direct(file.path())?,
+            files: file
+                .parts()
+                .iter()
+                .map(|p| open_direct(p.path()))
+                .collect::<Result<_>>()?,
             staging: AlignedBuf::new(STAGING_BYTES),
         })
     }
@@ -109,7 +136,11 @@ impl Source {
     /// `p`'s bytes in place, when the source is the memory map.
     pub fn mapped(&self, p: Piece) -> Option<&[u8]> {
         match self {
-            Source::Mmap(f) => f.bytes().get(p.src as usize..(p.src + p.len) as usize),
+            Source::Mmap(f) => f
+                .parts()
+                .get(p.part)?
+                .bytes()
+                .get(p.src as usize..(p.src + p.len) as usize),
             Source::Direct { .. } => None,
         }
     }
@@ -117,13 +148,12 @@ impl Source {
     /// Copies `p` into `dst` (which is `p.len` bytes).
     pub fn read(&mut self, p: Piece, dst: &mut [u8]) -> Result<()> {
         match self {
-            Source::Mmap(f) => {
-                let b = f.bytes();
-                let (s, e) = (p.src as usize, (p.src + p.len) as usize);
-                let src = b.get(s..e).context("tensor data outside the file")?;
+            Source::Mmap(_) => {
+                let src = self.mapped(p).context("tensor data outside the file")?;
                 dst.copy_from_slice(src);
             }
-            Source::Direct { file, staging } => {
+            Source::Direct { files, staging } => {
+                let file = files.get(p.part).context("no such part of the split set")?;
                 // Aligned chunks covering [src, src+len); each chunk's useful part is copied.
                 let mut done = 0u64;
                 while done < p.len {
@@ -138,18 +168,22 @@ impl Source {
         Ok(())
     }
 
-    /// `O_DIRECT` only: reads the aligned blocks covering the start of [src, src+len) straight
-    /// into `buf` (4 KiB-aligned), as many as fit, and returns where the wanted bytes start in
-    /// it and how many arrived; `None` for the memory map.
+    /// `O_DIRECT` only: reads the aligned blocks covering the start of `p`'s bytes from
+    /// `p.src + at` (at most `len`) straight into `buf` (4 KiB-aligned), as many as fit, and
+    /// returns where the wanted bytes start in it and how many arrived; `None` for the map.
     pub fn read_into_aligned(
         &mut self,
-        src: u64,
+        p: Piece,
+        at: u64,
         len: u64,
         buf: &mut [u8],
     ) -> Result<Option<(usize, u64)>> {
         match self {
             Source::Mmap(_) => Ok(None),
-            Source::Direct { file, .. } => read_aligned(file, buf, src, len).map(Some),
+            Source::Direct { files, .. } => {
+                let file = files.get(p.part).context("no such part of the split set")?;
+                read_aligned(file, buf, p.src + at, len).map(Some)
+            }
         }
     }
 }
@@ -179,45 +213,109 @@ pub(crate) unsafe fn set_tensor(
     }
 }
 
-/// Per slot, tensor descriptors laid out as every streamed layer is (one per piece, in piece
-/// order), placed in the slot's CPU_REPACK buffer.
-pub(crate) struct RepackSlots {
-    pub _ctx: Ctx,
-    /// Per slot: its buffer and the descriptors.
-    pub slots: Vec<(sys::ggml_backend_buffer_t, Vec<*mut sys::ggml_tensor>)>,
-    /// For `O_DIRECT` sources: room for the largest tensor (repacking takes a whole tensor).
-    pub staging: Option<AlignedBuf>,
+/// Slots in host memory (the CPU device). Per tensor: where its buffer type stores tensors as
+/// the file has them, the bytes are copied (or read with `O_DIRECT`) straight into the slot;
+/// where it lays them out its own way (AMX, CPU_REPACK), the reader places a descriptor of its
+/// own at the tensor's offset and writes through the buffer's `set_tensor`, which repacks.
+pub(crate) struct HostSlots {
+    /// Per slot, per buffer type: its region.
+    slots: Vec<Vec<Option<Seg>>>,
+    /// Per buffer type: bytes may be copied straight in.
+    plain: Vec<bool>,
+    /// The reader's own descriptors (duplicates of the weights'), per layer (empty for layers
+    /// that do not stream), per tensor.
+    _ctx: Ctx,
+    descs: Vec<Vec<*mut sys::ggml_tensor>>,
+    /// For `O_DIRECT` sources: room for the largest repacked tensor (set_tensor takes a whole
+    /// tensor).
+    staging: Option<AlignedBuf>,
 }
 
-impl std::fmt::Debug for RepackSlots {
+impl std::fmt::Debug for HostSlots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepackSlots")
+        f.debug_struct("HostSlots")
             .field("slots", &self.slots.len())
+            .field("plain", &self.plain)
             .finish()
     }
 }
 
 // SAFETY: the descriptors and buffers are only touched by the reader thread while it owns the
 // slot (channel hand-over), and they outlive it (the ring is joined before they are freed).
-unsafe impl Send for RepackSlots {}
+unsafe impl Send for HostSlots {}
 
-impl RepackSlots {
-    fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
-        let (buf, ts) = &self.slots[slot];
-        if ts.len() != lc.pieces.len() {
-            bail!("layer {} is laid out unlike its slot", lc.layer);
+impl HostSlots {
+    /// `layers`: every streamed layer with its weights' descriptors (duplicated here);
+    /// `direct_staging`: the largest tensor's bytes, when the source is `O_DIRECT`.
+    pub fn new(
+        slots: Vec<Vec<Option<Seg>>>,
+        plain: Vec<bool>,
+        layers: &[(usize, Vec<*mut sys::ggml_tensor>)],
+        n_layer: usize,
+        direct_staging: Option<usize>,
+    ) -> Result<HostSlots> {
+        let n: usize = layers.iter().map(|(_, ts)| ts.len()).sum();
+        let ctx = Ctx::new(n.max(1), 0)?;
+        let mut descs = vec![Vec::new(); n_layer];
+        for (l, ts) in layers {
+            for &t in ts {
+                // SAFETY: `ctx` has room for one descriptor per weight passed; `t` is live.
+                let d = unsafe { sys::ggml_dup_tensor(ctx.ptr, t) };
+                if d.is_null() {
+                    bail!("ggml could not duplicate a weight descriptor");
+                }
+                descs[*l].push(d);
+            }
         }
-        // SAFETY: `buf` is a live slot buffer.
-        let base = unsafe { sys::ggml_backend_buffer_get_base(*buf) } as u64;
-        for (&t, p) in ts.iter().zip(&lc.pieces) {
-            // SAFETY: `t` is a live descriptor placed in `buf`.
-            let (at, n) = unsafe { ((*t).data as u64, sys::ggml_nbytes(t) as u64) };
-            if at != base + p.dst || n != p.len {
-                bail!("layer {} is laid out unlike its slot", lc.layer);
+        Ok(HostSlots {
+            slots,
+            plain,
+            _ctx: ctx,
+            descs,
+            staging: direct_staging.map(AlignedBuf::new),
+        })
+    }
+
+    fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
+        for p in &lc.pieces {
+            let seg = self.slots[slot]
+                .get(p.seg)
+                .copied()
+                .flatten()
+                .context("a tensor's buffer type has no region in the slot")?;
+            if p.dst + p.len > seg.size {
+                bail!("a tensor of layer {} does not fit its slot", lc.layer);
+            }
+            if self.plain[p.seg] {
+                // SAFETY: the region is `seg.size` bytes of host memory that outlives the
+                // reader thread (the ring is joined before the slots are freed), the range is
+                // inside it (checked above), and the reader owns the slot until it sends it as
+                // filled.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (seg.base as *mut u8).add(p.dst as usize),
+                        p.len as usize,
+                    )
+                };
+                source.read(*p, dst)?;
+                continue;
+            }
+            let t = *self
+                .descs
+                .get(lc.layer)
+                .and_then(|d| d.get(p.tensor))
+                .context("no descriptor for a streamed tensor")?;
+            // SAFETY: `t` is the reader's own live descriptor, used by no graph; the address
+            // lies inside the region (checked above).
+            unsafe { graph::place_tensor(seg.buf, t, seg.base + p.dst as usize)? };
+            // SAFETY: `t` is placed in `seg.buf`.
+            let n = unsafe { sys::ggml_nbytes(t) } as u64;
+            if n != p.len {
+                bail!("layer {}: a tensor's size differs from its piece", lc.layer);
             }
             if let Some(src) = source.mapped(*p) {
-                // SAFETY: `t` is placed in `buf`, `src` is its size (checked above).
-                unsafe { set_tensor(*buf, t, src) };
+                // SAFETY: `t` is placed in `seg.buf`, `src` is its size (checked above).
+                unsafe { set_tensor(seg.buf, t, src) };
             } else {
                 let st = self
                     .staging
@@ -229,7 +327,7 @@ impl RepackSlots {
                     .context("a tensor is larger than the staging buffer")?;
                 source.read(*p, dst)?;
                 // SAFETY: as above.
-                unsafe { set_tensor(*buf, t, dst) };
+                unsafe { set_tensor(seg.buf, t, dst) };
             }
         }
         Ok(())
@@ -301,24 +399,13 @@ pub(crate) struct Ring {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Host addresses of the slots (CPU backend: the device memory is host memory).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SlotAddr {
-    pub base: usize,
-    pub size: u64,
-}
-
 /// Where the reader puts a layer.
 #[derive(Debug)]
 pub(crate) enum Sink {
-    /// Slots the host can write: the reader copies straight into them.
-    Host(Vec<SlotAddr>),
+    /// Slots in host memory (see [`HostSlots`]).
+    Host(HostSlots),
     /// Slots behind a staged, asynchronous upload (see `upload.rs`).
     Staged(Staged),
-    /// Slots whose buffer type transforms on write (CPU_REPACK): every tensor goes through
-    /// the buffer's own `set_tensor` (which repacks it), whole, from the memory map or from a
-    /// staging buffer of the largest tensor.
-    Repack(RepackSlots),
     /// Benchmark hook: each slot is filled once through the inner sink (so the compute reads
     /// real, distinct memory: an untouched slot would read the kernel's shared zero page from
     /// cache), then handed over without reading: the compute of the same plan with no copy.
@@ -329,28 +416,8 @@ impl Sink {
     /// Puts `lc` into `slot` (the caller owns the slot).
     pub fn fill(&mut self, source: &mut Source, slot: usize, lc: &LayerCopy) -> Result<()> {
         match self {
-            Sink::Host(slots) => {
-                let sa = slots[slot];
-                for p in &lc.pieces {
-                    if p.dst + p.len > sa.size {
-                        bail!("a tensor does not fit its slot");
-                    }
-                    // SAFETY: the slot is `sa.size` bytes of host memory that outlives the
-                    // reader thread (the ring is joined before the slots are freed), the range
-                    // is inside it (checked above), and the reader owns the slot until it sends
-                    // it as filled.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (sa.base as *mut u8).add(p.dst as usize),
-                            p.len as usize,
-                        )
-                    };
-                    source.read(*p, dst)?;
-                }
-                Ok(())
-            }
+            Sink::Host(h) => h.fill(source, slot, lc),
             Sink::Staged(s) => s.fill(source, slot, &lc.pieces),
-            Sink::Repack(r) => r.fill(source, slot, lc),
             Sink::Skip { inner, filled } => {
                 if filled[slot] {
                     return Ok(());
@@ -368,7 +435,7 @@ impl Sink {
         match self {
             Sink::Staged(s) => s.finish(),
             Sink::Skip { inner, .. } => inner.finish(),
-            Sink::Host(_) | Sink::Repack(_) => {}
+            Sink::Host(_) => {}
         }
     }
 }

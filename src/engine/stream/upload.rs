@@ -17,7 +17,7 @@
 //! backend (`StreamOptions::staged`) to check offsets and chunking against the direct path.
 
 use super::graph::Ctx;
-use super::ring::{AlignedBuf, Piece, Source, DIRECT_ALIGN};
+use super::ring::{AlignedBuf, Piece, Seg, Source, DIRECT_ALIGN};
 use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
 use std::sync::Arc;
@@ -96,9 +96,10 @@ impl Chunk {
 /// Staging memory, the upload backend and the slot targets.
 pub(crate) struct Staged {
     upload: sys::ggml_backend_t,
-    /// Holds one byte tensor spanning each slot buffer (the upload target).
+    /// Holds one byte tensor spanning each region of each slot (the upload targets).
     _ctx: Ctx,
-    slots: Vec<(*mut sys::ggml_tensor, u64)>,
+    /// Per slot, per buffer type: the target and its size.
+    slots: Vec<Vec<Option<(*mut sys::ggml_tensor, u64)>>>,
     ready: Arc<ReadyEvents>,
     chunks: Vec<Chunk>,
     chunk_bytes: usize,
@@ -122,18 +123,19 @@ impl std::fmt::Debug for Staged {
 unsafe impl Send for Staged {}
 
 impl Staged {
-    /// Sets up uploads into `slots` (live buffers of `dev`'s default buffer type) through
-    /// `CHUNKS` staging chunks of `chunk_bytes`.
+    /// Sets up uploads into `slots` (per slot, per buffer type, live buffers of `dev`)
+    /// through `CHUNKS` staging chunks of `chunk_bytes`.
     pub fn new(
         dev: sys::ggml_backend_dev_t,
-        slots: &[sys::ggml_backend_buffer_t],
+        slots: &[Vec<Option<Seg>>],
         chunk_bytes: usize,
     ) -> Result<Staged> {
         // Room for `chunk_bytes` of payload plus the alignment slack of an O_DIRECT read
         // straight into the chunk.
         let chunk_bytes = chunk_bytes.max(1);
         let alloc = chunk_bytes + 2 * DIRECT_ALIGN;
-        let ctx = Ctx::new(slots.len(), 0)?;
+        let n_targets: usize = slots.iter().map(|s| s.iter().flatten().count()).sum();
+        let ctx = Ctx::new(n_targets.max(1), 0)?;
         // SAFETY: `dev` is a registered device; every handle is checked for null and owned by
         // the returned struct (freed in Drop, also on the error paths below via Drop).
         unsafe {
@@ -157,14 +159,21 @@ impl Staged {
                 next: 0,
                 pinned: false,
             };
-            for &b in slots {
-                let size = sys::ggml_backend_buffer_get_size(b);
-                let t = sys::ggml_new_tensor_1d(s._ctx.ptr, sys::GGML_TYPE_I8, size as i64);
-                if t.is_null() {
-                    bail!("ggml_new_tensor_1d failed for a slot target");
+            for slot in slots {
+                let mut targets = Vec::with_capacity(slot.len());
+                for seg in slot {
+                    let Some(seg) = seg else {
+                        targets.push(None);
+                        continue;
+                    };
+                    let t = sys::ggml_new_tensor_1d(s._ctx.ptr, sys::GGML_TYPE_I8, seg.size as i64);
+                    if t.is_null() {
+                        bail!("ggml_new_tensor_1d failed for a slot target");
+                    }
+                    super::graph::place_tensor(seg.buf, t, seg.base)?;
+                    targets.push(Some((t, seg.size)));
                 }
-                super::graph::place_tensor(b, t, sys::ggml_backend_buffer_get_base(b) as usize)?;
-                s.slots.push((t, size as u64));
+                s.slots.push(targets);
             }
             let host = sys::ggml_backend_dev_host_buffer_type(dev);
             for _ in 0..CHUNKS {
@@ -227,8 +236,10 @@ impl Staged {
     /// Reads `pieces` from `source` and queues their upload into `slot`; records the slot's
     /// ready event after the last one. The caller owns the slot (no compute reads it).
     pub fn fill(&mut self, source: &mut Source, slot: usize, pieces: &[Piece]) -> Result<()> {
-        let (target, size) = self.slots[slot];
         for p in pieces {
+            let Some((target, size)) = self.slots[slot].get(p.seg).copied().flatten() else {
+                bail!("a tensor's buffer type has no region in the slot");
+            };
             if p.dst + p.len > size {
                 bail!("a tensor does not fit its slot");
             }
@@ -244,7 +255,7 @@ impl Staged {
                 // copied in.
                 let aligned = (mem.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
                 let direct = if aligned {
-                    source.read_into_aligned(p.src + done, want, mem)?
+                    source.read_into_aligned(*p, done, want, mem)?
                 } else {
                     None
                 };
@@ -254,7 +265,7 @@ impl Staged {
                         let part = Piece {
                             src: p.src + done,
                             len: want,
-                            dst: 0,
+                            ..*p
                         };
                         source.read(part, &mut mem[..want as usize])?;
                         (0, want)

@@ -1,6 +1,6 @@
 //! Jarvis hyper-parameters, read from (and written to) GGUF metadata under `jarvis.`.
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufModel};
 
 /// The activation of the feed-forward block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Config {
 
     /// Reads the configuration of a `jarvis` GGUF; the vocabulary size is the number of rows
     /// of `token_embd.weight`, the final norm is present iff `output_norm.weight` is.
-    pub fn from_gguf(f: &GgufFile) -> Result<Config, GgufError> {
+    pub fn from_gguf(f: &GgufModel) -> Result<Config, GgufError> {
         let arch = f.get_str("general.architecture")?;
         if arch != keys::ARCH {
             return Err(GgufError::WrongType {

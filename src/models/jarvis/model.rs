@@ -3,7 +3,7 @@
 //! accumulated along the way.
 
 use super::config::{Config, Gelu};
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufModel};
 use crate::quant::{dot_f32, Matrix, Team};
 
 /// Attention work (positions x d_model) below which the heads run on one thread.
@@ -48,7 +48,7 @@ fn shape_err(name: &str, ne: &[u64], want: &[usize]) -> GgufError {
 }
 
 fn matrix<'a>(
-    f: &'a GgufFile,
+    f: &'a GgufModel,
     name: &str,
     cols: usize,
     rows: usize,
@@ -63,7 +63,7 @@ fn matrix<'a>(
     })
 }
 
-fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
+fn vector(f: &GgufModel, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
     let t = f.tensor(name)?;
     if t.info.ne != [n as u64] {
         return Err(shape_err(name, &t.info.ne, &[n]));
@@ -71,7 +71,7 @@ fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
     t.to_f32()
 }
 
-fn norm(f: &GgufFile, prefix: &str, n: usize) -> Result<Norm, GgufError> {
+fn norm(f: &GgufModel, prefix: &str, n: usize) -> Result<Norm, GgufError> {
     Ok(Norm {
         g: vector(f, &format!("{prefix}.weight"), n)?,
         b: vector(f, &format!("{prefix}.bias"), n)?,
@@ -95,20 +95,19 @@ pub fn sinusoidal_table(ctx: usize, d: usize) -> Vec<f32> {
 
 impl<'a> Model<'a> {
     /// Maps the weights of a `jarvis` GGUF; every shape is checked against the configuration.
-    pub fn load(f: &'a GgufFile) -> Result<Model<'a>, GgufError> {
+    pub fn load(f: &'a GgufModel) -> Result<Model<'a>, GgufError> {
         Self::load_with_ctx(f, usize::MAX)
     }
 
     /// [`Model::load`] for a context of at most `ctx` positions (the trained context is the
     /// upper bound): the position table and every later state are sized by it, never by a
     /// trained context the run does not use.
-    pub fn load_with_ctx(f: &'a GgufFile, ctx: usize) -> Result<Model<'a>, GgufError> {
+    pub fn load_with_ctx(f: &'a GgufModel, ctx: usize) -> Result<Model<'a>, GgufError> {
         let mut cfg = Config::from_gguf(f)?;
         cfg.ctx = cfg.ctx.min(ctx);
         // Every tensor is looked up before anything is sized by the layer count.
         let present = f
             .tensor_infos()
-            .iter()
             .filter(|t| t.name.ends_with(".attn_q.weight") && t.name.starts_with("blk."))
             .count();
         if cfg.n_layers > present {

@@ -4,7 +4,7 @@
 //! whitespace, drop NUL, U+FFFD and control characters, and make every punctuation character
 //! (Unicode P*), every ASCII symbol (S* below 0x7F) and every CJK ideograph a word of its own.
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufModel};
 use std::collections::HashMap;
 use unicode_general_category::{get_general_category, GeneralCategory as G};
 use unicode_normalization::UnicodeNormalization;
@@ -131,7 +131,7 @@ impl WordTokenizer {
 
     /// The tokenizer stored in a GGUF (`tokenizer.ggml.tokens`, special ids, and
     /// `tokenizer.ggml.normalizer.lowercase`).
-    pub fn from_gguf(f: &GgufFile) -> Result<WordTokenizer, GgufError> {
+    pub fn from_gguf(f: &GgufModel) -> Result<WordTokenizer, GgufError> {
         let arr = f.get_array("tokenizer.ggml.tokens")?;
         let tokens: Vec<String> = arr
             .strings()
