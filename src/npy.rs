@@ -95,14 +95,21 @@ impl<'a> DictReader<'a> {
             .chars()
             .next()
             .filter(|&c| c == '\'' || c == '"')
-            .ok_or_else(|| fmt_err(format!("header: expected a quoted string at '{}'", head(self.s))))?;
+            .ok_or_else(|| {
+                fmt_err(format!(
+                    "header: expected a quoted string at '{}'",
+                    head(self.s)
+                ))
+            })?;
         let body = &self.s[1..];
         let end = body
             .find(q)
             .ok_or_else(|| fmt_err("header: unterminated string"))?;
         let v = &body[..end];
         if v.contains('\\') {
-            return Err(fmt_err(format!("header: escapes in '{v}' are not supported")));
+            return Err(fmt_err(format!(
+                "header: escapes in '{v}' are not supported"
+            )));
         }
         self.s = &body[end + 1..];
         Ok(v.to_string())
@@ -120,7 +127,10 @@ impl<'a> DictReader<'a> {
             }
         }
         if !self.eat('(') {
-            return Err(fmt_err(format!("header: unexpected value at '{}'", head(self.s))));
+            return Err(fmt_err(format!(
+                "header: unexpected value at '{}'",
+                head(self.s)
+            )));
         }
         let mut dims = Vec::new();
         loop {
@@ -128,7 +138,10 @@ impl<'a> DictReader<'a> {
                 return Ok(PyValue::Tuple(dims));
             }
             self.skip_ws();
-            let n = self.s.find(|c: char| !c.is_ascii_digit()).unwrap_or(self.s.len());
+            let n = self
+                .s
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(self.s.len());
             let d = self.s[..n]
                 .parse::<usize>()
                 .map_err(|_| fmt_err(format!("shape entry at '{}' is not a size", head(self.s))))?;
@@ -136,7 +149,10 @@ impl<'a> DictReader<'a> {
             let _ = self.eat('L');
             dims.push(d);
             if !self.eat(',') && !self.s.trim_start().starts_with(')') {
-                return Err(fmt_err(format!("header: expected ',' or ')' at '{}'", head(self.s))));
+                return Err(fmt_err(format!(
+                    "header: expected ',' or ')' at '{}'",
+                    head(self.s)
+                )));
             }
         }
     }
@@ -170,7 +186,9 @@ fn parse_dict(h: &str) -> Result<(String, bool, Vec<usize>), NpyError> {
             ("fortran_order", PyValue::Bool(b)) => fortran.replace(b).is_some(),
             ("shape", PyValue::Tuple(t)) => shape.replace(t).is_some(),
             ("descr" | "fortran_order" | "shape", v) => {
-                return Err(fmt_err(format!("header: '{key}' has the wrong kind of value {v:?}")))
+                return Err(fmt_err(format!(
+                    "header: '{key}' has the wrong kind of value {v:?}"
+                )))
             }
             (k, _) => return Err(fmt_err(format!("header has an unexpected key '{k}'"))),
         };
@@ -181,11 +199,17 @@ fn parse_dict(h: &str) -> Result<(String, bool, Vec<usize>), NpyError> {
             if r.eat('}') {
                 break;
             }
-            return Err(fmt_err(format!("header: expected ',' or '}}' at '{}'", head(r.s))));
+            return Err(fmt_err(format!(
+                "header: expected ',' or '}}' at '{}'",
+                head(r.s)
+            )));
         }
     }
     if !r.s.trim().is_empty() {
-        return Err(fmt_err(format!("header: text after the dict: '{}'", head(r.s.trim()))));
+        return Err(fmt_err(format!(
+            "header: text after the dict: '{}'",
+            head(r.s.trim())
+        )));
     }
     Ok((
         descr.ok_or_else(|| fmt_err("header has no 'descr'"))?,
@@ -219,7 +243,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, NpyError> {
         v => return Err(fmt_err(format!("format version {v} is not 1, 2 or 3"))),
     };
     if hlen > MAX_HEADER {
-        return Err(fmt_err(format!("header length {hlen} is more than {MAX_HEADER}")));
+        return Err(fmt_err(format!(
+            "header length {hlen} is more than {MAX_HEADER}"
+        )));
     }
     let end = start
         .checked_add(hlen)
@@ -495,16 +521,32 @@ mod tests {
         };
         let one = 1.0f32.to_le_bytes();
         // Python keeps the last of a repeated key; we refuse rather than guess.
-        let e = parse(&raw("{'descr': '<f8', 'descr': '<f4', 'fortran_order': False, 'shape': (1,)}", &one)).unwrap_err();
+        let e = parse(&raw(
+            "{'descr': '<f8', 'descr': '<f4', 'fortran_order': False, 'shape': (1,)}",
+            &one,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("'descr' twice"), "{e}");
-        let e = parse(&raw("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 'y'}", &one)).unwrap_err();
+        let e = parse(&raw(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 'y'}",
+            &one,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("unexpected key 'x'"), "{e}");
         let e = parse(&raw("{'descr': '<f4', 'shape': (1,)}", &one)).unwrap_err();
         assert!(e.to_string().contains("no 'fortran_order'"), "{e}");
         // Double quotes, no trailing comma, no spaces: still the same dict.
-        let a = parse(&raw("{\"descr\":\"<f4\",\"fortran_order\":False,\"shape\":(1,)}", &one)).unwrap();
+        let a = parse(&raw(
+            "{\"descr\":\"<f4\",\"fortran_order\":False,\"shape\":(1,)}",
+            &one,
+        ))
+        .unwrap();
         assert_eq!(a.data, vec![1.0]);
-        let e = parse(&raw("{'descr': '<f4', 'fortran_order': False, 'shape': (1, x)}", &one)).unwrap_err();
+        let e = parse(&raw(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, x)}",
+            &one,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("not a size"), "{e}");
     }
 

@@ -94,7 +94,9 @@ impl<R: Read + std::io::Seek> NpzArchive<R> {
             let packed = m.compressed_size();
             let can_hold = match m.compression() {
                 zip::CompressionMethod::Stored => packed,
-                _ => packed.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1024),
+                _ => packed
+                    .saturating_mul(DEFLATE_MAX_RATIO)
+                    .saturating_add(1024),
             };
             if declared > can_hold {
                 return Err(size_err(format!(
@@ -148,13 +150,10 @@ impl<R: Read + std::io::Seek> NpzArchive<R> {
 
     /// Decompresses and decodes one array.
     pub fn read(&mut self, key: &str) -> Result<NpyArray, NpzError> {
-        let m = self
-            .member(key)
-            .cloned()
-            .ok_or_else(|| NpzError::Missing {
-                path: self.path.clone(),
-                member: key.to_string(),
-            })?;
+        let m = self.member(key).cloned().ok_or_else(|| NpzError::Missing {
+            path: self.path.clone(),
+            member: key.to_string(),
+        })?;
         let path = self.path.clone();
         let mut z = self.zip.by_index(m.index).map_err(|e| NpzError::Zip {
             path: path.clone(),
@@ -203,7 +202,11 @@ mod tests {
 
     fn npy_bytes(shape: &str, data: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
-        let dims: Vec<usize> = if shape.is_empty() { vec![] } else { shape.split(',').map(|s| s.parse().unwrap()).collect() };
+        let dims: Vec<usize> = if shape.is_empty() {
+            vec![]
+        } else {
+            shape.split(',').map(|s| s.parse().unwrap()).collect()
+        };
         npy::write_f32(&mut out, &dims, data).unwrap();
         out
     }
@@ -233,8 +236,15 @@ mod tests {
             ("b.npy", npy_bytes("3", &[5.0, 6.0, 7.0]), false),
         ]);
         let mut a = NpzArchive::new(Path::new("x.npz"), Cursor::new(bytes)).unwrap();
-        let shapes: Vec<_> = a.members().iter().map(|m| (m.key.clone(), m.header.shape.clone())).collect();
-        assert_eq!(shapes, [("a".to_string(), vec![2, 2]), ("b".to_string(), vec![3])]);
+        let shapes: Vec<_> = a
+            .members()
+            .iter()
+            .map(|m| (m.key.clone(), m.header.shape.clone()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [("a".to_string(), vec![2, 2]), ("b".to_string(), vec![3])]
+        );
         assert_eq!(a.read("b").unwrap().data, vec![5.0, 6.0, 7.0]);
         assert_eq!(a.read("a").unwrap().data, vec![1.0, 2.0, 3.0, 4.0]);
         assert!(matches!(a.read("c"), Err(NpzError::Missing { .. })));
@@ -251,6 +261,9 @@ mod tests {
         fake.extend_from_slice(&m.split_off(m.len() - 16));
         let bytes = zip_of(&[("big.npy", fake, true)]);
         let e = NpzArchive::new(Path::new("x.npz"), Cursor::new(bytes)).unwrap_err();
-        assert!(e.to_string().contains("member 'big': shape [268435456]"), "{e}");
+        assert!(
+            e.to_string().contains("member 'big': shape [268435456]"),
+            "{e}"
+        );
     }
 }

@@ -64,7 +64,10 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// so the error says which of the user's paths collide. An output that does not exist yet
 /// cannot be an existing input, but two outputs naming the same not-yet-existing file are
 /// caught by comparing their resolved paths.
-pub fn refuse_aliases(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<(), OutputError> {
+pub fn refuse_aliases(
+    outputs: &[(&str, &Path)],
+    inputs: &[(&str, &Path)],
+) -> Result<(), OutputError> {
     for (i, &(out_role, out)) in outputs.iter().enumerate() {
         if out.is_dir() {
             return Err(OutputError::IsDir {
@@ -111,7 +114,8 @@ fn resolved(p: &Path) -> Option<PathBuf> {
 /// Temporary files being written: C strings, leaked, so the signal handler can read them at
 /// any moment without locking or freeing anything.
 const SLOTS: usize = 32;
-static TEMPS: [AtomicPtr<libc::c_char>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+static TEMPS: [AtomicPtr<libc::c_char>; SLOTS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
 
 extern "C" fn on_signal(sig: libc::c_int) {
     let mut removed = false;
@@ -145,7 +149,9 @@ fn install_handlers() {
             // ignored: we only replace the default action.
             unsafe {
                 let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 || old.sa_sigaction == libc::SIG_IGN {
+                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                    || old.sa_sigaction == libc::SIG_IGN
+                {
                     continue;
                 }
                 let mut sa: libc::sigaction = std::mem::zeroed();
@@ -219,7 +225,9 @@ pub fn remove_stale_temps(dir: &Path, name: &std::ffi::OsStr) -> usize {
             continue;
         }
         let path = e.path();
-        let Ok(file) = File::open(&path) else { continue };
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
         // SAFETY: a valid descriptor; LOCK_NB never blocks.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
             && std::fs::remove_file(&path).is_ok()
@@ -355,13 +363,19 @@ mod tests {
         std::fs::create_dir(d.path().join("sub")).unwrap();
         for out in [&a, &link, &hard, &dotted] {
             let e = refuse_aliases(&[("-o", out)], &[("the input", &a)]).unwrap_err();
-            assert!(e.to_string().contains("is the same file as the input"), "{e}");
+            assert!(
+                e.to_string().contains("is the same file as the input"),
+                "{e}"
+            );
         }
         let other = d.path().join("b.gguf");
         refuse_aliases(&[("-o", &other)], &[("the input", &a)]).unwrap();
         // Two outputs naming the same new file.
         let e = refuse_aliases(
-            &[("-o", &other), ("--modelfile", &d.path().join("sub/../b.gguf"))],
+            &[
+                ("-o", &other),
+                ("--modelfile", &d.path().join("sub/../b.gguf")),
+            ],
             &[],
         )
         .unwrap_err();
@@ -374,7 +388,9 @@ mod tests {
         let p = d.path().join("out.bin");
         {
             let f = AtomicFile::create(&p).unwrap();
-            let want = d.path().join(format!(".out.bin.{}.tmp", std::process::id()));
+            let want = d
+                .path()
+                .join(format!(".out.bin.{}.tmp", std::process::id()));
             assert_eq!(f.temp_path(), want);
             assert!(want.exists());
             // A second writer in this process collides on the name instead of sharing it.
@@ -401,7 +417,9 @@ mod tests {
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         // A live process's file is kept (our parent is alive).
         // SAFETY: getppid has no preconditions.
-        let live = d.path().join(format!(".m.gguf.{}.tmp", unsafe { libc::getppid() }));
+        let live = d
+            .path()
+            .join(format!(".m.gguf.{}.tmp", unsafe { libc::getppid() }));
         std::fs::write(&live, b"partial").unwrap();
         let other = d.path().join(".n.gguf.99999999.tmp");
         std::fs::write(&other, b"partial").unwrap();

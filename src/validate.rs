@@ -93,10 +93,12 @@ fn tensor_err(name: &str, reason: impl Into<String>) -> ValidateError {
 fn uint(f: &dyn Source, key: &str) -> Result<Option<u64>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| key_err(key, format!("must be a non-negative integer, is {}", v.type_name()))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            key_err(
+                key,
+                format!("must be a non-negative integer, is {}", v.type_name()),
+            )
+        }),
     }
 }
 
@@ -111,16 +113,22 @@ fn per_layer(f: &dyn Source, key: &str, n_layer: u64) -> Result<Option<Vec<u64>>
         None => Ok(None),
         Some(Value::Array(a)) => {
             if a.len() != n_layer {
-                return Err(key_err(key, format!("has {} entries for {n_layer} layers", a.len())));
+                return Err(key_err(
+                    key,
+                    format!("has {} entries for {n_layer} layers", a.len()),
+                ));
             }
             a.to_u64_vec()
                 .map(Some)
                 .ok_or_else(|| key_err(key, "must be an array of non-negative integers"))
         }
         Some(v) => {
-            let x = v
-                .as_u64()
-                .ok_or_else(|| key_err(key, format!("must be a non-negative integer, is {}", v.type_name())))?;
+            let x = v.as_u64().ok_or_else(|| {
+                key_err(
+                    key,
+                    format!("must be a non-negative integer, is {}", v.type_name()),
+                )
+            })?;
             Ok(Some(vec![x; n_layer as usize]))
         }
     }
@@ -136,7 +144,10 @@ fn finite(f: &dyn Source, key: &str, min: f64, strict: bool) -> Result<()> {
         .ok_or_else(|| key_err(key, format!("must be a number, is {}", v.type_name())))?;
     if !x.is_finite() || x < min || (strict && x == min) {
         let want = if strict { "above" } else { "at least" };
-        return Err(key_err(key, format!("is {x}, must be a finite number {want} {min}")));
+        return Err(key_err(
+            key,
+            format!("is {x}, must be a finite number {want} {min}"),
+        ));
     }
     Ok(())
 }
@@ -183,13 +194,23 @@ pub fn check(f: &dyn Source) -> Result<()> {
 fn blocks_present(f: &dyn Source) -> Option<u64> {
     f.infos()
         .into_iter()
-        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<u64>().ok())
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .max()
 }
 
 fn check_block_count(f: &dyn Source, key: &str, n_layer: u64, min: u64) -> Result<()> {
     if n_layer < min || n_layer > MAX_LAYERS {
-        return Err(key_err(key, format!("is {n_layer}, must be in {min}..={MAX_LAYERS}")));
+        return Err(key_err(
+            key,
+            format!("is {n_layer}, must be in {min}..={MAX_LAYERS}"),
+        ));
     }
     match blocks_present(f) {
         Some(max) if n_layer > max + 1 => Err(key_err(
@@ -213,11 +234,17 @@ fn check_tokens(f: &dyn Source) -> Result<Option<u64>> {
     let a = v
         .as_array()
         .filter(|a| a.elem_type() == ValueType::String)
-        .ok_or_else(|| key_err(KEY, format!("must be an array of strings, is {}", v.type_name())))?;
+        .ok_or_else(|| {
+            key_err(
+                KEY,
+                format!("must be an array of strings, is {}", v.type_name()),
+            )
+        })?;
     if a.is_empty() {
         return Err(key_err(KEY, "is empty"));
     }
-    let mut seen: HashMap<std::borrow::Cow<'_, [u8]>, usize> = HashMap::with_capacity(a.len().min(1 << 20) as usize);
+    let mut seen: HashMap<std::borrow::Cow<'_, [u8]>, usize> =
+        HashMap::with_capacity(a.len().min(1 << 20) as usize);
     for (i, s) in a.strings().enumerate() {
         let s: std::borrow::Cow<'_, [u8]> = if s.is_empty() {
             format!("[EMPTY_{i}]").into_bytes().into()
@@ -252,7 +279,10 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
     }
     if let Some(n) = uint(f, &k("nextn_predict_layers"))? {
         if n > n_layer {
-            return Err(key_err(&k("nextn_predict_layers"), format!("is {n}, more than block_count {n_layer}")));
+            return Err(key_err(
+                &k("nextn_predict_layers"),
+                format!("is {n}, more than block_count {n_layer}"),
+            ));
         }
     }
     // Experts: llama.cpp's load_hparams asserts each of these.
@@ -262,17 +292,29 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
     let groups = uint(f, &k("expert_group_count"))?.unwrap_or(0);
     let group_used = uint(f, &k("expert_group_used_count"))?.unwrap_or(0);
     if n_expert > MAX_EXPERTS {
-        return Err(key_err(&k("expert_count"), format!("is {n_expert}, at most {MAX_EXPERTS}")));
+        return Err(key_err(
+            &k("expert_count"),
+            format!("is {n_expert}, at most {MAX_EXPERTS}"),
+        ));
     }
     if used > n_expert {
-        return Err(key_err(&k("expert_used_count"), format!("is {used}, more than expert_count {n_expert}")));
+        return Err(key_err(
+            &k("expert_used_count"),
+            format!("is {used}, more than expert_count {n_expert}"),
+        ));
     }
     if n_expert > 0 {
         if used == 0 {
-            return Err(key_err(&k("expert_used_count"), "is 0 (or missing) with experts present"));
+            return Err(key_err(
+                &k("expert_used_count"),
+                "is 0 (or missing) with experts present",
+            ));
         }
         if groups >= n_expert {
-            return Err(key_err(&k("expert_group_count"), format!("is {groups}, must be below expert_count {n_expert}")));
+            return Err(key_err(
+                &k("expert_group_count"),
+                format!("is {groups}, must be below expert_count {n_expert}"),
+            ));
         }
         if groups > 1 && (n_expert % groups != 0 || group_used == 0 || group_used >= groups) {
             return Err(key_err(
@@ -281,7 +323,10 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
             ));
         }
     } else if groups != 0 {
-        return Err(key_err(&k("expert_group_count"), format!("is {groups} without experts")));
+        return Err(key_err(
+            &k("expert_group_count"),
+            format!("is {groups} without experts"),
+        ));
     }
     if let Some(v) = f.get(&k("rope.scaling.type")) {
         let s = v.as_str().unwrap_or("");
@@ -293,11 +338,16 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
         }
     }
     // ggml asserts eps >= 0 in its norms (a NaN fails that too).
-    for key in ["attention.layer_norm_epsilon", "attention.layer_norm_rms_epsilon"] {
+    for key in [
+        "attention.layer_norm_epsilon",
+        "attention.layer_norm_rms_epsilon",
+    ] {
         finite(f, &k(key), 0.0, false)?;
     }
-    let n_head = per_layer(f, &k("attention.head_count"), n_layer)?.unwrap_or_else(|| vec![0; n_layer as usize]);
-    let n_head_kv = per_layer(f, &k("attention.head_count_kv"), n_layer)?.unwrap_or_else(|| n_head.clone());
+    let n_head = per_layer(f, &k("attention.head_count"), n_layer)?
+        .unwrap_or_else(|| vec![0; n_layer as usize]);
+    let n_head_kv =
+        per_layer(f, &k("attention.head_count_kv"), n_layer)?.unwrap_or_else(|| n_head.clone());
     for (i, (&h, &kv)) in n_head.iter().zip(&n_head_kv).enumerate() {
         if h == 0 && kv > 0 {
             return Err(key_err(
@@ -312,7 +362,8 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
             ));
         }
     }
-    let n_ff = per_layer(f, &k("feed_forward_length"), n_layer)?.unwrap_or_else(|| vec![0; n_layer as usize]);
+    let n_ff = per_layer(f, &k("feed_forward_length"), n_layer)?
+        .unwrap_or_else(|| vec![0; n_layer as usize]);
     let n_tokens = check_tokens(f)?;
     if let (Some(n), Some(t)) = (n_tokens, f.info("token_embd.weight")) {
         let rows = t.ne.get(1).copied().unwrap_or(1);
@@ -373,7 +424,10 @@ fn check_tensors(f: &dyn Source, wants: &[Want], why: &str) -> Result<()> {
             ));
         }
         if w.f32 && t.ty != GgmlType::F32 {
-            return Err(tensor_err(&w.name, format!("is {}, expected F32 (norms and biases are F32)", t.ty)));
+            return Err(tensor_err(
+                &w.name,
+                format!("is {}, expected F32 (norms and biases are F32)", t.ty),
+            ));
         }
     }
     Ok(())
@@ -410,7 +464,10 @@ fn head_dims(f: &dyn Source, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
     if k.is_none() && hp.n_embd % n_head != 0 {
         return Err(key_err(
             &hp.key("attention.head_count"),
-            format!("is {n_head}, which does not divide embedding_length {}", hp.n_embd),
+            format!(
+                "is {n_head}, which does not divide embedding_length {}",
+                hp.n_embd
+            ),
         ));
     }
     let hk = k.unwrap_or(hp.n_embd / n_head);
@@ -442,8 +499,14 @@ fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
     let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
     let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
-    if f.get("gemma3.attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()).is_none() {
-        return Err(key_err("gemma3.attention.layer_norm_rms_epsilon", "is missing or not a number"));
+    if f.get("gemma3.attention.layer_norm_rms_epsilon")
+        .and_then(|v| v.as_f64())
+        .is_none()
+    {
+        return Err(key_err(
+            "gemma3.attention.layer_norm_rms_epsilon",
+            "is missing or not a number",
+        ));
     }
     // `load_swa_pattern(ml, 6)`: a sliding window with no sliding layer trips llama.cpp's
     // GGML_ASSERT(hparams.is_swa_any()) when the context is made.
@@ -455,7 +518,10 @@ fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
                     .to_u64_vec()
                     .ok_or_else(|| key_err(&key, "must be an array of bools or one integer"))?;
                 if v.len() as u64 != hp.n_layer {
-                    return Err(key_err(&key, format!("has {} entries for {} layers", v.len(), hp.n_layer)));
+                    return Err(key_err(
+                        &key,
+                        format!("has {} entries for {} layers", v.len(), hp.n_layer),
+                    ));
                 }
                 v.iter().any(|&x| x != 0)
             }
@@ -520,7 +586,10 @@ fn gpt2(f: &dyn Source, hp: &Hparams) -> Result<()> {
     let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
     if hk != hv {
-        return Err(key_err("gpt2.attention.value_length", format!("is {hv}, gpt2 needs it equal to key_length {hk}")));
+        return Err(key_err(
+            "gpt2.attention.value_length",
+            format!("is {hv}, gpt2 needs it equal to key_length {hk}"),
+        ));
     }
     let (e, v, ctx) = (hp.n_embd, n_vocab(f, hp)?, hp.n_ctx);
     let gqa = hk * n_kv;
@@ -571,12 +640,18 @@ fn jarvis(f: &dyn Source) -> Result<()> {
         (keys::CONTEXT_LENGTH, ctx, 2),
     ] {
         if x < min || x > u64::from(u32::MAX) {
-            return Err(key_err(key, format!("is {x}, must be in {min}..={}", u32::MAX)));
+            return Err(key_err(
+                key,
+                format!("is {x}, must be in {min}..={}", u32::MAX),
+            ));
         }
     }
     finite(f, keys::LAYER_NORM_EPS, 0.0, false)?;
     if d % heads != 0 {
-        return Err(key_err(keys::HEAD_COUNT, format!("is {heads}, which does not divide embedding_length {d}")));
+        return Err(key_err(
+            keys::HEAD_COUNT,
+            format!("is {heads}, which does not divide embedding_length {d}"),
+        ));
     }
     let v = check_tokens(f)?.ok_or_else(|| key_err("tokenizer.ggml.tokens", "is missing"))?;
     let norm = f.info("output_norm.weight").is_some();
@@ -624,7 +699,8 @@ mod tests {
         }
         let mut out = Vec::new();
         w.write_to(&mut out, |_, t, o| {
-            o.write_all(&vec![0u8; t.size as usize]).map_err(|e| crate::gguf::GgufError::io("<output>", e))
+            o.write_all(&vec![0u8; t.size as usize])
+                .map_err(|e| crate::gguf::GgufError::io("<output>", e))
         })
         .unwrap();
         GgufFile::from_vec(out).unwrap()
@@ -634,7 +710,10 @@ mod tests {
         MetaValue::strings((0..n).map(|i| format!("t{i}")))
     }
 
-    fn gemma3_file(over: &[(&str, MetaValue)], edit: impl FnOnce(&mut Vec<(String, Vec<u64>)>)) -> GgufFile {
+    fn gemma3_file(
+        over: &[(&str, MetaValue)],
+        edit: impl FnOnce(&mut Vec<(String, Vec<u64>)>),
+    ) -> GgufFile {
         let (e, h, kv, hd, ff, v) = (16u64, 2u64, 1u64, 8u64, 32u64, 10usize);
         let mut kvs: Vec<(&str, MetaValue)> = vec![
             ("general.architecture", "gemma3".into()),
@@ -764,12 +843,27 @@ mod tests {
     #[test]
     fn gpt2_valid_and_each_rule() {
         check(&gpt2_file(&[])).unwrap();
-        assert_eq!(culprit(&gpt2_file(&[("gpt2.block_count", 0u32.into())])), "gpt2.block_count");
-        assert_eq!(culprit(&gpt2_file(&[("gpt2.block_count", 2u32.into())])), "gpt2.block_count");
+        assert_eq!(
+            culprit(&gpt2_file(&[("gpt2.block_count", 0u32.into())])),
+            "gpt2.block_count"
+        );
+        assert_eq!(
+            culprit(&gpt2_file(&[("gpt2.block_count", 2u32.into())])),
+            "gpt2.block_count"
+        );
         // The position table must cover the trained context.
-        assert_eq!(culprit(&gpt2_file(&[("gpt2.context_length", 5u32.into())])), "position_embd.weight");
-        assert_eq!(culprit(&gpt2_file(&[("gpt2.attention.head_count", 3u32.into())])), "gpt2.attention.head_count");
-        assert_eq!(culprit(&gpt2_file(&[("gpt2.embedding_length", 9u32.into())])), "gpt2.attention.head_count");
+        assert_eq!(
+            culprit(&gpt2_file(&[("gpt2.context_length", 5u32.into())])),
+            "position_embd.weight"
+        );
+        assert_eq!(
+            culprit(&gpt2_file(&[("gpt2.attention.head_count", 3u32.into())])),
+            "gpt2.attention.head_count"
+        );
+        assert_eq!(
+            culprit(&gpt2_file(&[("gpt2.embedding_length", 9u32.into())])),
+            "gpt2.attention.head_count"
+        );
     }
 
     fn jarvis_file(over: &[(&str, MetaValue)]) -> GgufFile {
@@ -816,14 +910,24 @@ mod tests {
             ("jarvis.attention.head_count", 3),
             ("jarvis.attention.head_count", 0),
         ] {
-            assert_eq!(culprit(&jarvis_file(&[(key, v.into())])), key, "{key} = {v}");
+            assert_eq!(
+                culprit(&jarvis_file(&[(key, v.into())])),
+                key,
+                "{key} = {v}"
+            );
         }
         assert_eq!(
-            culprit(&jarvis_file(&[("jarvis.feed_forward_length", 15u32.into())])),
+            culprit(&jarvis_file(&[(
+                "jarvis.feed_forward_length",
+                15u32.into()
+            )])),
             "blk.0.ffn_up.weight"
         );
         assert_eq!(
-            culprit(&jarvis_file(&[("tokenizer.ggml.tokens", MetaValue::strings(["a", "b", "c", "d", "e", "a"]))])),
+            culprit(&jarvis_file(&[(
+                "tokenizer.ggml.tokens",
+                MetaValue::strings(["a", "b", "c", "d", "e", "a"])
+            )])),
             "tokenizer.ggml.tokens"
         );
     }

@@ -25,7 +25,10 @@ fn bin() -> &'static Path {
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("jq-hostile-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("jq-hostile-")
+        .tempdir()
+        .unwrap()
 }
 
 // ------------------------------------------------------------------ the valid models
@@ -49,12 +52,14 @@ fn write_jarvis(path: &Path) {
     w.add("jarvis.feed_forward_length", ff as u32).unwrap();
     w.add("jarvis.block_count", layers as u32).unwrap();
     w.add("jarvis.attention.head_count", 2u32).unwrap();
-    w.add("jarvis.attention.layer_norm_epsilon", 1e-5f32).unwrap();
+    w.add("jarvis.attention.layer_norm_epsilon", 1e-5f32)
+        .unwrap();
     w.add("jarvis.gelu", "tanh").unwrap();
     w.add("jarvis.positional_encoding", "sinusoidal").unwrap();
     w.add("jarvis.context_shift", "keep-last-half").unwrap();
     w.add("tokenizer.ggml.model", "jarvis-word").unwrap();
-    w.add("tokenizer.ggml.tokens", MetaValue::strings(words)).unwrap();
+    w.add("tokenizer.ggml.tokens", MetaValue::strings(words))
+        .unwrap();
     w.add("tokenizer.ggml.eos_token_id", 2u32).unwrap();
     w.add("tokenizer.ggml.unknown_token_id", 1u32).unwrap();
     let mut t: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d, v])];
@@ -110,9 +115,9 @@ impl Surface {
         static M: [OnceLock<Vec<u8>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let (i, write): (usize, fn(&Path)) = match self {
             Surface::Native => (0, write_jarvis),
-            Surface::Gemma3Llama | Surface::Gemma3Stream => (1, |p| {
-                write_gemma3(p, GEMMA3, 384, GgmlType::F32).unwrap()
-            }),
+            Surface::Gemma3Llama | Surface::Gemma3Stream => {
+                (1, |p| write_gemma3(p, GEMMA3, 384, GgmlType::F32).unwrap())
+            }
             Surface::Gpt2Llama => (2, |p| write_gpt2(p, Gpt2Dims::TINY, false).unwrap()),
         };
         M[i].get_or_init(|| {
@@ -128,9 +133,16 @@ impl Surface {
         let mut a: Vec<String> = vec![model.into()];
         let rest: &[&str] = match self {
             Surface::Native => &["--prompt-tokens", "3,4,5", "-n", "2", "--temp", "0"],
-            Surface::Gemma3Llama | Surface::Gpt2Llama => {
-                &["--prompt-tokens", "5,6,7", "-n", "2", "--temp", "0", "-t", "1"]
-            }
+            Surface::Gemma3Llama | Surface::Gpt2Llama => &[
+                "--prompt-tokens",
+                "5,6,7",
+                "-n",
+                "2",
+                "--temp",
+                "0",
+                "-t",
+                "1",
+            ],
             Surface::Gemma3Stream => &[
                 "--stream-layers",
                 "--prompt-tokens",
@@ -149,7 +161,12 @@ impl Surface {
 
     /// Peak RSS bound from a valid run.
     fn bound(self) -> u64 {
-        static B: [OnceLock<u64>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static B: [OnceLock<u64>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
         *B[self as usize].get_or_init(|| {
             let d = scratch();
             let p = d.path().join("m.gguf");
@@ -264,9 +281,18 @@ fn values_for(ty: ValueType) -> Vec<MetaValue> {
             .into_iter()
             .map(MetaValue::F32)
             .collect(),
-        ValueType::I32 => [0i32, 1, -1, i32::MAX].into_iter().map(MetaValue::I32).collect(),
-        ValueType::U64 => [0u64, 1, u64::MAX, 1_000_000_000].into_iter().map(MetaValue::U64).collect(),
-        _ => [0u32, 1, u32::MAX, 1_000_000_000].into_iter().map(MetaValue::U32).collect(),
+        ValueType::I32 => [0i32, 1, -1, i32::MAX]
+            .into_iter()
+            .map(MetaValue::I32)
+            .collect(),
+        ValueType::U64 => [0u64, 1, u64::MAX, 1_000_000_000]
+            .into_iter()
+            .map(MetaValue::U64)
+            .collect(),
+        _ => [0u32, 1, u32::MAX, 1_000_000_000]
+            .into_iter()
+            .map(MetaValue::U32)
+            .collect(),
     }
 }
 
@@ -311,18 +337,25 @@ fn every_tensor(s: Surface) {
         if t.ne.len() == 2 && t.ne[0] != t.ne[1] {
             shapes.push(vec![t.ne[1], t.ne[0]]);
         }
-        let mut edits: Vec<(Vec<u64>, GgmlType)> = shapes.into_iter().map(|ne| (ne, t.ty)).collect();
+        let mut edits: Vec<(Vec<u64>, GgmlType)> =
+            shapes.into_iter().map(|ne| (ne, t.ty)).collect();
         edits.push((t.ne.clone(), GgmlType::F16));
         if t.ne[0] % 32 == 0 {
             edits.push((t.ne.clone(), GgmlType::Q8_0));
         }
         for (ne, ty) in edits {
-            let bytes = rebuild(base, |_| {}, |ts| {
-                let x = ts.iter_mut().find(|x| x.name == t.name).unwrap();
-                x.ne = ne.clone();
-                x.ty = ty;
+            let bytes = rebuild(
+                base,
+                |_| {},
+                |ts| {
+                    let x = ts.iter_mut().find(|x| x.name == t.name).unwrap();
+                    x.ne = ne.clone();
+                    x.ty = ty;
+                },
+            );
+            case(s, &bytes, &[], |o, b| {
+                assert_ok_or_refused(o, b, &[&t.name])
             });
-            case(s, &bytes, &[], |o, b| assert_ok_or_refused(o, b, &[&t.name]));
         }
     }
 }
@@ -331,7 +364,9 @@ fn truncations(s: Surface) {
     let base = s.model();
     let n = base.len();
     for cut in [0, 3, 4, 8, 24, 100, n / 4, n / 2, n - 1] {
-        case(s, &base[..cut], &[], |o, b| assert_refused(o, b, &["m.gguf"]));
+        case(s, &base[..cut], &[], |o, b| {
+            assert_refused(o, b, &["m.gguf"])
+        });
     }
 }
 
@@ -377,7 +412,12 @@ fn stream_every_tensor() {
 
 #[test]
 fn truncated_models() {
-    for s in [Surface::Native, Surface::Gemma3Llama, Surface::Gpt2Llama, Surface::Gemma3Stream] {
+    for s in [
+        Surface::Native,
+        Surface::Gemma3Llama,
+        Surface::Gpt2Llama,
+        Surface::Gemma3Stream,
+    ] {
         truncations(s);
     }
 }
@@ -390,21 +430,121 @@ fn issue_examples_name_their_culprit() {
     use Surface::*;
     let cases: Vec<(Surface, Vec<u8>, &str)> = vec![
         // Class 1: a context of 0 panicked in the -b clamp (llama.cpp path and stream).
-        (Gemma3Llama, set_key(Gemma3Llama.model(), "gemma3.context_length", MetaValue::U32(0)), "gemma3.context_length"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.context_length", MetaValue::U32(0)), "gemma3.context_length"),
+        (
+            Gemma3Llama,
+            set_key(
+                Gemma3Llama.model(),
+                "gemma3.context_length",
+                MetaValue::U32(0),
+            ),
+            "gemma3.context_length",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.context_length",
+                MetaValue::U32(0),
+            ),
+            "gemma3.context_length",
+        ),
         // Class 2: block counts that asked for hundreds of GB.
-        (Native, set_key(Native.model(), "jarvis.block_count", MetaValue::U32(1_000_000_000)), "jarvis.block_count"),
-        (Gemma3Llama, set_key(Gemma3Llama.model(), "gemma3.block_count", MetaValue::U32(1_000_000_000)), "gemma3.block_count"),
-        (Gpt2Llama, set_key(Gpt2Llama.model(), "gpt2.block_count", MetaValue::U32(1_000_000_000)), "gpt2.block_count"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.block_count", MetaValue::U32(1_000_000_000)), "gemma3.block_count"),
+        (
+            Native,
+            set_key(
+                Native.model(),
+                "jarvis.block_count",
+                MetaValue::U32(1_000_000_000),
+            ),
+            "jarvis.block_count",
+        ),
+        (
+            Gemma3Llama,
+            set_key(
+                Gemma3Llama.model(),
+                "gemma3.block_count",
+                MetaValue::U32(1_000_000_000),
+            ),
+            "gemma3.block_count",
+        ),
+        (
+            Gpt2Llama,
+            set_key(
+                Gpt2Llama.model(),
+                "gpt2.block_count",
+                MetaValue::U32(1_000_000_000),
+            ),
+            "gpt2.block_count",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.block_count",
+                MetaValue::U32(1_000_000_000),
+            ),
+            "gemma3.block_count",
+        ),
         // Class 3: what llama.cpp or ggml abort on.
-        (Gemma3Llama, set_key(Gemma3Llama.model(), "gemma3.block_count", MetaValue::U32(0)), "gemma3.block_count"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.embedding_length", MetaValue::U32(0)), "gemma3.embedding_length"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.attention.head_count", MetaValue::U32(0)), "gemma3.attention.head_count"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.attention.head_count_kv", MetaValue::U32(0)), "gemma3.attention.head_count_kv"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.attention.head_count_kv", MetaValue::U32(u32::MAX)), "gemma3.attention.head_count_kv"),
-        (Gemma3Stream, set_key(Gemma3Stream.model(), "gemma3.feed_forward_length", MetaValue::U32(127)), "blk.0.ffn_gate.weight"),
-        (Gemma3Llama, set_key(Gemma3Llama.model(), "gemma3.rope.scaling.type", MetaValue::from("nope")), "gemma3.rope.scaling.type"),
+        (
+            Gemma3Llama,
+            set_key(Gemma3Llama.model(), "gemma3.block_count", MetaValue::U32(0)),
+            "gemma3.block_count",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.embedding_length",
+                MetaValue::U32(0),
+            ),
+            "gemma3.embedding_length",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.attention.head_count",
+                MetaValue::U32(0),
+            ),
+            "gemma3.attention.head_count",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.attention.head_count_kv",
+                MetaValue::U32(0),
+            ),
+            "gemma3.attention.head_count_kv",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.attention.head_count_kv",
+                MetaValue::U32(u32::MAX),
+            ),
+            "gemma3.attention.head_count_kv",
+        ),
+        (
+            Gemma3Stream,
+            set_key(
+                Gemma3Stream.model(),
+                "gemma3.feed_forward_length",
+                MetaValue::U32(127),
+            ),
+            "blk.0.ffn_gate.weight",
+        ),
+        (
+            Gemma3Llama,
+            set_key(
+                Gemma3Llama.model(),
+                "gemma3.rope.scaling.type",
+                MetaValue::from("nope"),
+            ),
+            "gemma3.rope.scaling.type",
+        ),
     ];
     for (s, bytes, culprit) in cases {
         case(s, &bytes, &[], |o, b| assert_refused(o, b, &[culprit]));
@@ -431,7 +571,9 @@ fn duplicate_and_missing_tokens() {
             let last = t.len() - 1;
             t[last] = t[last - 1].clone();
         });
-        case(s, &dup, &[], |o, b| assert_refused(o, b, &["tokenizer.ggml.tokens"]));
+        case(s, &dup, &[], |o, b| {
+            assert_refused(o, b, &["tokenizer.ggml.tokens"])
+        });
         // Fewer tokens than embedding rows: a C++ exception crossed the FFI on the stream path.
         let short = with_tokens(s.model(), |t| {
             t.pop();
@@ -445,14 +587,18 @@ fn duplicate_and_missing_tokens() {
 /// A failure only llama.cpp detects (an extra tensor): its own message is in the error line.
 #[test]
 fn llama_cpp_load_error_text_is_shown() {
-    let bytes = rebuild(Surface::Gemma3Llama.model(), |_| {}, |ts| {
-        ts.push(Tensor {
-            name: "blk.0.stray.weight".into(),
-            ty: GgmlType::F32,
-            ne: vec![4],
-            values: vec![0.0; 4],
-        })
-    });
+    let bytes = rebuild(
+        Surface::Gemma3Llama.model(),
+        |_| {},
+        |ts| {
+            ts.push(Tensor {
+                name: "blk.0.stray.weight".into(),
+                ty: GgmlType::F32,
+                ne: vec![4],
+                values: vec![0.0; 4],
+            })
+        },
+    );
     case(Surface::Gemma3Llama, &bytes, &[], |o, b| {
         assert_refused(o, b, &["wrong number of tensors"]);
         assert!(!o.stderr.contains("null result"), "{}", o.describe());
@@ -464,15 +610,30 @@ fn llama_cpp_load_error_text_is_shown() {
 #[test]
 fn flags_that_do_not_apply_are_refused() {
     use Surface::*;
-    case(Native, Native.model(), &["--stream-layers", "--plan-only"], |o, b| {
-        assert_refused(o, b, &["--stream-layers"])
+    case(
+        Native,
+        Native.model(),
+        &["--stream-layers", "--plan-only"],
+        |o, b| assert_refused(o, b, &["--stream-layers"]),
+    );
+    case(Native, Native.model(), &["-g", "4"], |o, b| {
+        assert_refused(o, b, &["--n-gpu-layers"])
     });
-    case(Native, Native.model(), &["-g", "4"], |o, b| assert_refused(o, b, &["--n-gpu-layers"]));
-    case(Gemma3Llama, Gemma3Llama.model(), &["--metrics"], |o, b| assert_refused(o, b, &["--metrics"]));
-    case(Gpt2Llama, Gpt2Llama.model(), &["--stream-layers"], |o, b| {
-        assert_refused(o, b, &["--stream-layers"])
+    case(Gemma3Llama, Gemma3Llama.model(), &["--metrics"], |o, b| {
+        assert_refused(o, b, &["--metrics"])
     });
-    case(Gemma3Stream, Gemma3Stream.model(), &["--metrics"], |o, b| assert_refused(o, b, &["--metrics"]));
+    case(
+        Gpt2Llama,
+        Gpt2Llama.model(),
+        &["--stream-layers"],
+        |o, b| assert_refused(o, b, &["--stream-layers"]),
+    );
+    case(
+        Gemma3Stream,
+        Gemma3Stream.model(),
+        &["--metrics"],
+        |o, b| assert_refused(o, b, &["--metrics"]),
+    );
 }
 
 /// `--dump-logits` naming the model in every way a path can: it overwrote the model (native)
@@ -493,11 +654,21 @@ fn dump_logits_never_overwrites_the_model() {
             (model.clone(), None),
             ("./m.gguf".to_string(), Some(d.path())),
             ("sub/../m.gguf".to_string(), Some(d.path())),
-            (d.path().join("link.npy").to_str().unwrap().to_string(), None),
-            (d.path().join("hard.npy").to_str().unwrap().to_string(), None),
+            (
+                d.path().join("link.npy").to_str().unwrap().to_string(),
+                None,
+            ),
+            (
+                d.path().join("hard.npy").to_str().unwrap().to_string(),
+                None,
+            ),
         ] {
             let before = snapshot(d.path());
-            let m = if cwd.is_some() { rel.clone() } else { model.clone() };
+            let m = if cwd.is_some() {
+                rel.clone()
+            } else {
+                model.clone()
+            };
             let mut args = s.args(&m);
             args.extend(["--dump-logits".to_string(), dump.clone()]);
             let o = go(
@@ -508,7 +679,11 @@ fn dump_logits_never_overwrites_the_model() {
                 },
             );
             assert_refused(&o, s.bound(), &["--dump-logits"]);
-            assert!(o.error_line().unwrap().contains("the model"), "{}", o.describe());
+            assert!(
+                o.error_line().unwrap().contains("the model"),
+                "{}",
+                o.describe()
+            );
             assert_unchanged(d.path(), &before, &o);
         }
     }
@@ -526,7 +701,10 @@ fn dump_logits_on_a_full_disk_leaves_nothing() {
         let before = snapshot(d.path());
         let npy = d.path().join("out.npy");
         let mut args = s.args(p.to_str().unwrap());
-        args.extend(["--dump-logits".to_string(), npy.to_str().unwrap().to_string()]);
+        args.extend([
+            "--dump-logits".to_string(),
+            npy.to_str().unwrap().to_string(),
+        ]);
         let o = go(
             &args,
             &Opts {
@@ -547,14 +725,26 @@ fn dump_logits_on_a_full_disk_leaves_nothing() {
 #[test]
 fn a_directory_or_a_missing_file_as_the_model() {
     let d = scratch();
-    let o = run(bin(), &[d.path().to_str().unwrap(), "--prompt", "hi"], &Opts::default());
+    let o = run(
+        bin(),
+        &[d.path().to_str().unwrap(), "--prompt", "hi"],
+        &Opts::default(),
+    );
     assert_refused(&o, 256 << 20, &["is a directory"]);
     let missing = d.path().join("nope.gguf");
-    let o = run(bin(), &[missing.to_str().unwrap(), "--prompt", "hi"], &Opts::default());
+    let o = run(
+        bin(),
+        &[missing.to_str().unwrap(), "--prompt", "hi"],
+        &Opts::default(),
+    );
     assert_refused(&o, 256 << 20, &["no such file"]);
     let junk = d.path().join("junk.gguf");
     std::fs::write(&junk, b"PK\x03\x04 not a gguf").unwrap();
-    let o = run(bin(), &[junk.to_str().unwrap(), "--prompt", "hi"], &Opts::default());
+    let o = run(
+        bin(),
+        &[junk.to_str().unwrap(), "--prompt", "hi"],
+        &Opts::default(),
+    );
     assert_refused(&o, 256 << 20, &["starts with \"PK\\x03\\x04\""]);
 }
 
@@ -567,10 +757,18 @@ fn closed_stdout_ends_quietly() {
     std::fs::write(&p, Surface::Native.model()).unwrap();
     for extra in [&[][..], &["--json"][..]] {
         let mut c = Command::new(bin());
-        c.args([p.to_str().unwrap(), "--prompt-tokens", "3,4", "-n", "8", "--temp", "0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.args([
+            p.to_str().unwrap(),
+            "--prompt-tokens",
+            "3,4",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
         drop(child.stdout.take());
         let o = child.wait_with_output().unwrap();
@@ -594,7 +792,18 @@ fn chat_survives_huge_and_invalid_lines() {
     let t = std::time::Instant::now();
     let o = run(
         bin(),
-        &[p.to_str().unwrap(), "--chat", "-n", "2", "--temp", "0", "-c", "64", "-t", "1"],
+        &[
+            p.to_str().unwrap(),
+            "--chat",
+            "-n",
+            "2",
+            "--temp",
+            "0",
+            "-c",
+            "64",
+            "-t",
+            "1",
+        ],
         &Opts {
             stdin: Some(input),
             ..Opts::default()
@@ -602,10 +811,24 @@ fn chat_survives_huge_and_invalid_lines() {
     );
     assert_sane(&o, Surface::Gemma3Llama.bound() + (32 << 20));
     assert_eq!(o.code, Some(0), "{}", o.describe());
-    assert!(o.stderr.contains("line 1: skipped: more than"), "{}", o.describe());
-    assert!(o.stderr.contains("line 2: skipped: not valid UTF-8 (at byte 4)"), "{}", o.describe());
+    assert!(
+        o.stderr.contains("line 1: skipped: more than"),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr
+            .contains("line 2: skipped: not valid UTF-8 (at byte 4)"),
+        "{}",
+        o.describe()
+    );
     // One reply: to "hello".
-    assert_eq!(o.stdout.iter().filter(|&&b| b == b'\n').count(), 1, "{}", o.describe());
+    assert_eq!(
+        o.stdout.iter().filter(|&&b| b == b'\n').count(),
+        1,
+        "{}",
+        o.describe()
+    );
     assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
 }
 
@@ -623,7 +846,11 @@ fn huge_prompt_is_refused_before_tokenizing() {
             ..Opts::default()
         },
     );
-    assert_refused(&o, Surface::Gemma3Llama.bound() + (32 << 20), &["cannot fit the context"]);
+    assert_refused(
+        &o,
+        Surface::Gemma3Llama.bound() + (32 << 20),
+        &["cannot fit the context"],
+    );
 }
 
 /// The gpt2 export's tokenizer through llama.cpp's text path gives the native ids (no added
@@ -633,17 +860,33 @@ fn text_prompt_adds_special_tokens_only_when_the_model_asks() {
     // gpt2 synth: add_bos_token absent = llama.cpp's default for BPE (false).
     let d = scratch();
     let p = d.path().join("m.gguf");
-    let bytes = set_key(Surface::Gemma3Llama.model(), "tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
+    let bytes = set_key(
+        Surface::Gemma3Llama.model(),
+        "tokenizer.ggml.add_bos_token",
+        MetaValue::Bool(false),
+    );
     std::fs::write(&p, &bytes).unwrap();
     let ids = |p: &Path| -> Vec<u64> {
         let o = run(
             bin(),
-            &[p.to_str().unwrap(), "--prompt", "hello", "-n", "0", "--json"],
+            &[
+                p.to_str().unwrap(),
+                "--prompt",
+                "hello",
+                "-n",
+                "0",
+                "--json",
+            ],
             &Opts::default(),
         );
         assert_eq!(o.code, Some(0), "{}", o.describe());
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+        v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
     };
     let without = ids(&p);
     std::fs::write(&p, Surface::Gemma3Llama.model()).unwrap();

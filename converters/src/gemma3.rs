@@ -292,12 +292,18 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
         ("query_pre_attn_scalar", cfg.query_pre_attn_scalar),
     ] {
         if !v.is_finite() || v <= 0.0 {
-            bail!("{}: '{key}' is {v}, must be a positive number", path.display());
+            bail!(
+                "{}: '{key}' is {v}, must be a positive number",
+                path.display()
+            );
         }
     }
     if let Some(f) = cfg.rope_linear_factor {
         if !f.is_finite() || f <= 0.0 {
-            bail!("{}: the linear RoPE factor is {f}, must be a positive number", path.display());
+            bail!(
+                "{}: the linear RoPE factor is {f}, must be a positive number",
+                path.display()
+            );
         }
     }
     Ok(cfg)
@@ -972,9 +978,9 @@ fn first_non_finite(dtype: Dtype, src: &[u8]) -> Option<usize> {
         Dtype::F16 => src
             .chunks_exact(2)
             .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-        _ => src
-            .chunks_exact(4)
-            .position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        _ => src.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
     }
 }
 

@@ -168,7 +168,10 @@ pub fn load(
                         .as_f64()
                         .filter(|e| e.is_finite() && *e > 0.0 && *e as f32 > 0.0)
                         .ok_or_else(|| {
-                            anyhow!("{}: 'layer_norm_eps' must be a positive number, is {v}", p.display())
+                            anyhow!(
+                                "{}: 'layer_norm_eps' must be a positive number, is {v}",
+                                p.display()
+                            )
                         })? as f32,
                 },
                 gelu,
@@ -608,7 +611,9 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(usize, Atom
     };
     if opts.target == Target::Ollama {
         // The gpt2 export materialises a ctx x d_model position table.
-        let bytes = (c.ctx as u64).saturating_mul(c.d_model as u64).saturating_mul(4);
+        let bytes = (c.ctx as u64)
+            .saturating_mul(c.d_model as u64)
+            .saturating_mul(4);
         if bytes > 1 << 32 {
             bail!(
                 "max_seq_len {} x d_model {} makes a {} MiB position table for the gpt2 export; refusing (at most 4 GiB)",
@@ -670,20 +675,22 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(usize, Atom
     }
     let total: u64 = w.tensors().iter().map(|t| t.size).sum();
     let pb = crate::progress::byte_bar(total, opts.progress);
-    let file = w.write_pending(out, |i, t, o| {
-        pb.set_message(t.name.clone());
-        let bytes = quantize_to_vec(types[i], &values(ck, &plan[i].source)).map_err(|source| {
-            GgufError::Codec {
-                name: t.name.clone(),
-                source,
-            }
-        })?;
-        o.write_all(&bytes)
-            .map_err(|e| GgufError::io("<output>", e))?;
-        pb.inc(t.size);
-        Ok(())
-    })
-    .with_context(|| format!("writing {}", out.display()))?;
+    let file = w
+        .write_pending(out, |i, t, o| {
+            pb.set_message(t.name.clone());
+            let bytes =
+                quantize_to_vec(types[i], &values(ck, &plan[i].source)).map_err(|source| {
+                    GgufError::Codec {
+                        name: t.name.clone(),
+                        source,
+                    }
+                })?;
+            o.write_all(&bytes)
+                .map_err(|e| GgufError::io("<output>", e))?;
+            pb.inc(t.size);
+            Ok(())
+        })
+        .with_context(|| format!("writing {}", out.display()))?;
     pb.finish_and_clear();
     Ok((fallbacks, file))
 }

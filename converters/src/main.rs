@@ -272,7 +272,9 @@ fn run(cli: Cli) -> Result<()> {
                 _ => PathBuf::from("."),
             };
             let config_in = config.clone().unwrap_or_else(|| dir.join("config.json"));
-            let tokenizer_in = tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+            let tokenizer_in = tokenizer
+                .clone()
+                .unwrap_or_else(|| dir.join("tokenizer.json"));
             let ty = GgmlType::from(ty);
             let output = output.unwrap_or_else(|| {
                 let stem = npz
@@ -363,7 +365,10 @@ fn run(cli: Cli) -> Result<()> {
                 outputs.push(("--modelfile", mf));
             }
             let inputs = ck.input_files();
-            let inputs: Vec<(&str, &Path)> = inputs.iter().map(|p| ("the checkpoint's", p.as_path())).collect();
+            let inputs: Vec<(&str, &Path)> = inputs
+                .iter()
+                .map(|p| ("the checkpoint's", p.as_path()))
+                .collect();
             refuse_aliases(&outputs, &inputs)?;
             let staged = match &modelfile {
                 Some(mf) => {

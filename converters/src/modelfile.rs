@@ -21,8 +21,10 @@ pub struct Modelfile {
 /// unchanged. `None` when no form does (e.g. a control character, which Ollama's parser drops,
 /// or a line that would end a triple-quoted value early).
 pub fn quote(v: &str) -> Option<String> {
-    let needs =
-        v.contains('\n') || v.starts_with(char::is_whitespace) || v.ends_with(char::is_whitespace) || v.is_empty();
+    let needs = v.contains('\n')
+        || v.starts_with(char::is_whitespace)
+        || v.ends_with(char::is_whitespace)
+        || v.is_empty();
     let preferred = if v.contains('"') {
         format!("\"\"\"{v}\"\"\"")
     } else if needs {
@@ -207,10 +209,16 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, String> {
             State::Nil => (State::Name, Some(c)),
             State::Name if c.is_ascii_alphabetic() => (State::Name, Some(c)),
             State::Name if space(c) => (State::Value, None),
-            State::Name => return Err(format!("line {line}: instruction '{b}{c}' is not a known command")),
+            State::Name => {
+                return Err(format!(
+                    "line {line}: instruction '{b}{c}' is not a known command"
+                ))
+            }
             State::Value if newline(c) || space(c) => (State::Nil, Some(c)),
             State::Value => (State::Value, Some(c)),
-            State::Parameter if c.is_ascii_alphanumeric() || c == '_' => (State::Parameter, Some(c)),
+            State::Parameter if c.is_ascii_alphanumeric() || c == '_' => {
+                (State::Parameter, Some(c))
+            }
             State::Parameter | State::Message if space(c) => (State::Value, None),
             State::Parameter => return Err(format!("{line}: bad parameter name '{b}{c}'")),
             State::Message if c.is_ascii_alphabetic() => (State::Message, Some(c)),
@@ -266,7 +274,8 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, String> {
     match cur {
         State::Nil | State::Comment => {}
         State::Value => {
-            let v = unquote(b.trim()).ok_or_else(|| format!("line {line}: unterminated quoted value"))?;
+            let v = unquote(b.trim())
+                .ok_or_else(|| format!("line {line}: unterminated quoted value"))?;
             out.push(finish(&name, &param, &mut role, v));
         }
         _ => return Err(format!("line {line}: the file ends inside an instruction")),
@@ -351,7 +360,10 @@ mod tests {
         assert_eq!(quote("plain").as_deref(), Some("plain"));
         assert_eq!(quote(" lead").as_deref(), Some("\" lead\""));
         assert_eq!(quote("two\nlines").as_deref(), Some("\"two\nlines\""));
-        assert_eq!(quote("say \"hi\"").as_deref(), Some("\"\"\"say \"hi\"\"\"\""));
+        assert_eq!(
+            quote("say \"hi\"").as_deref(),
+            Some("\"\"\"say \"hi\"\"\"\"")
+        );
         // The cases that used to fail after the GGUF was written.
         for v in [
             "ends with quote\"",
@@ -375,7 +387,10 @@ mod tests {
     #[test]
     fn parses_like_ollamas_state_machine() {
         let ins = parse("# c\nFROM ./a b.gguf\nparameter stop \"<eos>\"\nPARAMETER num_ctx 8\nMESSAGE user hi there\nSYSTEM \"\"\"x\ny\"\"\"\n").unwrap();
-        let got: Vec<(&str, &str)> = ins.iter().map(|i| (i.name.as_str(), i.args.as_str())).collect();
+        let got: Vec<(&str, &str)> = ins
+            .iter()
+            .map(|i| (i.name.as_str(), i.args.as_str()))
+            .collect();
         assert_eq!(
             got,
             [

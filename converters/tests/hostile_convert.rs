@@ -7,9 +7,9 @@
 //! the ones sent), exit 0 or 1, one `jq-convert: error:` line naming the culprit, peak RSS
 //! (wait4) bounded by a valid run's, and nothing changed or left in the directory.
 
+mod common;
 #[path = "../../tests/harness/mod.rs"]
 mod harness;
-mod common;
 
 use harness::{
     assert_ok_or_refused, assert_refused, assert_sane, assert_unchanged, run, snapshot, Opts,
@@ -25,7 +25,10 @@ fn bin() -> &'static Path {
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("jq-hostile-conv-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("jq-hostile-conv-")
+        .tempdir()
+        .unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -55,8 +58,28 @@ fn bound() -> u64 {
         copy_dir(&common::root().join("fixtures/jarvis/tiny-norm"), &jar);
         let g = d.path().join("g");
         copy_dir(&common::root().join("fixtures/gemma3/tiny-causal"), &g);
-        let a = go(&["npz-to-gguf", s(&jar.join("model.npz")), "--type", "q8_0", "-o", s(&d.path().join("a.gguf"))], &Opts::default());
-        let b = go(&["hf-to-gguf", s(&g), "--type", "q8_0", "-o", s(&d.path().join("b.gguf"))], &Opts::default());
+        let a = go(
+            &[
+                "npz-to-gguf",
+                s(&jar.join("model.npz")),
+                "--type",
+                "q8_0",
+                "-o",
+                s(&d.path().join("a.gguf")),
+            ],
+            &Opts::default(),
+        );
+        let b = go(
+            &[
+                "hf-to-gguf",
+                s(&g),
+                "--type",
+                "q8_0",
+                "-o",
+                s(&d.path().join("b.gguf")),
+            ],
+            &Opts::default(),
+        );
         assert_eq!(a.code, Some(0), "{}", a.describe());
         assert_eq!(b.code, Some(0), "{}", b.describe());
         2 * a.max_rss.max(b.max_rss) + (64 << 20)
@@ -69,7 +92,11 @@ fn case(dir: &Path, args: &[&str], allowed: Option<&Path>, check: impl FnOnce(&O
     let before = snapshot(dir);
     let o = go(args, &Opts::default());
     assert_sane(&o, bound());
-    assert!(!o.stderr.contains("Caused by"), "several-line error: {}", o.describe());
+    assert!(
+        !o.stderr.contains("Caused by"),
+        "several-line error: {}",
+        o.describe()
+    );
     check(&o);
     if o.code == Some(0) {
         if let Some(a) = allowed {
@@ -107,7 +134,15 @@ fn hostile_numbers() -> Vec<Json> {
 
 #[test]
 fn npz_every_config_number() {
-    let keys = ["vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "layer_norm_eps"];
+    let keys = [
+        "vocab_size",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "d_ff",
+        "max_seq_len",
+        "layer_norm_eps",
+    ];
     for key in keys {
         for v in hostile_numbers() {
             let d = scratch();
@@ -118,9 +153,28 @@ fn npz_every_config_number() {
             let out = j.join("out.gguf");
             case(
                 d.path(),
-                &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)],
+                &[
+                    "npz-to-gguf",
+                    s(&j.join("model.npz")),
+                    "--type",
+                    "f32",
+                    "-o",
+                    s(&out),
+                ],
                 Some(&out),
-                |o| assert_ok_or_refused(o, bound(), &[key, "config.json", "n_heads", "layer_", "from the configuration"]),
+                |o| {
+                    assert_ok_or_refused(
+                        o,
+                        bound(),
+                        &[
+                            key,
+                            "config.json",
+                            "n_heads",
+                            "layer_",
+                            "from the configuration",
+                        ],
+                    )
+                },
             );
         }
     }
@@ -189,7 +243,14 @@ fn npz_every_array_shape() {
             // array's first dimension may be read as d_model.
             case(
                 d.path(),
-                &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)],
+                &[
+                    "npz-to-gguf",
+                    s(&j.join("model.npz")),
+                    "--type",
+                    "f32",
+                    "-o",
+                    s(&out),
+                ],
                 None,
                 |o| assert_refused(o, bound(), &[key.as_str(), "tokenizer.json", "embedding"]),
             );
@@ -205,11 +266,26 @@ fn npz_lies_nan_and_bombs() {
         let j = jarvis_dir(d.path());
         write_npz(&j.join("model.npz"), &members);
         let out = j.join("out.gguf");
-        case(d.path(), &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)], None, |o| {
-            assert_refused(o, bound(), culprits)
-        });
+        case(
+            d.path(),
+            &[
+                "npz-to-gguf",
+                s(&j.join("model.npz")),
+                "--type",
+                "f32",
+                "-o",
+                s(&out),
+            ],
+            None,
+            |o| assert_refused(o, bound(), culprits),
+        );
     };
-    let base = || -> Vec<(String, Vec<u8>)> { arrays.iter().map(|(k, sh, d)| (k.clone(), npy(sh, d))).collect() };
+    let base = || -> Vec<(String, Vec<u8>)> {
+        arrays
+            .iter()
+            .map(|(k, sh, d)| (k.clone(), npy(sh, d)))
+            .collect()
+    };
     // A NaN: named with its array and index.
     let mut m = base();
     let (k, sh, data) = &arrays[3];
@@ -248,9 +324,19 @@ fn npz_lies_nan_and_bombs() {
         let j = jarvis_dir(d.path());
         std::fs::write(j.join("model.npz"), &full[..cut]).unwrap();
         let out = j.join("out.gguf");
-        case(d.path(), &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)], None, |o| {
-            assert_refused(o, bound(), &["model.npz"])
-        });
+        case(
+            d.path(),
+            &[
+                "npz-to-gguf",
+                s(&j.join("model.npz")),
+                "--type",
+                "f32",
+                "-o",
+                s(&out),
+            ],
+            None,
+            |o| assert_refused(o, bound(), &["model.npz"]),
+        );
     }
 }
 
@@ -268,18 +354,44 @@ fn npz_issue_examples() {
             o.insert(key.into(), v);
         });
         let out = j.join("out.gguf");
-        case(d.path(), &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)], None, |o| {
-            assert_refused(o, bound(), &[culprit])
-        });
+        case(
+            d.path(),
+            &[
+                "npz-to-gguf",
+                s(&j.join("model.npz")),
+                "--type",
+                "f32",
+                "-o",
+                s(&out),
+            ],
+            None,
+            |o| assert_refused(o, bound(), &[culprit]),
+        );
     }
-    for bad in ["[1, 2]", "{\"a\": 1, \"b\": 1}", "{\"a\": 0, \"b\": 5}", "{\"a\": -1}", "not json"] {
+    for bad in [
+        "[1, 2]",
+        "{\"a\": 1, \"b\": 1}",
+        "{\"a\": 0, \"b\": 5}",
+        "{\"a\": -1}",
+        "not json",
+    ] {
         let d = scratch();
         let j = jarvis_dir(d.path());
         std::fs::write(j.join("tokenizer.json"), bad).unwrap();
         let out = j.join("out.gguf");
-        case(d.path(), &["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)], None, |o| {
-            assert_refused(o, bound(), &["tokenizer.json"])
-        });
+        case(
+            d.path(),
+            &[
+                "npz-to-gguf",
+                s(&j.join("model.npz")),
+                "--type",
+                "f32",
+                "-o",
+                s(&out),
+            ],
+            None,
+            |o| assert_refused(o, bound(), &["tokenizer.json"]),
+        );
     }
 }
 
@@ -315,9 +427,12 @@ fn hf_every_config_number() {
                 o.insert(key.into(), v.clone());
             });
             let out = d.path().join("out.gguf");
-            case(d.path(), &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)], Some(&out), |o| {
-                assert_ok_or_refused(o, bound(), &[key, "config.json", "layer_types"])
-            });
+            case(
+                d.path(),
+                &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)],
+                Some(&out),
+                |o| assert_ok_or_refused(o, bound(), &[key, "config.json", "layer_types"]),
+            );
         }
     }
 }
@@ -353,15 +468,34 @@ fn hf_issue_examples() {
         o.insert("rope_parameters".into(), Json::from("nope"));
     });
     let out = d.path().join("out.gguf");
-    case(d.path(), &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)], None, |o| {
-        assert_refused(o, bound(), &["'rope_parameters' must be an object"])
-    });
+    case(
+        d.path(),
+        &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)],
+        None,
+        |o| assert_refused(o, bound(), &["'rope_parameters' must be an object"]),
+    );
     // The config file instead of the directory.
     let d = scratch();
     let g = gemma_dir(d.path());
-    case(d.path(), &["hf-to-gguf", s(&g.join("config.json")), "--type", "f32", "-o", s(&d.path().join("o.gguf"))], None, |o| {
-        assert_refused(o, bound(), &["is a file: hf-to-gguf takes the checkpoint directory"])
-    });
+    case(
+        d.path(),
+        &[
+            "hf-to-gguf",
+            s(&g.join("config.json")),
+            "--type",
+            "f32",
+            "-o",
+            s(&d.path().join("o.gguf")),
+        ],
+        None,
+        |o| {
+            assert_refused(
+                o,
+                bound(),
+                &["is a file: hf-to-gguf takes the checkpoint directory"],
+            )
+        },
+    );
     // NaN weights: named with the tensor and the first bad index. Shard 1 rewritten in F32.
     let d = scratch();
     let g = gemma_dir(d.path());
@@ -372,8 +506,16 @@ fn hf_issue_examples() {
         .iter()
         .map(|(n, v)| {
             let vals: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::BF16 => v.data().chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect(),
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                safetensors::Dtype::BF16 => v
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+                    .collect(),
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
                 other => panic!("{other:?}"),
             };
             (n.to_string(), v.shape().to_vec(), vals)
@@ -385,9 +527,20 @@ fn hf_issue_examples() {
     let name = ts[victim].0.clone();
     write_safetensors(&shard, &ts);
     let out = d.path().join("out.gguf");
-    case(d.path(), &["hf-to-gguf", s(&g), "--type", "q8_0", "-o", s(&out)], None, |o| {
-        assert_refused(o, bound(), &[&format!("tensor '{name}' holds a NaN or infinite value at flat index 5")])
-    });
+    case(
+        d.path(),
+        &["hf-to-gguf", s(&g), "--type", "q8_0", "-o", s(&out)],
+        None,
+        |o| {
+            assert_refused(
+                o,
+                bound(),
+                &[&format!(
+                    "tensor '{name}' holds a NaN or infinite value at flat index 5"
+                )],
+            )
+        },
+    );
     // A truncated shard, and an index naming a shard that is not there.
     for cut in [0usize, 7, 100, 5000] {
         let d = scratch();
@@ -396,17 +549,23 @@ fn hf_issue_examples() {
         let b = std::fs::read(&shard).unwrap();
         std::fs::write(&shard, &b[..cut.min(b.len())]).unwrap();
         let out = d.path().join("out.gguf");
-        case(d.path(), &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)], None, |o| {
-            assert_refused(o, bound(), &["model-00002-of-00004.safetensors"])
-        });
+        case(
+            d.path(),
+            &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)],
+            None,
+            |o| assert_refused(o, bound(), &["model-00002-of-00004.safetensors"]),
+        );
     }
     let d = scratch();
     let g = gemma_dir(d.path());
     std::fs::remove_file(g.join("model-00003-of-00004.safetensors")).unwrap();
     let out = d.path().join("out.gguf");
-    case(d.path(), &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)], None, |o| {
-        assert_refused(o, bound(), &["missing shard"])
-    });
+    case(
+        d.path(),
+        &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)],
+        None,
+        |o| assert_refused(o, bound(), &["missing shard"]),
+    );
 }
 
 // ------------------------------------------------------------------ outputs naming inputs
@@ -414,7 +573,12 @@ fn hf_issue_examples() {
 /// Every way to spell `target` from `dir`: the path, `./x` and `sub/../x` (run in `dir`), a
 /// symlink and a hard link.
 fn aliases(dir: &Path, target: &Path) -> Vec<(String, PathBuf)> {
-    let name = target.strip_prefix(dir).unwrap().to_str().unwrap().to_string();
+    let name = target
+        .strip_prefix(dir)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     let link = dir.join(format!("link-{}", name.replace('/', "_")));
     let _ = std::os::unix::fs::symlink(target, &link);
@@ -431,9 +595,19 @@ fn aliases(dir: &Path, target: &Path) -> Vec<(String, PathBuf)> {
 
 fn refused_in(dir: &Path, args: &[&str], culprits: &[&str]) {
     let before = snapshot(dir);
-    let o = go(args, &Opts { cwd: Some(dir.to_path_buf()), ..Opts::default() });
+    let o = go(
+        args,
+        &Opts {
+            cwd: Some(dir.to_path_buf()),
+            ..Opts::default()
+        },
+    );
     assert_refused(&o, bound(), culprits);
-    assert!(o.error_line().unwrap().contains("is the same file as"), "{}", o.describe());
+    assert!(
+        o.error_line().unwrap().contains("is the same file as"),
+        "{}",
+        o.describe()
+    );
     assert_unchanged(dir, &before, &o);
 }
 
@@ -444,7 +618,11 @@ fn outputs_never_overwrite_inputs() {
     let gguf = d.path().join("m.gguf");
     common::write_tiny_gpt2(&gguf);
     for (alias, cwd) in aliases(d.path(), &gguf) {
-        refused_in(&cwd, &["quantize", s(&gguf), &alias, "--type", "q8_0"], &["the output"]);
+        refused_in(
+            &cwd,
+            &["quantize", s(&gguf), &alias, "--type", "q8_0"],
+            &["the output"],
+        );
     }
     // npz-to-gguf: -o and --modelfile against the npz, config.json and tokenizer.json, and
     // against each other.
@@ -453,10 +631,25 @@ fn outputs_never_overwrite_inputs() {
     let npz = j.join("model.npz");
     for input in ["model.npz", "config.json", "tokenizer.json"] {
         for (alias, cwd) in aliases(d.path(), &j.join(input)) {
-            refused_in(&cwd, &["npz-to-gguf", s(&npz), "--type", "f32", "-o", &alias], &["-o"]);
             refused_in(
                 &cwd,
-                &["npz-to-gguf", s(&npz), "--type", "f32", "--target", "ollama", "-o", s(&d.path().join("x.gguf")), "--modelfile", &alias],
+                &["npz-to-gguf", s(&npz), "--type", "f32", "-o", &alias],
+                &["-o"],
+            );
+            refused_in(
+                &cwd,
+                &[
+                    "npz-to-gguf",
+                    s(&npz),
+                    "--type",
+                    "f32",
+                    "--target",
+                    "ollama",
+                    "-o",
+                    s(&d.path().join("x.gguf")),
+                    "--modelfile",
+                    &alias,
+                ],
                 &["--modelfile"],
             );
         }
@@ -464,16 +657,49 @@ fn outputs_never_overwrite_inputs() {
     let same = s(&d.path().join("same")).to_string();
     refused_in(
         d.path(),
-        &["npz-to-gguf", s(&npz), "--type", "f32", "--target", "ollama", "-o", &same, "--modelfile", "./same"],
+        &[
+            "npz-to-gguf",
+            s(&npz),
+            "--type",
+            "f32",
+            "--target",
+            "ollama",
+            "-o",
+            &same,
+            "--modelfile",
+            "./same",
+        ],
         &["--modelfile"],
     );
     // hf-to-gguf: -o and --modelfile against config.json, a shard and the index.
     let d = scratch();
     let g = gemma_dir(d.path());
-    for input in ["config.json", "model-00002-of-00004.safetensors", "model.safetensors.index.json", "tokenizer.model"] {
+    for input in [
+        "config.json",
+        "model-00002-of-00004.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+    ] {
         for (alias, cwd) in aliases(d.path(), &g.join(input)) {
-            refused_in(&cwd, &["hf-to-gguf", s(&g), "--type", "f32", "-o", &alias], &["-o"]);
-            refused_in(&cwd, &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&d.path().join("x.gguf")), "--modelfile", &alias], &["--modelfile"]);
+            refused_in(
+                &cwd,
+                &["hf-to-gguf", s(&g), "--type", "f32", "-o", &alias],
+                &["-o"],
+            );
+            refused_in(
+                &cwd,
+                &[
+                    "hf-to-gguf",
+                    s(&g),
+                    "--type",
+                    "f32",
+                    "-o",
+                    s(&d.path().join("x.gguf")),
+                    "--modelfile",
+                    &alias,
+                ],
+                &["--modelfile"],
+            );
         }
     }
 }
@@ -487,27 +713,88 @@ fn modelfile_is_checked_before_anything_is_written() {
     let mf = d.path().join("Modelfile");
     // Values that used to fail as an "internal error" after the GGUF was written now round-trip.
     for system in ["ends with quote\"", "has \"\"\" inside", "\"leading quote"] {
-        let o = go(&["npz-to-gguf", s(&npz), "--type", "f32", "--target", "ollama", "-o", s(&out), "--modelfile", s(&mf), "--system", system], &Opts::default());
+        let o = go(
+            &[
+                "npz-to-gguf",
+                s(&npz),
+                "--type",
+                "f32",
+                "--target",
+                "ollama",
+                "-o",
+                s(&out),
+                "--modelfile",
+                s(&mf),
+                "--system",
+                system,
+            ],
+            &Opts::default(),
+        );
         assert_eq!(o.code, Some(0), "{}", o.describe());
         let text = std::fs::read_to_string(&mf).unwrap();
         let ins = jq_convert_modelfile_parse(&text);
-        assert!(ins.iter().any(|(n, a)| n == "system" && a == system), "{system:?} in {text}");
+        assert!(
+            ins.iter().any(|(n, a)| n == "system" && a == system),
+            "{system:?} in {text}"
+        );
         std::fs::remove_file(&out).unwrap();
         std::fs::remove_file(&mf).unwrap();
     }
     // A value Ollama cannot read back: refused naming --system, and no GGUF written.
-    case(d.path(), &["npz-to-gguf", s(&npz), "--type", "f32", "--target", "ollama", "-o", s(&out), "--modelfile", s(&mf), "--system", "bell\u{7}"], None, |o| {
-        assert_refused(o, bound(), &["--system"])
-    });
+    case(
+        d.path(),
+        &[
+            "npz-to-gguf",
+            s(&npz),
+            "--type",
+            "f32",
+            "--target",
+            "ollama",
+            "-o",
+            s(&out),
+            "--modelfile",
+            s(&mf),
+            "--system",
+            "bell\u{7}",
+        ],
+        None,
+        |o| assert_refused(o, bound(), &["--system"]),
+    );
     // An unwritable Modelfile location: refused before converting (no GGUF left).
     let nowhere = d.path().join("no/such/dir/Modelfile");
-    case(d.path(), &["npz-to-gguf", s(&npz), "--type", "f32", "--target", "ollama", "-o", s(&out), "--modelfile", s(&nowhere)], None, |o| {
-        assert_refused(o, bound(), &["no/such/dir"])
-    });
+    case(
+        d.path(),
+        &[
+            "npz-to-gguf",
+            s(&npz),
+            "--type",
+            "f32",
+            "--target",
+            "ollama",
+            "-o",
+            s(&out),
+            "--modelfile",
+            s(&nowhere),
+        ],
+        None,
+        |o| assert_refused(o, bound(), &["no/such/dir"]),
+    );
     let g = gemma_dir(d.path());
-    case(d.path(), &["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out), "--modelfile", s(&nowhere)], None, |o| {
-        assert_refused(o, bound(), &["no/such/dir"])
-    });
+    case(
+        d.path(),
+        &[
+            "hf-to-gguf",
+            s(&g),
+            "--type",
+            "f32",
+            "-o",
+            s(&out),
+            "--modelfile",
+            s(&nowhere),
+        ],
+        None,
+        |o| assert_refused(o, bound(), &["no/such/dir"]),
+    );
 }
 
 /// Ollama's reading of a Modelfile, from the converter's parser (re-implemented there from
@@ -540,17 +827,38 @@ fn inspect_hostile_files_and_closed_stdout() {
     for cut in [0, 3, 8, 24, 200, full.len() / 2, full.len() - 1] {
         let p = d.path().join("cut.gguf");
         std::fs::write(&p, &full[..cut]).unwrap();
-        case(d.path(), &["inspect", s(&p)], None, |o| assert_refused(o, bound(), &["cut.gguf"]));
+        case(d.path(), &["inspect", s(&p)], None, |o| {
+            assert_refused(o, bound(), &["cut.gguf"])
+        });
         std::fs::remove_file(&p).unwrap();
     }
-    case(d.path(), &["inspect", s(d.path())], None, |o| assert_refused(o, bound(), &["is a directory"]));
+    case(d.path(), &["inspect", s(d.path())], None, |o| {
+        assert_refused(o, bound(), &["is a directory"])
+    });
     // `inspect --json | head`: a closed stdout ends quietly with status 0.
-    for args in [&["inspect", s(&gguf), "--json", "--full"][..], &["inspect", s(&gguf), "--full"][..]] {
-        let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    for args in [
+        &["inspect", s(&gguf), "--json", "--full"][..],
+        &["inspect", s(&gguf), "--full"][..],
+    ] {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         drop(child.stdout.take());
         let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
@@ -589,7 +897,11 @@ fn quantize_stopped_mid_write(input: &Path, out: &Path) -> Option<std::process::
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let tmp = dir.join(format!(".{}.{}.tmp", out.file_name().unwrap().to_str().unwrap(), child.id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        out.file_name().unwrap().to_str().unwrap(),
+        child.id()
+    ));
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(30) {
         if tmp.exists() {
@@ -609,7 +921,8 @@ fn signals_mid_write_leave_no_temporary_file() {
     big_gguf(&input);
     let out = d.path().join("out.gguf");
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        let child = quantize_stopped_mid_write(&input, &out).expect("the temporary file never appeared");
+        let child =
+            quantize_stopped_mid_write(&input, &out).expect("the temporary file never appeared");
         assert_eq!(temps(d.path()).len(), 1);
         // SAFETY: signalling our own child.
         unsafe {
@@ -617,23 +930,40 @@ fn signals_mid_write_leave_no_temporary_file() {
             libc::kill(child.id() as i32, libc::SIGCONT);
         }
         let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(code), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(temps(d.path()).is_empty(), "{:?}", temps(d.path()));
         assert!(!out.exists());
     }
     // SIGKILL cannot be handled: the temporary file stays, and the next run removes it.
-    let child = quantize_stopped_mid_write(&input, &out).expect("the temporary file never appeared");
+    let child =
+        quantize_stopped_mid_write(&input, &out).expect("the temporary file never appeared");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let o = child.wait_with_output().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&o.status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(libc::SIGKILL)
+    );
     assert_eq!(temps(d.path()).len(), 1);
     // A live writer's file (a name with our own pid, locked) must survive that cleanup.
-    let live = d.path().join(format!(".out.gguf.{}.tmp", std::process::id()));
+    let live = d
+        .path()
+        .join(format!(".out.gguf.{}.tmp", std::process::id()));
     std::fs::write(&live, b"busy").unwrap();
-    let o = go(&["quantize", s(&input), s(&out), "--type", "q8_0"], &Opts::default());
+    let o = go(
+        &["quantize", s(&input), s(&out), "--type", "q8_0"],
+        &Opts::default(),
+    );
     assert_eq!(o.code, Some(0), "{}", o.describe());
-    assert_eq!(temps(d.path()), vec![live.file_name().unwrap().to_str().unwrap().to_string()]);
+    assert_eq!(
+        temps(d.path()),
+        vec![live.file_name().unwrap().to_str().unwrap().to_string()]
+    );
     assert!(jq::gguf::GgufFile::open(&out).is_ok());
 }
 
@@ -647,11 +977,24 @@ fn full_disk_leaves_nothing() {
     let out = d.path().join("out.gguf");
     for args in [
         vec!["quantize", s(&input), s(&out), "--type", "q8_0"],
-        vec!["npz-to-gguf", s(&j.join("model.npz")), "--type", "f32", "-o", s(&out)],
+        vec![
+            "npz-to-gguf",
+            s(&j.join("model.npz")),
+            "--type",
+            "f32",
+            "-o",
+            s(&out),
+        ],
         vec!["hf-to-gguf", s(&g), "--type", "f32", "-o", s(&out)],
     ] {
         let before = snapshot(d.path());
-        let o = go(&args, &Opts { fsize_limit: Some(64 << 10), ..Opts::default() });
+        let o = go(
+            &args,
+            &Opts {
+                fsize_limit: Some(64 << 10),
+                ..Opts::default()
+            },
+        );
         assert_refused(&o, bound(), &["out.gguf"]);
         assert_unchanged(d.path(), &before, &o);
     }

@@ -321,7 +321,7 @@ fn bad_checkpoints_are_errors_that_name_the_problem() {
         ("missing", format!("{load}; del w['layer_1_k']; np.savez('m.npz', **w)"), "missing 'layer_1_k'"),
         ("extra", format!("{load}; w['bogus'] = np.zeros(3, np.float32); np.savez('m.npz', **w)"), "unexpected keys [\"bogus\"]"),
         ("shape", format!("{load}; w['layer_0_ffn1'] = w['layer_0_ffn1'][:, :8]; np.savez('m.npz', **w)"), "'layer_0_ffn1' has shape"),
-        ("nan", format!("{load}; w['layer_0_q'][3, 4] = np.nan; np.savez('m.npz', **w)"), "'layer_0_q' holds 1 NaN"),
+        ("nan", format!("{load}; w['layer_0_q'][3, 4] = np.nan; np.savez('m.npz', **w)"), "'layer_0_q' holds NaN at flat index 196 (of 1 NaN"),
         ("dtype", format!("{load}; w['layer_0_b1'] = w['layer_0_b1'].astype(np.int32); np.savez('m.npz', **w)"), "'layer_0_b1' has element type <i4"),
         ("truncated", format!("import shutil; shutil.copy({:?}, 'm.npz'); f = open('m.npz', 'r+b'); f.truncate(300); f.close()", src.join("model.npz").to_str().unwrap()), "not a readable .npz"),
     ];

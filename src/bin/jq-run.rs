@@ -171,7 +171,10 @@ impl Cli {
 
     fn n_ctx(&self, trained: u32) -> Result<u32> {
         if trained == 0 {
-            bail!("{}: the model's trained context is 0 tokens", self.model.display());
+            bail!(
+                "{}: the model's trained context is 0 tokens",
+                self.model.display()
+            );
         }
         match self.ctx_size {
             Some(0) => bail!("-c/--ctx-size must be at least 1"),
@@ -630,8 +633,11 @@ fn run(cli: &Cli) -> Result<()> {
     let file = GgufModel::open(path)
         .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
     if let Some(d) = &cli.dump_logits {
-        let parts: Vec<(&str, &std::path::Path)> =
-            file.parts().iter().map(|p| ("the model", p.path())).collect();
+        let parts: Vec<(&str, &std::path::Path)> = file
+            .parts()
+            .iter()
+            .map(|p| ("the model", p.path()))
+            .collect();
         jq::output::refuse_aliases(&[("--dump-logits", d)], &parts)?;
     }
     let arch = file
@@ -783,7 +789,9 @@ mod guard {
         let longest = file
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
-            .map_or(usize::MAX, |a| a.strings().map(<[u8]>::len).max().unwrap_or(1).max(1));
+            .map_or(usize::MAX, |a| {
+                a.strings().map(<[u8]>::len).max().unwrap_or(1).max(1)
+            });
         longest.saturating_mul(n_ctx as usize).saturating_add(64)
     }
 

@@ -116,7 +116,11 @@ impl Llama {
         let backend = backend()?;
         super::logs::take_errors();
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
-            anyhow!("llama.cpp could not load {}: {}", path.display(), llama_error(e))
+            anyhow!(
+                "llama.cpp could not load {}: {}",
+                path.display(),
+                llama_error(e)
+            )
         })?;
         Ok(Llama { model })
     }

@@ -62,7 +62,11 @@ fn keep(c: &mut Captured, line: String) {
 }
 
 /// The callback given to `llama_log_set` (which also sets ggml's).
-unsafe extern "C" fn on_log(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, _: *mut c_void) {
+unsafe extern "C" fn on_log(
+    level: llama_cpp_sys_2::ggml_log_level,
+    text: *const c_char,
+    _: *mut c_void,
+) {
     if text.is_null() {
         return;
     }
@@ -116,9 +120,18 @@ mod tests {
         };
         take_errors();
         send(llama_cpp_sys_2::GGML_LOG_LEVEL_INFO, "loading\n");
-        send(llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR, "llama_model_load: error loading model: ");
-        send(llama_cpp_sys_2::GGML_LOG_LEVEL_CONT, "tensor 'x' has wrong shape\n");
-        send(llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR, "llama_model_load_from_file_impl: failed to load model\n");
+        send(
+            llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR,
+            "llama_model_load: error loading model: ",
+        );
+        send(
+            llama_cpp_sys_2::GGML_LOG_LEVEL_CONT,
+            "tensor 'x' has wrong shape\n",
+        );
+        send(
+            llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR,
+            "llama_model_load_from_file_impl: failed to load model\n",
+        );
         assert_eq!(
             last_error().as_deref(),
             Some("llama_model_load: error loading model: tensor 'x' has wrong shape")

@@ -124,7 +124,11 @@ pub fn run(bin: &Path, args: &[&str], o: &Opts) -> Outcome {
         * 1024;
     Outcome {
         args: args.iter().map(|s| s.to_string()).collect(),
-        code: if signal.is_some() { None } else { out.status.code() },
+        code: if signal.is_some() {
+            None
+        } else {
+            out.status.code()
+        },
         signal,
         stdout: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -136,7 +140,11 @@ pub fn run(bin: &Path, args: &[&str], o: &Opts) -> Outcome {
 pub fn assert_sane(o: &Outcome, rss_bound: u64) {
     assert!(o.signal.is_none(), "killed by signal: {}", o.describe());
     assert_ne!(o.code, Some(101), "panicked: {}", o.describe());
-    assert!(!o.stderr.contains("panicked at"), "panicked: {}", o.describe());
+    assert!(
+        !o.stderr.contains("panicked at"),
+        "panicked: {}",
+        o.describe()
+    );
     assert!(
         o.max_rss <= rss_bound,
         "peak RSS {} MiB over the bound {} MiB: {}",
@@ -212,7 +220,10 @@ pub fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, String>, o: &Outc
                     .map(|p| format!("{} (removed)", p.display())),
             )
             .collect();
-        panic!("files changed or left behind: {changed:?}\n{}", o.describe());
+        panic!(
+            "files changed or left behind: {changed:?}\n{}",
+            o.describe()
+        );
     }
 }
 
