@@ -417,9 +417,8 @@ mod tests {
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         // A live process's file is kept (our parent is alive).
         // SAFETY: getppid has no preconditions.
-        let live = d
-            .path()
-            .join(format!(".m.gguf.{}.tmp", unsafe { libc::getppid() }));
+        let parent = unsafe { libc::getppid() };
+        let live = d.path().join(format!(".m.gguf.{parent}.tmp"));
         std::fs::write(&live, b"partial").unwrap();
         let other = d.path().join(".n.gguf.99999999.tmp");
         std::fs::write(&other, b"partial").unwrap();

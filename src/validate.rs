@@ -316,7 +316,9 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
                 format!("is {groups}, must be below expert_count {n_expert}"),
             ));
         }
-        if groups > 1 && (n_expert % groups != 0 || group_used == 0 || group_used >= groups) {
+        if groups > 1
+            && (!n_expert.is_multiple_of(groups) || group_used == 0 || group_used >= groups)
+        {
             return Err(key_err(
                 &k("expert_group_used_count"),
                 format!("is {group_used} for {groups} groups of {n_expert} experts (groups must divide the experts, 0 < used < groups)"),
@@ -355,7 +357,7 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
                 format!("is 0 at layer {i} with head_count_kv {kv}"),
             ));
         }
-        if kv > h || (h > 0 && kv > 0 && h % kv != 0) {
+        if kv > h || (h > 0 && kv > 0 && !h.is_multiple_of(kv)) {
             return Err(key_err(
                 &k("attention.head_count_kv"),
                 format!("is {kv} at layer {i} for {h} heads: it must divide the head count"),
@@ -461,7 +463,7 @@ fn n_vocab(f: &dyn Source, hp: &Hparams) -> Result<u64> {
 fn head_dims(f: &dyn Source, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
     let k = uint(f, &hp.key("attention.key_length"))?;
     let v = uint(f, &hp.key("attention.value_length"))?;
-    if k.is_none() && hp.n_embd % n_head != 0 {
+    if k.is_none() && !hp.n_embd.is_multiple_of(n_head) {
         return Err(key_err(
             &hp.key("attention.head_count"),
             format!(
@@ -647,7 +649,7 @@ fn jarvis(f: &dyn Source) -> Result<()> {
         }
     }
     finite(f, keys::LAYER_NORM_EPS, 0.0, false)?;
-    if d % heads != 0 {
+    if !d.is_multiple_of(heads) {
         return Err(key_err(
             keys::HEAD_COUNT,
             format!("is {heads}, which does not divide embedding_length {d}"),

@@ -277,7 +277,7 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
             jq::validate::MAX_LAYERS
         );
     }
-    if cfg.n_heads % cfg.n_kv_heads != 0 {
+    if !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
         bail!(
             "{}: 'num_key_value_heads' {} does not divide 'num_attention_heads' {}",
             path.display(),

@@ -891,7 +891,7 @@ fn temps(dir: &Path) -> Vec<String> {
 fn quantize_stopped_mid_write(input: &Path, out: &Path) -> Option<std::process::Child> {
     use std::process::{Command, Stdio};
     let dir = out.parent().unwrap();
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .args(["quantize", s(input), s(out), "--type", "q4_0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -911,6 +911,8 @@ fn quantize_stopped_mid_write(input: &Path, out: &Path) -> Option<std::process::
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     None
 }
 
