@@ -1,11 +1,13 @@
-//! Gemma-3-27B-shaped Q4_0 (random blocks, ~15 GB, under target/bench-data, never committed)
+//! Gemma-3-27B-shaped Q4_0 or Q4_K_M (random blocks, ~15 GB, under target/bench-data, never
+//! committed)
 //! streamed under a 6 GiB budget on the CPU backend: plan, 128-token prompt, a few decode
 //! tokens, the copy floor (the same streamed bytes through the same ring with no compute, same
 //! run), the compute floor (the same plan with the reader handing slots over unread, same
 //! run), `--host-layers auto` and every streamed layer on the host (weights in place from the
 //! memory map), and llama.cpp CPU-only on the same file through the bindings.
 //!
-//! `cargo bench --bench stream_27b` (env: `JQ_BENCH_DECODE` tokens, default 3;
+//! `cargo bench --bench stream_27b` (env: `JQ_BENCH_MIX` q4_0 (default) or q4_k_m;
+//! `JQ_BENCH_DECODE` tokens, default 3;
 //! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_THREADS` compute threads, default cores - 1 as
 //! `jq-run`; `JQ_BENCH_NO_LLAMA=1` skips the anchor; `JQ_BENCH_NO_EXTRA=1` skips the compute
 //! floor and host-layer runs; `JQ_BENCH_DIRECT=1` reads with O_DIRECT; `JQ_BENCH_NO_REPACK=1`
@@ -25,11 +27,18 @@ fn env(k: &str) -> Option<String> {
 fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("gemma3-27b-shape-q4_0-random.gguf");
+    // JQ_BENCH_MIX=q4_k_m: llama.cpp's Q4_K_M mixture (Q4_K, Q6_K in the more-bits layers and
+    // the tied head) instead of every matrix Q4_0.
+    let (mix, name) = match env("JQ_BENCH_MIX").as_deref() {
+        None | Some("q4_0") => (jq::synth_blocks::Mixture::Q4_0, "q4_0"),
+        Some("q4_k_m") => (jq::synth_blocks::Mixture::Q4KM, "q4_k_m"),
+        Some(other) => anyhow::bail!("JQ_BENCH_MIX={other}: q4_0 or q4_k_m"),
+    };
+    let path = dir.join(format!("gemma3-27b-shape-{name}-random.gguf"));
     if !path.exists() {
         let t = Instant::now();
         eprintln!("writing {} ...", path.display());
-        jq::synth_blocks::write_gemma3_q4_0_random(&path, Gemma3Dims::G27B, 262_208, 27)?;
+        jq::synth_blocks::write_gemma3_random(&path, Gemma3Dims::G27B, 262_208, mix, 27)?;
         eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
     }
     let size = std::fs::metadata(&path)?.len();

@@ -4,10 +4,11 @@
   gguf_variants.py requant IN OUT --type q4_0|q8_0
       every quantized 2-D weight dequantized (gguf-py's numpy decoders) and quantized again to
       the type; F32/F16 tensors and the metadata are copied (general.file_type updated).
-  gguf_variants.py split IN OUT_PREFIX --max-tensors N
+  gguf_variants.py split IN OUT_PREFIX --max-tensors N [--small-first-shard]
       the same model as a gguf-split set, written by gguf-py's GGUFWriter with
       split_max_tensors, as llama.cpp's converter writes split files: OUT_PREFIX-00001-of-0000K.gguf...
-      (the first part holds the metadata and the first N tensors).
+      (the first part holds the metadata and the first N tensors; with --small-first-shard it
+      holds only the metadata).
 
 Outputs are written under a temporary name and renamed, so an interrupted run leaves nothing.
 """
@@ -64,14 +65,14 @@ def requant(src: Path, dst: Path, ty: str):
     os.replace(tmp, dst)
 
 
-def split(src: Path, prefix: Path, max_tensors: int):
+def split(src: Path, prefix: Path, max_tensors: int, small_first: bool):
     r = gguf.GGUFReader(src)
     arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
     # gguf-py names the parts after the path's stem: PREFIX-00001-of-0000N.gguf.
     tmpdir = prefix.parent / f".split.{os.getpid()}.tmp"
     tmpdir.mkdir()
     out = tmpdir / (prefix.name + ".gguf")
-    w = gguf.GGUFWriter(out, arch, split_max_tensors=max_tensors)
+    w = gguf.GGUFWriter(out, arch, split_max_tensors=max_tensors, small_first_shard=small_first)
     copy_metadata(r, w)
     for t in r.tensors:
         raw_tensor(w, t)
@@ -96,11 +97,12 @@ def main():
     b.add_argument("src", type=Path)
     b.add_argument("prefix", type=Path)
     b.add_argument("--max-tensors", type=int, required=True)
+    b.add_argument("--small-first-shard", action="store_true")
     args = ap.parse_args()
     if args.cmd == "requant":
         requant(args.src, args.dst, args.type)
     else:
-        split(args.src, args.prefix, args.max_tensors)
+        split(args.src, args.prefix, args.max_tensors, args.small_first_shard)
 
 
 if __name__ == "__main__":

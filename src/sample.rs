@@ -73,7 +73,8 @@ pub struct Sampler {
     rng: Rng,
 }
 
-fn argmax(x: &[f32]) -> usize {
+/// The index of the largest value (the first of equal ones): greedy decoding.
+pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if v > x[best] {

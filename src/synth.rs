@@ -156,6 +156,21 @@ impl Gemma3Dims {
         final_logit_softcapping: Some(30.0),
     };
 
+    /// Gemma 3 270M's shapes (18 layers, hidden 640, 4/1 heads of 256, FFN 2048; with a
+    /// 262144-token vocabulary).
+    pub const G270M: Gemma3Dims = Gemma3Dims {
+        n_embd: 640,
+        n_ff: 2048,
+        n_layer: 18,
+        n_head: 4,
+        n_head_kv: 1,
+        head_dim: 256,
+        n_ctx: 32768,
+        sliding_window: 512,
+        swa_pattern: 6,
+        final_logit_softcapping: None,
+    };
+
     /// Gemma-3-27B's shapes (62 layers, hidden 5376, 32/16 heads of 128, FFN 21504).
     pub const G27B: Gemma3Dims = Gemma3Dims {
         n_embd: 5376,
@@ -231,9 +246,6 @@ pub fn gemma3_header(
     ty: GgmlType,
     rope_scaling: Option<f32>,
 ) -> Result<GgufWriter> {
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", "gemma3")?;
-    w.add("general.name", name)?;
     let file_type: u32 = match ty {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -242,6 +254,34 @@ pub fn gemma3_header(
         GgmlType::BF16 => 32,
         _ => 0,
     };
+    gemma3_header_with(name, d, n_vocab, file_type, rope_scaling, |_| ty)
+}
+
+/// A 2-D weight of a Gemma-3 shaped model, for choosing its type.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightSlot<'a> {
+    /// `token_embd`, or a layer tensor's short name (`attn_v`, `ffn_down`, ...).
+    pub kind: &'a str,
+    /// The layer, for layer tensors.
+    pub layer: Option<u64>,
+    pub n_layer: u64,
+    /// Row length (`ne[0]`).
+    pub ne0: u64,
+}
+
+/// [`gemma3_header`] with each 2-D weight's type chosen by `ty_of` and `general.file_type` as
+/// given (`LLAMA_FTYPE_*`).
+pub fn gemma3_header_with(
+    name: &str,
+    d: Gemma3Dims,
+    n_vocab: u64,
+    file_type: u32,
+    rope_scaling: Option<f32>,
+    ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
+) -> Result<GgufWriter> {
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "gemma3")?;
+    w.add("general.name", name)?;
     w.add("general.file_type", file_type)?;
     w.add("gemma3.context_length", d.n_ctx as u32)?;
     w.add("gemma3.embedding_length", d.n_embd as u32)?;
@@ -285,23 +325,39 @@ pub fn gemma3_header(
 
     let (e, f, hd) = (d.n_embd, d.n_ff, d.head_dim);
     let (q, kv) = (d.n_head * hd, d.n_head_kv * hd);
+    let nl = d.n_layer;
+    let embd = ty_of(WeightSlot {
+        kind: "token_embd",
+        layer: None,
+        n_layer: nl,
+        ne0: e,
+    });
     let mut tensors: Vec<(String, GgmlType, Vec<u64>)> =
-        vec![("token_embd.weight".into(), ty, vec![e, n_vocab])];
-    for l in 0..d.n_layer {
+        vec![("token_embd.weight".into(), embd, vec![e, n_vocab])];
+    for l in 0..nl {
         let b = |s: &str| format!("blk.{l}.{s}");
+        let m = |kind: &str, ne: Vec<u64>| {
+            let ty = ty_of(WeightSlot {
+                kind,
+                layer: Some(l),
+                n_layer: nl,
+                ne0: ne[0],
+            });
+            (b(&format!("{kind}.weight")), ty, ne)
+        };
         tensors.extend([
             (b("attn_norm.weight"), GgmlType::F32, vec![e]),
-            (b("attn_q.weight"), ty, vec![e, q]),
-            (b("attn_k.weight"), ty, vec![e, kv]),
-            (b("attn_v.weight"), ty, vec![e, kv]),
-            (b("attn_output.weight"), ty, vec![q, e]),
+            m("attn_q", vec![e, q]),
+            m("attn_k", vec![e, kv]),
+            m("attn_v", vec![e, kv]),
+            m("attn_output", vec![q, e]),
             (b("attn_q_norm.weight"), GgmlType::F32, vec![hd]),
             (b("attn_k_norm.weight"), GgmlType::F32, vec![hd]),
             (b("post_attention_norm.weight"), GgmlType::F32, vec![e]),
             (b("ffn_norm.weight"), GgmlType::F32, vec![e]),
-            (b("ffn_gate.weight"), ty, vec![e, f]),
-            (b("ffn_up.weight"), ty, vec![e, f]),
-            (b("ffn_down.weight"), ty, vec![f, e]),
+            m("ffn_gate", vec![e, f]),
+            m("ffn_up", vec![e, f]),
+            m("ffn_down", vec![f, e]),
             (b("post_ffw_norm.weight"), GgmlType::F32, vec![e]),
         ]);
     }

@@ -1,11 +1,14 @@
-//! Large synthetic GGUFs written block by block: random Q4_0 blocks with sane f16 scales
+//! Large synthetic GGUFs written block by block: random quantized blocks with sane f16 scales
 //! instead of quantizing billions of random floats (a 27B-shaped file in about a minute, bounded
 //! memory). Same names, shapes and metadata as [`crate::synth::write_gemma3`]; nothing here is
-//! a trained model. For benchmarks; never committed.
+//! a trained model. For benchmarks and the GPU check; never committed.
+//!
+//! Two mixtures: every 2-D weight Q4_0, or llama.cpp's Q4_K_M (`llama_tensor_get_type` in
+//! `src/llama-quant.cpp` for a dense model without experts, as [`q4_k_m_type`] spells out).
 
 use crate::gguf::{GgufError, Result};
 use crate::quant::GgmlType;
-use crate::synth::{gemma3_header, Gemma3Dims};
+use crate::synth::{gemma3_header_with, Gemma3Dims, WeightSlot};
 use half::f16;
 use std::path::Path;
 
@@ -19,29 +22,112 @@ impl Bytes {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        for c in out.chunks_mut(8) {
+            let r = self.next().to_le_bytes();
+            c.copy_from_slice(&r[..c.len()]);
+        }
+    }
 }
 
-/// Fills `out` (a whole number of 18-byte Q4_0 blocks) with random nibbles and the scale `d`
-/// (so weights span about +-8d).
-fn q4_0_blocks(rng: &mut Bytes, d: f32, out: &mut [u8]) {
-    let scale = f16::from_f32(d).to_le_bytes();
-    for b in out.chunks_exact_mut(18) {
-        b[..2].copy_from_slice(&scale);
-        b[2..10].copy_from_slice(&rng.next().to_le_bytes());
-        b[10..18].copy_from_slice(&rng.next().to_le_bytes());
+/// Which weights get which type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mixture {
+    /// Every 2-D weight Q4_0 (`LLAMA_FTYPE_MOSTLY_Q4_0`, pure).
+    Q4_0,
+    /// llama-quantize's Q4_K_M rules.
+    Q4KM,
+}
+
+/// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third one
+/// between get more bits.
+fn use_more_bits(i: u64, n: u64) -> bool {
+    // (i - n/8) is only reached when i >= n/8: no underflow.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// The type `llama_model_quantize` gives a Gemma-3 weight for Q4_K_M: the tied embedding
+/// (which is the output) Q6_K, `attn_v` and `ffn_down` Q6_K in the [`use_more_bits`] layers,
+/// every other matrix Q4_K; rows that are not a multiple of the K-quant block (256) fall back
+/// as llama.cpp falls back (`tensor_type_fallback`: Q4_K to Q5_0, Q6_K to Q8_0; the output to
+/// Q8_0).
+pub fn q4_k_m_type(w: WeightSlot<'_>) -> GgmlType {
+    let fits = w.ne0.is_multiple_of(256);
+    let more = |l: Option<u64>| l.is_some_and(|l| use_more_bits(l, w.n_layer));
+    let want = match w.kind {
+        "token_embd" => return if fits { GgmlType::Q6_K } else { GgmlType::Q8_0 },
+        "attn_v" | "ffn_down" if more(w.layer) => GgmlType::Q6_K,
+        _ => GgmlType::Q4_K,
+    };
+    match (want, fits) {
+        (t, true) => t,
+        (GgmlType::Q6_K, false) => GgmlType::Q8_0,
+        (_, false) => GgmlType::Q5_0,
+    }
+}
+
+/// Fills `out` (whole blocks of `ty`) with random quants and scales chosen so the weights span
+/// about +-`amp`.
+fn random_blocks(rng: &mut Bytes, ty: GgmlType, amp: f32, out: &mut [u8]) {
+    let h = |x: f32| f16::from_f32(x).to_le_bytes();
+    match ty {
+        GgmlType::Q4_0 => {
+            for b in out.chunks_exact_mut(18) {
+                b[..2].copy_from_slice(&h(amp / 8.0));
+                rng.fill(&mut b[2..]);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for b in out.chunks_exact_mut(34) {
+                b[..2].copy_from_slice(&h(amp / 127.0));
+                rng.fill(&mut b[2..]);
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in out.chunks_exact_mut(22) {
+                b[..2].copy_from_slice(&h(amp / 16.0));
+                rng.fill(&mut b[2..]);
+            }
+        }
+        // d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles: w = d*sc*q - dmin*m
+        // with sc, m < 64 and q < 16.
+        GgmlType::Q4_K => {
+            for b in out.chunks_exact_mut(144) {
+                b[..2].copy_from_slice(&h(2.0 * amp / (63.0 * 15.0)));
+                b[2..4].copy_from_slice(&h(amp / 63.0));
+                rng.fill(&mut b[4..]);
+            }
+        }
+        // 128 low nibbles, 64 bytes of high bits, 16 signed scales, then d: w = d*sc*(q-32).
+        GgmlType::Q6_K => {
+            for b in out.chunks_exact_mut(210) {
+                rng.fill(&mut b[..208]);
+                b[208..].copy_from_slice(&h(amp / (127.0 * 32.0)));
+            }
+        }
+        other => unreachable!("no random blocks for {other:?}"),
     }
 }
 
 /// Writes a Gemma-3 shaped GGUF with every 2-D weight (the tied embedding included) as random
-/// Q4_0 blocks; norms are F32 near 1. `dims.n_embd` and `dims.n_ff` must be multiples of 32.
-pub fn write_gemma3_q4_0_random(path: &Path, d: Gemma3Dims, n_vocab: u64, seed: u64) -> Result<()> {
-    let w = gemma3_header(
-        "synthetic gemma3 (random q4_0 blocks)",
-        d,
-        n_vocab,
-        GgmlType::Q4_0,
-        Some(8.0),
-    )?;
+/// blocks of the mixture's types; norms are F32 near 1. `dims.n_embd` and `dims.n_ff` must be
+/// multiples of 32.
+pub fn write_gemma3_random(
+    path: &Path,
+    d: Gemma3Dims,
+    n_vocab: u64,
+    mix: Mixture,
+    seed: u64,
+) -> Result<()> {
+    let (name, file_type) = match mix {
+        Mixture::Q4_0 => ("synthetic gemma3 (random q4_0 blocks)", 2),
+        Mixture::Q4KM => ("synthetic gemma3 (random q4_k_m blocks)", 15),
+    };
+    let w = gemma3_header_with(name, d, n_vocab, file_type, Some(8.0), |s| match mix {
+        Mixture::Q4_0 => GgmlType::Q4_0,
+        Mixture::Q4KM => q4_k_m_type(s),
+    })?;
     let mut rng = Bytes(seed | 1);
     let mut buf = vec![0u8; 18 << 20];
     w.write_file(path, |_, t, out| {
@@ -56,14 +142,30 @@ pub fn write_gemma3_q4_0_random(path: &Path, d: Gemma3Dims, n_vocab: u64, seed: 
                 .collect();
             return out.write_all(&v).map_err(io);
         }
-        let mut left = (n / 32) * 18;
-        let d = 0.35 / (t.ne[0] as f32).sqrt();
+        let block = t.ty.block_size();
+        let bytes = t.ty.type_size();
+        let mut left = n / block * bytes;
+        // Whole blocks per chunk.
+        let chunk = (buf.len() as u64 / bytes) * bytes;
+        let amp = 2.8 / (t.ne[0] as f32).sqrt();
         while left > 0 {
-            let k = left.min(buf.len() as u64) as usize;
-            q4_0_blocks(&mut rng, d, &mut buf[..k]);
+            let k = left.min(chunk) as usize;
+            random_blocks(&mut rng, t.ty, amp, &mut buf[..k]);
             out.write_all(&buf[..k]).map_err(io)?;
             left -= k as u64;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_bits_layers_are_llama_cpps() {
+        // The real Gemma 3 270M Q4_K_M (18 layers) has Q6_K ffn_down in exactly these.
+        let got: Vec<u64> = (0..18).filter(|&i| use_more_bits(i, 18)).collect();
+        assert_eq!(got, vec![0, 1, 4, 7, 10, 13, 15, 16, 17]);
+    }
 }

@@ -49,13 +49,7 @@ fn prompts(llama: &Llama) -> Vec<Vec<u32>> {
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[b] {
-            b = i;
-        }
-    }
-    b as u32
+    jq::sample::argmax(l) as u32
 }
 
 /// A prompt's logits (every position) and the greedy continuation's ids and logits.
@@ -65,19 +59,14 @@ struct Run {
     steps: Vec<Vec<f32>>,
 }
 
-/// llama.cpp fully resident, batches and micro-batches of 512.
-fn reference(path: &Path, prompt: &[u32]) -> Run {
-    let llama = Llama::load(path).unwrap();
-    let mut sess = llama
-        .session(N_CTX, N_UB, 2, &SamplerConfig::greedy())
-        .unwrap();
-    let p = sess.eval(prompt, true).unwrap();
-    let v = llama.n_vocab();
+/// The prompt through `eval` (every position's logits), then `N_DECODE` greedy steps.
+fn greedy(mut eval: impl FnMut(&[u32]) -> Vec<f32>, v: usize, prompt: &[u32]) -> Run {
+    let p = eval(prompt);
     let mut next = argmax(&p[p.len() - v..]);
     let (mut ids, mut steps) = (Vec::new(), Vec::new());
     for _ in 0..N_DECODE {
         ids.push(next);
-        let l = sess.eval(&[next], true).unwrap();
+        let l = eval(&[next]);
         next = argmax(&l);
         steps.push(l);
     }
@@ -88,23 +77,19 @@ fn reference(path: &Path, prompt: &[u32]) -> Run {
     }
 }
 
+/// llama.cpp fully resident, batches and micro-batches of 512.
+fn reference(path: &Path, prompt: &[u32]) -> Run {
+    let llama = Llama::load(path).unwrap();
+    let mut sess = llama
+        .session(N_CTX, N_UB, 2, &SamplerConfig::greedy())
+        .unwrap();
+    greedy(|t| sess.eval(t, true).unwrap(), llama.n_vocab(), prompt)
+}
+
 fn streamed(s: &mut Streamer, prompt: &[u32]) -> Run {
     s.clear();
-    let p = s.eval(prompt, true).unwrap();
     let v = s.hparams().n_vocab as usize;
-    let mut next = argmax(&p[p.len() - v..]);
-    let (mut ids, mut steps) = (Vec::new(), Vec::new());
-    for _ in 0..N_DECODE {
-        ids.push(next);
-        let l = s.eval(&[next], true).unwrap();
-        next = argmax(&l);
-        steps.push(l);
-    }
-    Run {
-        prompt: p,
-        ids,
-        steps,
-    }
+    greedy(|t| s.eval(t, true).unwrap(), v, prompt)
 }
 
 fn opts(budget: u64, slots: usize, host: HostLayers) -> StreamOptions {
@@ -124,13 +109,12 @@ fn opts(budget: u64, slots: usize, host: HostLayers) -> StreamOptions {
 /// A budget with room for the fixed part, `resident` layers spread as the planner spreads
 /// them, and `slots` slots for the rest.
 fn budget(path: &Path, resident: usize, slots: usize) -> u64 {
-    let p = plan_only(path, &opts(u64::MAX / 2, slots, HostLayers::Off)).unwrap();
-    let s = &p.sizes;
-    let n = s.layers.len();
-    let res = jq::engine::stream::plan::spread(resident, n);
-    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
-    let slot: u64 = s.slot_segments(&streamed).iter().sum();
-    p.fixed_bytes() + res.iter().map(|&l| s.layer(l)).sum::<u64>() + slots as u64 * slot
+    budget_with(path, resident, &opts(u64::MAX / 2, slots, HostLayers::Off))
+}
+
+/// The same for options `o` (its budget is ignored).
+fn budget_with(path: &Path, resident: usize, o: &StreamOptions) -> u64 {
+    plan_only(path, o).unwrap().budget_for(resident, o.n_slots)
 }
 
 /// Where two runs differ: (place, differing logits, largest difference), or none.
@@ -233,4 +217,88 @@ fn real_q4_0_copy_streams_bit_identical_to_llama_cpp() {
 #[test]
 fn real_q8_0_copy_streams_bit_identical_to_llama_cpp() {
     parity(&model("gemma-3-270m-q8_0.gguf"), &CONFIGS);
+}
+
+/// A split copy of the real model (gguf-py's writer, 60 tensors a part, the first holding only
+/// the metadata): llama.cpp loads it to the same logits as the single file, and it streams to
+/// those same bits, from whichever part is named.
+#[test]
+fn real_split_copy_runs_like_the_single_file() {
+    let single = model("gemma-3-270m-q4_k_m.gguf");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gguf_variants.py");
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["split", single.to_str().unwrap()])
+        .arg(dir.path().join("g270"))
+        .args(["--max-tensors", "60", "--small-first-shard"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let parts: Vec<PathBuf> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(parts.len(), 5, "{parts:?}");
+    let llama = Llama::load(&single).unwrap();
+    let prompt = prompts(&llama).swap_remove(1);
+    let want = reference(&single, &prompt);
+    let got = reference(&parts[0], &prompt);
+    let v = llama.n_vocab();
+    assert!(
+        compare(&got, &want, v).is_empty(),
+        "llama.cpp on the split set"
+    );
+    let b = budget(&single, 2, 2);
+    for p in [&parts[0], &parts[3]] {
+        let mut s = Streamer::open(p, &opts(b, 2, HostLayers::Off)).unwrap();
+        assert!(s.plan().streamed.len() >= 12, "{}", s.plan());
+        let got = streamed(&mut s, &prompt);
+        let bad = compare(&got, &want, v);
+        assert!(bad.is_empty(), "{}: {bad:?}", p.display());
+    }
+}
+
+/// A default `--stream-layers` run on the real model prints only jq's own lines on stderr (the
+/// plan and the timing report): ggml's repack notices and llama.cpp's loader logs stay silent.
+/// With `JQ_LLAMA_LOG=1` they appear (so this check sees them when they are there).
+#[test]
+fn a_default_streamed_run_prints_no_library_logs() {
+    let m = model("gemma-3-270m-q4_k_m.gguf");
+    // The run below asks for the last position's logits only: its compute buffer is small.
+    let o = StreamOptions {
+        all_logits: false,
+        ..opts(u64::MAX / 2, 2, HostLayers::Off)
+    };
+    let b = budget_with(&m, 1, &o).to_string();
+    let run = |log: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_jq-run"));
+        c.arg(&m)
+            .args([
+                "--stream-layers",
+                "--vram-budget",
+                &b,
+                "-p",
+                "Why is the sky blue?",
+            ])
+            .args(["-n", "4", "--temp", "0", "-c", "1024"])
+            .env_remove("JQ_LLAMA_LOG");
+        if log {
+            c.env("JQ_LLAMA_LOG", "1");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let ours = ["stream plan:", "  ", "load ", "seed "];
+    let quiet = run(false);
+    let foreign: Vec<&str> = quiet
+        .lines()
+        .filter(|l| !ours.iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert!(foreign.is_empty(), "library lines on stderr: {foreign:#?}");
+    assert!(quiet.contains("streamed layers (17)"), "{quiet}");
+    let loud = run(true);
+    assert!(loud.lines().any(|l| l.starts_with("repack: ")), "{loud}");
 }

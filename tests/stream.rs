@@ -38,19 +38,9 @@ fn opts(budget: Option<u64>, slots: usize) -> StreamOptions {
 /// A budget with room for the fixed part, `resident` layers (spread as the planner spreads
 /// them) and a ring of `slots` sized for the others.
 fn budget_for(path: &Path, resident: usize, slots: usize) -> u64 {
-    let p = plan_only(path, &opts(Some(u64::MAX / 2), slots)).unwrap();
-    let s = &p.sizes;
-    let n = s.layers.len();
-    let res = jq::engine::stream::plan::spread(resident, n);
-    let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
-    let slot: u64 = s.slot_segments(&streamed).iter().sum();
-    s.output
-        + s.kv
-        + s.state
-        + s.compute
-        + s.scratch
-        + res.iter().map(|&l| s.layer(l)).sum::<u64>()
-        + slots as u64 * slot
+    plan_only(path, &opts(Some(u64::MAX / 2), slots))
+        .unwrap()
+        .budget_for(resident, slots)
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -64,13 +54,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn argmax(l: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[b] {
-            b = i;
-        }
-    }
-    b as u32
+    jq::sample::argmax(l) as u32
 }
 
 /// llama.cpp fully resident: the prompt's logits, then N_DECODE greedy tokens one at a time
@@ -304,7 +288,14 @@ fn reads_overlap_compute() {
 fn random_q4_0_blocks_file_streams_like_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("random-q4_0.gguf");
-    jq::synth_blocks::write_gemma3_q4_0_random(&path, Gemma3Dims::TINY, 384, 7).unwrap();
+    jq::synth_blocks::write_gemma3_random(
+        &path,
+        Gemma3Dims::TINY,
+        384,
+        jq::synth_blocks::Mixture::Q4_0,
+        7,
+    )
+    .unwrap();
     let llama = Llama::load(&path).unwrap();
     let want = llama.prompt_logits(&PROMPT, N_CTX, 2).unwrap();
     let budget = budget_for(&path, 1, 2);
@@ -736,4 +727,40 @@ fn micro_batch_shrinks_to_fit_the_budget() {
         "micro-batch {}",
         plan.n_ubatch
     );
+}
+
+/// The bench generator's Q4_K_M mixture gives every tensor the type `llama_model_quantize`
+/// gives it on the same shapes (both the K-quant rows and the fallbacks), and the random-block
+/// file streams to llama.cpp's logits bit for bit.
+#[test]
+fn random_q4_k_m_blocks_follow_llama_cpps_types_and_stream_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for n_embd in [256u64, 320] {
+        let theirs = tiny_q4_k_m(dir.path(), n_embd);
+        let d = Gemma3Dims {
+            n_embd,
+            n_ff: 512,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            ..Gemma3Dims::TINY
+        };
+        let ours = dir.path().join(format!("random-q4_k_m-{n_embd}.gguf"));
+        jq::synth_blocks::write_gemma3_random(&ours, d, 384, jq::synth_blocks::Mixture::Q4KM, 3)
+            .unwrap();
+        let types = |p: &Path| -> Vec<(String, GgmlType)> {
+            let f = jq::gguf::GgufModel::open(p).unwrap();
+            let mut v: Vec<_> = f.tensor_infos().map(|t| (t.name.clone(), t.ty)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(types(&ours), types(&theirs), "n_embd {n_embd}");
+        let llama = Llama::load(&ours).unwrap();
+        let want = llama.prompt_logits(&PROMPT, N_CTX, 2).unwrap();
+        let budget = budget_for(&ours, 1, 2);
+        let mut s = Streamer::open(&ours, &opts(Some(budget), 2)).unwrap();
+        let got = s.eval(&PROMPT, true).unwrap();
+        assert_eq!(bit_differences(&got, &want), 0, "n_embd {n_embd}");
+        assert!(got.iter().all(|x| x.is_finite()));
+    }
 }

@@ -10,7 +10,7 @@
 //! order (llama.cpp sorts them by name).
 
 use anyhow::{bail, Context, Result};
-use jq::gguf::{GgufFile, GgufWriter, TensorInfo, TensorView};
+use jq::gguf::{GgufModel, GgufWriter, TensorInfo, TensorView};
 use jq::quant::{self, FileType, GgmlType};
 use std::io::Write;
 use std::path::Path;
@@ -173,7 +173,8 @@ fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()>
 }
 
 pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
-    let file = GgufFile::open(input).with_context(|| format!("reading {}", input.display()))?;
+    // A split set is read as one model; the output is one file (no split keys).
+    let file = GgufModel::open(input).with_context(|| format!("reading {}", input.display()))?;
     if !opts.target.has_codec() || opts.target == GgmlType::BF16 {
         bail!("unsupported target type {}", opts.target);
     }

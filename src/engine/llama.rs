@@ -35,6 +35,8 @@ pub fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            #[cfg(feature = "dynamic-backends")]
+            load_backend_modules();
             super::logs::install();
             LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))
         })
@@ -48,6 +50,23 @@ pub fn llama_error(e: impl std::fmt::Display) -> String {
     match super::logs::last_error() {
         Some(line) => line,
         None => e.to_string(),
+    }
+}
+
+/// Loads ggml's backend modules (the best CPU variant for this machine, CUDA where its module
+/// is there) from `$JQ_BACKENDS_DIR`, else from the executable's own folder.
+#[cfg(feature = "dynamic-backends")]
+fn load_backend_modules() {
+    let dir = std::env::var_os("JQ_BACKENDS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|p| p.to_path_buf())
+        });
+    if let Some(d) = dir {
+        llama_cpp_2::llama_backend::load_backends_from_path(&d);
     }
 }
 

@@ -269,6 +269,12 @@ impl GgufModel {
             .map(move |&(p, t)| self.parts[p].tensor_at(t))
     }
 
+    /// The `i`-th tensor in part order then file order. Panics if `i` is out of range.
+    pub fn tensor_at(&self, i: usize) -> TensorView<'_> {
+        let (p, t) = self.order[i];
+        self.parts[p].tensor_at(t)
+    }
+
     /// A tensor and its bytes, from whichever part holds it.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         let &i = self

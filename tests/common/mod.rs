@@ -1,4 +1,6 @@
 //! What the root integration tests share.
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
 
 /// How many of `got` differ from `want` in their bits (lengths must match).
 pub fn bit_differences(got: &[f32], want: &[f32]) -> usize {
@@ -7,4 +9,29 @@ pub fn bit_differences(got: &[f32], want: &[f32]) -> usize {
         .zip(want)
         .filter(|(a, b)| a.to_bits() != b.to_bits())
         .count()
+}
+
+/// Runs `jq-run` with `args` (stdin closed), returning its output.
+pub fn run_jq(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jq-run"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawning jq-run")
+}
+
+/// stdout of a successful run; a failed one fails the test with its stderr.
+pub fn stdout_ok(o: &std::process::Output) -> Vec<u8> {
+    assert!(
+        o.status.success(),
+        "jq-run failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout.clone()
+}
+
+/// The logits a `--dump-logits` run wrote.
+pub fn npy_f32(p: &std::path::Path) -> Vec<f32> {
+    jq::npy::parse(&std::fs::read(p).unwrap()).unwrap().data
 }

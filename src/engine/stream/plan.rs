@@ -244,6 +244,23 @@ impl Plan {
             .map(|b| self.streamed_bytes_per_token as f64 / b)
     }
 
+    /// A budget with room for exactly the fixed part, `resident` layers (spread as [`plan`]
+    /// spreads them) and `n_slots` slots sized for the others: under it [`plan`] keeps at least
+    /// that many layers resident (more if, layers differing in size, more fit).
+    pub fn budget_for(&self, resident: usize, n_slots: usize) -> u64 {
+        let n = self.sizes.layers.len();
+        let res = spread(resident.min(n), n);
+        let streamed: Vec<usize> = (0..n).filter(|l| !res.contains(l)).collect();
+        let slot: u64 = self.sizes.slot_segments(&streamed).iter().sum();
+        self.fixed_bytes()
+            + res.iter().map(|&l| self.sizes.layer(l)).sum::<u64>()
+            + if streamed.is_empty() {
+                0
+            } else {
+                n_slots as u64 * slot
+            }
+    }
+
     /// Moves the last `k` streamed layers to the host (at most all of them).
     pub fn move_to_host(&mut self, k: usize) {
         let k = k.min(self.streamed.len());
@@ -599,6 +616,38 @@ mod tests {
         p.move_to_host(9);
         assert!(p.streamed.is_empty());
         assert_eq!(p.host, vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn budget_for_gives_that_plan() {
+        // Two buffer types, layers of different sizes in each: the slot is the sum of the
+        // per-type maxima of the streamed layers.
+        let sizes = Sizes {
+            layers: vec![vec![10, 100], vec![30, 50], vec![20, 70], vec![5, 90]],
+            layer_file_bytes: vec![110, 80, 90, 95],
+            bufts: vec!["AMX".into(), "CPU".into()],
+            output: 7,
+            kv: 3,
+            state: 2,
+            compute: 8,
+            scratch: 0,
+        };
+        let big = plan(u64::MAX, 2, sizes.clone()).unwrap();
+        for r in 0..=4 {
+            let b = big.budget_for(r, 2);
+            let p = plan(b, 2, sizes.clone()).unwrap();
+            assert!(p.resident.len() >= r, "resident {r}: {p}");
+            assert!(p.device_bytes() <= b, "resident {r}");
+            if p.resident.len() == r {
+                assert_eq!(p.resident, spread(r, 4));
+                assert_eq!(p.device_bytes(), b);
+            }
+            if r < 4 {
+                assert_eq!(p.slot_segments, sizes.slot_segments(&p.streamed));
+            }
+        }
+        // Streaming layers 1 and 3 (resident 0 and 2): AMX max(30, 5), CPU max(50, 90).
+        assert_eq!(sizes.slot_segments(&[1, 3]), vec![30, 90]);
     }
 
     #[test]
