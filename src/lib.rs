@@ -5,12 +5,15 @@
 
 pub mod arch;
 pub mod engine;
+pub mod errors;
 pub mod ggml;
 pub mod gguf;
 pub mod models;
 pub mod npy;
 pub mod npz;
+pub mod output;
 pub mod quant;
 pub mod sample;
 pub mod synth;
 pub mod synth_blocks;
+pub mod validate;

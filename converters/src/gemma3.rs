@@ -33,6 +33,7 @@ use crate::shards::{TensorEntry, Weights};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
+use jq::output::AtomicFile;
 use jq::quant::{quantize_with, FileType, GgmlType, Path as CodecPath};
 use rayon::prelude::*;
 use safetensors::Dtype;
@@ -134,12 +135,18 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
     let int = |k: &str, d: usize| -> Result<usize> {
         match o.get(k) {
             None | Some(Json::Null) => Ok(d),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                anyhow!(
-                    "{}: '{k}' must be a non-negative integer, is {v}",
-                    path.display()
-                )
-            }),
+            // Every size is written as a u32: larger is an error, not a silent truncation.
+            Some(v) => v
+                .as_u64()
+                .filter(|&x| x <= u64::from(u32::MAX))
+                .map(|x| x as usize)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: '{k}' must be an integer in 0..={}, is {v}",
+                        path.display(),
+                        u32::MAX
+                    )
+                }),
         }
     };
     let float = |obj: &Map<String, Json>, k: &str| -> Result<Option<f64>> {
@@ -182,6 +189,15 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
     // Rope: transformers 5 writes rope_parameters {full_attention, sliding_attention};
     // 4.50 writes rope_theta, rope_local_base_freq and rope_scaling {rope_type, factor}.
     let (mut theta, mut local, mut scaling) = (None, None, None);
+    for key in ["rope_parameters", "rope_scaling"] {
+        match o.get(key) {
+            None | Some(Json::Null) | Some(Json::Object(_)) => {}
+            Some(v) => bail!(
+                "{}: '{key}' must be an object, is {v}: refusing to guess the RoPE scaling",
+                path.display()
+            ),
+        }
+    }
     if let Some(Json::Object(rp)) = o.get("rope_parameters") {
         if let Some(Json::Object(full)) = rp.get("full_attention") {
             theta = float(full, "rope_theta")?;
@@ -219,7 +235,7 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
             }
         }
     };
-    Ok(TextConfig {
+    let cfg = TextConfig {
         architecture: arch.to_string(),
         vocab_size: int("vocab_size", 262_208)?,
         hidden,
@@ -237,7 +253,60 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
         sliding_window: int("sliding_window", 4096)?,
         sliding,
         final_logit_softcapping: float(o, "final_logit_softcapping")?,
-    })
+    };
+    // What llama.cpp (and our validator) refuses, refused before anything is written.
+    for (key, v) in [
+        ("num_hidden_layers", cfg.n_layers),
+        ("hidden_size", cfg.hidden),
+        ("intermediate_size", cfg.ffn),
+        ("num_attention_heads", cfg.n_heads),
+        ("num_key_value_heads", cfg.n_kv_heads),
+        ("head_dim", cfg.head_dim),
+        ("max_position_embeddings", cfg.max_positions),
+        ("vocab_size", cfg.vocab_size),
+    ] {
+        if v == 0 {
+            bail!("{}: '{key}' is 0", path.display());
+        }
+    }
+    if cfg.n_layers as u64 > jq::validate::MAX_LAYERS {
+        bail!(
+            "{}: 'num_hidden_layers' is {}, llama.cpp loads at most {}",
+            path.display(),
+            cfg.n_layers,
+            jq::validate::MAX_LAYERS
+        );
+    }
+    if !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
+        bail!(
+            "{}: 'num_key_value_heads' {} does not divide 'num_attention_heads' {}",
+            path.display(),
+            cfg.n_kv_heads,
+            cfg.n_heads
+        );
+    }
+    for (key, v) in [
+        ("rms_norm_eps", cfg.rms_eps),
+        ("rope_theta", cfg.rope_theta),
+        ("rope_local_base_freq", cfg.rope_local_theta),
+        ("query_pre_attn_scalar", cfg.query_pre_attn_scalar),
+    ] {
+        if !v.is_finite() || v <= 0.0 {
+            bail!(
+                "{}: '{key}' is {v}, must be a positive number",
+                path.display()
+            );
+        }
+    }
+    if let Some(f) = cfg.rope_linear_factor {
+        if !f.is_finite() || f <= 0.0 {
+            bail!(
+                "{}: the linear RoPE factor is {f}, must be a positive number",
+                path.display()
+            );
+        }
+    }
+    Ok(cfg)
 }
 
 /// A weight's expected PyTorch shape, from the config.
@@ -373,9 +442,22 @@ fn canonical(name: &str) -> Option<&str> {
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
+        if dir.is_file() {
+            let hint = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or(String::from("its directory"), |p| p.display().to_string());
+            bail!(
+                "{} is a file: hf-to-gguf takes the checkpoint directory (try {hint})",
+                dir.display()
+            );
+        }
+        if !dir.is_dir() {
+            bail!("{}: no such directory", dir.display());
+        }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
-            bail!("{}: no config.json", dir.display());
+            bail!("{}: no config.json in this directory", dir.display());
         }
         let cfg = parse_config(&read_json(&config_path)?, &config_path)?;
         let weights = Weights::open(dir)?;
@@ -396,6 +478,26 @@ impl Checkpoint {
         };
         ck.embedding_rows = ck.validate()?;
         Ok(ck)
+    }
+
+    /// Every file of the checkpoint that a conversion reads (for the output alias check).
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = [
+            "config.json",
+            "generation_config.json",
+            "tokenizer_config.json",
+            "tokenizer.json",
+            "tokenizer.model",
+            "chat_template.jinja",
+            "chat_template.json",
+            crate::shards::INDEX,
+        ]
+        .iter()
+        .map(|n| self.dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
+        v.extend(self.weights.shard_paths().map(Path::to_path_buf));
+        v
     }
 
     fn entry(&self, canonical: &str) -> Option<(&str, &TensorEntry)> {
@@ -847,24 +949,66 @@ const CHUNK_ELEMS: usize = 1 << 22;
 /// Elements per rayon work item inside a step.
 const TASK_ELEMS: usize = 1 << 15;
 
-fn decode_into(dtype: Dtype, src: &[u8], shift: f32, dst: &mut [f32]) {
+/// Widens `src` to f32 (+ `shift`) into `dst`; returns whether any source value was NaN or
+/// infinite (checked in the same pass, so the check costs almost nothing).
+fn decode_into(dtype: Dtype, src: &[u8], shift: f32, dst: &mut [f32]) -> bool {
+    let mut bad = false;
     match dtype {
         Dtype::BF16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16) + shift;
+                let v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                bad |= !v.is_finite();
+                *o = v + shift;
             }
         }
         Dtype::F16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() + shift;
+                let v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                bad |= !v.is_finite();
+                *o = v + shift;
             }
         }
         _ => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + shift;
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                bad |= !v.is_finite();
+                *o = v + shift;
             }
         }
     }
+    bad
+}
+
+/// The index of the first NaN or infinity among `src`'s elements (all-ones exponent bits).
+/// Scanned in parallel blocks with a branch-free fold (which vectorises), so the check costs a
+/// fraction of the conversion it guards; only a block that holds one is searched element by
+/// element.
+fn first_non_finite(dtype: Dtype, src: &[u8]) -> Option<usize> {
+    match dtype {
+        Dtype::BF16 => scan_exponents::<2>(src, 0x7f80),
+        Dtype::F16 => scan_exponents::<2>(src, 0x7c00),
+        _ => scan_exponents::<4>(src, 0x7f80_0000),
+    }
+}
+
+/// [`first_non_finite`] for `N`-byte little-endian floats whose exponent bits are `mask`.
+fn scan_exponents<const N: usize>(src: &[u8], mask: u32) -> Option<usize> {
+    const BLOCK: usize = 1 << 14;
+    let bad = |b: &[u8]| {
+        let w = if N == 2 {
+            u32::from(u16::from_le_bytes([b[0], b[1]]))
+        } else {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        };
+        w & mask == mask
+    };
+    let block = src
+        .par_chunks(BLOCK * N)
+        .position_first(|c| c.chunks_exact(N).fold(false, |a, b| a | bad(b)))?;
+    src[block * BLOCK * N..]
+        .chunks_exact(N)
+        .position(bad)
+        .map(|i| block * BLOCK + i)
 }
 
 fn same_type(dtype: Dtype, ty: GgmlType) -> bool {
@@ -898,19 +1042,38 @@ fn convert_tensor(
         let n = step_rows.min(rows - r0);
         let range = r0 * src_row..(r0 + n) * src_row;
         let src = ck.weights.bytes(t, range.clone());
+        // NaN or infinite weights are refused, naming the first one.
+        let refuse = |src: &[u8]| -> GgufError {
+            let at = r0 * cols + first_non_finite(t.dtype, src).unwrap_or(0);
+            GgufError::Plan(format!(
+                "tensor '{}' holds a NaN or infinite value at flat index {at} (row {}, column {}); refusing to convert",
+                p.hf,
+                at / cols,
+                at % cols
+            ))
+        };
         if p.shift == 0.0 && same_type(t.dtype, p.ty) {
+            if first_non_finite(t.dtype, src).is_some() {
+                return Err(refuse(src));
+            }
             out.write_all(src)
                 .map_err(|e| GgufError::io("<output>", e))?;
         } else {
             buf.resize(n * dst_row, 0u8);
+            let any_bad = std::sync::atomic::AtomicBool::new(false);
             buf.par_chunks_mut(task_rows * dst_row)
                 .zip(src.par_chunks(task_rows * src_row))
                 .try_for_each(|(dst, src)| {
                     let mut f = vec![0f32; src.len() / (t.dtype.bitsize() / 8)];
-                    decode_into(t.dtype, src, p.shift, &mut f);
+                    if decode_into(t.dtype, src, p.shift, &mut f) {
+                        any_bad.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     quantize_with(CodecPath::Fast, p.ty, &f, dst)
                 })
                 .map_err(codec)?;
+            if any_bad.into_inner() {
+                return Err(refuse(src));
+            }
             out.write_all(&buf)
                 .map_err(|e| GgufError::io("<output>", e))?;
         }
@@ -928,8 +1091,9 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-/// Converts `ck` to `out` (atomically: nothing appears under `out` unless all succeeded).
-pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<Summary> {
+/// Converts `ck` into `out`'s temporary file; the caller renames it into place with
+/// [`AtomicFile::commit`] (nothing appears under `out` unless everything succeeded).
+pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(Summary, AtomicFile)> {
     if let Some(wn) = attention_scale_warning(&ck.cfg) {
         eprintln!("\n{}\n{wn}\n{}\n", "!".repeat(78), "!".repeat(78));
     }
@@ -941,16 +1105,20 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<Summary> {
     }
     let total: u64 = w.tensors().iter().map(|t| t.size).sum();
     let pb = crate::progress::byte_bar(total, opts.progress);
-    w.write_file(out, |i, t, o| {
-        pb.set_message(t.name.clone());
-        convert_tensor(ck, &plan[i], o, &pb)
-    })
-    .with_context(|| format!("writing {}", out.display()))?;
+    let file = w
+        .write_pending(out, |i, t, o| {
+            pb.set_message(t.name.clone());
+            convert_tensor(ck, &plan[i], o, &pb)
+        })
+        .with_context(|| format!("writing {}", out.display()))?;
     pb.finish_and_clear();
-    Ok(Summary {
-        tensors: plan.len(),
-        bytes: total,
-    })
+    Ok((
+        Summary {
+            tensors: plan.len(),
+            bytes: total,
+        },
+        file,
+    ))
 }
 
 /// The Ollama Modelfile: Gemma-3's turn format in Go template syntax (Gemma has no system

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
 use jq::models::jarvis::{keys, sinusoidal_table, Gelu};
 use jq::npy::NpyArray;
+use jq::output::AtomicFile;
 use jq::quant::{quantize_to_vec, FileType, GgmlType};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -49,51 +50,14 @@ fn read_json(path: &Path) -> Result<Json> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// Reads `tokenizer.json`: a `{word: id}` object, or the same under `word_to_id` or `vocab`.
-/// Ids must be exactly 0..n-1.
-pub fn read_tokenizer(path: &Path) -> Result<Vec<String>> {
-    let j = read_json(path)?;
-    let obj = j
-        .as_object()
-        .ok_or_else(|| anyhow!("{}: expected a JSON object", path.display()))?;
-    let map = match first(obj, &["word_to_id", "vocab"]) {
-        Some(Json::Object(m)) => m,
-        _ => obj,
-    };
-    let mut tokens = vec![None; map.len()];
-    for (word, id) in map {
-        let id = id.as_u64().ok_or_else(|| {
-            anyhow!(
-                "{}: id of '{word}' is not a non-negative integer",
-                path.display()
-            )
-        })?;
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-            anyhow!(
-                "{}: id {id} of '{word}' is outside 0..{} (ids must be dense)",
-                path.display(),
-                map.len()
-            )
-        })?;
-        if let Some(prev) = slot.replace(word.clone()) {
-            bail!(
-                "{}: id {id} is used by both '{prev}' and '{word}'",
-                path.display()
-            );
-        }
-    }
-    Ok(tokens
-        .into_iter()
-        .map(|t| t.expect("dense: every slot filled"))
-        .collect())
-}
+pub use crate::tokenizer_json::read_tokenizer;
 
 const FINAL_NORM_KEYS: [(&str, &str); 2] = [("final_g", "final_b"), ("ln_f_g", "ln_f_b")];
 
-fn dims(arrays: &BTreeMap<String, NpyArray>, key: &str) -> Result<Vec<usize>> {
+fn dims(arrays: &BTreeMap<String, Vec<usize>>, key: &str) -> Result<Vec<usize>> {
     arrays
         .get(key)
-        .map(|a| a.shape.clone())
+        .cloned()
         .ok_or_else(|| anyhow!("checkpoint has no '{key}'"))
 }
 
@@ -104,8 +68,18 @@ pub fn load(
     tokenizer: Option<&Path>,
     heads: Option<usize>,
 ) -> Result<Checkpoint> {
-    let arrays = jq::npz::read(npz)?;
-    let dir = npz.parent().unwrap_or(Path::new("."));
+    // Headers only: names and shapes are checked against the configuration before any array
+    // is decompressed.
+    let mut archive = jq::npz::NpzArchive::open(npz)?;
+    let arrays: BTreeMap<String, Vec<usize>> = archive
+        .members()
+        .iter()
+        .map(|m| (m.key.clone(), m.header.shape.clone()))
+        .collect();
+    let dir = match npz.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let emb = dims(&arrays, "embedding")?;
     if emb.len() != 2 {
         bail!("'embedding' must be 2-D [vocab, d_model], is {emb:?}");
@@ -126,9 +100,20 @@ pub fn load(
             let num = |names: &[&str]| -> Result<Option<usize>> {
                 match first(o, names) {
                     None => Ok(None),
-                    Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                        anyhow!("{}: '{}' must be a positive integer", p.display(), names[0])
-                    }),
+                    // Every size is stored as a u32 in the GGUF: larger is an error, not a
+                    // silent truncation.
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|&x| x <= u64::from(u32::MAX))
+                        .map(|x| Some(x as usize))
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "{}: '{}' must be an integer in 0..={}, is {v}",
+                                p.display(),
+                                names[0],
+                                u32::MAX
+                            )
+                        }),
                 }
             };
             let need = |names: &[&str], inferred: usize| -> Result<usize> {
@@ -177,9 +162,18 @@ pub fn load(
                     ],
                     512,
                 )?,
-                eps: first(o, &["layer_norm_eps", "eps", "layer_norm_epsilon"])
-                    .and_then(Json::as_f64)
-                    .unwrap_or(1e-5) as f32,
+                eps: match first(o, &["layer_norm_eps", "eps", "layer_norm_epsilon"]) {
+                    None => 1e-5,
+                    Some(v) => v
+                        .as_f64()
+                        .filter(|e| e.is_finite() && *e > 0.0 && *e as f32 > 0.0)
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "{}: 'layer_norm_eps' must be a positive number, is {v}",
+                                p.display()
+                            )
+                        })? as f32,
+                },
                 gelu,
                 lowercase: first(o, &["lowercase"])
                     .and_then(Json::as_bool)
@@ -209,6 +203,26 @@ pub fn load(
             "n_heads {} does not divide d_model {}",
             cfg.n_heads,
             cfg.d_model
+        );
+    }
+    for (name, v, min) in [
+        ("vocab_size", cfg.vocab, 1),
+        ("d_model", cfg.d_model, 1),
+        ("n_layers", cfg.n_layers, 1),
+        ("d_ff", cfg.d_ff, 1),
+        ("max_seq_len", cfg.ctx, 2),
+    ] {
+        if v < min || v > u32::MAX as usize {
+            bail!("{name} is {v}: must be in {min}..={}", u32::MAX);
+        }
+    }
+    // The layer count is compared with the arrays present before anything is built from it.
+    if cfg.n_layers != n_layers_found {
+        bail!(
+            "{}: the configuration says {} layers but the checkpoint has arrays for {n_layers_found} (missing or extra 'layer_{}_q')",
+            npz.display(),
+            cfg.n_layers,
+            cfg.n_layers.min(n_layers_found)
         );
     }
 
@@ -241,35 +255,6 @@ pub fn load(
         expected.push((g.clone(), vec![d]));
         expected.push((b.clone(), vec![d]));
     }
-    for (key, shape) in &expected {
-        let a = arrays.get(key).ok_or_else(|| {
-            anyhow!(
-                "{}: missing '{key}' (expected shape {shape:?})",
-                npz.display()
-            )
-        })?;
-        if &a.shape != shape {
-            bail!(
-                "{}: '{key}' has shape {:?}, expected {shape:?} from the configuration",
-                npz.display(),
-                a.shape
-            );
-        }
-        if !matches!(a.dtype.as_str(), "<f4" | "<f8" | "<f2") {
-            bail!(
-                "{}: '{key}' has element type {}, expected a float type",
-                npz.display(),
-                a.dtype
-            );
-        }
-        let bad = a.data.iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            bail!(
-                "{}: '{key}' holds {bad} NaN or infinite values; refusing to convert",
-                npz.display()
-            );
-        }
-    }
     let known: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
     let extra: Vec<&String> = arrays
         .keys()
@@ -282,6 +267,42 @@ pub fn load(
             cfg.n_layers
         );
     }
+    for (key, shape) in &expected {
+        let m = archive.member(key).ok_or_else(|| {
+            anyhow!(
+                "{}: missing '{key}' (expected shape {shape:?})",
+                npz.display()
+            )
+        })?;
+        if &m.header.shape != shape {
+            bail!(
+                "{}: '{key}' has shape {:?}, expected {shape:?} from the configuration",
+                npz.display(),
+                m.header.shape
+            );
+        }
+        if !matches!(m.header.descr.as_str(), "<f4" | "<f8" | "<f2") {
+            bail!(
+                "{}: '{key}' has element type {}, expected a float type",
+                npz.display(),
+                m.header.descr
+            );
+        }
+    }
+    let mut values = BTreeMap::new();
+    for (key, _) in &expected {
+        let a = archive.read(key)?;
+        if let Some(i) = a.data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: '{key}' holds {} at flat index {i} (of {} NaN or infinite values); refusing to convert",
+                npz.display(),
+                a.data[i],
+                a.data.iter().filter(|x| !x.is_finite()).count()
+            );
+        }
+        values.insert(key.clone(), a);
+    }
+    let arrays = values;
 
     let tok_path = tokenizer
         .map(Path::to_path_buf)
@@ -570,9 +591,10 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// Converts `ck` and writes `out` atomically. Returns the number of weights that fell back to
-/// F16 because their rows are not whole blocks.
-pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<usize> {
+/// Converts `ck` into `out`'s temporary file; the caller renames it into place with
+/// [`AtomicFile::commit`]. Returns the number of weights that fell back to F16 because their
+/// rows are not whole blocks.
+pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(usize, AtomicFile)> {
     let c = &ck.cfg;
     let ftype =
         FileType::for_type(opts.ty).ok_or_else(|| anyhow!("unsupported type {}", opts.ty))?;
@@ -587,6 +609,20 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<usize> {
             ck.name
         ),
     };
+    if opts.target == Target::Ollama {
+        // The gpt2 export materialises a ctx x d_model position table.
+        let bytes = (c.ctx as u64)
+            .saturating_mul(c.d_model as u64)
+            .saturating_mul(4);
+        if bytes > 1 << 32 {
+            bail!(
+                "max_seq_len {} x d_model {} makes a {} MiB position table for the gpt2 export; refusing (at most 4 GiB)",
+                c.ctx,
+                c.d_model,
+                bytes >> 20
+            );
+        }
+    }
     let mut w = GgufWriter::new();
     let arch = match opts.target {
         Target::Native => keys::ARCH,
@@ -639,20 +675,22 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<usize> {
     }
     let total: u64 = w.tensors().iter().map(|t| t.size).sum();
     let pb = crate::progress::byte_bar(total, opts.progress);
-    w.write_file(out, |i, t, o| {
-        pb.set_message(t.name.clone());
-        let bytes = quantize_to_vec(types[i], &values(ck, &plan[i].source)).map_err(|source| {
-            GgufError::Codec {
-                name: t.name.clone(),
-                source,
-            }
-        })?;
-        o.write_all(&bytes)
-            .map_err(|e| GgufError::io("<output>", e))?;
-        pb.inc(t.size);
-        Ok(())
-    })
-    .with_context(|| format!("writing {}", out.display()))?;
+    let file = w
+        .write_pending(out, |i, t, o| {
+            pb.set_message(t.name.clone());
+            let bytes =
+                quantize_to_vec(types[i], &values(ck, &plan[i].source)).map_err(|source| {
+                    GgufError::Codec {
+                        name: t.name.clone(),
+                        source,
+                    }
+                })?;
+            o.write_all(&bytes)
+                .map_err(|e| GgufError::io("<output>", e))?;
+            pb.inc(t.size);
+            Ok(())
+        })
+        .with_context(|| format!("writing {}", out.display()))?;
     pb.finish_and_clear();
-    Ok(fallbacks)
+    Ok((fallbacks, file))
 }

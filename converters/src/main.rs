@@ -8,20 +8,23 @@ mod progress;
 mod quantize;
 mod sentencepiece;
 mod shards;
+mod tokenizer_json;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use jq::gguf::GgufModel;
+use jq::output::{refuse_aliases, AtomicFile};
 use jq::quant::GgmlType;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "jq-convert",
     version,
     about = "Convert checkpoints to GGUF, inspect GGUF files, re-quantize them",
-    after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3.gguf --modelfile Modelfile\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 -o jarvis.gguf\n  jq-convert npz-to-gguf model.npz --type q4_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0"
+    after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3.gguf --modelfile Modelfile\n  jq-convert npz-to-gguf fixtures/jarvis/tiny-norm/model.npz --type q8_0 -o jarvis.gguf\n  jq-convert npz-to-gguf model.npz --type q4_0 --target ollama -o jarvis.gguf --modelfile Modelfile\n  jq-convert inspect model.gguf\n  jq-convert inspect model.gguf --json --full > model.json\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0\n\nOutputs: an output that is the same file as an input (or as another output) is refused. Each output is written as .NAME.<pid>.tmp beside it, locked (flock) while written, and renamed into place only when complete; an error, Ctrl-C or SIGTERM removes it, and a leftover of a killed run (SIGKILL) is removed by the next run writing the same name once its lock is free. Errors are one line (jq-convert: error: ...), exit status 1."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -189,44 +192,61 @@ enum Cmd {
     },
 }
 
-/// What the Modelfile at `mf` writes after FROM for `gguf`: the bare file name when both are in
-/// the same directory, else the GGUF's absolute path.
-/// Renders `m`, checks it against Ollama's grammar and writes it to `mf`.
-fn write_modelfile(mf: &std::path::Path, m: &modelfile::Modelfile) -> Result<()> {
-    let text = m.render();
+/// Renders `m` and checks it against Ollama's grammar: done before any conversion, so a value
+/// Ollama could not read back (`--system` with a control character, say) is refused before
+/// anything is written.
+fn render_modelfile(m: &modelfile::Modelfile) -> Result<String> {
+    let text = m.render()?;
     modelfile::validate(&text)
         .map_err(|e| anyhow::anyhow!("internal error: generated Modelfile is invalid: {e}"))?;
-    std::fs::write(mf, text).with_context(|| format!("writing {}", mf.display()))?;
-    eprintln!(
-        "{}: Modelfile (ollama create NAME -f {})",
-        mf.display(),
-        mf.display()
-    );
-    Ok(())
+    Ok(text)
 }
 
-fn modelfile_from(mf: &std::path::Path, gguf: &std::path::Path) -> Result<String> {
-    let same_dir = |p: &std::path::Path| {
-        p.parent()
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    std::path::Path::new(".")
-                } else {
-                    d
-                }
-            })
-            .and_then(|d| d.canonicalize().ok())
+/// The Modelfile's text written under its temporary name (so an unwritable location fails
+/// before the conversion starts); renamed into place after the GGUF.
+fn stage_modelfile(mf: &Path, text: &str) -> Result<AtomicFile> {
+    use std::io::Write;
+    let f = AtomicFile::create(mf).with_context(|| format!("--modelfile {}", mf.display()))?;
+    f.file()
+        .write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", mf.display()))?;
+    Ok(f)
+}
+
+/// What the Modelfile at `mf` writes after FROM for `gguf` (which need not exist yet): the bare
+/// file name when both are in the same directory, else the GGUF's absolute path.
+fn modelfile_from(mf: &Path, gguf: &Path) -> Result<String> {
+    let dir_of = |p: &Path| {
+        let d = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        d.canonicalize()
+            .with_context(|| format!("{}: the directory of {}", d.display(), p.display()))
     };
-    Ok(if same_dir(mf) == same_dir(gguf) {
-        gguf.file_name()
-            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+    let name = gguf
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    Ok(if dir_of(mf)? == dir_of(gguf)? {
+        name
     } else {
-        gguf.canonicalize()?.to_string_lossy().into_owned()
+        dir_of(gguf)?.join(name).to_string_lossy().into_owned()
     })
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Refuses a directory where a file is expected, with a message that says so (the OS says
+/// "Is a directory" or, for a memory map, "No such device").
+fn input_file(role: &str, p: &Path) -> Result<()> {
+    if p.is_dir() {
+        bail!("{role} {} is a directory, not a file", p.display());
+    }
+    if !p.exists() {
+        bail!("{role} {}: no such file", p.display());
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::NpzToGguf {
             npz,
@@ -241,11 +261,21 @@ fn main() -> Result<()> {
             approximate,
         } => {
             if modelfile.is_some() && target != ExportTarget::Ollama {
-                anyhow::bail!("--modelfile needs --target ollama: Ollama cannot run the native jarvis architecture");
+                bail!("--modelfile needs --target ollama: Ollama cannot run the native jarvis architecture");
             }
+            if system.is_some() && modelfile.is_none() {
+                bail!("--system goes into the Modelfile: it needs --modelfile");
+            }
+            input_file("the checkpoint", &npz)?;
+            let dir = match npz.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let config_in = config.clone().unwrap_or_else(|| dir.join("config.json"));
+            let tokenizer_in = tokenizer
+                .clone()
+                .unwrap_or_else(|| dir.join("tokenizer.json"));
             let ty = GgmlType::from(ty);
-            let ck = jarvis::load(&npz, config.as_deref(), tokenizer.as_deref(), heads)
-                .with_context(|| format!("loading {}", npz.display()))?;
             let output = output.unwrap_or_else(|| {
                 let stem = npz
                     .file_stem()
@@ -257,6 +287,28 @@ fn main() -> Result<()> {
                 };
                 npz.with_file_name(format!("{stem}-{}{suffix}.gguf", ty.name()))
             });
+            let mut outputs: Vec<(&str, &Path)> = vec![("-o", &output)];
+            if let Some(mf) = &modelfile {
+                outputs.push(("--modelfile", mf));
+            }
+            refuse_aliases(
+                &outputs,
+                &[
+                    ("the checkpoint", &npz),
+                    ("config", &config_in),
+                    ("tokenizer", &tokenizer_in),
+                ],
+            )?;
+            let ck = jarvis::load(&npz, config.as_deref(), tokenizer.as_deref(), heads)
+                .with_context(|| format!("loading {}", npz.display()))?;
+            let staged = match &modelfile {
+                Some(mf) => {
+                    let from = modelfile_from(mf, &output)?;
+                    let text = render_modelfile(&modelfile::for_jarvis(&from, ck.cfg.ctx, system))?;
+                    Some((mf, stage_modelfile(mf, &text)?))
+                }
+                None => None,
+            };
             let opts = jarvis::Options {
                 ty,
                 target: match target {
@@ -267,8 +319,9 @@ fn main() -> Result<()> {
                 progress: std::io::stderr().is_terminal(),
             };
             let t = std::time::Instant::now();
-            jarvis::write(&ck, &output, &opts)?;
-            let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            let (_, gguf) = jarvis::write(&ck, &output, &opts)?;
+            let size = gguf.file().metadata().map(|m| m.len()).unwrap_or(0);
+            gguf.commit()?;
             eprintln!(
                 "{}: {} layers, d_model {}, vocabulary {}, {} ({:.2} MiB) in {:.2}s",
                 output.display(),
@@ -279,9 +332,13 @@ fn main() -> Result<()> {
                 size as f64 / 1048576.0,
                 t.elapsed().as_secs_f64()
             );
-            if let Some(mf) = modelfile {
-                let from = modelfile_from(&mf, &output)?;
-                write_modelfile(&mf, &modelfile::for_jarvis(&from, ck.cfg.ctx, system))?;
+            if let Some((mf, f)) = staged {
+                f.commit()?;
+                eprintln!(
+                    "{}: Modelfile (ollama create NAME -f {})",
+                    mf.display(),
+                    mf.display()
+                );
             }
         }
         Cmd::HfToGguf {
@@ -293,6 +350,8 @@ fn main() -> Result<()> {
             threads,
         } => {
             let ty = GgmlType::from(ty);
+            let ck = gemma3::Checkpoint::open(&model_dir)
+                .with_context(|| format!("reading {}", model_dir.display()))?;
             let output = output.unwrap_or_else(|| {
                 let stem = model_dir
                     .canonicalize()
@@ -301,19 +360,37 @@ fn main() -> Result<()> {
                     .unwrap_or_else(|| "model".into());
                 model_dir.join(format!("{stem}-{}.gguf", ty.name()))
             });
+            let mut outputs: Vec<(&str, &Path)> = vec![("-o", &output)];
+            if let Some(mf) = &modelfile {
+                outputs.push(("--modelfile", mf));
+            }
+            let inputs = ck.input_files();
+            let inputs: Vec<(&str, &Path)> = inputs
+                .iter()
+                .map(|p| ("the checkpoint's", p.as_path()))
+                .collect();
+            refuse_aliases(&outputs, &inputs)?;
+            let staged = match &modelfile {
+                Some(mf) => {
+                    let from = modelfile_from(mf, &output)?;
+                    let ctx = num_ctx.unwrap_or(ck.cfg.max_positions.min(8192));
+                    let text = render_modelfile(&gemma3::modelfile(&from, ctx))?;
+                    Some((mf, stage_modelfile(mf, &text)?))
+                }
+                None => None,
+            };
             let mut pool = rayon::ThreadPoolBuilder::new();
             if let Some(n) = threads {
                 pool = pool.num_threads(n.max(1));
             }
             let pool = pool.build().context("starting the worker threads")?;
             let t = std::time::Instant::now();
-            let ck = gemma3::Checkpoint::open(&model_dir)
-                .with_context(|| format!("reading {}", model_dir.display()))?;
             let opts = gemma3::Options {
                 ty,
                 progress: std::io::stderr().is_terminal(),
             };
-            let s = pool.install(|| gemma3::write(&ck, &output, &opts))?;
+            let (s, gguf) = pool.install(|| gemma3::write(&ck, &output, &opts))?;
+            gguf.commit()?;
             eprintln!(
                 "{}: gemma3, {} layers, hidden {}, vocabulary {}, {} tensors from {} shard(s), {} ({:.2} MiB) in {:.2}s",
                 output.display(),
@@ -326,23 +403,29 @@ fn main() -> Result<()> {
                 s.bytes as f64 / 1048576.0,
                 t.elapsed().as_secs_f64()
             );
-            if let Some(mf) = modelfile {
-                let from = modelfile_from(&mf, &output)?;
-                let ctx = num_ctx.unwrap_or(ck.cfg.max_positions.min(8192));
-                write_modelfile(&mf, &gemma3::modelfile(&from, ctx))?;
+            if let Some((mf, f)) = staged {
+                f.commit()?;
+                eprintln!(
+                    "{}: Modelfile (ollama create NAME -f {})",
+                    mf.display(),
+                    mf.display()
+                );
             }
         }
         Cmd::Inspect { file, json, full } => {
+            use std::io::Write;
+            input_file("the GGUF", &file)?;
             let f =
                 GgufModel::open(&file).with_context(|| format!("reading {}", file.display()))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&inspect::to_json(&f, full))?
-                );
+            let text = if json {
+                serde_json::to_string_pretty(&inspect::to_json(&f, full))? + "\n"
             } else {
-                print!("{}", inspect::to_text(&f, full));
-            }
+                inspect::to_text(&f, full)
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .context("writing to stdout")?;
         }
         Cmd::Quantize {
             input,
@@ -350,6 +433,8 @@ fn main() -> Result<()> {
             ty,
             allow_requantize,
         } => {
+            input_file("the input", &input)?;
+            refuse_aliases(&[("the output", &output)], &[("the input", &input)])?;
             let opts = quantize::Options {
                 target: ty.into(),
                 allow_requantize,
@@ -371,4 +456,17 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`inspect ... | head`) ends the program quietly, as cat does.
+        Err(e) if jq::errors::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jq-convert: error: {}", jq::errors::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -191,6 +191,10 @@ impl Weights {
         &self.shards[t.shard].path
     }
 
+    pub fn shard_paths(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|s| s.path.as_path())
+    }
+
     pub fn n_shards(&self) -> usize {
         self.shards.len()
     }

@@ -321,7 +321,7 @@ fn bad_checkpoints_are_errors_that_name_the_problem() {
         ("missing", format!("{load}; del w['layer_1_k']; np.savez('m.npz', **w)"), "missing 'layer_1_k'"),
         ("extra", format!("{load}; w['bogus'] = np.zeros(3, np.float32); np.savez('m.npz', **w)"), "unexpected keys [\"bogus\"]"),
         ("shape", format!("{load}; w['layer_0_ffn1'] = w['layer_0_ffn1'][:, :8]; np.savez('m.npz', **w)"), "'layer_0_ffn1' has shape"),
-        ("nan", format!("{load}; w['layer_0_q'][3, 4] = np.nan; np.savez('m.npz', **w)"), "'layer_0_q' holds 1 NaN"),
+        ("nan", format!("{load}; w['layer_0_q'][3, 4] = np.nan; np.savez('m.npz', **w)"), "'layer_0_q' holds NaN at flat index 196 (of 1 NaN"),
         ("dtype", format!("{load}; w['layer_0_b1'] = w['layer_0_b1'].astype(np.int32); np.savez('m.npz', **w)"), "'layer_0_b1' has element type <i4"),
         ("truncated", format!("import shutil; shutil.copy({:?}, 'm.npz'); f = open('m.npz', 'r+b'); f.truncate(300); f.close()", src.join("model.npz").to_str().unwrap()), "not a readable .npz"),
     ];
@@ -491,4 +491,37 @@ fn npz_variants_convert_to_the_same_weights() {
     let f = GgufFile::open(&out).unwrap();
     assert_eq!(f.get_u32("jarvis.attention.head_count").unwrap(), 4);
     assert_eq!(f.get_u32("jarvis.context_length").unwrap(), 512);
+}
+
+/// Through jq-run's text path (`--prompt`, not `--prompt-tokens`): llama.cpp's tokenizer on the
+/// gpt2 export gives exactly the native engine's ids for every fixture prompt. The export's
+/// WPM vocabulary says add_bos_token = false; jq-run adds special tokens only when the model
+/// asks (llama.cpp's tools call its tokenizer with add_special = add_bos), so no CLS/SEP appear.
+#[test]
+fn export_text_path_tokenizes_like_the_native_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = convert_ok("tiny-norm", "f32", "native", dir.path());
+    let export = convert_ok("tiny-norm", "f32", "ollama", dir.path());
+    let ids = |model: &Path, prompt: &str| -> Vec<u64> {
+        let o = Command::new(jq_run())
+            .arg(model)
+            .args(["--prompt", prompt, "-n", "0", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let all = prompts();
+    assert!(all.len() >= 3);
+    for p in &all {
+        let n = ids(&native, p);
+        assert!(!n.is_empty());
+        assert_eq!(ids(&export, p), n, "prompt {p:?}");
+    }
 }

@@ -31,7 +31,14 @@ const EXAMPLES: &str = "Examples:
   jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --prompt \"Hello\" -n 4 --profile
   jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --host-layers auto --prompt \"Hi\" -n 4
   jq-run gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB --direct-io --prompt \"Hi\" -n 4
-  jq-run jarvis.gguf          # interactive when stdin is a terminal";
+  jq-run jarvis.gguf          # interactive when stdin is a terminal
+  jq-run model.gguf --prompt hi -v   # also print llama.cpp's and ggml's own log
+
+Bad input is a one-line error naming the file, key, tensor or flag, with exit status 1: every
+GGUF is checked (metadata and tensor shapes against its architecture) before an engine is built,
+flags that do not apply to the chosen engine are refused, --dump-logits may not name the model,
+and the .npy is written as .NAME.<pid>.tmp (locked) and renamed into place when complete
+(Ctrl-C or SIGTERM removes it; a leftover from a killed run is removed by the next write).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -127,6 +134,10 @@ struct Cli {
     /// predicted floor) and exit.
     #[arg(long, requires = "stream_layers")]
     plan_only: bool,
+    /// Print llama.cpp's and ggml's own log lines on stderr (also: JQ_LLAMA_LOG=1). Without it
+    /// they are kept quiet and only the error line of a failed load is shown.
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
 impl Cli {
@@ -159,6 +170,12 @@ impl Cli {
     }
 
     fn n_ctx(&self, trained: u32) -> Result<u32> {
+        if trained == 0 {
+            bail!(
+                "{}: the model's trained context is 0 tokens",
+                self.model.display()
+            );
+        }
         match self.ctx_size {
             Some(0) => bail!("-c/--ctx-size must be at least 1"),
             Some(c) if c > trained => bail!(
@@ -203,15 +220,10 @@ fn timing_report(
     }
 }
 
+/// `--dump-logits`, atomically: a full disk or a signal leaves nothing under the name.
 fn write_npy(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    jq::npy::write_f32(&mut f, shape, data)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    jq::npy::write_f32_file(path, shape, data)
+        .with_context(|| format!("--dump-logits {}", path.display()))
 }
 
 fn metrics_json(m: &[LayerMetrics]) -> serde_json::Value {
@@ -293,10 +305,10 @@ fn run_native_once(
                 "steps": rep.step_metrics.iter().map(|s| metrics_json(s)).collect::<Vec<_>>(),
             })),
         });
-        println!("{v}");
+        writeln!(std::io::stdout(), "{v}").context("writing to stdout")?;
     } else {
         if cli.n_predict > 0 {
-            println!();
+            writeln!(std::io::stdout()).context("writing to stdout")?;
         }
         if let Some(p) = &rep.prompt_metrics {
             print_metrics("quantum metrics of the prompt pass:", p);
@@ -326,13 +338,27 @@ fn run_native(cli: &Cli, file: &GgufModel, t0: Instant) -> Result<()> {
             cli.model.display()
         );
     }
-    if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
-        eprintln!("note: the native Jarvis engine runs on the CPU; --n-gpu-layers is ignored");
-    }
-    let mut jarvis = Jarvis::load(file)?;
-    let trained = jarvis.model.cfg.ctx as u32;
+    let trained = file
+        .get_u32(jq::models::jarvis::keys::CONTEXT_LENGTH)
+        .map_err(|e| anyhow!("{}: {e}", cli.model.display()))?;
     let n_ctx = cli.n_ctx(trained)?;
-    jarvis.model.cfg.ctx = n_ctx as usize;
+    if n_ctx < 2 {
+        bail!("-c/--ctx-size {n_ctx}: the native Jarvis engine needs at least 2 (its context shift keeps the last half)");
+    }
+    // Loaded for the context actually used: the position table and the KV cache follow -c,
+    // not the trained context.
+    let jarvis = Jarvis::load_with_ctx(file, n_ctx as usize)?;
+    {
+        let c = &jarvis.model.cfg;
+        let kv = 2 * (c.n_layers as u64) * u64::from(n_ctx) * (c.d_model as u64) * 4;
+        if jq::engine::mem_available().is_some_and(|avail| kv > avail) {
+            bail!(
+                "-c/--ctx-size {n_ctx}: the KV cache would take {}, more than the {} of memory available (lower -c)",
+                fmt_size(kv),
+                fmt_size(jq::engine::mem_available().unwrap_or(0))
+            );
+        }
+    }
     if let Some(b) = cli.vram_budget {
         let c = &jarvis.model.cfg;
         let kv = (2 * c.n_layers * n_ctx as usize * c.d_model * 4) as u64;
@@ -417,11 +443,12 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
     let mut sess = llama.session(n_ctx, n_batch, threads, &cli.sampler(seed))?;
     let load = t0.elapsed();
     if cli.chat {
-        chat(cli, &llama, &mut sess)?;
+        chat(cli, file, &llama, &mut sess)?;
     } else {
         let ids: Vec<u32> = if let Some(ids) = &cli.prompt_tokens {
             ids.clone()
         } else {
+            let limit = guard::prompt_byte_limit(file, n_ctx);
             let text = match &cli.prompt {
                 Some(p) => p.clone(),
                 None => {
@@ -429,12 +456,13 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
                     if stdin.is_terminal() {
                         bail!("give a prompt with --prompt or --prompt-tokens, or use --chat");
                     }
-                    let mut t = String::new();
-                    stdin.lock().read_to_string(&mut t)?;
-                    t
+                    guard::read_stdin_prompt(stdin.lock(), limit)?
                 }
             };
-            llama.tokenize_with(&text, true, true)
+            guard::check_prompt_length(text.len(), limit, n_ctx)?;
+            // BOS (and, for the vocabularies that add them, CLS/SEP) only when the model asks
+            // for it, as llama.cpp's own tools call its tokenizer (`add_special = add_bos`).
+            llama.tokenize_with(&text, llama.model.vocab().should_add_bos(), true)
         };
         if ids.is_empty() {
             bail!("the prompt is empty");
@@ -485,7 +513,7 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
 /// Multi-turn chat. The KV cache keeps the conversation; each turn evaluates only the text the
 /// template adds after what is cached. When a turn would not fit, the oldest exchanges are
 /// dropped (the system message stays) and the rest is evaluated again.
-fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
+fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Result<()> {
     if llama.chat_template().is_none() {
         bail!(
             "{}: --chat needs a tokenizer.chat_template and this GGUF has none",
@@ -497,6 +525,7 @@ fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
         turns.push(("system".into(), s.clone()));
     }
     let n_fixed = turns.len();
+    let limit = guard::prompt_byte_limit(file, sess.n_ctx());
     // The formatted text whose tokens are in the cache.
     let mut cached = String::new();
     let stdin = std::io::stdin();
@@ -506,14 +535,28 @@ fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
     }
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
+    let mut line_no = 0u64;
     loop {
         if term {
             eprint!("> ");
         }
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            break;
-        }
+        line_no += 1;
+        let line = match guard::read_line(&mut input, limit).context("reading stdin")? {
+            guard::Line::Eof => break,
+            guard::Line::Text(t) => t,
+            // Both are reported and the chat goes on with the next line.
+            guard::Line::TooLong(n) => {
+                eprintln!(
+                    "line {line_no}: skipped: more than {n} bytes cannot fit the context of {} tokens",
+                    sess.n_ctx()
+                );
+                continue;
+            }
+            guard::Line::NotUtf8(at) => {
+                eprintln!("line {line_no}: skipped: not valid UTF-8 (at byte {at})");
+                continue;
+            }
+        };
         let msg = line.trim_end_matches(['\n', '\r']);
         if msg.trim() == "/exit" {
             break;
@@ -524,11 +567,12 @@ fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
         turns.push(("user".into(), msg.to_string()));
         let reserve = cli.n_predict.min(sess.n_ctx() as usize / 2) as u32;
         let mut text = llama.format_chat(&turns, true)?;
+        let add_bos = llama.model.vocab().should_add_bos();
         let mut tokens = match text.strip_prefix(cached.as_str()) {
             Some(rest) if !cached.is_empty() => llama.tokenize_with(rest, false, true),
             _ => {
                 sess.clear();
-                llama.tokenize_with(&text, true, true)
+                llama.tokenize_with(&text, add_bos, true)
             }
         };
         while sess.n_past() + tokens.len() as u32 + reserve > sess.n_ctx() {
@@ -548,7 +592,7 @@ fn chat(cli: &Cli, llama: &Llama, sess: &mut Session) -> Result<()> {
             eprintln!("(context full: dropped the oldest exchange)");
             sess.clear();
             text = llama.format_chat(&turns, true)?;
-            tokens = llama.tokenize_with(&text, true, true);
+            tokens = llama.tokenize_with(&text, add_bos, true);
         }
         sess.eval(&tokens, false)?;
         let mut reply = Vec::new();
@@ -581,30 +625,50 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let t0 = Instant::now();
     let path = &cli.model;
-    if !path.exists() {
-        bail!("{}: no such file", path.display());
+    guard::model_file(path)?;
+    if let Some(d) = &cli.dump_logits {
+        jq::output::refuse_aliases(&[("--dump-logits", d)], &[("the model", path)])?;
     }
     // A split set is one model: any part may be named; llama.cpp is given the first.
     let file = GgufModel::open(path)
         .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    if let Some(d) = &cli.dump_logits {
+        let parts: Vec<(&str, &std::path::Path)> = file
+            .parts()
+            .iter()
+            .map(|p| ("the model", p.path()))
+            .collect();
+        jq::output::refuse_aliases(&[("--dump-logits", d)], &parts)?;
+    }
     let arch = file
         .get_str("general.architecture")
         .map_err(|e| anyhow!("{}: {e}", path.display()))?
         .to_string();
-    if arch == "jarvis" {
-        return run_native(cli, &file, t0);
-    }
-    if cli.stream_layers {
-        return run_stream(cli);
-    }
-    if !LLAMA_ARCHS.contains(&arch.as_str()) {
+    let engine = if arch == "jarvis" {
+        guard::Engine::Native
+    } else if cli.stream_layers {
+        guard::Engine::Stream
+    } else {
+        guard::Engine::Llama
+    };
+    guard::refuse_inapplicable(cli, engine, &arch)?;
+    if engine == guard::Engine::Llama && !LLAMA_ARCHS.contains(&arch.as_str()) {
         bail!(
             "{}: architecture '{arch}' is not supported: jq-run runs jarvis natively and, through llama.cpp, {}",
             path.display(),
             LLAMA_ARCHS.join(", ")
         );
     }
-    run_llama(cli, &file, &arch, t0)
+    // Metadata and tensor shapes against the architecture, before any engine builds on them.
+    jq::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    match engine {
+        guard::Engine::Native => run_native(cli, &file, t0),
+        guard::Engine::Stream => {
+            drop(file);
+            run_stream(cli)
+        }
+        guard::Engine::Llama => run_llama(cli, &file, &arch, t0),
+    }
 }
 
 fn run_stream(cli: &Cli) -> Result<()> {
@@ -641,13 +705,166 @@ fn run_stream(cli: &Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose {
+        jq::engine::logs::set_verbose(true);
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`jq-run ... | head`) ends the program quietly, as cat does.
+        Err(e) if jq::errors::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the causes joined by ": ".
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("jq-run: error: {msg}");
+            eprintln!("jq-run: error: {}", jq::errors::one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Checks on the input that are about the command line rather than an engine: kept apart so
+/// the CLI itself can change shape around them.
+mod guard {
+    use super::{Cli, GpuLayers};
+    use anyhow::{bail, Result};
+    use jq::gguf::GgufModel;
+    use std::io::{BufRead, Read};
+    use std::path::Path;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Engine {
+        Native,
+        Llama,
+        Stream,
+    }
+
+    /// The model must be an existing file (a directory would fail in mmap with "No such
+    /// device").
+    pub fn model_file(p: &Path) -> Result<()> {
+        if p.is_dir() {
+            bail!("{} is a directory, not a GGUF file", p.display());
+        }
+        if !p.exists() {
+            bail!("{}: no such file", p.display());
+        }
+        Ok(())
+    }
+
+    /// Flags that the chosen engine does not implement are refused, not ignored.
+    pub fn refuse_inapplicable(cli: &Cli, engine: Engine, arch: &str) -> Result<()> {
+        let m = cli.model.display();
+        match engine {
+            Engine::Native => {
+                if cli.stream_layers {
+                    bail!("{m}: --stream-layers runs gemma3 models; this one is '{arch}' (the native Jarvis engine runs it whole)");
+                }
+                if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
+                    bail!("{m}: --n-gpu-layers: the native Jarvis engine runs on the CPU only");
+                }
+            }
+            Engine::Llama => {
+                if cli.metrics {
+                    bail!("{m}: --metrics is computed by the native Jarvis engine only; this '{arch}' model runs on llama.cpp");
+                }
+            }
+            Engine::Stream => {
+                if arch != "gemma3" {
+                    bail!("{m}: --stream-layers runs gemma3 models; this one is '{arch}'");
+                }
+                if cli.metrics {
+                    bail!("{m}: --metrics is computed by the native Jarvis engine only, not with --stream-layers");
+                }
+                if cli.chat {
+                    bail!("{m}: --chat is not implemented with --stream-layers");
+                }
+                if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
+                    bail!("{m}: --n-gpu-layers places llama.cpp layers; with --stream-layers the budget (--vram-budget) decides, and only -g 0 (CPU) applies");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest text that could fit `n_ctx` tokens: no token covers more input bytes than
+    /// its own text (byte-fallback and SentencePiece pieces are at least as long as what they
+    /// stand for), so more than `n_ctx` times the longest token is refused before tokenizing.
+    pub fn prompt_byte_limit(file: &GgufModel, n_ctx: u32) -> usize {
+        let longest = file
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map_or(usize::MAX, |a| {
+                a.strings().map(<[u8]>::len).max().unwrap_or(1).max(1)
+            });
+        longest.saturating_mul(n_ctx as usize).saturating_add(64)
+    }
+
+    pub fn check_prompt_length(bytes: usize, limit: usize, n_ctx: u32) -> Result<()> {
+        if bytes > limit {
+            bail!("the prompt ({bytes} bytes) cannot fit the context of {n_ctx} tokens (raise -c/--ctx-size); it was not tokenized");
+        }
+        Ok(())
+    }
+
+    /// The whole of stdin as the prompt, read no further than `limit` bytes.
+    pub fn read_stdin_prompt(r: impl std::io::Read, limit: usize) -> Result<String> {
+        let mut buf = Vec::new();
+        r.take(limit as u64 + 1).read_to_end(&mut buf)?;
+        if buf.len() > limit {
+            bail!("the prompt on stdin (more than {limit} bytes) cannot fit the context; it was not tokenized");
+        }
+        String::from_utf8(buf).map_err(|e| {
+            anyhow::anyhow!(
+                "the prompt on stdin is not valid UTF-8 (at byte {})",
+                e.utf8_error().valid_up_to()
+            )
+        })
+    }
+
+    /// One line of chat input.
+    #[derive(Debug)]
+    pub enum Line {
+        Eof,
+        Text(String),
+        /// Longer than the limit (the rest of the line was read and dropped).
+        TooLong(usize),
+        /// Not UTF-8: the offset of the first bad byte.
+        NotUtf8(usize),
+    }
+
+    /// Reads one line keeping at most `limit` bytes of it in memory.
+    pub fn read_line(r: &mut dyn BufRead, limit: usize) -> std::io::Result<Line> {
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        let mut any = false;
+        loop {
+            let chunk = r.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            any = true;
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if !too_long {
+                if buf.len() + take > limit {
+                    too_long = true;
+                    buf = Vec::new();
+                } else {
+                    buf.extend_from_slice(&chunk[..take]);
+                }
+            }
+            r.consume(take);
+            if done {
+                break;
+            }
+        }
+        Ok(if !any {
+            Line::Eof
+        } else if too_long {
+            Line::TooLong(limit)
+        } else {
+            match String::from_utf8(buf) {
+                Ok(s) => Line::Text(s),
+                Err(e) => Line::NotUtf8(e.utf8_error().valid_up_to()),
+            }
+        })
     }
 }

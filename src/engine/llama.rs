@@ -26,8 +26,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// llama.cpp's backend may be initialised once per process. Its logs are silenced unless
-/// `JQ_LLAMA_LOG=1`.
+/// llama.cpp's backend may be initialised once per process. Its logs go through
+/// [`super::logs`]: captured (the error lines explain a failed load), printed only with
+/// `-v/--verbose` or `JQ_LLAMA_LOG=1`.
 pub fn backend() -> Result<&'static LlamaBackend> {
     // Initialised under the OnceLock's own lock: two threads asking at once must not both
     // call llama_backend_init (the second would fail).
@@ -36,14 +37,20 @@ pub fn backend() -> Result<&'static LlamaBackend> {
         .get_or_init(|| {
             #[cfg(feature = "dynamic-backends")]
             load_backend_modules();
-            let mut b = LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))?;
-            if std::env::var_os("JQ_LLAMA_LOG").is_none_or(|v| v != "1") {
-                b.void_logs();
-            }
-            Ok(b)
+            super::logs::install();
+            LlamaBackend::init().map_err(|e| format!("initialising llama.cpp: {e}"))
         })
         .as_ref()
         .map_err(|e| anyhow!("{e}"))
+}
+
+/// llama.cpp's own reason for the failure just reported as `e` (its last error log line), or
+/// `e` itself.
+pub fn llama_error(e: impl std::fmt::Display) -> String {
+    match super::logs::last_error() {
+        Some(line) => line,
+        None => e.to_string(),
+    }
 }
 
 /// Loads ggml's backend modules (the best CPU variant for this machine, CUDA where its module
@@ -125,8 +132,15 @@ impl Llama {
     /// Loads with the last `n_gpu_layers` layers on the GPU (ignored without one).
     pub fn load_with(path: &Path, n_gpu_layers: u32) -> Result<Llama> {
         let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
-        let model = LlamaModel::load_from_file(backend()?, path, &params)
-            .map_err(|e| anyhow!("llama.cpp could not load {}: {e}", path.display()))?;
+        let backend = backend()?;
+        super::logs::take_errors();
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            anyhow!(
+                "llama.cpp could not load {}: {}",
+                path.display(),
+                llama_error(e)
+            )
+        })?;
         Ok(Llama { model })
     }
 

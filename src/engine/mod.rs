@@ -3,6 +3,7 @@
 
 pub mod llama;
 mod llama_archs;
+pub mod logs;
 pub mod native;
 pub mod plan;
 pub mod stream;

@@ -43,7 +43,12 @@ pub struct Jarvis<'a> {
 
 impl<'a> Jarvis<'a> {
     pub fn load(f: &'a GgufModel) -> Result<Jarvis<'a>> {
-        let model = Model::load(f)
+        Self::load_with_ctx(f, usize::MAX)
+    }
+
+    /// Loads for a context of at most `ctx` positions (see [`Model::load_with_ctx`]).
+    pub fn load_with_ctx(f: &'a GgufModel, ctx: usize) -> Result<Jarvis<'a>> {
+        let model = Model::load_with_ctx(f, ctx)
             .with_context(|| format!("loading Jarvis weights from {}", f.path().display()))?;
         let tokenizer = WordTokenizer::from_gguf(f)
             .with_context(|| format!("reading the vocabulary of {}", f.path().display()))?;

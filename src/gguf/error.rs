@@ -12,7 +12,7 @@ pub enum GgufError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\"")]
+    #[error("not a GGUF file: it starts with \"{}\", not \"GGUF\"", .found.escape_ascii())]
     BadMagic { found: Vec<u8> },
     #[error("GGUF version {version} is not supported: {reason}")]
     UnsupportedVersion { version: u32, reason: &'static str },

@@ -5,6 +5,7 @@
 use super::error::{GgufError, Result};
 use super::reader::{DEFAULT_ALIGNMENT, MAX_DIMS, MAX_NAME};
 use super::value::{MetaValue, ValueType};
+use crate::output::AtomicFile;
 use crate::quant::GgmlType;
 use std::collections::HashSet;
 use std::io::{self, BufWriter, Write};
@@ -222,29 +223,33 @@ impl GgufWriter {
         w.flush().map_err(io)
     }
 
-    /// Writes the file to `path` atomically: a temporary file in the same directory, synced,
-    /// then renamed over `path`. Every 64 MiB the kernel is asked to start writing what was
-    /// written (without waiting), so disk writes overlap the producer instead of piling up for
-    /// the final sync. On any error (or a panic, or the process being killed) nothing
-    /// appears under `path`; the temporary file is removed unless the process was killed.
+    /// Writes the file to `path` atomically: a temporary `.NAME.<pid>.tmp` in the same
+    /// directory (see [`crate::output::AtomicFile`]), synced, then renamed over `path`. Every
+    /// 64 MiB the kernel is asked to start writing what was written (without waiting), so disk
+    /// writes overlap the producer instead of piling up for the final sync. On any error, a
+    /// panic or SIGINT/SIGTERM nothing appears under `path` and the temporary file is removed;
+    /// after a SIGKILL the next write of the same name removes it.
     pub fn write_file(
         &self,
         path: impl AsRef<Path>,
         data: impl FnMut(usize, &TensorPlan, &mut dyn Write) -> Result<()>,
     ) -> Result<()> {
         let path = path.as_ref();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| plan_err(format!("{} is not a file path", path.display())))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", file_name.to_string_lossy()))
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| GgufError::io(dir, e))?;
+        self.write_pending(path, data)?
+            .commit()
+            .map_err(|e| output_err(path, e))
+    }
+
+    /// Writes the whole file under its temporary name and returns it uncommitted: the caller
+    /// renames it into place with [`AtomicFile::commit`] once its other outputs are ready too
+    /// (dropping it removes the file).
+    pub fn write_pending(
+        &self,
+        path: impl AsRef<Path>,
+        data: impl FnMut(usize, &TensorPlan, &mut dyn Write) -> Result<()>,
+    ) -> Result<AtomicFile> {
+        let path = path.as_ref();
+        let tmp = AtomicFile::create(path).map_err(|e| output_err(path, e))?;
         let with_path = |e: GgufError| match e {
             GgufError::Io { path: p, source } if p.as_os_str() == "<output>" => {
                 GgufError::io(path, source)
@@ -253,25 +258,20 @@ impl GgufWriter {
         };
         {
             let mut w = Writeback {
-                inner: BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                inner: BufWriter::with_capacity(1 << 20, tmp.file()),
                 written: 0,
                 requested: 0,
             };
             self.write_to(&mut w, data).map_err(with_path)?;
         }
-        // Temporary files are created private (0600); the output is an ordinary file.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| GgufError::io(path, e))?;
-        }
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| GgufError::io(path, e))?;
-        tmp.persist(path)
-            .map_err(|e| GgufError::io(path, e.error))?;
-        Ok(())
+        Ok(tmp)
+    }
+}
+
+fn output_err(path: &Path, e: crate::output::OutputError) -> GgufError {
+    match e {
+        crate::output::OutputError::Io { path, source } => GgufError::io(path, source),
+        other => GgufError::io(path, std::io::Error::other(other.to_string())),
     }
 }
 

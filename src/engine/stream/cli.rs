@@ -46,6 +46,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let path = &a.model;
     let file = GgufModel::open(path)
         .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    crate::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
     // llama.cpp's tokenizer is given the first part of a split set.
     let first = file.path().to_path_buf();
@@ -103,12 +104,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let prompt_s = tp.elapsed().as_secs_f64();
     let v = s.hparams().n_vocab as usize;
     if let Some(p) = &a.dump_logits {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        );
-        crate::npy::write_f32(&mut f, &[ids.len(), v], &logits)
-            .and_then(|()| f.flush())
-            .with_context(|| format!("writing {}", p.display()))?;
+        crate::npy::write_f32_file(p, &[ids.len(), v], &logits)
+            .with_context(|| format!("--dump-logits {}", p.display()))?;
     }
     let mut last = logits[logits.len() - v..].to_vec();
     let mut sampler = Sampler::new(a.sampler.clone());

@@ -276,6 +276,7 @@ impl Prepared {
             GgufModel::open(path)
                 .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?,
         );
+        crate::validate::check(&*file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let hp = Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
         let n_ctx = i64::from(o.n_ctx.max(1));
         let backend = Backend::new(o.threads, o.cpu, !o.repack || o.staged)?;

@@ -96,7 +96,27 @@ pub fn sinusoidal_table(ctx: usize, d: usize) -> Vec<f32> {
 impl<'a> Model<'a> {
     /// Maps the weights of a `jarvis` GGUF; every shape is checked against the configuration.
     pub fn load(f: &'a GgufModel) -> Result<Model<'a>, GgufError> {
-        let cfg = Config::from_gguf(f)?;
+        Self::load_with_ctx(f, usize::MAX)
+    }
+
+    /// [`Model::load`] for a context of at most `ctx` positions (the trained context is the
+    /// upper bound): the position table and every later state are sized by it, never by a
+    /// trained context the run does not use.
+    pub fn load_with_ctx(f: &'a GgufModel, ctx: usize) -> Result<Model<'a>, GgufError> {
+        let mut cfg = Config::from_gguf(f)?;
+        cfg.ctx = cfg.ctx.min(ctx);
+        // Every tensor is looked up before anything is sized by the layer count.
+        let present = f
+            .tensor_infos()
+            .filter(|t| t.name.ends_with(".attn_q.weight") && t.name.starts_with("blk."))
+            .count();
+        if cfg.n_layers > present {
+            return Err(GgufError::WrongType {
+                key: super::config::keys::BLOCK_COUNT.into(),
+                expected: format!("at most the {present} layers the file has tensors for"),
+                found: cfg.n_layers.to_string(),
+            });
+        }
         let (d, ff, v) = (cfg.d_model, cfg.d_ff, cfg.vocab);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
