@@ -753,7 +753,7 @@ mod guard {
         match engine {
             Engine::Native => {
                 if cli.stream_layers {
-                    bail!("{m}: --stream-layers runs gemma3 models; this one is '{arch}' (the native Jarvis engine runs it whole)");
+                    bail!("{m}: --stream-layers runs gemma3, llama, qwen2 and qwen3 models; this one is '{arch}' (the native Jarvis engine runs it whole)");
                 }
                 if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
                     bail!("{m}: --n-gpu-layers: the native Jarvis engine runs on the CPU only");
@@ -765,8 +765,8 @@ mod guard {
                 }
             }
             Engine::Stream => {
-                if arch != "gemma3" {
-                    bail!("{m}: --stream-layers runs gemma3 models; this one is '{arch}'");
+                if jq::arch::Family::from_arch(arch).is_none() {
+                    bail!("{m}: --stream-layers runs gemma3, llama (Llama, Mistral), qwen2 and qwen3 models; this one is '{arch}'");
                 }
                 if cli.metrics {
                     bail!("{m}: --metrics is computed by the native Jarvis engine only, not with --stream-layers");

@@ -11,18 +11,38 @@ use std::sync::Mutex;
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 
 /// Error lines since the last [`take_errors`] (bounded: the oldest are dropped), and the
-/// unfinished line that CONT messages extend.
+/// unfinished line that CONT messages extend; while recording, every line.
 struct Captured {
     errors: Vec<String>,
     partial: String,
     partial_is_error: bool,
+    recording: bool,
+    recorded: String,
 }
 
 static CAPTURED: Mutex<Captured> = Mutex::new(Captured {
     errors: Vec::new(),
     partial: String::new(),
     partial_is_error: false,
+    recording: false,
+    recorded: String::new(),
 });
+
+/// Keeps every log line from now on (`true`) or stops keeping them, for [`take_recorded`]
+/// (tests read llama.cpp's model-info lines, which its C API has no getter for).
+pub fn record(on: bool) {
+    let mut c = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+    c.recording = on;
+}
+
+/// Every line logged while recording, since the last call.
+pub fn take_recorded() -> Vec<String> {
+    let mut c = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut c.recorded)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
 
 const MAX_ERRORS: usize = 32;
 
@@ -76,6 +96,9 @@ unsafe extern "C" fn on_log(
         eprint!("{text}");
     }
     let mut c = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+    if c.recording {
+        c.recorded.push_str(&text);
+    }
     if level != llama_cpp_sys_2::GGML_LOG_LEVEL_CONT {
         c.partial.clear();
         c.partial_is_error = level == llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR;

@@ -245,7 +245,8 @@ impl std::fmt::Debug for HostSlots {
 unsafe impl Send for HostSlots {}
 
 impl HostSlots {
-    /// `layers`: every streamed layer with its weights' descriptors (duplicated here);
+    /// `layers`: every streamed layer with its weights' descriptors in table order (duplicated
+    /// here; null for a tensor the file lacks);
     /// `direct_staging`: the largest tensor's bytes, when the source is `O_DIRECT`.
     pub fn new(
         slots: Vec<Vec<Option<Seg>>>,
@@ -259,6 +260,11 @@ impl HostSlots {
         let mut descs = vec![Vec::new(); n_layer];
         for (l, ts) in layers {
             for &t in ts {
+                if t.is_null() {
+                    // An optional tensor the file lacks: no piece refers to it.
+                    descs[*l].push(t);
+                    continue;
+                }
                 // SAFETY: `ctx` has room for one descriptor per weight passed; `t` is live.
                 let d = unsafe { sys::ggml_dup_tensor(ctx.ptr, t) };
                 if d.is_null() {
