@@ -15,6 +15,7 @@
 //! native loader reads. The architectures-as-data issue later moves these tables beside the
 //! per-family code.
 
+use crate::arch::{swa, Dim, Family, Role, TensorSpec};
 use crate::gguf::{GgufFile, GgufModel, TensorInfo, Value, ValueType};
 use crate::quant::GgmlType;
 use std::collections::HashMap;
@@ -186,6 +187,7 @@ pub fn check(f: &dyn Source) -> Result<()> {
     match arch.as_str() {
         "gemma3" => gemma3(f, &hp),
         "gpt2" => gpt2(f, &hp),
+        "llama" | "qwen2" | "qwen3" => decoder(f, &hp),
         _ => Ok(()),
     }
 }
@@ -516,20 +518,27 @@ fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
         let key = hp.key("attention.sliding_window_pattern");
         let any = match f.get(&key) {
             Some(Value::Array(a)) => {
-                let v = a
-                    .to_u64_vec()
-                    .ok_or_else(|| key_err(&key, "must be an array of bools or one integer"))?;
+                let v = swa::flags(&a).ok_or_else(|| {
+                    key_err(
+                        &key,
+                        "must be an array of bools (or uint32/int32) or one integer",
+                    )
+                })?;
                 if v.len() as u64 != hp.n_layer {
                     return Err(key_err(
                         &key,
                         format!("has {} entries for {} layers", v.len(), hp.n_layer),
                     ));
                 }
-                v.iter().any(|&x| x != 0)
+                v.contains(&true)
             }
             _ => {
-                let p = uint(f, &key)?.unwrap_or(6);
-                (0..hp.n_layer).any(|il| p == 0 || il % p < p - 1)
+                let (n, dense_first) = swa::swa_default("gemma3").unwrap_or((6, false));
+                let p = uint(f, &key)?.unwrap_or(u64::from(n));
+                let p = u32::try_from(p).map_err(|_| key_err(&key, format!("is {p}")))?;
+                // Only the first period decides whether any layer slides.
+                let n_check = hp.n_layer.min(u64::from(p) + 1) as usize;
+                swa::swa_of_period(n_check, p, dense_first).contains(&true)
             }
         };
         if !any {
@@ -548,34 +557,89 @@ fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
         finite(f, &hp.key(key), min, strict)?;
     }
     let (e, v) = (hp.n_embd, n_vocab(f, hp)?);
-    let mut w = vec![
-        want("token_embd.weight", &[e, v], true),
-        want("output_norm.weight", &[e], true),
-        want("output.weight", &[e, v], false),
-    ];
-    for i in 0..hp.n_layer {
-        let b = |s: &str| format!("blk.{i}.{s}");
-        let fused = f.info(&b("attn_qkv.weight")).is_some();
-        let qkv = hk * n_head + hk * n_kv + hv * n_kv;
-        w.extend([
-            want(b("attn_norm.weight"), &[e], true),
-            want(b("attn_qkv.weight"), &[e, qkv], false),
-            want(b("attn_q.weight"), &[e, hk * n_head], !fused),
-            want(b("attn_k.weight"), &[e, hk * n_kv], !fused),
-            want(b("attn_v.weight"), &[e, hv * n_kv], !fused),
-            want(b("attn_output.weight"), &[hk * n_head, e], true),
-            want(b("post_attention_norm.weight"), &[e], true),
-            want(b("attn_k_norm.weight"), &[hk], true),
-            want(b("attn_q_norm.weight"), &[hk], true),
-            want(b("ffn_norm.weight"), &[e], true),
-            want(b("ffn_gate.weight"), &[e, n_ff], true),
-            want(b("ffn_up.weight"), &[e, n_ff], true),
-            want(b("ffn_down.weight"), &[n_ff, e], true),
-            want(b("post_ffw_norm.weight"), &[e], true),
-        ]);
-    }
+    let w = table_wants(f, hp, Family::Gemma3, (hk, hv), (n_head, n_kv), n_ff, v, hk);
     let why = format!(
         "gemma3.embedding_length {e}, head_count {n_head}, head_count_kv {n_kv}, key_length {hk}, value_length {hv}, feed_forward_length {n_ff}, {v} tokens"
+    );
+    check_tensors(f, &w, &why)
+}
+
+/// The tensors of `family`'s table (`jq::arch`: names, shapes from hyper-parameters, which
+/// are optional) as llama.cpp's loader creates them, with the fused `attn_qkv` form that
+/// `create_tensor_qkv` also takes (then the separate Q/K/V weights are not required).
+#[allow(clippy::too_many_arguments)]
+fn table_wants(
+    f: &dyn Source,
+    hp: &Hparams,
+    family: Family,
+    (hk, hv): (u64, u64),
+    (n_head, n_kv): (u64, u64),
+    n_ff: u64,
+    n_vocab: u64,
+    n_rot: u64,
+) -> Vec<Want> {
+    let dim = |d: &Dim, role: Role| match d {
+        Dim::Embd => hp.n_embd,
+        Dim::Q => hk * n_head,
+        Dim::Kv if matches!(role, Role::Wv | Role::Bv) => hv * n_kv,
+        Dim::Kv => hk * n_kv,
+        Dim::HeadDim => hk,
+        Dim::Ff => n_ff,
+        Dim::Vocab => n_vocab,
+        Dim::HalfRot => n_rot / 2,
+    };
+    let spec = |t: &TensorSpec, il: Option<usize>, required: bool| {
+        let ne: Vec<u64> = t.dims.iter().map(|d| dim(d, t.role)).collect();
+        want(t.name_in(il), &ne, required)
+    };
+    let mut w = vec![spec(&crate::arch::TOKEN_EMBD, None, true)];
+    w.extend(
+        family
+            .global_tensors()
+            .iter()
+            .map(|t| spec(t, None, t.required)),
+    );
+    let qkv = hk * n_head + hk * n_kv + hv * n_kv;
+    for i in 0..hp.n_layer as usize {
+        let fused = f.info(&format!("blk.{i}.attn_qkv.weight")).is_some();
+        w.push(want(
+            format!("blk.{i}.attn_qkv.weight"),
+            &[hp.n_embd, qkv],
+            false,
+        ));
+        w.push(want(format!("blk.{i}.attn_qkv.bias"), &[qkv], false));
+        for t in family.layer_tensors() {
+            let qkv_part = matches!(t.role, Role::Wq | Role::Wk | Role::Wv);
+            w.push(spec(t, Some(i), t.required && !(fused && qkv_part)));
+        }
+    }
+    w
+}
+
+/// `llama_model_llama` / `qwen2` / `qwen3::load_arch_tensors` (dense; a llama file with
+/// experts is left to llama.cpp's own checks, which report errors rather than abort).
+fn decoder(f: &dyn Source, hp: &Hparams) -> Result<()> {
+    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
+    if uint(f, &hp.key("expert_count"))?.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
+    let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
+    let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
+    let (hk, hv) = head_dims(f, hp, n_head)?;
+    for (key, min, strict) in [
+        ("rope.freq_base", 0.0, true),
+        ("rope.scaling.factor", 0.0, false),
+    ] {
+        finite(f, &hp.key(key), min, strict)?;
+    }
+    let n_rot = uint(f, &hp.key("rope.dimension_count"))?.unwrap_or(hk);
+    let family = Family::from_arch(&hp.arch).expect("a decoder family");
+    let v = n_vocab(f, hp)?;
+    let w = table_wants(f, hp, family, (hk, hv), (n_head, n_kv), n_ff, v, n_rot);
+    let why = format!(
+        "{}.embedding_length {}, head_count {n_head}, head_count_kv {n_kv}, key_length {hk}, value_length {hv}, feed_forward_length {n_ff}, {v} tokens",
+        hp.arch, hp.n_embd
     );
     check_tensors(f, &w, &why)
 }

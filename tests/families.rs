@@ -178,9 +178,21 @@ fn hparams_and_tensor_tables_match_llama_cpp() {
         assert_eq!(hp.head_dim as f64, info("n_embd_head_k "), "{m}: head size");
         assert_eq!(hp.rope.n_rot as f64, info("n_rot "), "{m}: n_rot");
         assert_eq!(hp.n_ff as f64, info("n_ff "), "{m}: n_ff");
-        assert_eq!(f64::from(hp.rope.base), info("freq_base_train "), "{m}: rope base");
-        assert_eq!(f64::from(hp.rope.scale), info("freq_scale_train "), "{m}: rope scale");
-        assert_eq!(f64::from(hp.eps) as f32, info("f_norm_rms_eps ") as f32, "{m}: eps");
+        assert_eq!(
+            f64::from(hp.rope.base),
+            info("freq_base_train "),
+            "{m}: rope base"
+        );
+        assert_eq!(
+            f64::from(hp.rope.scale),
+            info("freq_scale_train "),
+            "{m}: rope scale"
+        );
+        assert_eq!(
+            f64::from(hp.eps) as f32,
+            info("f_norm_rms_eps ") as f32,
+            "{m}: eps"
+        );
         let fam = Family::from_arch(f.get_str("general.architecture").unwrap()).unwrap();
         assert_eq!(fam, hp.family);
         // Every tensor of the file is one of the table's (layers and globals).
@@ -190,12 +202,111 @@ fn hparams_and_tensor_tables_match_llama_cpp() {
         known.push(jq::arch::TOKEN_EMBD.name.into());
         known.extend(fam.global_tensors().iter().map(|s| s.name.to_string()));
         for t in f.tensor_infos() {
-            assert!(known.contains(&t.name), "{m}: tensor '{}' is not in the table", t.name);
+            assert!(
+                known.contains(&t.name),
+                "{m}: tensor '{}' is not in the table",
+                t.name
+            );
         }
         match m {
             "llama3" => assert!(hp.rope_freqs && !hp.tied, "{m}: {hp:?}"),
             "qwen2" => assert!(hp.tied, "{m}: {hp:?}"),
             _ => {}
         }
+    }
+}
+
+/// `f` rewritten (zeros for data) with `edit` applied to the (name, ne) list.
+fn rewritten(
+    f: &jq::gguf::GgufFile,
+    edit: impl Fn(&mut Vec<(String, Vec<u64>)>),
+) -> jq::gguf::GgufFile {
+    let mut w = jq::gguf::GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if !k.starts_with("GGUF.") {
+            w.add(k, v.to_owned_value()).unwrap();
+        }
+    }
+    let mut ts: Vec<(String, Vec<u64>)> = f
+        .tensor_infos()
+        .iter()
+        .map(|t| (t.name.clone(), t.ne.clone()))
+        .collect();
+    edit(&mut ts);
+    for (n, ne) in &ts {
+        w.add_tensor(n, jq::quant::GgmlType::F32, ne).unwrap();
+    }
+    let mut out = Vec::new();
+    w.write_to(&mut out, |_, t, o| {
+        o.write_all(&vec![0u8; t.size as usize])
+            .map_err(|e| jq::gguf::GgufError::io("<output>", e))
+    })
+    .unwrap();
+    jq::gguf::GgufFile::from_vec(out).unwrap()
+}
+
+/// The shape validator (run before llama.cpp or the executor sees a file) reads the family
+/// tables: every fixture passes; a missing required tensor, a wrong shape, or a fused QKV
+/// tensor of the wrong size is refused naming that tensor, and a fused QKV file of the right
+/// shapes is accepted (llama.cpp's `create_tensor_qkv` takes both forms).
+#[test]
+fn shape_validator_follows_the_family_tables() {
+    for m in FAMILIES {
+        let f = jq::gguf::GgufFile::open(fixture(m, "f32")).unwrap();
+        jq::validate::check(&f).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let culprit = |g: &jq::gguf::GgufFile| {
+            jq::validate::check(g)
+                .expect_err("must be refused")
+                .culprit()
+                .to_string()
+        };
+        let g = rewritten(&f, |ts| ts.retain(|(n, _)| n != "blk.1.ffn_up.weight"));
+        assert_eq!(culprit(&g), "blk.1.ffn_up.weight", "{m}");
+        let g = rewritten(&f, |ts| {
+            let t = ts
+                .iter_mut()
+                .find(|(n, _)| n == "blk.0.attn_k.weight")
+                .unwrap();
+            t.1[1] += 1;
+        });
+        assert_eq!(culprit(&g), "blk.0.attn_k.weight", "{m}");
+        if m == "qwen3" {
+            let g = rewritten(&f, |ts| ts.retain(|(n, _)| n != "blk.0.attn_q_norm.weight"));
+            assert_eq!(culprit(&g), "blk.0.attn_q_norm.weight");
+        }
+        // Fused QKV: Q, K and V replaced by one [n_embd, q + k + v] tensor.
+        let fuse = |extra: u64| {
+            move |ts: &mut Vec<(String, Vec<u64>)>| {
+                let rows: u64 = ts
+                    .iter()
+                    .filter(|(n, _)| {
+                        [
+                            "blk.0.attn_q.weight",
+                            "blk.0.attn_k.weight",
+                            "blk.0.attn_v.weight",
+                        ]
+                        .contains(&n.as_str())
+                    })
+                    .map(|(_, ne)| ne[1])
+                    .sum();
+                let e = ts
+                    .iter()
+                    .find(|(n, _)| n == "blk.0.attn_q.weight")
+                    .unwrap()
+                    .1[0];
+                ts.retain(|(n, _)| {
+                    !n.starts_with("blk.0.attn_q.w")
+                        && !n.starts_with("blk.0.attn_k.w")
+                        && !n.starts_with("blk.0.attn_v.w")
+                });
+                ts.push(("blk.0.attn_qkv.weight".into(), vec![e, rows + extra]));
+            }
+        };
+        jq::validate::check(&rewritten(&f, fuse(0))).unwrap_or_else(|e| panic!("{m} fused: {e}"));
+        assert_eq!(
+            culprit(&rewritten(&f, fuse(1))),
+            "blk.0.attn_qkv.weight",
+            "{m}"
+        );
     }
 }

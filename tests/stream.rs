@@ -764,3 +764,150 @@ fn random_q4_k_m_blocks_follow_llama_cpps_types_and_stream_exactly() {
         assert!(got.iter().all(|x| x.is_finite()));
     }
 }
+
+/// `src` copied with metadata `key` set to `value` (replaced or added) and `extra` tensors
+/// (name, F32 shape, values) appended.
+fn edited_copy(
+    src: &Path,
+    dst: &Path,
+    key: &str,
+    value: jq::gguf::MetaValue,
+    extra: &[(&str, Vec<u64>, Vec<f32>)],
+) {
+    let f = jq::gguf::GgufModel::open(src).unwrap();
+    let mut w = jq::gguf::GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if k != key && !k.starts_with("GGUF.") {
+            w.add(k, v.to_owned_value()).unwrap();
+        }
+    }
+    w.add(key, value).unwrap();
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for t in f.tensors() {
+        w.add_tensor(t.name(), t.ty(), &t.info.ne).unwrap();
+        data.push(t.data.to_vec());
+    }
+    for (name, ne, vals) in extra {
+        w.add_tensor(name, GgmlType::F32, ne).unwrap();
+        data.push(vals.iter().flat_map(|x| x.to_le_bytes()).collect());
+    }
+    w.write_file(dst, |i, _, out| {
+        out.write_all(&data[i])
+            .map_err(|e| jq::gguf::GgufError::io("<output>", e))
+    })
+    .unwrap();
+}
+
+fn with_swa_key(src: &Path, dst: &Path, value: jq::gguf::MetaValue) {
+    edited_copy(
+        src,
+        dst,
+        "gemma3.attention.sliding_window_pattern",
+        value,
+        &[],
+    );
+}
+
+/// The bool-array form of the sliding-window pattern (what our converter writes for layer
+/// types no period describes) is read like llama.cpp reads it, in the planners and the
+/// executor: the same sliding layers as the integer form of the same pattern, the same KV
+/// plan, and streamed logits equal to llama.cpp's on the bool-array file.
+#[test]
+fn bool_array_sliding_pattern_plans_and_streams_like_the_period() {
+    use jq::engine::plan::ModelShape;
+    use jq::gguf::{MetaValue, ValueType};
+    let dir = tempfile::tempdir().unwrap();
+    let d = Gemma3Dims {
+        n_layer: 8,
+        swa_pattern: 4,
+        ..Gemma3Dims::TINY
+    };
+    let int = dir.path().join("period4.gguf");
+    write_gemma3(&int, d, 384, GgmlType::F32).unwrap();
+    // llama.cpp's rule for a period of 4 (set_swa_pattern): il % 4 < 3 slides.
+    let want: Vec<bool> = (0..8).map(|il| il % 4 < 3).collect();
+    let arr = dir.path().join("bool-array.gguf");
+    with_swa_key(
+        &int,
+        &arr,
+        MetaValue::array(ValueType::Bool, want.iter().copied()),
+    );
+    // A file whose array says something else must read differently (the test can fail).
+    let other: Vec<bool> = (0..8).map(|il| il % 2 == 0).collect();
+    let arr2 = dir.path().join("bool-array-other.gguf");
+    with_swa_key(
+        &int,
+        &arr2,
+        MetaValue::array(ValueType::Bool, other.iter().copied()),
+    );
+
+    let hp =
+        |p: &Path| jq::arch::Hparams::from_gguf(&jq::gguf::GgufModel::open(p).unwrap()).unwrap();
+    assert_eq!(hp(&int).swa, want);
+    assert_eq!(hp(&arr).swa, want);
+    assert_eq!(hp(&arr2).swa, other);
+
+    let kv = |p: &Path| {
+        let m = ModelShape::from_gguf(&jq::gguf::GgufModel::open(p).unwrap()).unwrap();
+        (0..8)
+            .map(|il| m.kv_bytes(il, 1024, 32))
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(kv(&arr), kv(&int));
+    assert_ne!(kv(&arr2), kv(&int));
+    // Sliding layers hold 256 cells (8 + 32 rounded up), global ones the context.
+    let cell = 2 * 16 * 2 * 2;
+    let expect: Vec<u64> = want
+        .iter()
+        .map(|&s| if s { 256 * cell } else { 1024 * cell })
+        .collect();
+    assert_eq!(kv(&arr), expect);
+
+    let sizes = |p: &Path| {
+        format!(
+            "{:?}",
+            plan_only(p, &opts(Some(u64::MAX / 2), 2)).unwrap().sizes
+        )
+    };
+    assert_eq!(sizes(&arr), sizes(&int));
+    // Streamed on the bool-array file, past the window of 8: llama.cpp's logits.
+    let budget = budget_for(&arr, 1, 2);
+    let (ep, ed, _) = check_parity(&arr, budget, 2);
+    assert!(
+        ep <= 1e-4 && max(&ed) <= 1e-4,
+        "prompt {ep:.3e}, decode {ed:?}"
+    );
+}
+
+/// A Gemma-3 file with an untied `output.weight` (llama.cpp's gemma3 loader takes one when
+/// present) streams with that head, not the embedding: logits equal llama.cpp's.
+#[test]
+fn gemma3_untied_output_head_streams_like_llama_cpp() {
+    use jq::gguf::MetaValue;
+    let dir = tempfile::tempdir().unwrap();
+    let tied = tiny(dir.path(), GgmlType::F32);
+    let untied = dir.path().join("untied.gguf");
+    let (e, v) = (Gemma3Dims::TINY.n_embd, 384u64);
+    let head = jq::synth::weights(77, (e * v) as usize, 0.05);
+    edited_copy(
+        &tied,
+        &untied,
+        "general.name",
+        MetaValue::from("untied"),
+        &[("output.weight", vec![e, v], head)],
+    );
+    let budget = budget_for(&untied, 1, 2);
+    let (ep, ed, s) = check_parity(&untied, budget, 2);
+    assert!(
+        ep <= 1e-4 && max(&ed) <= 1e-4,
+        "prompt {ep:.3e}, decode {ed:?}"
+    );
+    assert!(s.placement().iter().any(|(n, _)| n == "output.weight"));
+    // The head matters: the tied file's logits differ.
+    let mut t = Streamer::open(&tied, &opts(Some(budget_for(&tied, 1, 2)), 2)).unwrap();
+    let mut u = Streamer::open(&untied, &opts(Some(budget), 2)).unwrap();
+    assert_ne!(
+        t.eval(&PROMPT, false).unwrap(),
+        u.eval(&PROMPT, false).unwrap()
+    );
+}

@@ -44,8 +44,11 @@ use std::path::{Path, PathBuf};
 
 pub const ARCH: &str = "gemma3";
 const ARCHITECTURES: [&str; 2] = ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"];
-/// llama.cpp's default `sliding_window_pattern` for gemma3 (`load_swa_pattern(ml, 6)`).
-const LLAMA_DEFAULT_PATTERN: usize = 6;
+/// llama.cpp's default `sliding_window_pattern` for gemma3 (`load_swa_pattern(ml, 6)`), from
+/// the runtime's table (`jq::arch::swa`).
+fn llama_default_pattern() -> usize {
+    jq::arch::swa::swa_default(ARCH).map_or(6, |(n, _)| n as usize)
+}
 
 /// The text model's hyper-parameters, with Gemma3TextConfig's defaults for omitted keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,7 +184,7 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
                 .collect::<Result<Vec<_>>>()?
         }
         _ => {
-            let p = int("sliding_window_pattern", LLAMA_DEFAULT_PATTERN)?.max(1);
+            let p = int("sliding_window_pattern", llama_default_pattern())?.max(1);
             (0..n_layers).map(|i| (i + 1) % p != 0).collect()
         }
     };
@@ -844,7 +847,7 @@ fn metadata(
     if c.sliding.iter().any(|&s| s) {
         w.add(k("attention.sliding_window"), c.sliding_window as u32)?;
         match c.sliding_pattern() {
-            Some(LLAMA_DEFAULT_PATTERN) => {}
+            Some(p) if p == llama_default_pattern() => {}
             Some(p) => w.add(k("attention.sliding_window_pattern"), p as u32)?,
             None => w.add(
                 k("attention.sliding_window_pattern"),

@@ -51,29 +51,15 @@ pub(super) fn hparams(m: &Meta<'_>, hp: &mut Hparams) -> Result<()> {
     };
     // llama.cpp: a bool array per layer, or a period (default 6): layer il is sliding iff
     // il % n < n - 1 (n == 0: every layer sliding).
-    let key = m.key("attention.sliding_window_pattern");
     hp.swa = if hp.n_swa == 0 {
         vec![false; n_layer]
-    } else if let Some(arr) = m.f.get(&key).and_then(|v| v.as_array()) {
-        let v = arr
-            .to_u64_vec()
-            .ok_or_else(|| anyhow!("metadata key '{key}' is not a bool array"))?;
-        if v.len() != n_layer {
-            bail!(
-                "metadata key '{key}' has {} entries for {n_layer} layers",
-                v.len()
-            );
-        }
-        v.into_iter().map(|x| x != 0).collect()
     } else {
-        let p = match m.f.get(&key) {
-            None => SWA_PERIOD_DEFAULT,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| anyhow!("metadata key '{key}' is not an integer or a bool array"))?
-                as usize,
-        };
-        (0..n_layer).map(|il| p == 0 || il % p < p - 1).collect()
+        super::swa::swa_layers(
+            m.f,
+            "gemma3",
+            n_layer,
+            Some((SWA_PERIOD_DEFAULT as u32, false)),
+        )?
     };
     if hp.n_swa > 0 && !hp.swa.contains(&true) {
         bail!(

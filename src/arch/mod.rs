@@ -10,6 +10,7 @@
 
 mod decoder;
 mod gemma3;
+pub mod swa;
 
 use crate::gguf::GgufModel;
 use anyhow::{anyhow, bail, Result};
@@ -208,11 +209,11 @@ impl Family {
     /// frequency factors (as the family's loader creates them).
     pub fn global_tensors(self) -> &'static [TensorSpec] {
         match self {
-            // Gemma-3 ties its output to the embedding (llama.cpp's gemma3 loader has no
-            // output.weight).
-            Family::Gemma3 => &[OUTPUT_NORM],
+            // Gemma-3 checkpoints tie the output to the embedding, but llama.cpp's gemma3 loader
+            // takes an untied `output.weight` when a file has one (TENSOR_NOT_REQUIRED in
+            // `llama_model_gemma3::load_arch_tensors`), as the others do.
+            Family::Gemma3 | Family::Qwen2 | Family::Qwen3 => &[OUTPUT_NORM, OUTPUT],
             Family::Llama => &[OUTPUT_NORM, OUTPUT, ROPE_FREQS],
-            Family::Qwen2 | Family::Qwen3 => &[OUTPUT_NORM, OUTPUT],
         }
     }
 }

@@ -72,8 +72,9 @@ pub struct ModelShape {
     pub n_ctx_train: u32,
     /// Sliding-window size, when the model has sliding-window layers.
     pub n_swa: Option<u32>,
-    /// Every `swa_pattern`-th layer is global (llama.cpp's default 6 when absent).
-    pub swa_pattern: u32,
+    /// Per layer: whether it uses the sliding window (`jq::arch::swa`: the bool array or the
+    /// period of the file, else the architecture's default, as llama.cpp reads them).
+    pub swa: Vec<bool>,
     /// Bytes of `blk.N.*` for each layer.
     pub layer_bytes: Vec<u64>,
     /// Bytes of the output layer (`output_norm`, `output`; with tied embeddings llama.cpp makes
@@ -107,7 +108,17 @@ impl ModelShape {
             .ok()
             .map(|x| x as u32)
             .filter(|&x| x > 0);
-        let swa_pattern = u("attention.sliding_window_pattern").unwrap_or(6) as u32;
+        let swa = if n_swa.is_some() {
+            crate::arch::swa::swa_layers(
+                f,
+                &arch,
+                n_layer as usize,
+                crate::arch::swa::swa_default(&arch),
+            )
+            .map_err(|e| e.to_string())?
+        } else {
+            vec![false; n_layer as usize]
+        };
         let mut layer_bytes = vec![0u64; n_layer as usize];
         let (mut output_bytes, mut total_bytes) = (0u64, 0u64);
         let mut n_vocab = 0u64;
@@ -145,7 +156,7 @@ impl ModelShape {
             n_vocab,
             n_ctx_train,
             n_swa,
-            swa_pattern,
+            swa,
             layer_bytes,
             output_bytes,
             total_bytes,
@@ -153,8 +164,7 @@ impl ModelShape {
     }
 
     fn is_swa(&self, il: u32) -> bool {
-        self.n_swa.is_some()
-            && (self.swa_pattern == 0 || il % self.swa_pattern < self.swa_pattern - 1)
+        self.n_swa.is_some() && self.swa.get(il as usize).copied().unwrap_or(false)
     }
 
     /// KV cache bytes of one layer (F16 K and V, as llama.cpp allocates by default; sliding
@@ -406,7 +416,7 @@ mod tests {
             n_vocab: 1000,
             n_ctx_train: 1024,
             n_swa: Some(8),
-            swa_pattern: 2,
+            swa: crate::arch::swa::swa_of_period(4, 2, false),
             layer_bytes: vec![1000, 1000, 1000, 1000],
             output_bytes: 500,
             total_bytes: 4000 + 500 + 700,

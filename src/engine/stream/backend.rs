@@ -80,40 +80,6 @@ fn buft_name(b: sys::ggml_backend_buffer_type_t) -> String {
         .into_owned()
 }
 
-/// The CPU device's extra buffer types in ggml's order of preference (AMX, KleidiAI,
-/// CPU_REPACK: whichever this build and CPU have), through the registry's
-/// `ggml_backend_dev_get_extra_bufts` (as `make_cpu_buft_list` gets them).
-///
-/// # Safety
-/// `dev` is a registered CPU device.
-unsafe fn cpu_extra_bufts(dev: sys::ggml_backend_dev_t) -> Vec<sys::ggml_backend_buffer_type_t> {
-    let mut v = Vec::new();
-    // SAFETY: the caller's contract; the registry returns a function of the documented type
-    // (ggml-backend.h: ggml_backend_dev_get_extra_bufts_t) and a null-terminated array.
-    unsafe {
-        let reg = sys::ggml_backend_dev_backend_reg(dev);
-        if reg.is_null() {
-            return v;
-        }
-        let f = sys::ggml_backend_reg_get_proc_address(
-            reg,
-            c"ggml_backend_dev_get_extra_bufts".as_ptr(),
-        );
-        if f.is_null() {
-            return v;
-        }
-        let f: unsafe extern "C" fn(
-            sys::ggml_backend_dev_t,
-        ) -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
-        let mut p = f(dev);
-        while !p.is_null() && !(*p).is_null() {
-            v.push(*p);
-            p = p.add(1);
-        }
-    }
-    v
-}
-
 /// llama.cpp's weight list for the CPU (`make_cpu_buft_list` with no GPU in the device list):
 /// the extra buffer types (unless `plain`), then the CPU's own.
 ///
@@ -123,7 +89,7 @@ pub(crate) unsafe fn cpu_weight_bufts(cpu: sys::ggml_backend_dev_t, plain: bool)
     let mut v: Vec<Buft> = Vec::new();
     if !plain {
         // SAFETY: the caller's contract.
-        for b in unsafe { cpu_extra_bufts(cpu) } {
+        for b in unsafe { super::handles::cpu_extra_bufts(cpu) } {
             v.push(Buft {
                 name: buft_name(b),
                 ptr: b,

@@ -302,8 +302,9 @@ const KV_PAD: i64 = 256;
 #[derive(Debug)]
 pub(crate) struct State {
     pub ctx: Ctx,
-    pub k: Vec<*mut sys::ggml_tensor>,
-    pub v: Vec<*mut sys::ggml_tensor>,
+    /// Per layer (None: this state holds no KV cache for that layer).
+    pub k: Vec<Option<*mut sys::ggml_tensor>>,
+    pub v: Vec<Option<*mut sys::ggml_tensor>>,
     /// Activations [n_embd, n_ubatch], f32, read and overwritten by every layer.
     pub x: *mut sys::ggml_tensor,
     pub pos: *mut sys::ggml_tensor,
@@ -335,13 +336,7 @@ impl State {
             let f16 = GgmlType::F16.id() as sys::ggml_type;
             let f32 = GgmlType::F32.id() as sys::ggml_type;
             let i32t = GgmlType::I32.id() as sys::ggml_type;
-            let cache = |il: usize| {
-                if kv(il) {
-                    nt(f16, row, n_ctx)
-                } else {
-                    null_mut()
-                }
-            };
+            let cache = |il: usize| kv(il).then(|| nt(f16, row, n_ctx));
             let k = (0..hp.n_layer).map(cache).collect();
             let v = (0..hp.n_layer).map(cache).collect();
             State {
@@ -367,10 +362,9 @@ impl State {
         il: usize,
         rope_freqs: *mut sys::ggml_tensor,
     ) -> Result<LayerIo> {
-        let (k, v) = (self.k[il], self.v[il]);
-        if k.is_null() || v.is_null() {
+        let (Some(k), Some(v)) = (self.k[il], self.v[il]) else {
             bail!("layer {il} has no KV cache in this state");
-        }
+        };
         Ok(LayerIo {
             x: self.x,
             pos: self.pos,

@@ -8,25 +8,28 @@
 //! in host memory.
 
 use super::graph::{self, Ctx, State, WTensor, Weights};
+use super::handles::{run_graph, Buffer, Gallocr};
+use super::prepared::{choose_bufts, Packing};
 use super::ring::Seg;
-use super::{choose_bufts, run_graph, Backend, Packing};
+use super::Backend;
 use crate::arch::{self, Batch, Hparams};
 use crate::gguf::GgufModel;
 use anyhow::{bail, Context, Result};
 use llama_cpp_sys_2 as sys;
 
-/// The CPU backend, the host state and the compute buffer for the host layers.
+/// The CPU backend, the host state and the compute buffer for the host layers. Fields drop
+/// in order: the allocator and the buffers before the backend.
 pub(crate) struct HostSide {
+    pub galloc: Gallocr,
+    state_buf: Option<Buffer>,
+    /// One CPU buffer over each part's memory map (the weights used in place).
+    map_bufs: Vec<Buffer>,
+    /// The repacked weights' buffers.
+    packed: Vec<Buffer>,
     pub backend: Backend,
     pub st: State,
     pub gctx: Ctx,
-    pub galloc: sys::ggml_gallocr_t,
     pub compute_bytes: u64,
-    state_buf: sys::ggml_backend_buffer_t,
-    /// One CPU buffer over each part's memory map (the weights used in place).
-    map_bufs: Vec<sys::ggml_backend_buffer_t>,
-    /// The repacked weights' buffers.
-    packed: Vec<sys::ggml_backend_buffer_t>,
     packed_bytes: u64,
     /// This side's own descriptor of the RoPE factors (in the memory map), when the model has
     /// them: the device side's is placed in device memory.
@@ -57,36 +60,27 @@ impl HostSide {
         // memory that outlives this struct (the executor keeps the file open), and ggml only
         // reads weights. Every handle is checked for null and freed in Drop.
         unsafe {
-            let galloc = sys::ggml_gallocr_new(backend.buft);
-            if galloc.is_null() {
-                bail!("ggml_gallocr_new failed");
-            }
+            let galloc = Gallocr::new(backend.buft)?;
             let mut h = HostSide {
                 backend,
                 st,
                 gctx,
                 galloc,
                 compute_bytes: 0,
-                state_buf: std::ptr::null_mut(),
+                state_buf: None,
                 map_bufs: Vec::new(),
                 packed: Vec::new(),
                 packed_bytes: 0,
                 _ctx: Ctx::new(1, 0)?,
                 rope_freqs: std::ptr::null_mut(),
             };
-            h.state_buf =
-                sys::ggml_backend_alloc_ctx_tensors_from_buft(h.st.ctx.ptr, h.backend.buft);
-            if h.state_buf.is_null() {
-                bail!("could not allocate the host layers' KV cache and state");
-            }
-            sys::ggml_backend_buffer_clear(h.state_buf, 0);
+            let sb = Buffer::for_ctx(h.st.ctx.ptr, h.backend.buft)
+                .context("could not allocate the host layers' KV cache and state")?;
+            sb.clear(0);
+            h.state_buf = Some(sb);
             for part in file.parts() {
-                let bytes = part.bytes();
-                let b =
-                    sys::ggml_backend_cpu_buffer_from_ptr(bytes.as_ptr() as *mut _, bytes.len());
-                if b.is_null() {
-                    bail!("ggml_backend_cpu_buffer_from_ptr failed on the memory map");
-                }
+                let b = Buffer::cpu_from_host(part.bytes())
+                    .context("ggml_backend_cpu_buffer_from_ptr failed on the memory map")?;
                 h.map_bufs.push(b);
             }
             let bufts = h.backend.weight_bufts.clone();
@@ -113,17 +107,16 @@ impl HostSide {
                     regions.push(None);
                     continue;
                 }
-                let buf = sys::ggml_backend_buft_alloc_buffer(bufts[i].ptr, n as usize);
-                if buf.is_null() {
+                let Some(buf) = Buffer::alloc(bufts[i].ptr, n) else {
                     bail!("could not allocate {n} bytes of host memory for repacked host layers");
-                }
-                h.packed.push(buf);
-                h.packed_bytes += sys::ggml_backend_buffer_get_size(buf) as u64;
+                };
+                h.packed_bytes += buf.size();
                 regions.push(Some(Seg {
-                    buf,
-                    base: sys::ggml_backend_buffer_get_base(buf) as usize,
+                    buf: buf.ptr(),
+                    base: buf.base(),
                     size: n,
                 }));
+                h.packed.push(buf);
             }
             let mut shift = vec![0u64; bufts.len()];
             for (&l, pk) in layers.iter().zip(&chosen) {
@@ -134,8 +127,12 @@ impl HostSide {
                     let bytes = file.parts()[t.part].bytes();
                     if bufts[b].plain_host {
                         let base = bytes.as_ptr() as usize;
-                        graph::place_tensor(h.map_bufs[t.part], t.t, base + t.file_off as usize)
-                            .with_context(|| format!("layer {l}'s weights in the memory map"))?;
+                        graph::place_tensor(
+                            h.map_bufs[t.part].ptr(),
+                            t.t,
+                            base + t.file_off as usize,
+                        )
+                        .with_context(|| format!("layer {l}'s weights in the memory map"))?;
                         continue;
                     }
                     let seg = regions[b].context("a repacked weight has no region")?;
@@ -170,11 +167,11 @@ impl HostSide {
                     n_out: None,
                 };
                 let gf = h.graph(w, hp, l, sh)?;
-                if !sys::ggml_gallocr_reserve(h.galloc, gf) {
-                    bail!("could not allocate the host layers' compute buffer");
-                }
+                h.galloc
+                    .reserve(gf)
+                    .context("could not allocate the host layers' compute buffer")?;
             }
-            h.compute_bytes = sys::ggml_gallocr_get_buffer_size(h.galloc, 0) as u64;
+            h.compute_bytes = h.galloc.buffer_size();
             Ok(h)
         }
     }
@@ -182,7 +179,8 @@ impl HostSide {
     /// Computes layer `il` (one of ours) over the host state's activations.
     pub fn compute_layer(&mut self, w: &Weights, hp: &Hparams, il: usize, sh: Batch) -> Result<()> {
         let gf = self.graph(w, hp, il, sh)?;
-        run_graph(self.backend.ptr, self.galloc, self.compute_bytes, gf)
+        // SAFETY: the graph's weights are placed and its state is ours (see `graph`).
+        unsafe { run_graph(self.backend.ptr, &self.galloc, self.compute_bytes, gf) }
     }
 
     /// Layer `il`'s graph (one of ours) over this side's state.
@@ -212,7 +210,7 @@ impl HostSide {
                 bail!("ggml could not duplicate a descriptor");
             }
             graph::place_tensor(
-                self.map_bufs[t.part],
+                self.map_bufs[t.part].ptr(),
                 d,
                 bytes.as_ptr() as usize + t.file_off as usize,
             )?;
@@ -222,24 +220,6 @@ impl HostSide {
 
     /// Host memory this side allocated (state, KV cache, compute buffer, repacked weights).
     pub fn bytes(&self) -> u64 {
-        // SAFETY: the state buffer is live.
-        (unsafe { sys::ggml_backend_buffer_get_size(self.state_buf) }) as u64
-            + self.compute_bytes
-            + self.packed_bytes
-    }
-}
-
-impl Drop for HostSide {
-    fn drop(&mut self) {
-        // SAFETY: created in `new`, freed once (null ones skipped), before the backend.
-        unsafe {
-            sys::ggml_gallocr_free(self.galloc);
-            if !self.state_buf.is_null() {
-                sys::ggml_backend_buffer_free(self.state_buf);
-            }
-            for &b in self.map_bufs.iter().chain(&self.packed) {
-                sys::ggml_backend_buffer_free(b);
-            }
-        }
+        self.state_buf.as_ref().map_or(0, Buffer::size) + self.compute_bytes + self.packed_bytes
     }
 }

@@ -202,10 +202,7 @@ pub(crate) unsafe fn set_tensor(
 ) {
     // SAFETY: the caller's contract; a CPU_REPACK buffer is host memory.
     unsafe {
-        let name = std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(
-            sys::ggml_backend_buffer_get_type(buf),
-        ));
-        if (*t).extra.is_null() && name.to_bytes() == b"CPU_REPACK" {
+        if super::handles::is_unrepacked_in_repack_buffer(buf, t) {
             std::ptr::copy_nonoverlapping(src.as_ptr(), (*t).data.cast::<u8>(), src.len());
         } else {
             sys::ggml_backend_tensor_set(t, src.as_ptr().cast(), 0, src.len());
