@@ -911,3 +911,23 @@ fn gemma3_untied_output_head_streams_like_llama_cpp() {
         u.eval(&PROMPT, false).unwrap()
     );
 }
+
+/// A tensor the family's graph would not use (here an `output.bias`, which llama.cpp's qwen2
+/// loader takes) is refused by name, not silently left out of the computation.
+#[test]
+fn unused_tensors_are_refused_by_name() {
+    use jq::gguf::MetaValue;
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny(dir.path(), GgmlType::F32);
+    let bad = dir.path().join("extra.gguf");
+    edited_copy(
+        &src,
+        &bad,
+        "general.name",
+        MetaValue::from("extra"),
+        &[("output.bias", vec![384], vec![0.5; 384])],
+    );
+    let e = Streamer::open(&bad, &opts(None, 2)).unwrap_err().to_string();
+    assert!(e.contains("'output.bias'") && e.contains("gemma3"), "{e}");
+    Streamer::open(&src, &opts(None, 2)).unwrap();
+}

@@ -213,6 +213,25 @@ impl Weights {
         } else {
             None
         };
+        // A tensor the family's graph does not use (qwen2's optional `output.bias`, a
+        // longrope factor, ...) would be silently left out of the computation: refuse.
+        let known = |name: &str| {
+            if let Some(rest) = name.strip_prefix("blk.") {
+                let mut it = rest.splitn(2, '.');
+                let (il, t) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                il.parse::<usize>().is_ok_and(|l| l < hp.n_layer)
+                    && table.iter().any(|s| s.name == t)
+            } else {
+                name == arch::TOKEN_EMBD.name || globals.iter().any(|g| g.name == name)
+            }
+        };
+        if let Some(t) = f.tensor_infos().find(|t| !known(&t.name)) {
+            bail!(
+                "tensor '{}' is not part of the {} graph --stream-layers builds (it would be left out of the computation)",
+                t.name,
+                hp.family.arch()
+            );
+        }
         Ok(Weights {
             _ctx: ctx,
             family: hp.family,
