@@ -7,6 +7,8 @@
 //! memory map), and llama.cpp CPU-only on the same file through the bindings.
 //!
 //! `cargo bench --bench stream_27b` (env: `JQ_BENCH_MIX` q4_0 (default) or q4_k_m;
+//! `JQ_BENCH_MODEL` gemma3-27b (default) or llama8b (a Llama-3-8B-shaped Q4_0 file of
+//! ~4.7 GB from the `jq::arch` llama table, default budget 1.5 GiB);
 //! `JQ_BENCH_DECODE` tokens, default 3;
 //! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_THREADS` compute threads, default cores - 1 as
 //! `jq-run`; `JQ_BENCH_NO_LLAMA=1` skips the anchor; `JQ_BENCH_NO_EXTRA=1` skips the compute
@@ -34,24 +36,59 @@ fn main() -> anyhow::Result<()> {
         Some("q4_k_m") => (jq::synth_blocks::Mixture::Q4KM, "q4_k_m"),
         Some(other) => anyhow::bail!("JQ_BENCH_MIX={other}: q4_0 or q4_k_m"),
     };
-    let path = dir.join(format!("gemma3-27b-shape-{name}-random.gguf"));
+    // JQ_BENCH_MODEL=llama8b: a Llama-3-8B-shaped file (~4.7 GB in Q4_0) under 1.5 GiB
+    // instead of the Gemma-3-27B shape under 6 GiB.
+    let llama8b = match env("JQ_BENCH_MODEL").as_deref() {
+        None | Some("gemma3-27b") => false,
+        Some("llama8b") if mix == jq::synth_blocks::Mixture::Q4_0 => true,
+        Some(other) => anyhow::bail!("JQ_BENCH_MODEL={other}: gemma3-27b, or llama8b (q4_0 only)"),
+    };
+    let (path, n_vocab, default_budget) = if llama8b {
+        (
+            dir.join("llama-8b-shape-q4_0-random.gguf"),
+            128_256u32,
+            "1536MiB",
+        )
+    } else {
+        (
+            dir.join(format!("gemma3-27b-shape-{name}-random.gguf")),
+            262_208,
+            "6GiB",
+        )
+    };
     if !path.exists() {
         let t = Instant::now();
         eprintln!("writing {} ...", path.display());
-        jq::synth_blocks::write_gemma3_random(&path, Gemma3Dims::G27B, 262_208, mix, 27)?;
+        if llama8b {
+            jq::synth_blocks::write_llama_random(
+                &path,
+                jq::synth::LlamaDims::L8B,
+                n_vocab.into(),
+                mix,
+                8,
+            )?;
+        } else {
+            jq::synth_blocks::write_gemma3_random(
+                &path,
+                Gemma3Dims::G27B,
+                n_vocab.into(),
+                mix,
+                27,
+            )?;
+        }
         eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
     }
     let size = std::fs::metadata(&path)?.len();
     let n_decode: usize = env("JQ_BENCH_DECODE").map_or(3, |v| v.parse().unwrap_or(3));
-    let budget =
-        parse_size(&env("JQ_BENCH_BUDGET").unwrap_or("6GiB".into())).map_err(anyhow::Error::msg)?;
+    let budget = parse_size(&env("JQ_BENCH_BUDGET").unwrap_or(default_budget.into()))
+        .map_err(anyhow::Error::msg)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Compute threads of the streamed runs (default as jq-run: one core left to the reader).
     let dflt = threads.saturating_sub(1).max(1);
     let st_threads: usize = env("JQ_BENCH_THREADS").map_or(dflt, |v| v.parse().unwrap_or(dflt));
     let n_prompt = 128usize;
     let prompt: Vec<u32> = (0..n_prompt as u32)
-        .map(|i| 2 + (i * 2654435761u32) % 262_000)
+        .map(|i| 2 + (i * 2654435761u32) % (n_vocab - 300))
         .collect();
     let opts = StreamOptions {
         budget: Some(budget),
@@ -113,7 +150,8 @@ fn main() -> anyhow::Result<()> {
         (fb / 2) as f64 / floor / 1e9
     );
     let mut rows = vec![format!(
-        "| jq --stream-layers (6 GiB budget, 2 slots, {st_threads} compute thread(s), {}) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        "| jq --stream-layers ({} budget, 2 slots, {st_threads} compute thread(s), {}) | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+        fmt_size(budget),
         upload_path,
         dec_mean,
         1.0 / dec_mean,

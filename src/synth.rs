@@ -391,3 +391,111 @@ pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> R
             .map_err(|e| GgufError::io("<output>", e))
     })
 }
+
+/// Dimensions of a Llama-shaped model (`general.architecture = "llama"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlamaDims {
+    pub n_embd: u64,
+    pub n_ff: u64,
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub head_dim: u64,
+    pub n_ctx: u64,
+    pub rope_base: f32,
+}
+
+impl LlamaDims {
+    /// Llama-3-8B's shapes (32 layers, hidden 4096, 32/8 heads of 128, FFN 14336; with its
+    /// 128256-token vocabulary and untied head, ~4.7 GB in Q4_0).
+    pub const L8B: LlamaDims = LlamaDims {
+        n_embd: 4096,
+        n_ff: 14336,
+        n_layer: 32,
+        n_head: 32,
+        n_head_kv: 8,
+        head_dim: 128,
+        n_ctx: 8192,
+        rope_base: 500_000.0,
+    };
+}
+
+/// The header of a Llama-shaped GGUF built from `jq::arch`'s `llama` table: every required
+/// layer tensor and global (the untied `output.weight` included; no biases, no RoPE factors),
+/// shapes from the dimensions, 2-D weights typed by `ty_of`, 1-D ones F32; a SentencePiece
+/// vocabulary of `n_vocab` entries in the [`gemma3_vocab`] layout.
+pub fn llama_header_with(
+    name: &str,
+    d: LlamaDims,
+    n_vocab: u64,
+    file_type: u32,
+    ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
+) -> Result<GgufWriter> {
+    use crate::arch::{Dim, Family, TensorSpec, OUTPUT, TOKEN_EMBD};
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "llama")?;
+    w.add("general.name", name)?;
+    w.add("general.file_type", file_type)?;
+    w.add("llama.context_length", d.n_ctx as u32)?;
+    w.add("llama.embedding_length", d.n_embd as u32)?;
+    w.add("llama.block_count", d.n_layer as u32)?;
+    w.add("llama.feed_forward_length", d.n_ff as u32)?;
+    w.add("llama.attention.head_count", d.n_head as u32)?;
+    w.add("llama.attention.head_count_kv", d.n_head_kv as u32)?;
+    w.add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)?;
+    w.add("llama.rope.dimension_count", d.head_dim as u32)?;
+    w.add("llama.rope.freq_base", d.rope_base)?;
+    w.add("llama.vocab_size", n_vocab as u32)?;
+    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
+    w.add("tokenizer.ggml.model", "llama")?;
+    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
+    w.add(
+        "tokenizer.ggml.scores",
+        MetaValue::array(ValueType::F32, scores.iter().copied()),
+    )?;
+    w.add(
+        "tokenizer.ggml.token_type",
+        MetaValue::array(ValueType::I32, types.iter().copied()),
+    )?;
+    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
+    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
+    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
+    let dim = |x: &Dim| match x {
+        Dim::Embd => d.n_embd,
+        Dim::Q => d.n_head * d.head_dim,
+        Dim::Kv => d.n_head_kv * d.head_dim,
+        Dim::HeadDim => d.head_dim,
+        Dim::Ff => d.n_ff,
+        Dim::Vocab => n_vocab,
+        Dim::HalfRot => d.head_dim / 2,
+    };
+    let typed = |s: &TensorSpec, layer: Option<u64>| {
+        let ne: Vec<u64> = s.dims.iter().map(dim).collect();
+        let ty = if ne.len() == 1 {
+            GgmlType::F32
+        } else {
+            ty_of(WeightSlot {
+                kind: s.name.trim_end_matches(".weight"),
+                layer,
+                n_layer: d.n_layer,
+                ne0: ne[0],
+            })
+        };
+        (s.name_in(layer.map(|l| l as usize)), ty, ne)
+    };
+    let mut tensors = vec![typed(&TOKEN_EMBD, None)];
+    for l in 0..d.n_layer {
+        for s in Family::Llama.layer_tensors().iter().filter(|s| s.required) {
+            tensors.push(typed(s, Some(l)));
+        }
+    }
+    for s in Family::Llama.global_tensors() {
+        if s.required || s.name == OUTPUT.name {
+            tensors.push(typed(s, None));
+        }
+    }
+    for (name, ty, ne) in &tensors {
+        w.add_tensor(name, *ty, ne)?;
+    }
+    Ok(w)
+}

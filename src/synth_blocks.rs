@@ -6,9 +6,10 @@
 //! Two mixtures: every 2-D weight Q4_0, or llama.cpp's Q4_K_M (`llama_tensor_get_type` in
 //! `src/llama-quant.cpp` for a dense model without experts, as [`q4_k_m_type`] spells out).
 
+use crate::gguf::GgufWriter;
 use crate::gguf::{GgufError, Result};
 use crate::quant::GgmlType;
-use crate::synth::{gemma3_header_with, Gemma3Dims, WeightSlot};
+use crate::synth::{gemma3_header_with, llama_header_with, Gemma3Dims, LlamaDims, WeightSlot};
 use half::f16;
 use std::path::Path;
 
@@ -128,6 +129,37 @@ pub fn write_gemma3_random(
         Mixture::Q4_0 => GgmlType::Q4_0,
         Mixture::Q4KM => q4_k_m_type(s),
     })?;
+    write_random(&w, path, seed)
+}
+
+/// Writes a Llama-shaped GGUF ([`llama_header_with`]: the `jq::arch` llama table) with random
+/// blocks of the mixture's types (for Q4_K_M the untied `output` takes the embedding's rule:
+/// Q6_K); norms F32 near 1.
+pub fn write_llama_random(
+    path: &Path,
+    d: LlamaDims,
+    n_vocab: u64,
+    mix: Mixture,
+    seed: u64,
+) -> Result<()> {
+    let (name, file_type) = match mix {
+        Mixture::Q4_0 => ("synthetic llama (random q4_0 blocks)", 2),
+        Mixture::Q4KM => ("synthetic llama (random q4_k_m blocks)", 15),
+    };
+    let w = llama_header_with(name, d, n_vocab, file_type, |s| match mix {
+        Mixture::Q4_0 => GgmlType::Q4_0,
+        Mixture::Q4KM if s.kind == "output" => q4_k_m_type(WeightSlot {
+            kind: "token_embd",
+            ..s
+        }),
+        Mixture::Q4KM if s.kind == "token_embd" => GgmlType::Q4_K,
+        Mixture::Q4KM => q4_k_m_type(s),
+    })?;
+    write_random(&w, path, seed)
+}
+
+/// The tensors of `w` written as random blocks (F32 ones near 1).
+fn write_random(w: &GgufWriter, path: &Path, seed: u64) -> Result<()> {
     let mut rng = Bytes(seed | 1);
     let mut buf = vec![0u8; 18 << 20];
     w.write_file(path, |_, t, out| {

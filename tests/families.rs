@@ -310,3 +310,24 @@ fn shape_validator_follows_the_family_tables() {
         );
     }
 }
+
+/// The synthetic Llama generator (the benchmarks' 8B-shaped file, here tiny) writes what
+/// llama.cpp's llama loader takes, from the `jq::arch` table, and it streams bit-identically.
+#[test]
+fn synthetic_llama_from_the_table_streams_like_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny-llama-q4_0.gguf");
+    let d = jq::synth::LlamaDims {
+        n_embd: 256,
+        n_ff: 512,
+        n_layer: 4,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 64,
+        n_ctx: 256,
+        rope_base: 500_000.0,
+    };
+    jq::synth_blocks::write_llama_random(&p, d, 512, jq::synth_blocks::Mixture::Q4_0, 3).unwrap();
+    jq::validate::check(&jq::gguf::GgufFile::open(&p).unwrap()).unwrap();
+    parity(&p, &[2, 300, 301, 7, 350, 17, 302, 303, 120, 304]);
+}

@@ -927,7 +927,9 @@ fn unused_tensors_are_refused_by_name() {
         MetaValue::from("extra"),
         &[("output.bias", vec![384], vec![0.5; 384])],
     );
-    let e = Streamer::open(&bad, &opts(None, 2)).unwrap_err().to_string();
+    let e = Streamer::open(&bad, &opts(None, 2))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("'output.bias'") && e.contains("gemma3"), "{e}");
     Streamer::open(&src, &opts(None, 2)).unwrap();
 }
