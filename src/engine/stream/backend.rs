@@ -204,7 +204,7 @@ impl Backend {
                 bail!("could not start the ggml backend of device {name}");
             }
             if !gpu {
-                sys::ggml_backend_cpu_set_n_threads(ptr, threads.max(1) as i32);
+                super::handles::set_n_threads(ptr, threads.max(1) as i32);
             }
             // On a GPU this creates the stream (and the driver context) before any memory
             // figure is taken.

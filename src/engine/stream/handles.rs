@@ -16,6 +16,8 @@
 //!   are only reachable through the registry's `ggml_backend_dev_get_extra_bufts` proc
 //!   address, a function of the type `ggml_backend_dev_get_extra_bufts_t` in `ggml-backend.h`
 //!   (`make_cpu_buft_list` in `src/llama-model.cpp` gets them the same way).
+//! - [`set_n_threads`]: a CPU backend's threads are set through its registry's proc address
+//!   (`ggml_backend_set_n_threads`), which also works when ggml's backends are loadable modules.
 //! - [`is_unrepacked_in_repack_buffer`]: a tensor placed in a `CPU_REPACK` buffer that ggml
 //!   does not repack (its `extra` is null: `ggml_backend_cpu_repack_buffer_init_tensor` in
 //!   `ggml/src/ggml-cpu/repack.cpp` sets it only for the shapes its kernels take) must have
@@ -274,5 +276,34 @@ pub(crate) unsafe fn is_unrepacked_in_repack_buffer(
             sys::ggml_backend_buffer_get_type(buf),
         ));
         (*t).extra.is_null() && name.to_bytes() == b"CPU_REPACK"
+    }
+}
+
+/// Sets a CPU backend's thread count through its registry's `ggml_backend_set_n_threads`
+/// proc address (`ggml_backend_set_n_threads_t` in `ggml-backend.h`, as llama.cpp's context
+/// sets threads on every backend), not `ggml_backend_cpu_set_n_threads`: with ggml's backends
+/// as loadable modules (`GGML_BACKEND_DL`, the portable GPU-check build) that symbol lives in a
+/// module the binary does not link. False when the backend has no such function.
+///
+/// # Safety
+/// `backend` is live.
+pub(crate) unsafe fn set_n_threads(backend: sys::ggml_backend_t, n: i32) -> bool {
+    // SAFETY: the caller's contract; the registry returns a function of the documented type.
+    unsafe {
+        let dev = sys::ggml_backend_get_device(backend);
+        if dev.is_null() {
+            return false;
+        }
+        let reg = sys::ggml_backend_dev_backend_reg(dev);
+        if reg.is_null() {
+            return false;
+        }
+        let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_set_n_threads".as_ptr());
+        if f.is_null() {
+            return false;
+        }
+        let f: unsafe extern "C" fn(sys::ggml_backend_t, i32) = std::mem::transmute(f);
+        f(backend, n.max(1));
+        true
     }
 }

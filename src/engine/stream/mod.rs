@@ -582,7 +582,7 @@ impl Streamer {
         for b in std::iter::once(&self.p.backend).chain(host) {
             if !b.gpu {
                 // SAFETY: a live CPU backend.
-                unsafe { sys::ggml_backend_cpu_set_n_threads(b.ptr, n_threads) };
+                unsafe { handles::set_n_threads(b.ptr, n_threads) };
             }
         }
         self.set_inputs(tokens, n_out)?;
