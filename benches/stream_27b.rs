@@ -9,7 +9,8 @@
 //! `cargo bench --bench stream_27b` (env: `JQ_BENCH_MIX` q4_0 (default) or q4_k_m;
 //! `JQ_BENCH_MODEL` gemma3-27b (default) or llama8b (a Llama-3-8B-shaped Q4_0 file of
 //! ~4.7 GB from the `jq::arch` llama table, default budget 1.5 GiB);
-//! `JQ_BENCH_DECODE` tokens, default 3;
+//! `JQ_BENCH_DECODE` tokens, default 3; `JQ_BENCH_PARALLEL=1,4,16` adds several sequences
+//! decoded together per step (aggregate tokens/s);
 //! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_THREADS` compute threads, default cores - 1 as
 //! `jq-run`; `JQ_BENCH_NO_LLAMA=1` skips the anchor; `JQ_BENCH_NO_EXTRA=1` skips the compute
 //! floor and host-layer runs; `JQ_BENCH_DIRECT=1` reads with O_DIRECT; `JQ_BENCH_NO_REPACK=1`
@@ -227,6 +228,43 @@ fn main() -> anyhow::Result<()> {
                 d / floor,
                 fmt_size(dev)
             ));
+        }
+    }
+    // JQ_BENCH_PARALLEL=1,4,16: several sequences decoded together (one sweep of the streamed
+    // layers per step for all of them): aggregate tokens/s vs one sequence, same plan rules.
+    if let Some(list) = env("JQ_BENCH_PARALLEL") {
+        let mut base = None;
+        for n in list
+            .split(',')
+            .filter_map(|x| x.trim().parse::<usize>().ok())
+        {
+            let o = StreamOptions {
+                n_seq: n,
+                ..opts.clone()
+            };
+            let mut s = Streamer::open(&path, &o)?;
+            for q in 0..n {
+                s.eval_seq(q, &prompt[q % 8..q % 8 + 8], false)?;
+            }
+            let t = Instant::now();
+            for k in 0..n_decode {
+                let items: Vec<(usize, u32)> =
+                    (0..n).map(|q| (q, 300 + (k * n + q) as u32)).collect();
+                s.decode(&items)?;
+            }
+            let dt = t.elapsed().as_secs_f64();
+            let agg = (n * n_decode) as f64 / dt;
+            let b = *base.get_or_insert(agg);
+            let line = format!(
+                "| jq --stream-layers, {n} sequence(s) per step ({} streamed, {} resident) | {:.2} s/step | {agg:.2} tok/s aggregate | {:.2}x one sequence | {} |",
+                s.plan().streamed.len(),
+                s.plan().resident.len(),
+                dt / n_decode as f64,
+                agg / b,
+                fmt_size(s.device_bytes())
+            );
+            println!("{line}");
+            rows.push(line);
         }
     }
     if env("JQ_BENCH_NO_LLAMA").is_none() {

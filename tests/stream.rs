@@ -933,3 +933,104 @@ fn unused_tensors_are_refused_by_name() {
     assert!(e.contains("'output.bias'") && e.contains("gemma3"), "{e}");
     Streamer::open(&src, &opts(None, 2)).unwrap();
 }
+
+/// Several sequences decoded together (`StreamOptions::n_seq`): each one's prompt through
+/// `eval_seq` gives a lone executor's logits bit for bit (same graph, its own cells); decode
+/// steps of all of them at once stay within rounding of each one decoded alone, with the same
+/// greedy tokens, while each step sweeps the streamed layers once for every sequence.
+#[test]
+fn several_sequences_share_one_weight_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::Q8_0);
+    let prompts: [Vec<u32>; 3] = [
+        PROMPT.to_vec(),
+        vec![2, 40, 41, 42, 43],
+        vec![
+            2, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84,
+        ],
+    ];
+    let multi = |n_seq: usize| StreamOptions {
+        n_seq,
+        all_logits: false,
+        ..opts(None, 2)
+    };
+    let budget = plan_only(&path, &multi(3)).unwrap().budget_for(1, 2);
+    let mut m = Streamer::open(
+        &path,
+        &StreamOptions {
+            budget: Some(budget),
+            ..multi(3)
+        },
+    )
+    .unwrap();
+    assert_eq!(m.plan().streamed.len(), 5, "{}", m.plan());
+    assert!(m.device_bytes() <= budget);
+    let v = m.hparams().n_vocab as usize;
+    const STEPS: usize = 10;
+    // Each sequence alone, in a single-sequence executor.
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut s = Streamer::open(&path, &multi(1)).unwrap();
+        let mut l = vec![s.eval(p, false).unwrap()];
+        for _ in 0..STEPS {
+            let next = argmax(l.last().unwrap());
+            l.push(s.eval(&[next], false).unwrap());
+        }
+        alone.push(l);
+    }
+    let mut last = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let l = m.eval_seq(i, p, false).unwrap();
+        assert_eq!(
+            bit_differences(&l, &alone[i][0]),
+            0,
+            "sequence {i}'s prompt"
+        );
+        last.push(l);
+    }
+    let per_token = m.plan().streamed_bytes_per_token;
+    let mut worst = 0f64;
+    for k in 1..=STEPS {
+        // Sequence 1 sits out every third step: steps of 2 and of 3 sequences.
+        let items: Vec<(usize, u32)> = (0..3)
+            .filter(|&i| i != 1 || k % 3 != 0)
+            .map(|i| (i, argmax(&last[i])))
+            .collect();
+        let n_before = m.steps().len();
+        let got = m.decode(&items).unwrap();
+        let st = &m.steps()[n_before];
+        assert_eq!(st.n_tokens, items.len());
+        assert_eq!(
+            st.bytes_streamed, per_token,
+            "one sweep serves the whole step"
+        );
+        for ((i, _), l) in items.iter().zip(got) {
+            assert_eq!(l.len(), v);
+            let want = &alone[*i][m.n_past_of(*i) - prompts[*i].len()];
+            assert_eq!(
+                argmax(&l),
+                argmax(want),
+                "sequence {i}, step {k}: greedy token"
+            );
+            worst = worst.max(rel_err(&l, want));
+            last[*i] = l;
+        }
+        if k % 3 == 0 {
+            // Sequence 1 caught up alone, as the lone run did.
+            let l = m.decode(&[(1, argmax(&last[1]))]).unwrap().remove(0);
+            assert_eq!(
+                argmax(&l),
+                argmax(&alone[1][m.n_past_of(1) - prompts[1].len()])
+            );
+            last[1] = l;
+        }
+    }
+    eprintln!("several sequences: worst rel error vs alone {worst:.3e}");
+    assert!(worst <= 1e-3, "{worst}");
+    // Refusals, before anything runs: a sequence twice in a step, one that does not exist.
+    let e = m.decode(&[(0, 5), (0, 6)]).unwrap_err().to_string();
+    assert!(e.contains("sequence 0 appears twice"), "{e}");
+    let e = m.decode(&[(0, 5), (3, 6)]).unwrap_err().to_string();
+    assert!(e.contains("sequence 3 does not exist"), "{e}");
+    m.decode(&[(0, 5), (2, 6)]).unwrap();
+}

@@ -480,14 +480,16 @@ impl Hparams {
     }
 }
 
-/// What a layer graph computes: `n_tokens` new tokens after `n_past` cached ones, attending
-/// over the first `n_kv` KV cells (llama.cpp's padded count: cells past `n_past + n_tokens`
-/// are masked); with `n_out`, the last layer keeps only the rows listed in `out_ids`
+/// What a layer graph computes: `n_tokens` new tokens, each written to the KV cell the
+/// executor's `kv_idx` input names (llama.cpp's `set_rows` into the cache), attending over the
+/// `n_kv` cells from `kv_base` (one sequence's cells, padded as llama.cpp pads them, or every
+/// sequence's cells for a step that decodes several sequences at once: the mask keeps each
+/// token to its own); with `n_out`, the last layer keeps only the rows listed in `out_ids`
 /// (llama.cpp's `inp_out_ids`).
 #[derive(Debug, Clone, Copy)]
 pub struct Batch {
     pub n_tokens: i64,
-    pub n_past: i64,
+    pub kv_base: i64,
     pub n_kv: i64,
     pub n_out: Option<i64>,
 }
@@ -499,6 +501,8 @@ pub struct LayerIo {
     pub x: *mut sys::ggml_tensor,
     pub pos: *mut sys::ggml_tensor,
     pub out_ids: *mut sys::ggml_tensor,
+    /// I64 `[n_ubatch]`: the KV cell each token of the batch is written to.
+    pub kv_idx: *mut sys::ggml_tensor,
     /// This layer's mask `[cells, n_ubatch]` f16 (causal, and the window on sliding layers).
     pub mask: *mut sys::ggml_tensor,
     /// This layer's KV cache `[n_head_kv * head_dim, cells]` f16.
@@ -535,7 +539,7 @@ impl std::ops::IndexMut<Role> for LayerWeights {
 ///
 /// # Safety
 /// `g` is a live, freshly reset graph context; every tensor is live and has memory (the
-/// weights placed); `b` fits the state (n_past + n_tokens <= n_kv <= cells, n_tokens <=
+/// weights placed); `b` fits the state (kv_base + n_kv <= cells, every kv_idx < cells, n_tokens <=
 /// n_ubatch, n_out <= n_tokens).
 pub unsafe fn build_layer(
     g: *mut sys::ggml_context,
@@ -612,13 +616,16 @@ unsafe fn attention(
     unsafe {
         let (kc, vc) = (io.k, io.v);
         let row = (*kc).nb[1];
-        let kdst = sys::ggml_view_2d(g, kc, hd * hp.n_head_kv, t, row, row * b.n_past as usize);
-        let vdst = sys::ggml_view_2d(g, vc, hd * hp.n_head_kv, t, row, row * b.n_past as usize);
-        sys::ggml_build_forward_expand(gf, sys::ggml_cpy(g, k, kdst));
-        sys::ggml_build_forward_expand(gf, sys::ggml_cpy(g, v, vdst));
+        // Each token's K and V row into its cell (f32 -> f16 as ggml's copy converts).
+        let idx = sys::ggml_view_1d(g, io.kv_idx, t, 0);
+        let k2 = sys::ggml_reshape_2d(g, k, hd * hp.n_head_kv, t);
+        let v2 = sys::ggml_reshape_2d(g, v, hd * hp.n_head_kv, t);
+        sys::ggml_build_forward_expand(gf, sys::ggml_set_rows(g, kc, k2, idx));
+        sys::ggml_build_forward_expand(gf, sys::ggml_set_rows(g, vc, v2, idx));
         let es = (*kc).nb[0];
-        let kall = sys::ggml_view_3d(g, kc, hd, hp.n_head_kv, b.n_kv, es * hd as usize, row, 0);
-        let vall = sys::ggml_view_3d(g, vc, hd, hp.n_head_kv, b.n_kv, es * hd as usize, row, 0);
+        let base = row * b.kv_base as usize;
+        let kall = sys::ggml_view_3d(g, kc, hd, hp.n_head_kv, b.n_kv, es * hd as usize, row, base);
+        let vall = sys::ggml_view_3d(g, vc, hd, hp.n_head_kv, b.n_kv, es * hd as usize, row, base);
         let mask = sys::ggml_view_2d(g, io.mask, b.n_kv, t, es * b.n_kv as usize, 0);
         let fa = sys::ggml_flash_attn_ext(
             g,

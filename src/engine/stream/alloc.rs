@@ -198,7 +198,7 @@ impl Streamer {
         self.compute_bytes = self.p.galloc.buffer_size();
         self.device_bytes += self.compute_bytes;
         self.check_budget("the compute buffer")?;
-        let n = (self.p.n_cells * self.p.n_ub) as usize;
+        let n = (self.p.cells() * self.p.n_ub) as usize;
         self.mask_g = vec![f16::ZERO; n];
         self.mask_s = vec![f16::ZERO; n];
         if plan.streamed.is_empty() {
@@ -331,8 +331,7 @@ impl Streamer {
             &self.p.w,
             &self.p.hp,
             &self.p.plan.host,
-            self.p.n_ctx,
-            self.p.n_cells,
+            self.p.cells(),
             self.p.n_ub,
             o.threads,
             o.repack,

@@ -328,7 +328,9 @@ pub(crate) struct State {
     pub x: *mut sys::ggml_tensor,
     pub pos: *mut sys::ggml_tensor,
     pub out_ids: *mut sys::ggml_tensor,
-    /// Masks [n_ctx, n_ubatch] f16: causal (global layers) and causal + window (sliding).
+    /// I64 [n_ubatch]: each token's KV cell.
+    pub kv_idx: *mut sys::ggml_tensor,
+    /// Masks [cells, n_ubatch] f16: causal (global layers) and causal + window (sliding).
     pub mask_g: *mut sys::ggml_tensor,
     pub mask_s: *mut sys::ggml_tensor,
 }
@@ -346,15 +348,16 @@ impl State {
         n_ub: i64,
         kv: impl Fn(usize) -> bool,
     ) -> Result<State> {
-        let ctx = Ctx::new(2 * hp.n_layer + 8, 0)?;
+        let ctx = Ctx::new(2 * hp.n_layer + 9, 0)?;
         let row = hp.head_dim * hp.n_head_kv;
-        // SAFETY: `ctx` is a live no-alloc context with room for 2*n_layer + 8 tensors.
+        // SAFETY: `ctx` is a live no-alloc context with room for 2*n_layer + 9 tensors.
         let st = unsafe {
             let nt =
                 |ty: sys::ggml_type, a: i64, b: i64| sys::ggml_new_tensor_2d(ctx.ptr, ty, a, b);
             let f16 = GgmlType::F16.id() as sys::ggml_type;
             let f32 = GgmlType::F32.id() as sys::ggml_type;
             let i32t = GgmlType::I32.id() as sys::ggml_type;
+            let i64t = GgmlType::I64.id() as sys::ggml_type;
             let cache = |il: usize| kv(il).then(|| nt(f16, row, n_ctx));
             let k = (0..hp.n_layer).map(cache).collect();
             let v = (0..hp.n_layer).map(cache).collect();
@@ -364,6 +367,7 @@ impl State {
                 x: nt(f32, hp.n_embd, n_ub),
                 pos: sys::ggml_new_tensor_1d(ctx.ptr, i32t, n_ub),
                 out_ids: sys::ggml_new_tensor_1d(ctx.ptr, i32t, n_ub),
+                kv_idx: sys::ggml_new_tensor_1d(ctx.ptr, i64t, n_ub),
                 mask_g: nt(f16, n_ctx, n_ub),
                 mask_s: nt(f16, n_ctx, n_ub),
                 ctx,
@@ -388,6 +392,7 @@ impl State {
             x: self.x,
             pos: self.pos,
             out_ids: self.out_ids,
+            kv_idx: self.kv_idx,
             mask: if hp.swa[il] { self.mask_s } else { self.mask_g },
             k,
             v,

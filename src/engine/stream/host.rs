@@ -39,7 +39,7 @@ pub(crate) struct HostSide {
 
 impl HostSide {
     /// Places `layers`' weights and reserves their compute buffer for batches of `n_ub`
-    /// tokens in a context of `n_ctx` with `n_cells` KV cells; `repack`: use the extra buffer
+    /// tokens with `n_cells` KV cells (every sequence's); `repack`: use the extra buffer
     /// types as llama.cpp does.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -47,7 +47,6 @@ impl HostSide {
         w: &Weights,
         hp: &Hparams,
         layers: &[usize],
-        n_ctx: i64,
         n_cells: i64,
         n_ub: i64,
         threads: usize,
@@ -162,7 +161,7 @@ impl HostSide {
             for l in kinds {
                 let sh = Batch {
                     n_tokens: n_ub,
-                    n_past: n_ctx - n_ub,
+                    kv_base: 0,
                     n_kv: n_cells,
                     n_out: None,
                 };

@@ -105,6 +105,10 @@ pub struct StreamOptions {
     /// Benchmark hook: the reader hands slots over without reading (the compute floor of the
     /// same plan; the logits are meaningless).
     pub skip_reads: bool,
+    /// Sequences with a context of `n_ctx` each (the KV cache holds all of them), decoded
+    /// together by [`Streamer::decode`]: one pass over the weights per step serves every
+    /// sequence in it (`jq-run serve --parallel N --stream-layers`).
+    pub n_seq: usize,
 }
 
 impl Default for StreamOptions {
@@ -127,6 +131,7 @@ impl Default for StreamOptions {
             staging_chunk: 16 << 20,
             staged: false,
             skip_reads: false,
+            n_seq: 1,
         }
     }
 }
@@ -160,7 +165,8 @@ pub struct Streamer {
     ring: Option<Ring>,
     compute_bytes: u64,
     device_bytes: u64,
-    n_past: usize,
+    /// Per sequence: positions cached.
+    n_past: Vec<usize>,
     events: Events,
     steps: Vec<StepStats>,
     mask_g: Vec<f16>,
@@ -209,7 +215,7 @@ impl Streamer {
             ring: None,
             compute_bytes: 0,
             device_bytes: 0,
-            n_past: 0,
+            n_past: Vec::new(),
             events: Events::new(),
             steps: Vec::new(),
             mask_g: Vec::new(),
@@ -225,6 +231,7 @@ impl Streamer {
             xbuf: Vec::new(),
             embd: Vec::new(),
         };
+        s.n_past = vec![0; s.p.n_seq as usize];
         if s.p.backend.gpu {
             s.driver_free0 = Some(s.p.backend.memory().0);
         }
@@ -269,11 +276,12 @@ impl Streamer {
             unsafe { upload::order_before(self.p.backend.ptr, ev) };
         }
         // A token at position 0: its KV cell is rewritten by the first real step.
-        self.set_inputs(&[0], 0)?;
+        let n_kv = graph::n_kv_cells(1, self.p.n_cells);
+        self.set_inputs(&[(0, 0)], 0, 0, n_kv as usize)?;
         let sh = Batch {
             n_tokens: 1,
-            n_past: 0,
-            n_kv: graph::n_kv_cells(1, self.p.n_cells),
+            kv_base: 0,
+            n_kv,
             n_out: None,
         };
         let mut device_s = f64::MAX;
@@ -289,13 +297,12 @@ impl Streamer {
             &self.p.w,
             &self.p.hp,
             &[l],
-            self.p.n_ctx,
-            self.p.n_cells,
+            self.p.cells(),
             self.p.n_ub,
             o.threads,
             o.repack,
         )?);
-        self.set_inputs(&[0], 0)?;
+        self.set_inputs(&[(0, 0)], 0, 0, n_kv as usize)?;
         let mut h = self.host.take().context("host side")?;
         let mut host_s = f64::MAX;
         for _ in 0..3 {
@@ -451,8 +458,19 @@ impl Streamer {
         &self.upload_path
     }
 
+    /// Positions cached in sequence 0 (the one [`Streamer::eval`] uses).
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.n_past[0]
+    }
+
+    /// Positions cached in sequence `seq`.
+    pub fn n_past_of(&self, seq: usize) -> usize {
+        self.n_past.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Sequences this executor holds a context for.
+    pub fn n_seq(&self) -> usize {
+        self.n_past.len()
     }
 
     pub fn steps(&self) -> &[StepStats] {
@@ -463,9 +481,16 @@ impl Streamer {
         self.events.snapshot()
     }
 
-    /// Forgets the context (KV cells are overwritten by the next tokens).
+    /// Forgets every sequence's context (KV cells are overwritten by the next tokens).
     pub fn clear(&mut self) {
-        self.n_past = 0;
+        self.n_past.iter_mut().for_each(|n| *n = 0);
+    }
+
+    /// Forgets sequence `seq`'s context.
+    pub fn clear_seq(&mut self, seq: usize) {
+        if let Some(n) = self.n_past.get_mut(seq) {
+            *n = 0;
+        }
     }
 
     fn compute(&mut self, gf: *mut sys::ggml_cgraph) -> Result<()> {
@@ -474,18 +499,30 @@ impl Streamer {
         unsafe { run_graph(self.p.backend.ptr, &self.p.galloc, self.compute_bytes, gf) }
     }
 
-    fn set_inputs(&mut self, tokens: &[u32], n_out: usize) -> Result<()> {
-        let t = tokens.len();
-        let n_kv = graph::n_kv_cells((self.n_past + t) as i64, self.p.n_cells) as usize;
-        let pos: Vec<i32> = (self.n_past..self.n_past + t).map(|p| p as i32).collect();
+    /// The step's inputs: for each token its (sequence, position); the mask rows over the
+    /// `n_kv` cells from `kv_base` (a token sees its own sequence's cells up to its position,
+    /// within the window on sliding layers); each token's KV cell; the last `n_out` rows as
+    /// outputs.
+    fn set_inputs(
+        &mut self,
+        rows: &[(usize, usize)],
+        n_out: usize,
+        kv_base: usize,
+        n_kv: usize,
+    ) -> Result<()> {
+        let t = rows.len();
+        let cells = self.p.n_cells as usize;
+        let pos: Vec<i32> = rows.iter().map(|&(_, p)| p as i32).collect();
+        let idx: Vec<i64> = rows.iter().map(|&(s, p)| (s * cells + p) as i64).collect();
         let out: Vec<i32> = ((t - n_out)..t).map(|i| i as i32).collect();
         let n_swa = self.p.hp.n_swa as usize;
-        for j in 0..t {
-            let p1 = self.n_past + j;
+        for (j, &(seq, p1)) in rows.iter().enumerate() {
             for i in 0..n_kv {
-                let causal = i > p1;
-                self.mask_g[j * n_kv + i] = if causal { f16::NEG_INFINITY } else { f16::ZERO };
-                let sw = causal || (n_swa > 0 && p1 - i >= n_swa);
+                let c = kv_base + i;
+                let (cs, local) = (c / cells, c % cells);
+                let hidden = cs != seq || local > p1;
+                self.mask_g[j * n_kv + i] = if hidden { f16::NEG_INFINITY } else { f16::ZERO };
+                let sw = hidden || (n_swa > 0 && p1 - local >= n_swa);
                 self.mask_s[j * n_kv + i] = if sw { f16::NEG_INFINITY } else { f16::ZERO };
             }
         }
@@ -496,6 +533,7 @@ impl Streamer {
             // n_kv * t <= cells * n_ubatch), all tensors live in their state buffer.
             unsafe {
                 sys::ggml_backend_tensor_set(st.pos, pos.as_ptr().cast(), 0, 4 * t);
+                sys::ggml_backend_tensor_set(st.kv_idx, idx.as_ptr().cast(), 0, 8 * t);
                 if n_out > 0 {
                     sys::ggml_backend_tensor_set(st.out_ids, out.as_ptr().cast(), 0, 4 * n_out);
                 }
@@ -510,53 +548,63 @@ impl Streamer {
     /// (`all_logits`, which the executor must have been opened for) or of the last one,
     /// row-major `[n, n_vocab]`.
     pub fn eval(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        if let Some(e) = &self.failed {
-            bail!("an earlier step failed, the ring is out of step ({e}); open the model again");
-        }
-        if tokens.is_empty() {
-            bail!("nothing to evaluate");
+        self.eval_seq(0, tokens, all_logits)
+    }
+
+    /// [`Streamer::eval`] for sequence `seq` (its own context; the others' are untouched).
+    /// One sequence's step is the same graph as a single-sequence executor's, so its logits
+    /// are the same bits.
+    pub fn eval_seq(&mut self, seq: usize, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.check_step(tokens)?;
+        if seq >= self.n_past.len() {
+            bail!(
+                "sequence {seq} does not exist (this executor holds {})",
+                self.n_past.len()
+            );
         }
         if all_logits && self.p.n_outputs < self.p.n_ub.min(tokens.len() as i64) {
             bail!("every position's logits were asked for, but the output buffer was sized for the last one (StreamOptions::all_logits)");
         }
-        if self.n_past + tokens.len() > self.p.n_ctx as usize {
+        let n_past = self.n_past[seq];
+        if n_past + tokens.len() > self.p.n_ctx as usize {
             bail!(
                 "the context of {} positions is full ({} cached + {} new)",
                 self.p.n_ctx,
-                self.n_past,
+                n_past,
                 tokens.len()
             );
         }
-        let n_vocab = self.p.hp.n_vocab as usize;
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            bail!("token id {bad} is outside the vocabulary of {n_vocab}");
-        }
         let t_step = Instant::now();
-        let mut stats = StepStats {
-            n_tokens: tokens.len(),
-            bytes_streamed: 0,
-            read_s: 0.0,
-            wait_s: 0.0,
-            compute_s: 0.0,
-            total_s: 0.0,
-            layers: Vec::with_capacity(self.p.hp.n_layer),
-            peak_rss: None,
-        };
+        let mut stats = StepStats::new(tokens.len(), self.p.hp.n_layer);
         let mut logits = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(self.p.n_ub as usize).collect();
-        for (ci, chunk) in chunks.iter().enumerate() {
-            let last = ci + 1 == chunks.len();
+        let cells = self.p.n_cells as usize;
+        let mut at = n_past;
+        for (ci, chunk) in tokens.chunks(self.p.n_ub as usize).enumerate() {
+            let last = (ci + 1) * self.p.n_ub as usize >= tokens.len();
             let n_out = match (all_logits, last) {
                 (true, _) => chunk.len(),
                 (false, true) => 1,
                 (false, false) => 0,
             };
-            if let Err(e) = self.step(chunk, n_out, &mut stats, &mut logits) {
+            let rows: Vec<(usize, usize)> = (at..at + chunk.len()).map(|p| (seq, p)).collect();
+            let n_kv = graph::n_kv_cells((at + chunk.len()) as i64, self.p.n_cells) as usize;
+            let r = self.step(
+                chunk,
+                &rows,
+                n_out,
+                seq * cells,
+                n_kv,
+                &mut stats,
+                &mut logits,
+            );
+            if let Err(e) = r {
                 // A step that stopped half way may hold slots or have consumed layers the
                 // reader has moved past: nothing after it can be trusted.
                 self.failed = Some(format!("{e:#}"));
                 return Err(e);
             }
+            at += chunk.len();
+            self.n_past[seq] = at;
         }
         stats.total_s = t_step.elapsed().as_secs_f64();
         stats.peak_rss = crate::engine::peak_rss();
@@ -565,10 +613,99 @@ impl Streamer {
         Ok(logits)
     }
 
+    /// One token for each of several sequences in one step: a single pass over the weights
+    /// (one sweep of the streamed layers) serves them all. `items` are (sequence, token) with
+    /// distinct sequences; returns each one's logits, in order. Batch composition changes
+    /// which kernels run (rows of a matrix product), so the logits equal a lone sequence's
+    /// within rounding, not bit for bit; one item is exactly [`Streamer::eval_seq`].
+    pub fn decode(&mut self, items: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
+        if items.len() == 1 {
+            let (seq, tok) = items[0];
+            return Ok(vec![self.eval_seq(seq, &[tok], false)?]);
+        }
+        let tokens: Vec<u32> = items.iter().map(|&(_, t)| t).collect();
+        self.check_step(&tokens)?;
+        if items.len() as i64 > self.p.n_outputs {
+            bail!(
+                "{} sequences in one step, but the executor was opened for {} (StreamOptions::n_seq)",
+                items.len(),
+                self.p.n_outputs
+            );
+        }
+        let mut seen = vec![false; self.n_past.len()];
+        for &(seq, _) in items {
+            if seq >= seen.len() {
+                bail!(
+                    "sequence {seq} does not exist (this executor holds {})",
+                    seen.len()
+                );
+            }
+            if std::mem::replace(&mut seen[seq], true) {
+                bail!("sequence {seq} appears twice in one step");
+            }
+            if self.n_past[seq] + 1 > self.p.n_ctx as usize {
+                bail!(
+                    "sequence {seq}: the context of {} positions is full",
+                    self.p.n_ctx
+                );
+            }
+        }
+        let rows: Vec<(usize, usize)> = items.iter().map(|&(s, _)| (s, self.n_past[s])).collect();
+        // Every cell up to the last sequence's used (padded) ones.
+        let &(top, top_past) = rows.iter().max().context("no sequence")?;
+        let n_kv = top * self.p.n_cells as usize
+            + graph::n_kv_cells(top_past as i64 + 1, self.p.n_cells) as usize;
+        let t_step = Instant::now();
+        let mut stats = StepStats::new(items.len(), self.p.hp.n_layer);
+        let mut logits = Vec::new();
+        if let Err(e) = self.step(
+            &tokens,
+            &rows,
+            items.len(),
+            0,
+            n_kv,
+            &mut stats,
+            &mut logits,
+        ) {
+            self.failed = Some(format!("{e:#}"));
+            return Err(e);
+        }
+        for &(s, _) in items {
+            self.n_past[s] += 1;
+        }
+        stats.total_s = t_step.elapsed().as_secs_f64();
+        stats.peak_rss = crate::engine::peak_rss();
+        self.steps.push(stats);
+        self.check_driver()?;
+        let v = self.p.hp.n_vocab as usize;
+        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// What every step refuses: a failed executor, no tokens, ids outside the vocabulary.
+    fn check_step(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(e) = &self.failed {
+            bail!("an earlier step failed, the ring is out of step ({e}); open the model again");
+        }
+        if tokens.is_empty() {
+            bail!("nothing to evaluate");
+        }
+        let n_vocab = self.p.hp.n_vocab as usize;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            bail!("token id {bad} is outside the vocabulary of {n_vocab}");
+        }
+        Ok(())
+    }
+
+    /// One micro-batch through every layer: `tokens` at `rows` (sequence, position), the
+    /// attention over `n_kv` cells from `kv_base`, the last `n_out` rows' logits appended.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         tokens: &[u32],
+        rows: &[(usize, usize)],
         n_out: usize,
+        kv_base: usize,
+        n_kv: usize,
         stats: &mut StepStats,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
@@ -585,7 +722,7 @@ impl Streamer {
                 unsafe { handles::set_n_threads(b.ptr, n_threads) };
             }
         }
-        self.set_inputs(tokens, n_out)?;
+        self.set_inputs(rows, n_out, kv_base, n_kv)?;
         self.embed_on_host(tokens)?;
         let n_layer = self.p.hp.n_layer;
         let mut x_on_host = false;
@@ -603,8 +740,8 @@ impl Streamer {
                 (il + 1 == n_layer && (n_out as i64) < t && n_out > 0).then_some(n_out as i64);
             let sh = Batch {
                 n_tokens: t,
-                n_past: self.n_past as i64,
-                n_kv: graph::n_kv_cells(self.n_past as i64 + t, self.p.n_cells),
+                kv_base: kv_base as i64,
+                n_kv: n_kv as i64,
                 n_out: n_out_l,
             };
             if on_host != x_on_host {
@@ -686,7 +823,6 @@ impl Streamer {
                 sys::ggml_backend_tensor_get(out, logits[at..].as_mut_ptr().cast(), 0, 4 * n)
             };
         }
-        self.n_past += tokens.len();
         Ok(())
     }
 

@@ -99,8 +99,11 @@ pub(super) struct Prepared {
     /// factors), packed likewise.
     pub(super) out_layout: Packing,
     pub(super) n_ctx: i64,
-    /// KV cells, as llama.cpp allocates them for `n_ctx` (padded to 256).
+    /// KV cells of one sequence, as llama.cpp allocates them for `n_ctx` (padded to 256).
     pub(super) n_cells: i64,
+    /// Sequences decoded together (`StreamOptions::n_seq`): sequence `s` owns cells
+    /// `s * n_cells ..`.
+    pub(super) n_seq: i64,
     pub(super) n_ub: i64,
     /// Logit rows the output graph is sized for.
     pub(super) n_outputs: i64,
@@ -111,10 +114,19 @@ pub(super) struct Prepared {
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
     Layer(usize),
+    Multi(usize),
     Output,
 }
 
+/// Most sequences one executor decodes together.
+pub const MAX_SEQ: usize = 64;
+
 impl Prepared {
+    /// KV cells of every sequence.
+    pub(super) fn cells(&self) -> i64 {
+        self.n_cells * self.n_seq
+    }
+
     pub(super) fn new(path: &Path, o: &StreamOptions) -> Result<Prepared> {
         // llama.cpp's and ggml's logs (repack notices and the like) stay silent unless asked.
         crate::engine::llama::backend()?;
@@ -142,7 +154,11 @@ impl Prepared {
         let n_ub_req = o.n_ubatch.clamp(1, o.n_ctx.max(1));
         let mut p = Prepared {
             file,
-            st: State::new(&hp, graph::kv_cells(n_ctx), i64::from(n_ub_req))?,
+            st: State::new(
+                &hp,
+                graph::kv_cells(n_ctx) * o.n_seq.clamp(1, MAX_SEQ) as i64,
+                i64::from(n_ub_req),
+            )?,
             hp,
             backend,
             w,
@@ -167,6 +183,7 @@ impl Prepared {
             out_layout,
             n_ctx,
             n_cells: graph::kv_cells(n_ctx),
+            n_seq: o.n_seq.clamp(1, MAX_SEQ) as i64,
             n_ub: i64::from(n_ub_req),
             n_outputs: 1,
         };
@@ -205,7 +222,7 @@ impl Prepared {
             if !p.plan.host.is_empty() {
                 // Their KV cache lives on the host: the device state goes without it.
                 let host = p.plan.host.clone();
-                p.st = State::with_kv(&p.hp, p.n_cells, p.n_ub, |l| !host.contains(&l))?;
+                p.st = State::with_kv(&p.hp, p.cells(), p.n_ub, |l| !host.contains(&l))?;
                 let (kv, state) = state_sizes(&p.st, &p.backend);
                 p.plan.sizes.kv = kv;
                 p.plan.sizes.state = state;
@@ -217,8 +234,13 @@ impl Prepared {
     /// Sizes the state and compute buffer for micro-batches of `n_ub` and plans.
     pub(super) fn plan_at(&mut self, n_ub: u32, budget: u64, o: &StreamOptions) -> Result<Plan> {
         self.n_ub = i64::from(n_ub);
-        self.n_outputs = if o.all_logits { self.n_ub } else { 1 };
-        self.st = State::new(&self.hp, self.n_cells, self.n_ub)?;
+        // Every row of a prompt batch, or one per sequence decoded together.
+        self.n_outputs = if o.all_logits {
+            self.n_ub
+        } else {
+            self.n_seq.min(self.n_ub)
+        };
+        self.st = State::new(&self.hp, self.cells(), self.n_ub)?;
         let compute = self.measure_compute()?;
         let (kv, state) = state_sizes(&self.st, &self.backend);
         let sizes = Sizes {
@@ -310,8 +332,18 @@ impl Prepared {
                 il,
                 Batch {
                     n_tokens: self.n_ub,
-                    n_past: self.n_ctx - self.n_ub,
+                    kv_base: 0,
                     n_kv: self.n_cells,
+                    n_out: None,
+                },
+            ),
+            // One token of every sequence over every sequence's cells.
+            Kind::Multi(il) => self.layer_graph(
+                il,
+                Batch {
+                    n_tokens: self.n_seq.min(self.n_ub),
+                    kv_base: 0,
+                    n_kv: self.cells(),
                     n_out: None,
                 },
             ),
@@ -327,6 +359,9 @@ impl Prepared {
             let on_device = |l: &usize| self.hp.swa[*l] == swa && !self.plan.host.contains(l);
             if let Some(l) = (0..self.hp.n_layer).find(on_device) {
                 k.push(Kind::Layer(l));
+                if self.n_seq > 1 {
+                    k.push(Kind::Multi(l));
+                }
             }
         }
         k

@@ -98,6 +98,20 @@ pub struct StepStats {
 }
 
 impl StepStats {
+    /// An empty record of a step of `n_tokens` over `n_layer` layers.
+    pub fn new(n_tokens: usize, n_layer: usize) -> StepStats {
+        StepStats {
+            n_tokens,
+            bytes_streamed: 0,
+            read_s: 0.0,
+            wait_s: 0.0,
+            compute_s: 0.0,
+            total_s: 0.0,
+            layers: Vec::with_capacity(n_layer),
+            peak_rss: None,
+        }
+    }
+
     /// Streamed bytes over the wall time of the step.
     pub fn effective_gbps(&self) -> f64 {
         if self.total_s > 0.0 {
