@@ -1,0 +1,297 @@
+//! Dense kernels of the trainer: matrix products (matrixmultiply's sgemm, parallel over fixed
+//! row blocks), LayerNorm and tanh-GELU forward and backward.
+//!
+//! Determinism: work is split into blocks whose size is a constant, never derived from the
+//! thread count, and every reduction runs in a fixed order inside its block (partial sums of
+//! blocks are added in block order). So the result of every kernel is the same bit for bit
+//! whatever `--threads` is.
+
+use rayon::prelude::*;
+
+/// Rows of the output per parallel task.
+const ROW_BLOCK: usize = 64;
+
+/// How a stored matrix is read: as stored (`[rows, cols]` row-major) or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    N,
+    T,
+}
+
+/// `c (m x n) = op(a) (m x k) @ op(b) (k x n)` (or `+=` with `accumulate`), row-major, each
+/// operand contiguous: `a` is stored `[m, k]` for `Op::N` and `[k, m]` for `Op::T`, likewise
+/// `b` is `[k, n]` or `[n, k]`. Parallel over blocks of `ROW_BLOCK` rows of `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: Op,
+    b: &[f32],
+    tb: Op,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    c[..m * n]
+        .par_chunks_mut(ROW_BLOCK * n)
+        .enumerate()
+        .for_each(|(blk, cb)| {
+            let r0 = blk * ROW_BLOCK;
+            let rows = cb.len() / n;
+            let a_off = match ta {
+                Op::N => r0 * k,
+                Op::T => r0,
+            };
+            gemm_block(rows, k, n, &a[a_off..], a_strides(ta, m, k), b, tb, cb, accumulate);
+        });
+}
+
+/// [`matmul`] on the calling thread only (for work that is already inside a parallel task).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: Op,
+    b: &[f32],
+    tb: Op,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm_block(m, k, n, a, a_strides(ta, m, k), b, tb, &mut c[..m * n], accumulate);
+}
+
+fn a_strides(ta: Op, m: usize, k: usize) -> (usize, usize) {
+    match ta {
+        Op::N => (k, 1),
+        Op::T => (1, m),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    tb: Op,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    let (rsb, csb) = match tb {
+        Op::N => (n, 1),
+        Op::T => (1, k),
+    };
+    // The furthest element read: row rows-1, column k-1 of `a`; row k-1, column n-1 of `b`.
+    if k > 0 {
+        assert!((rows - 1) * rsa + (k - 1) * csa < a.len());
+        assert!((k - 1) * rsb + (n - 1) * csb < b.len());
+    }
+    assert!(c.len() >= rows * n);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: the asserts above bound every element the strides address inside `a`, `b` and
+    // `c`; `c` is exclusively borrowed and does not overlap the shared `a` and `b`.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// What the LayerNorm backward needs: the normalized input and `1/sqrt(var + eps)` per row.
+#[derive(Debug, Default)]
+pub struct LnCache {
+    pub xhat: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * g + b` per row of `d` (population variance).
+pub fn layer_norm(x: &[f32], g: &[f32], b: &[f32], eps: f32, y: &mut [f32]) -> LnCache {
+    let d = g.len();
+    let rows = x.len() / d;
+    let mut cache = LnCache {
+        xhat: vec![0.0; x.len()],
+        rstd: vec![0.0; rows],
+    };
+    y.par_chunks_mut(d)
+        .zip(cache.xhat.par_chunks_mut(d))
+        .zip(cache.rstd.par_iter_mut())
+        .zip(x.par_chunks(d))
+        .for_each(|(((yr, xh), rs), xr)| {
+            let mean = xr.iter().sum::<f32>() / d as f32;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let r = 1.0 / (var + eps).sqrt();
+            *rs = r;
+            for i in 0..d {
+                xh[i] = (xr[i] - mean) * r;
+                yr[i] = xh[i] * g[i] + b[i];
+            }
+        });
+    cache
+}
+
+/// LayerNorm backward: `dx` (written), `dg` and `db` (accumulated).
+pub fn layer_norm_backward(
+    dy: &[f32],
+    g: &[f32],
+    cache: &LnCache,
+    dx: &mut [f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = g.len();
+    dx.par_chunks_mut(d)
+        .zip(dy.par_chunks(d))
+        .zip(cache.xhat.par_chunks(d))
+        .zip(cache.rstd.par_iter())
+        .for_each(|(((dxr, dyr), xh), &r)| {
+            let mut mean_dxhat = 0.0f32;
+            let mut mean_dxhat_xhat = 0.0f32;
+            for i in 0..d {
+                let t = dyr[i] * g[i];
+                mean_dxhat += t;
+                mean_dxhat_xhat += t * xh[i];
+            }
+            mean_dxhat /= d as f32;
+            mean_dxhat_xhat /= d as f32;
+            for i in 0..d {
+                dxr[i] = r * (dyr[i] * g[i] - mean_dxhat - xh[i] * mean_dxhat_xhat);
+            }
+        });
+    let (pg, pb) = column_sums2(dy, &cache.xhat, d);
+    for i in 0..d {
+        dg[i] += pg[i];
+        db[i] += pb[i];
+    }
+}
+
+/// Column sums of `dy * xhat` and of `dy`, over fixed row blocks added in order.
+fn column_sums2(dy: &[f32], xhat: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dy
+        .par_chunks(ROW_BLOCK * d)
+        .zip(xhat.par_chunks(ROW_BLOCK * d))
+        .map(|(dyb, xb)| {
+            let mut sg = vec![0f32; d];
+            let mut sb = vec![0f32; d];
+            for (dyr, xr) in dyb.chunks(d).zip(xb.chunks(d)) {
+                for i in 0..d {
+                    sg[i] += dyr[i] * xr[i];
+                    sb[i] += dyr[i];
+                }
+            }
+            (sg, sb)
+        })
+        .collect();
+    let mut sg = vec![0f32; d];
+    let mut sb = vec![0f32; d];
+    for (g, b) in parts {
+        for i in 0..d {
+            sg[i] += g[i];
+            sb[i] += b[i];
+        }
+    }
+    (sg, sb)
+}
+
+const GELU_C: f32 = 0.797_884_6; // sqrt(2 / pi)
+const GELU_A: f32 = 0.044715;
+
+/// `gelu(u) = 0.5 u (1 + tanh(c (u + a u^3)))`; also returns the tanh values for the backward.
+pub fn gelu(u: &[f32], out: &mut [f32]) -> Vec<f32> {
+    let mut th = vec![0f32; u.len()];
+    out.par_chunks_mut(4096)
+        .zip(th.par_chunks_mut(4096))
+        .zip(u.par_chunks(4096))
+        .for_each(|((o, t), u)| {
+            for i in 0..u.len() {
+                let x = u[i];
+                t[i] = (GELU_C * (x + GELU_A * x * x * x)).tanh();
+                o[i] = 0.5 * x * (1.0 + t[i]);
+            }
+        });
+    th
+}
+
+/// In place: `d <- d * gelu'(u)`.
+pub fn gelu_backward(d: &mut [f32], u: &[f32], th: &[f32]) {
+    d.par_chunks_mut(4096)
+        .zip(u.par_chunks(4096))
+        .zip(th.par_chunks(4096))
+        .for_each(|((d, u), t)| {
+            for i in 0..d.len() {
+                let x = u[i];
+                let dt = (1.0 - t[i] * t[i]) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+                d[i] *= 0.5 * (1.0 + t[i]) + 0.5 * x * dt;
+            }
+        });
+}
+
+/// Sum of squares in f64 over fixed blocks added in order.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.par_chunks(1 << 14)
+        .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, k: usize, n: usize, a: &[f32], ta: Op, b: &[f32], tb: Op) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let av = if ta == Op::N { a[i * k + p] } else { a[p * m + i] };
+                    let bv = if tb == Op::N { b[p * n + j] } else { b[j * k + p] };
+                    c[i * n + j] += f64::from(av) * f64::from(bv);
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_all_transposes_match_naive() {
+        let (m, k, n) = (130, 17, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        for ta in [Op::N, Op::T] {
+            for tb in [Op::N, Op::T] {
+                let mut c = vec![1f32; m * n];
+                matmul(m, k, n, &a, ta, &b, tb, &mut c, true);
+                let want = naive(m, k, n, &a, ta, &b, tb);
+                for (x, w) in c.iter().zip(&want) {
+                    assert!((f64::from(*x) - 1.0 - w).abs() < 1e-4, "{ta:?} {tb:?}");
+                }
+            }
+        }
+    }
+}
