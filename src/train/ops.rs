@@ -8,8 +8,13 @@
 
 use rayon::prelude::*;
 
-/// Rows of the output per parallel task.
-const ROW_BLOCK: usize = 64;
+/// Rows of the output per parallel task when the output is tall (`m >= 2 * ROW_BLOCK`); else
+/// the output is split into blocks of `COL_BLOCK` columns. Large blocks matter: sgemm packs
+/// the shared operand again for every block.
+const ROW_BLOCK: usize = 256;
+const COL_BLOCK: usize = 128;
+/// Rows per task of the row-wise kernels (LayerNorm sums).
+const SUM_BLOCK: usize = 64;
 
 /// How a stored matrix is read: as stored (`[rows, cols]` row-major) or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +25,7 @@ pub enum Op {
 
 /// `c (m x n) = op(a) (m x k) @ op(b) (k x n)` (or `+=` with `accumulate`), row-major, each
 /// operand contiguous: `a` is stored `[m, k]` for `Op::N` and `[k, m]` for `Op::T`, likewise
-/// `b` is `[k, n]` or `[n, k]`. Parallel over blocks of `ROW_BLOCK` rows of `c`.
+/// `b` is `[k, n]` or `[n, k]`. Parallel over fixed blocks of rows or of columns of `c`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
@@ -37,18 +42,73 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    c[..m * n]
-        .par_chunks_mut(ROW_BLOCK * n)
-        .enumerate()
-        .for_each(|(blk, cb)| {
-            let r0 = blk * ROW_BLOCK;
-            let rows = cb.len() / n;
-            let a_off = match ta {
-                Op::N => r0 * k,
-                Op::T => r0,
-            };
-            gemm_block(rows, k, n, &a[a_off..], a_strides(ta, m, k), b, tb, cb, accumulate);
-        });
+    if m >= 2 * ROW_BLOCK || n <= COL_BLOCK {
+        c[..m * n]
+            .par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(blk, cb)| {
+                let r0 = blk * ROW_BLOCK;
+                let rows = cb.len() / n;
+                let a_off = match ta {
+                    Op::N => r0 * k,
+                    Op::T => r0,
+                };
+                let (rsb, csb) = b_strides(tb, k, n);
+                gemm_raw(
+                    rows,
+                    k,
+                    n,
+                    &a[a_off..],
+                    a_strides(ta, m, k),
+                    b,
+                    (rsb, csb),
+                    Out { ptr: cb.as_mut_ptr(), len: cb.len(), rs: n },
+                    accumulate,
+                );
+            });
+        return;
+    }
+    // Column blocks: each task writes a disjoint set of columns of `c`.
+    let out = SendPtr(c.as_mut_ptr());
+    let len = c.len();
+    (0..n.div_ceil(COL_BLOCK)).into_par_iter().for_each(|blk| {
+        let c0 = blk * COL_BLOCK;
+        let cols = COL_BLOCK.min(n - c0);
+        let (rsb, csb) = b_strides(tb, k, n);
+        let out = &out;
+        gemm_raw(
+            m,
+            k,
+            cols,
+            a,
+            a_strides(ta, m, k),
+            &b[c0 * csb..],
+            (rsb, csb),
+            // SAFETY (of the later write): tasks cover disjoint column ranges c0..c0+cols.
+            Out { ptr: out.0.wrapping_add(c0), len: len - c0, rs: n },
+            accumulate,
+        );
+    });
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+struct SendPtr(*mut f32);
+// SAFETY: only used by `matmul`, whose tasks write disjoint column ranges.
+unsafe impl Sync for SendPtr {}
+
+/// Where a block's result goes: `ptr[i * rs + j]` for its rows i and columns j; `len` elements
+/// from `ptr` belong to the output.
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+    rs: usize,
+}
+
+fn b_strides(tb: Op, k: usize, n: usize) -> (usize, usize) {
+    match tb {
+        Op::N => (n, 1),
+        Op::T => (1, k),
+    }
 }
 
 /// [`matmul`] on the calling thread only (for work that is already inside a parallel task).
@@ -68,7 +128,12 @@ pub fn matmul_serial(
     if m == 0 || n == 0 {
         return;
     }
-    gemm_block(m, k, n, a, a_strides(ta, m, k), b, tb, &mut c[..m * n], accumulate);
+    let out = Out {
+        ptr: c.as_mut_ptr(),
+        len: m * n,
+        rs: n,
+    };
+    gemm_raw(m, k, n, a, a_strides(ta, m, k), b, b_strides(tb, k, n), out, accumulate);
 }
 
 fn a_strides(ta: Op, m: usize, k: usize) -> (usize, usize) {
@@ -79,35 +144,36 @@ fn a_strides(ta: Op, m: usize, k: usize) -> (usize, usize) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_block(
+fn gemm_raw(
     rows: usize,
     k: usize,
-    n: usize,
+    cols: usize,
     a: &[f32],
     (rsa, csa): (usize, usize),
     b: &[f32],
-    tb: Op,
-    c: &mut [f32],
+    (rsb, csb): (usize, usize),
+    c: Out,
     accumulate: bool,
 ) {
-    let (rsb, csb) = match tb {
-        Op::N => (n, 1),
-        Op::T => (1, k),
-    };
-    // The furthest element read: row rows-1, column k-1 of `a`; row k-1, column n-1 of `b`.
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // The furthest element touched: row rows-1, column k-1 of `a`; row k-1, column cols-1 of
+    // `b`; row rows-1, column cols-1 of the output.
     if k > 0 {
         assert!((rows - 1) * rsa + (k - 1) * csa < a.len());
-        assert!((k - 1) * rsb + (n - 1) * csb < b.len());
+        assert!((k - 1) * rsb + (cols - 1) * csb < b.len());
     }
-    assert!(c.len() >= rows * n);
+    assert!((rows - 1) * c.rs + cols - 1 < c.len);
     let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts above bound every element the strides address inside `a`, `b` and
-    // `c`; `c` is exclusively borrowed and does not overlap the shared `a` and `b`.
+    // the output; the output is written by this call only (callers give each call disjoint
+    // elements) and does not overlap the shared `a` and `b`.
     unsafe {
         matrixmultiply::sgemm(
             rows,
             k,
-            n,
+            cols,
             1.0,
             a.as_ptr(),
             rsa as isize,
@@ -116,8 +182,8 @@ fn gemm_block(
             rsb as isize,
             csb as isize,
             beta,
-            c.as_mut_ptr(),
-            n as isize,
+            c.ptr,
+            c.rs as isize,
             1,
         );
     }
@@ -193,8 +259,8 @@ pub fn layer_norm_backward(
 /// Column sums of `dy * xhat` and of `dy`, over fixed row blocks added in order.
 fn column_sums2(dy: &[f32], xhat: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let parts: Vec<(Vec<f32>, Vec<f32>)> = dy
-        .par_chunks(ROW_BLOCK * d)
-        .zip(xhat.par_chunks(ROW_BLOCK * d))
+        .par_chunks(SUM_BLOCK * d)
+        .zip(xhat.par_chunks(SUM_BLOCK * d))
         .map(|(dyb, xb)| {
             let mut sg = vec![0f32; d];
             let mut sb = vec![0f32; d];
@@ -279,8 +345,14 @@ mod tests {
     }
 
     #[test]
-    fn matmul_all_transposes_match_naive() {
-        let (m, k, n) = (130, 17, 9);
+    fn matmul_all_transposes_and_splits_match_naive() {
+        // Row blocks (tall), column blocks (wide), and one block.
+        for (m, k, n) in [(600, 17, 9), (20, 13, 300), (130, 7, 5)] {
+            check(m, k, n);
+        }
+    }
+
+    fn check(m: usize, k: usize, n: usize) {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
         for ta in [Op::N, Op::T] {
@@ -289,7 +361,7 @@ mod tests {
                 matmul(m, k, n, &a, ta, &b, tb, &mut c, true);
                 let want = naive(m, k, n, &a, ta, &b, tb);
                 for (x, w) in c.iter().zip(&want) {
-                    assert!((f64::from(*x) - 1.0 - w).abs() < 1e-4, "{ta:?} {tb:?}");
+                    assert!((f64::from(*x) - 1.0 - w).abs() < 1e-4, "{m}x{k}x{n} {ta:?} {tb:?}");
                 }
             }
         }
