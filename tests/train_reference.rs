@@ -199,3 +199,78 @@ fn finite_differences_agree_per_tensor_kind() {
         }
     }
 }
+
+/// The training forward pass (loss and quantum metrics) on a committed trained fixture model,
+/// against the float64 numpy reference outputs made by `make_jarvis.py` / `jarvis_ref.py`
+/// (`reference.npz` logits and `metrics.json`).
+#[test]
+fn training_forward_matches_the_numpy_reference_on_fixture_models() {
+    use jq::train::backprop::MetricSums;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jarvis");
+    for (model, final_norm) in [("tiny-norm", true), ("tiny-nonorm", false)] {
+        let dir = root.join(model);
+        let cfg = Config {
+            vocab: 339,
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            d_ff: 256,
+            ctx: 64,
+            eps: 1e-5,
+            gelu: Gelu::Tanh,
+            final_norm,
+        };
+        let w = jq::npz::read(&dir.join("model.npz")).unwrap();
+        let mut p = Params::zeros(&cfg);
+        for t in &mut p.tensors {
+            t.data.clone_from(&w[&t.name].data);
+        }
+        let refs = jq::npz::read(&dir.join("reference.npz")).unwrap();
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        for k in 0..5 {
+            let ids: Vec<u32> = refs[&format!("ids_{k}")].data.iter().map(|&v| v as u32).collect();
+            let logits = &refs[&format!("logits_{k}")];
+            let n = ids.len() - 1;
+            // Loss of predicting ids[1..] from the reference's logits.
+            let mut want = 0f64;
+            for i in 0..n {
+                let row = &logits.data[i * 339..(i + 1) * 339];
+                let mx = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+                let lse = mx + row.iter().map(|&v| (f64::from(v) - mx).exp()).sum::<f64>().ln();
+                want += lse - f64::from(row[ids[i + 1] as usize]);
+            }
+            want /= n as f64;
+            let batch = Batch {
+                b: 1,
+                t: ids.len(),
+                inputs: ids.clone(),
+                targets: ids[1..].iter().copied().chain([0]).collect(),
+                mask: (0..ids.len()).map(|i| i < n).collect(),
+            };
+            // Metrics cover every position with a target; give the last one a target too so
+            // they cover the whole prompt, as metrics.json does.
+            let mut full = batch.clone();
+            full.mask = vec![true; ids.len()];
+            let mut m = MetricSums::default();
+            let pass = evaluate(&p, &cfg, &batch, None);
+            let _ = evaluate(&p, &cfg, &full, Some(&mut m));
+            assert!(
+                (pass.mean_loss() - want).abs() / want < 1e-5,
+                "{model} prompt {k}: loss {} vs numpy {want}",
+                pass.mean_loss()
+            );
+            let layers = metrics[k]["layers"].as_array().unwrap();
+            let got = m.means();
+            for (j, key) in ["coherence", "entanglement", "interference", "fidelity"].iter().enumerate() {
+                let want = layers.iter().map(|l| l[key].as_f64().unwrap()).sum::<f64>()
+                    / layers.len() as f64;
+                assert!(
+                    (got[j] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{model} prompt {k}: {key} {} vs numpy {want}",
+                    got[j]
+                );
+            }
+        }
+    }
+}
