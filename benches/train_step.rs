@@ -49,7 +49,11 @@ fn ours(threads: usize, steps: usize) -> f64 {
         let mut p = Params::init(&cfg, 0);
         let mut g = Params::zeros(&cfg);
         let mut st = AdamState::new(&p);
-        let ids = |k: usize| -> Vec<u32> { (0..B * T).map(|i| ((i * 7919 + k) % 15000) as u32).collect() };
+        let ids = |k: usize| -> Vec<u32> {
+            (0..B * T)
+                .map(|i| ((i * 7919 + k) % 15000) as u32)
+                .collect()
+        };
         let batch = Batch {
             b: B,
             t: T,
@@ -71,7 +75,10 @@ fn ours(threads: usize, steps: usize) -> f64 {
 }
 
 fn python(imp: &str, threads: usize, steps: usize) -> Result<f64, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/jarvis/bench_train.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/jarvis/bench_train.py"
+    );
     let o = Command::new("python3")
         .args([script, imp, &threads.to_string(), &steps.to_string()])
         .output()
@@ -92,13 +99,19 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    // As jq-train does.
+    jq::train::keep_freed_memory();
     let tokens = (B * T) as f64;
     let numpy = python("numpy", 1, steps).expect("numpy anchor (run scripts/setup)");
     println!("Jarvis 12M training step, batch {B} x {T} tokens, median of {steps} steps");
     println!("| implementation | threads | s/step | tokens/s | vs numpy (1 thread) |");
     println!("|---|---|---|---|---|");
     let row = |name: &str, th: usize, s: f64| {
-        println!("| {name} | {th} | {s:.3} | {:.0} | {:.2}x |", tokens / s, numpy / s);
+        println!(
+            "| {name} | {th} | {s:.3} | {:.0} | {:.2}x |",
+            tokens / s,
+            numpy / s
+        );
     };
     row("numpy (make_jarvis.py)", 1, numpy);
     for th in [1, 2] {

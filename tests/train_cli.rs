@@ -19,7 +19,16 @@ fn corpus() -> PathBuf {
 }
 
 const TINY: [&str; 10] = [
-    "--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--ctx", "32",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--ctx",
+    "32",
 ];
 
 fn train(args: &[&str]) -> Output {
@@ -44,7 +53,10 @@ fn fails_with(args: &[&str], needle: &str) {
     let o = train(args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "jq-train {args:?}: {err}");
-    assert!(err.contains(needle), "jq-train {args:?}: {err:?} lacks {needle:?}");
+    assert!(
+        err.contains(needle),
+        "jq-train {args:?}: {err:?} lacks {needle:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -60,7 +72,10 @@ fn read_json(p: &Path) -> Value {
 fn vocabulary_is_make_jarvis_vocabulary() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("a");
-    let o = train_ok(&[s(&corpus()), "--out", s(&out), "--steps", "1"]);
+    let c = corpus();
+    let mut a = vec![s(&c), "--out", s(&out), "--steps", "1"];
+    a.extend(TINY);
+    let o = train_ok(&a);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("336 distinct words: vocabulary size 339 (not --vocab-size 15000)"),
@@ -71,7 +86,15 @@ fn vocabulary_is_make_jarvis_vocabulary() {
     assert_eq!(ours["word_to_id"], fixture["word_to_id"]);
     // A cut vocabulary keeps the most frequent words: the fixture's first 40 ids.
     let cut = d.path().join("b");
-    train_ok(&[s(&corpus()), "--out", s(&cut), "--steps", "1", "--vocab-size", "40"]);
+    train_ok(&[
+        s(&corpus()),
+        "--out",
+        s(&cut),
+        "--steps",
+        "1",
+        "--vocab-size",
+        "40",
+    ]);
     let ours = read_json(&cut.join("tokenizer.json"));
     let want: serde_json::Map<String, Value> = fixture["word_to_id"]
         .as_object()
@@ -122,9 +145,20 @@ fn bad_input_is_refused_with_one_line() {
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "\n\n  \n\n").unwrap();
     fails_with(&[s(&empty), "--out", s(&out)], "the corpus has no text");
-    fails_with(&[s(&corpus()), "--out", s(&out), "--ctx", "0"], "--ctx must be at least 1");
     fails_with(
-        &[s(&corpus()), "--out", s(&out), "--heads", "3", "--d-model", "16"],
+        &[s(&corpus()), "--out", s(&out), "--ctx", "0"],
+        "--ctx must be at least 1",
+    );
+    fails_with(
+        &[
+            s(&corpus()),
+            "--out",
+            s(&out),
+            "--heads",
+            "3",
+            "--d-model",
+            "16",
+        ],
         "--heads 3 does not divide --d-model 16",
     );
     fails_with(&[s(&corpus())], "--out DIR is required");
@@ -140,15 +174,35 @@ fn bad_input_is_refused_with_one_line() {
     a.extend(TINY);
     train_ok(&a);
     fails_with(
-        &[s(&corpus()), "--resume", s(&out), "--steps", "2", "--d-model", "32"],
+        &[
+            s(&corpus()),
+            "--resume",
+            s(&out),
+            "--steps",
+            "2",
+            "--d-model",
+            "32",
+        ],
         "--d-model 32 does not match the checkpoint's 16",
     );
     fails_with(
-        &[s(&corpus()), "--resume", s(&out), "--steps", "2", "--beta2", "0.98"],
+        &[
+            s(&corpus()),
+            "--resume",
+            s(&out),
+            "--steps",
+            "2",
+            "--beta2",
+            "0.98",
+        ],
         "--beta2 0.98 does not match the checkpoint's 0.999",
     );
     let other = d.path().join("other.txt");
-    std::fs::write(&other, "a completely different text.\n\nwith two paragraphs.\n").unwrap();
+    std::fs::write(
+        &other,
+        "a completely different text.\n\nwith two paragraphs.\n",
+    )
+    .unwrap();
     fails_with(
         &[s(&other), "--resume", s(&out), "--steps", "2"],
         "vocabulary differs",
@@ -166,7 +220,11 @@ fn python(code: &str) -> String {
         .current_dir(root().join("fixtures/jarvis"))
         .output()
         .expect("python3 is needed (run scripts/setup)");
-    assert!(o.status.success(), "python3: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -179,7 +237,17 @@ fn bin(name: &str) -> PathBuf {
 fn greedy_ids(model: &Path, prompt: &str) -> Vec<u64> {
     let o = Command::new(bin("jq-run"))
         .arg(model)
-        .args(["-p", prompt, "-n", "20", "--temp", "0", "--repeat-penalty", "1", "--json"])
+        .args([
+            "-p",
+            prompt,
+            "-n",
+            "20",
+            "--temp",
+            "0",
+            "--repeat-penalty",
+            "1",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -205,11 +273,41 @@ fn two_hundred_steps_reach_the_numpy_trainer_and_generate_consistently() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("m");
     train_ok(&[
-        s(&corpus()), "--out", s(&out), "--d-model", "64", "--layers", "2", "--heads", "4",
-        "--d-ff", "256", "--ctx", "64", "--final-norm", "--steps", "200", "--batch", "16",
-        "--packed", "--beta2", "0.98", "--weight-decay", "0", "--unk-dropout", "0.02",
-        "--schedule", "cosine", "--lr", "3e-3", "--lr-min", "3e-4", "--warmup", "50",
-        "--eval-split", "0",
+        s(&corpus()),
+        "--out",
+        s(&out),
+        "--d-model",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--d-ff",
+        "256",
+        "--ctx",
+        "64",
+        "--final-norm",
+        "--steps",
+        "200",
+        "--batch",
+        "16",
+        "--packed",
+        "--beta2",
+        "0.98",
+        "--weight-decay",
+        "0",
+        "--unk-dropout",
+        "0.02",
+        "--schedule",
+        "cosine",
+        "--lr",
+        "3e-3",
+        "--lr-min",
+        "3e-4",
+        "--warmup",
+        "50",
+        "--eval-split",
+        "0",
     ]);
     let code = format!(
         r#"
@@ -226,10 +324,16 @@ print(mj.full_corpus_loss(f64(P), mj.TINY, stream), mj.full_corpus_loss(f64(W), 
         dir = s(&out)
     );
     let outp = python(&code);
-    let v: Vec<f64> = outp.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let v: Vec<f64> = outp
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     let (reference, ours) = (v[0], v[1]);
     eprintln!("corpus loss after 200 steps: make_jarvis.py {reference:.4}, jq-train {ours:.4}");
-    assert!(reference < 1.5, "the numpy trainer itself did not learn: {reference}");
+    assert!(
+        reference < 1.5,
+        "the numpy trainer itself did not learn: {reference}"
+    );
     assert!(
         ours < reference * 1.15,
         "jq-train reached {ours:.4}, make_jarvis.py {reference:.4}"
@@ -240,12 +344,23 @@ print(mj.full_corpus_loss(f64(P), mj.TINY, stream), mj.full_corpus_loss(f64(W), 
     let export = d.path().join("m-gpt2.gguf");
     for (target, path) in [("native", &native), ("ollama", &export)] {
         let o = Command::new(bin("jq-convert"))
-            .args(["npz-to-gguf", s(&out.join("model.npz")), "--type", "f32", "--target", target])
+            .args([
+                "npz-to-gguf",
+                s(&out.join("model.npz")),
+                "--type",
+                "f32",
+                "--target",
+                target,
+            ])
             .arg("-o")
             .arg(path)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{target}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let prompts = read_json(&root().join("fixtures/jarvis/prompts.json"));
     for p in prompts["prompts"].as_array().unwrap().iter().take(3) {
@@ -263,6 +378,56 @@ print(mj.full_corpus_loss(f64(P), mj.TINY, stream), mj.full_corpus_loss(f64(W), 
             .collect();
         assert!(!ours.is_empty());
         assert_eq!(ours, numpy, "native vs numpy reference, prompt {p:?}");
-        assert_eq!(greedy_ids(&export, p), ours, "llama.cpp (gpt2) vs native, prompt {p:?}");
+        assert_eq!(
+            greedy_ids(&export, p),
+            ours,
+            "llama.cpp (gpt2) vs native, prompt {p:?}"
+        );
     }
+}
+
+/// A checkpoint write that fails (here: the file-size limit of `ulimit -f` stops the state
+/// file, as a full disk would) leaves the previous checkpoint usable: its state file is
+/// untouched, and resuming from it gives the bytes of an uninterrupted run.
+#[test]
+fn failed_checkpoint_write_keeps_the_previous_one() {
+    let d = tempfile::tempdir().unwrap();
+    let c = corpus();
+    let run = d.path().join("run");
+    let mut a = vec![s(&c), "--out", s(&run), "--steps", "1", "--batch", "4"];
+    a.extend(TINY);
+    train_ok(&a);
+    let state = std::fs::read(run.join("train_state.safetensors")).unwrap();
+    assert!(
+        state.len() > 120 * 1024,
+        "the limit below must stop the state file"
+    );
+    let limited = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 100; exec {:?} -q {:?} --resume {:?} --steps 2",
+            env!("CARGO_BIN_EXE_jq-train"),
+            c,
+            run
+        ))
+        .output()
+        .unwrap();
+    assert!(!limited.status.success(), "the limited run must fail");
+    assert_eq!(
+        std::fs::read(run.join("train_state.safetensors")).unwrap(),
+        state
+    );
+    train_ok(&[s(&c), "--resume", s(&run), "--steps", "2"]);
+    let straight = d.path().join("straight");
+    let mut a = vec![s(&c), "--out", s(&straight), "--steps", "2", "--batch", "4"];
+    a.extend(TINY);
+    train_ok(&a);
+    let model = |p: &Path| std::fs::read(p.join("model.npz")).unwrap();
+    assert_eq!(model(&run), model(&straight));
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

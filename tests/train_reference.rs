@@ -87,10 +87,9 @@ fn case(r: &BTreeMap<String, NpyArray>, name: &str) -> Case {
 
 fn rel_err(ours: &[f32], want: &[f32]) -> f64 {
     let max_ref = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let max_diff = ours
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&a, &b)| m.max((f64::from(a) - f64::from(b)).abs()));
+    let max_diff = ours.iter().zip(want).fold(0f64, |m, (&a, &b)| {
+        m.max((f64::from(a) - f64::from(b)).abs())
+    });
     if max_ref == 0.0 {
         max_diff
     } else {
@@ -138,18 +137,30 @@ fn check_case(name: &str) {
             up.grad_norm
         );
         // Whether clipping triggered is the reference's fact, not ours.
-        assert_eq!(up.clip_scale < 1.0, want > c.adam.clip, "{name} step {step}");
+        assert_eq!(
+            up.clip_scale < 1.0,
+            want > c.adam.clip,
+            "{name} step {step}"
+        );
     }
     let mut worst = (0f64, String::new());
     for t in &c.params.tensors {
         let want = &r[&format!("{name}__after__{}", t.name)];
         let e = rel_err(&t.data, &want.data);
-        assert!(e <= TOL, "{name}: {} after {} steps off by {e:.2e}", t.name, c.steps);
+        assert!(
+            e <= TOL,
+            "{name}: {} after {} steps off by {e:.2e}",
+            t.name,
+            c.steps
+        );
         if e > worst.0 {
             worst = (e, t.name.clone());
         }
     }
-    eprintln!("{name}: worst parameter error after {} steps {:.2e} ({})", c.steps, worst.0, worst.1);
+    eprintln!(
+        "{name}: worst parameter error after {} steps {:.2e} ({})",
+        c.steps, worst.0, worst.1
+    );
 }
 
 #[test]
@@ -229,15 +240,26 @@ fn training_forward_matches_the_numpy_reference_on_fixture_models() {
         let metrics: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
         for k in 0..5 {
-            let ids: Vec<u32> = refs[&format!("ids_{k}")].data.iter().map(|&v| v as u32).collect();
+            let ids: Vec<u32> = refs[&format!("ids_{k}")]
+                .data
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
             let logits = &refs[&format!("logits_{k}")];
             let n = ids.len() - 1;
             // Loss of predicting ids[1..] from the reference's logits.
             let mut want = 0f64;
             for i in 0..n {
                 let row = &logits.data[i * 339..(i + 1) * 339];
-                let mx = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-                let lse = mx + row.iter().map(|&v| (f64::from(v) - mx).exp()).sum::<f64>().ln();
+                let mx = row
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+                let lse = mx
+                    + row
+                        .iter()
+                        .map(|&v| (f64::from(v) - mx).exp())
+                        .sum::<f64>()
+                        .ln();
                 want += lse - f64::from(row[ids[i + 1] as usize]);
             }
             want /= n as f64;
@@ -262,7 +284,10 @@ fn training_forward_matches_the_numpy_reference_on_fixture_models() {
             );
             let layers = metrics[k]["layers"].as_array().unwrap();
             let got = m.means();
-            for (j, key) in ["coherence", "entanglement", "interference", "fidelity"].iter().enumerate() {
+            for (j, key) in ["coherence", "entanglement", "interference", "fidelity"]
+                .iter()
+                .enumerate()
+            {
                 let want = layers.iter().map(|l| l[key].as_f64().unwrap()).sum::<f64>()
                     / layers.len() as f64;
                 assert!(

@@ -208,7 +208,10 @@ fn check_flags(a: &Args) -> Result<()> {
             }
         }
     }
-    for (name, v) in [("--eval-split", a.eval_split), ("--unk-dropout", a.unk_dropout)] {
+    for (name, v) in [
+        ("--eval-split", a.eval_split),
+        ("--unk-dropout", a.unk_dropout),
+    ] {
         if let Some(f) = v {
             if !(0.0..1.0).contains(&f) {
                 bail!("{name} {f}: must be in [0, 1)");
@@ -216,7 +219,7 @@ fn check_flags(a: &Args) -> Result<()> {
         }
     }
     if let (Some(d), Some(h)) = (a.d_model, a.heads) {
-        if d % h != 0 {
+        if !d.is_multiple_of(h) {
             bail!("--heads {h} does not divide --d-model {d}");
         }
     }
@@ -227,7 +230,13 @@ fn settings_from(a: &Args, saved: Option<&Settings>, state: &Path) -> Result<Set
     let sm = saved.map(|s| &s.model);
     let sa = saved.map(|s| &s.adam);
     let model = Config {
-        vocab: pick("--vocab-size", a.vocab_size, sm.map(|m| m.vocab), 15000, state)?,
+        vocab: pick(
+            "--vocab-size",
+            a.vocab_size,
+            sm.map(|m| m.vocab),
+            15000,
+            state,
+        )?,
         d_model: pick("--d-model", a.d_model, sm.map(|m| m.d_model), 256, state)?,
         n_layers: pick("--layers", a.layers, sm.map(|m| m.n_layers), 6, state)?,
         n_heads: pick("--heads", a.heads, sm.map(|m| m.n_heads), 8, state)?,
@@ -243,8 +252,12 @@ fn settings_from(a: &Args, saved: Option<&Settings>, state: &Path) -> Result<Set
             state,
         )?,
     };
-    if model.d_model % model.n_heads != 0 {
-        bail!("--heads {} does not divide --d-model {}", model.n_heads, model.d_model);
+    if !model.d_model.is_multiple_of(model.n_heads) {
+        bail!(
+            "--heads {} does not divide --d-model {}",
+            model.n_heads,
+            model.d_model
+        );
     }
     let schedule = a.schedule.map(|s| match s {
         ScheduleArg::Constant => Schedule::Constant,
@@ -258,13 +271,31 @@ fn settings_from(a: &Args, saved: Option<&Settings>, state: &Path) -> Result<Set
         lr: pick("--lr", a.lr, sa.map(|s| s.lr), 1e-3, state)?,
         lr_min: pick("--lr-min", a.lr_min, sa.map(|s| s.lr_min), 0.0, state)?,
         warmup: pick("--warmup", a.warmup, sa.map(|s| s.warmup), 100, state)?,
-        schedule: pick("--schedule", schedule, sa.map(|s| s.schedule), Schedule::Constant, state)?,
+        schedule: pick(
+            "--schedule",
+            schedule,
+            sa.map(|s| s.schedule),
+            Schedule::Constant,
+            state,
+        )?,
         beta1: pick("--beta1", a.beta1, sa.map(|s| s.beta1), 0.9, state)?,
         beta2: pick("--beta2", a.beta2, sa.map(|s| s.beta2), 0.999, state)?,
         eps: pick("--adam-eps", a.adam_eps, sa.map(|s| s.eps), 1e-8, state)?,
         clip: pick("--clip", a.clip, sa.map(|s| s.clip), 1.0, state)?,
-        weight_decay: pick("--weight-decay", a.weight_decay, sa.map(|s| s.weight_decay), 0.01, state)?,
-        decay_mode: pick("--decay-mode", decay, sa.map(|s| s.decay_mode), DecayMode::Decoupled, state)?,
+        weight_decay: pick(
+            "--weight-decay",
+            a.weight_decay,
+            sa.map(|s| s.weight_decay),
+            0.01,
+            state,
+        )?,
+        decay_mode: pick(
+            "--decay-mode",
+            decay,
+            sa.map(|s| s.decay_mode),
+            DecayMode::Decoupled,
+            state,
+        )?,
     };
     Ok(Settings {
         model,
@@ -278,8 +309,20 @@ fn settings_from(a: &Args, saved: Option<&Settings>, state: &Path) -> Result<Set
         )?,
         batch: pick("--batch", a.batch, saved.map(|s| s.batch), 16, state)?,
         seed: pick("--seed", a.seed, saved.map(|s| s.seed), 0, state)?,
-        unk_dropout: pick("--unk-dropout", a.unk_dropout, saved.map(|s| s.unk_dropout), 0.0, state)?,
-        eval_split: pick("--eval-split", a.eval_split, saved.map(|s| s.eval_split), 0.05, state)?,
+        unk_dropout: pick(
+            "--unk-dropout",
+            a.unk_dropout,
+            saved.map(|s| s.unk_dropout),
+            0.0,
+            state,
+        )?,
+        eval_split: pick(
+            "--eval-split",
+            a.eval_split,
+            saved.map(|s| s.eval_split),
+            0.05,
+            state,
+        )?,
     })
 }
 
@@ -307,6 +350,7 @@ fn eval(p: &Params, cfg: &Config, batches: &[Batch]) -> Option<EvalResult> {
 
 fn run(a: Args) -> Result<()> {
     check_flags(&a)?;
+    jq::train::keep_freed_memory();
     if let Some(t) = a.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
@@ -344,7 +388,10 @@ fn run(a: Args) -> Result<()> {
         .with_context(|| format!("reading corpus {}", a.corpus.display()))?;
     let paras = data::paragraphs(&text);
     if paras.is_empty() {
-        bail!("{}: the corpus has no text (no non-blank paragraph)", a.corpus.display());
+        bail!(
+            "{}: the corpus has no text (no non-blank paragraph)",
+            a.corpus.display()
+        );
     }
     let vocab = data::build_vocab(&paras, settings.model.vocab);
     let mut settings = settings;
@@ -417,7 +464,12 @@ fn run(a: Args) -> Result<()> {
             adam.step
         );
     }
-    for name in [checkpoint::MODEL, checkpoint::CONFIG, checkpoint::TOKENIZER, STATE] {
+    for name in [
+        checkpoint::MODEL,
+        checkpoint::CONFIG,
+        checkpoint::TOKENIZER,
+        STATE,
+    ] {
         if jq::output::same_file(&a.corpus, &out.join(name)) {
             bail!("output {} is the corpus", out.join(name).display());
         }
@@ -481,7 +533,10 @@ fn run(a: Args) -> Result<()> {
         let secs = t0.elapsed().as_secs_f64();
         let tps = tokens_done as f64 / secs.max(1e-9);
         pb.set_position(adam.step);
-        pb.set_message(format!("loss {loss:.4} ppl {:.2} {tps:.0} tok/s", loss.exp()));
+        pb.set_message(format!(
+            "loss {loss:.4} ppl {:.2} {tps:.0} tok/s",
+            loss.exp()
+        ));
         if let Some(w) = log.as_mut() {
             let o = json!({"event": "step", "step": adam.step, "epoch": sampler.epoch_of(step) + 1,
                 "loss": loss, "ppl": loss.exp(), "grad_norm": up.grad_norm,
@@ -532,8 +587,16 @@ fn run(a: Args) -> Result<()> {
         let periodic = a.save_every.is_some_and(|n| adam.step % n == 0);
         if epoch_end || periodic {
             let tj = training_json(&settings, adam.step, last.0, last.1.as_ref());
-            checkpoint::write_all(&out, &cfg, &params, &adam, &settings.to_json(), &tj, &vocab.tokens)
-                .with_context(|| format!("checkpoint {}", out.display()))?;
+            checkpoint::write_all(
+                &out,
+                &cfg,
+                &params,
+                &adam,
+                &settings.to_json(),
+                &tj,
+                &vocab.tokens,
+            )
+            .with_context(|| format!("checkpoint {}", out.display()))?;
         }
     }
     pb.finish_and_clear();

@@ -261,11 +261,21 @@ fn run(
             .enumerate()
             .for_each(|(bh, (ab, ob))| {
                 let s = bh * t * dh;
-                attend(&q[s..s + t * dh], &k[s..s + t * dh], &v[s..s + t * dh], t, dh, ab, ob);
+                attend(
+                    &q[s..s + t * dh],
+                    &k[s..s + t * dh],
+                    &v[s..s + t * dh],
+                    t,
+                    dh,
+                    ab,
+                    ob,
+                );
             });
         let o = from_heads(&o_h, t, heads, dh);
         let x_in = metrics.is_some().then(|| x.clone());
-        x.par_iter_mut().zip(o.par_iter()).for_each(|(x, o)| *x += o);
+        x.par_iter_mut()
+            .zip(o.par_iter())
+            .for_each(|(x, o)| *x += o);
         let mut h2 = vec![0f32; n * d];
         let ln2 = layer_norm(&x, w(LT::G2), w(LT::B2), eps, &mut h2);
         let mut u = vec![0f32; n * ff];
@@ -303,7 +313,17 @@ fn run(
         None => (x, None),
     };
     let mut logits = vec![0f32; n * vocab];
-    matmul(n, d, vocab, &xf, Op::N, &p.output().data, Op::N, &mut logits, false);
+    matmul(
+        n,
+        d,
+        vocab,
+        &xf,
+        Op::N,
+        &p.output().data,
+        Op::N,
+        &mut logits,
+        false,
+    );
 
     let n_targets = batch.n_targets();
     let inv = 1.0 / n_targets.max(1) as f32;
@@ -342,9 +362,29 @@ fn run(
     };
     g.fill_zero();
     let dlog = logits;
-    matmul(d, n, vocab, &xf, Op::T, &dlog, Op::N, &mut g.tensors[1].data, false);
+    matmul(
+        d,
+        n,
+        vocab,
+        &xf,
+        Op::T,
+        &dlog,
+        Op::N,
+        &mut g.tensors[1].data,
+        false,
+    );
     let mut dx = vec![0f32; n * d];
-    matmul(n, vocab, d, &dlog, Op::N, &p.output().data, Op::T, &mut dx, false);
+    matmul(
+        n,
+        vocab,
+        d,
+        &dlog,
+        Op::N,
+        &p.output().data,
+        Op::T,
+        &mut dx,
+        false,
+    );
     drop(dlog);
     if let (Some(fi), Some(c)) = (p.final_index(), lnf.as_ref()) {
         let mut dxn = vec![0f32; n * d];
@@ -364,11 +404,31 @@ fn run(
         let w = |k: LT| &p.layer(l, k).data;
         let gi = |k: LT| Params::layer_index(l, k);
         // FFN: x += gelu(h2 @ W1) @ W2
-        matmul(ff, n, d, &c.gl, Op::T, &dx, Op::N, &mut g.tensors[gi(LT::Ffn2)].data, false);
+        matmul(
+            ff,
+            n,
+            d,
+            &c.gl,
+            Op::T,
+            &dx,
+            Op::N,
+            &mut g.tensors[gi(LT::Ffn2)].data,
+            false,
+        );
         let mut du = vec![0f32; n * ff];
         matmul(n, d, ff, &dx, Op::N, w(LT::Ffn2), Op::T, &mut du, false);
         gelu_backward(&mut du, &c.u, &c.th);
-        matmul(d, n, ff, &c.h2, Op::T, &du, Op::N, &mut g.tensors[gi(LT::Ffn1)].data, false);
+        matmul(
+            d,
+            n,
+            ff,
+            &c.h2,
+            Op::T,
+            &du,
+            Op::N,
+            &mut g.tensors[gi(LT::Ffn1)].data,
+            false,
+        );
         let mut dh2 = vec![0f32; n * d];
         matmul(n, ff, d, &du, Op::N, w(LT::Ffn1), Op::T, &mut dh2, false);
         drop(du);
@@ -384,7 +444,9 @@ fn run(
                 &mut hi[0].data,
             );
         }
-        dx.par_iter_mut().zip(dxn.par_iter()).for_each(|(a, b)| *a += b);
+        dx.par_iter_mut()
+            .zip(dxn.par_iter())
+            .for_each(|(a, b)| *a += b);
         // Attention: x += concat(A V)
         let do_h = to_heads(&dx, t, heads, dh);
         let mut dq = vec![0f32; n * d];
@@ -419,7 +481,17 @@ fn run(
         let mut dh1 = vec![0f32; n * d];
         for (name, gh) in [(LT::Q, dq), (LT::K, dk), (LT::V, dv)] {
             let gflat = from_heads(&gh, t, heads, dh);
-            matmul(d, n, d, &c.h, Op::T, &gflat, Op::N, &mut g.tensors[gi(name)].data, false);
+            matmul(
+                d,
+                n,
+                d,
+                &c.h,
+                Op::T,
+                &gflat,
+                Op::N,
+                &mut g.tensors[gi(name)].data,
+                false,
+            );
             matmul(n, d, d, &gflat, Op::N, w(name), Op::T, &mut dh1, true);
         }
         {
@@ -433,7 +505,9 @@ fn run(
                 &mut hi[0].data,
             );
         }
-        dx.par_iter_mut().zip(dxn.par_iter()).for_each(|(a, b)| *a += b);
+        dx.par_iter_mut()
+            .zip(dxn.par_iter())
+            .for_each(|(a, b)| *a += b);
     }
     // Embedding rows: added in position order on one thread (a fixed order).
     let de = &mut g.tensors[0].data;

@@ -76,7 +76,11 @@ pub fn write_npz(path: &Path, p: &Params) -> Result<(), CheckpointError> {
 
 /// `config.json`: the seed's names (what `npz-to-gguf` reads) plus a `training` object that
 /// records how the weights were made.
-pub fn write_config(path: &Path, cfg: &crate::models::jarvis::Config, training: &Value) -> Result<(), CheckpointError> {
+pub fn write_config(
+    path: &Path,
+    cfg: &crate::models::jarvis::Config,
+    training: &Value,
+) -> Result<(), CheckpointError> {
     let v = json!({
         "vocab_size": cfg.vocab,
         "d_model": cfg.d_model,
@@ -171,7 +175,12 @@ pub fn read_state_meta(path: &Path) -> Result<(Vec<u8>, Value), CheckpointError>
     Ok((bytes, v))
 }
 
-pub fn read_state(path: &Path, bytes: &[u8], meta: Value, template: &Params) -> Result<State, CheckpointError> {
+pub fn read_state(
+    path: &Path,
+    bytes: &[u8],
+    meta: Value,
+    template: &Params,
+) -> Result<State, CheckpointError> {
     let bad = |reason: String| CheckpointError::Bad {
         path: path.to_path_buf(),
         reason,
@@ -201,7 +210,11 @@ pub fn read_state(path: &Path, bytes: &[u8], meta: Value, template: &Params) -> 
         .ok_or_else(|| bad("jq_train.step missing".into()))?;
     let tokens = meta["tokens"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .ok_or_else(|| bad("jq_train.tokens missing".into()))?;
     Ok(State {
         step,

@@ -25,7 +25,9 @@ const STREAM_SHUFFLE: u64 = 2 << 32;
 const STREAM_STEP: u64 = 3 << 32;
 
 pub fn paragraphs(text: &str) -> Vec<&str> {
-    text.split("\n\n").filter(|p| !p.trim().is_empty()).collect()
+    text.split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,7 +256,14 @@ mod tests {
     fn windows_cover_every_target_once() {
         let doc: Vec<u32> = (10..20).collect();
         let s = sequences(std::slice::from_ref(&doc), 4);
-        assert_eq!(s, vec![vec![10, 11, 12, 13, 14], vec![14, 15, 16, 17, 18], vec![18, 19]]);
+        assert_eq!(
+            s,
+            vec![
+                vec![10, 11, 12, 13, 14],
+                vec![14, 15, 16, 17, 18],
+                vec![18, 19]
+            ]
+        );
         let b = padded_batch(&[&s[0], &s[2]]);
         assert_eq!((b.b, b.t), (2, 4));
         assert_eq!(b.inputs, [10, 11, 12, 13, 18, PAD, PAD, PAD]);

@@ -148,3 +148,16 @@ impl Settings {
         })
     }
 }
+
+/// Keeps freed memory in the process instead of returning it to the kernel (glibc: no mmap for
+/// large blocks, no trimming). A training step frees and reallocates the same large buffers
+/// every step; without this each step pays fresh page faults and kernel zeroing for them
+/// (14% of a 12M step in a profile).
+pub fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator tuning parameters; called before the buffers
+    // it concerns exist, and valid for any value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}

@@ -62,7 +62,11 @@ pub fn matmul(
                     a_strides(ta, m, k),
                     b,
                     (rsb, csb),
-                    Out { ptr: cb.as_mut_ptr(), len: cb.len(), rs: n },
+                    Out {
+                        ptr: cb.as_mut_ptr(),
+                        len: cb.len(),
+                        rs: n,
+                    },
                     accumulate,
                 );
             });
@@ -85,7 +89,11 @@ pub fn matmul(
             &b[c0 * csb..],
             (rsb, csb),
             // SAFETY (of the later write): tasks cover disjoint column ranges c0..c0+cols.
-            Out { ptr: out.0.wrapping_add(c0), len: len - c0, rs: n },
+            Out {
+                ptr: out.0.wrapping_add(c0),
+                len: len - c0,
+                rs: n,
+            },
             accumulate,
         );
     });
@@ -133,7 +141,17 @@ pub fn matmul_serial(
         len: m * n,
         rs: n,
     };
-    gemm_raw(m, k, n, a, a_strides(ta, m, k), b, b_strides(tb, k, n), out, accumulate);
+    gemm_raw(
+        m,
+        k,
+        n,
+        a,
+        a_strides(ta, m, k),
+        b,
+        b_strides(tb, k, n),
+        out,
+        accumulate,
+    );
 }
 
 fn a_strides(ta: Op, m: usize, k: usize) -> (usize, usize) {
@@ -335,8 +353,16 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 for p in 0..k {
-                    let av = if ta == Op::N { a[i * k + p] } else { a[p * m + i] };
-                    let bv = if tb == Op::N { b[p * n + j] } else { b[j * k + p] };
+                    let av = if ta == Op::N {
+                        a[i * k + p]
+                    } else {
+                        a[p * m + i]
+                    };
+                    let bv = if tb == Op::N {
+                        b[p * n + j]
+                    } else {
+                        b[j * k + p]
+                    };
                     c[i * n + j] += f64::from(av) * f64::from(bv);
                 }
             }
@@ -353,15 +379,22 @@ mod tests {
     }
 
     fn check(m: usize, k: usize, n: usize) {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
         for ta in [Op::N, Op::T] {
             for tb in [Op::N, Op::T] {
                 let mut c = vec![1f32; m * n];
                 matmul(m, k, n, &a, ta, &b, tb, &mut c, true);
                 let want = naive(m, k, n, &a, ta, &b, tb);
                 for (x, w) in c.iter().zip(&want) {
-                    assert!((f64::from(*x) - 1.0 - w).abs() < 1e-4, "{m}x{k}x{n} {ta:?} {tb:?}");
+                    assert!(
+                        (f64::from(*x) - 1.0 - w).abs() < 1e-4,
+                        "{m}x{k}x{n} {ta:?} {tb:?}"
+                    );
                 }
             }
         }

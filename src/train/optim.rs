@@ -136,7 +136,11 @@ impl AdamState {
             .zip(&mut self.m.tensors)
             .zip(&mut self.v.tensors)
         {
-            let wd = if pt.is_matrix() { cfg.weight_decay } else { 0.0 };
+            let wd = if pt.is_matrix() {
+                cfg.weight_decay
+            } else {
+                0.0
+            };
             let decay = (1.0 - lr * wd) as f32;
             let l2 = (cfg.decay_mode == DecayMode::L2) as u8 as f32 * wd as f32;
             let decoupled = cfg.decay_mode == DecayMode::Decoupled && wd != 0.0;
