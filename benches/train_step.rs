@@ -117,6 +117,15 @@ fn main() {
     for th in [1, 2] {
         row("jq-train", th, ours(th, steps));
     }
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    println!("(jq-train peak RSS of this process: {hwm} kB)");
     for th in [1, 2] {
         match python("torch", th, steps) {
             Ok(s) => row("PyTorch CPU (float32)", th, s),

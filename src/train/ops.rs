@@ -11,8 +11,8 @@ use rayon::prelude::*;
 /// Rows of the output per parallel task when the output is tall (`m >= 2 * ROW_BLOCK`); else
 /// the output is split into blocks of `COL_BLOCK` columns. Large blocks matter: sgemm packs
 /// the shared operand again for every block.
-const ROW_BLOCK: usize = 256;
-const COL_BLOCK: usize = 128;
+const ROW_BLOCK: usize = 512;
+const COL_BLOCK: usize = 512;
 /// Rows per task of the row-wise kernels (LayerNorm sums).
 const SUM_BLOCK: usize = 64;
 
@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn matmul_all_transposes_and_splits_match_naive() {
         // Row blocks (tall), column blocks (wide), and one block.
-        for (m, k, n) in [(600, 17, 9), (20, 13, 300), (130, 7, 5)] {
+        for (m, k, n) in [(1100, 17, 9), (20, 13, 1100), (130, 7, 5)] {
             check(m, k, n);
         }
     }
