@@ -43,7 +43,7 @@ enum DecayArg {
 ///   jq-train corpus.txt --out run1 --d-model 64 --layers 2 --heads 4 --d-ff 256 --ctx 64 --final-norm --steps 200
 ///   jq-train corpus.txt --out run1 --resume run1 --steps 400
 ///   jq-train corpus.txt --out fx --packed --beta2 0.98 --weight-decay 0 --unk-dropout 0.02 --schedule cosine --lr 3e-3 --lr-min 3e-4 --warmup 50
-///   jq-convert npz-to-gguf run1/model.npz -o run1.gguf && jq-run run1.gguf -p "The cat"
+///   jq-convert npz-to-gguf run1/model.npz --type f32 -o run1.gguf && jq-run run1.gguf -p "The cat"
 #[derive(Debug, Parser)]
 #[command(name = "jq-train", version, verbatim_doc_comment)]
 struct Args {
