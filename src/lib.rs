@@ -16,4 +16,5 @@ pub mod quant;
 pub mod sample;
 pub mod synth;
 pub mod synth_blocks;
+pub mod train;
 pub mod validate;
