@@ -199,6 +199,19 @@ pub fn llama_quantize_pure(input: &Path, output: &Path, ftype: u32, nthread: i32
 /// without `pure`, llama.cpp's own per-tensor mixture rules (`llama_tensor_get_type`) apply.
 /// Returns llama.cpp's status (0 = success).
 pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, pure: bool, nthread: i32) -> u32 {
+    llama_quantize_opts(input, output, ftype, pure, false, nthread)
+}
+
+/// [`llama_quantize`] with llama.cpp's `allow_requantize` (needed to re-encode, or decode to
+/// F16/F32, a quantized input).
+pub fn llama_quantize_opts(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    pure: bool,
+    allow_requantize: bool,
+    nthread: i32,
+) -> u32 {
     let i = CString::new(input.to_str().expect("utf-8 path")).expect("no NUL");
     let o = CString::new(output.to_str().expect("utf-8 path")).expect("no NUL");
     // SAFETY: default params come from llama.cpp; both paths are valid C strings that outlive
@@ -208,6 +221,7 @@ pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, pure: bool, nthre
         let mut p = sys::llama_model_quantize_default_params();
         p.ftype = ftype;
         p.pure_ = pure;
+        p.allow_requantize = allow_requantize;
         p.nthread = nthread;
         sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
     }
