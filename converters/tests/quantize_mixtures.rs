@@ -326,3 +326,40 @@ fn type_names_and_refusals() {
     run_ours(&gpt2, &b, "q4_k_m", &[]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// The real Gemma 3 270M Q4_K_M (a Hugging Face file: Q5_0/Q8_0/Q4_K/Q6_K tensors, 640-wide
+/// rows that fall back): decoded to F16 as llama.cpp decodes it, then that F16 re-made into
+/// Q4_K_M as llama.cpp makes it.
+#[test]
+fn real_gemma3_270m_q4_k_m() {
+    let model = dirs_model("gemma-3-270m-q4_k_m.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    ggml::silence_logs();
+    let ours = dir.path().join("f16-ours.gguf");
+    run_ours(&model, &ours, "f16", &[]);
+    let theirs = dir.path().join("f16-llama.gguf");
+    assert_eq!(
+        ggml::llama_quantize_opts(&model, &theirs, 1, false, true, 2),
+        0
+    );
+    assert_same(&ours, &theirs, "gemma3 270m Q4_K_M -> f16");
+    std::fs::remove_file(&theirs).unwrap();
+    let f16 = ours;
+    let ours = dir.path().join("q4km-ours.gguf");
+    run_ours(&f16, &ours, "q4_k_m", &[]);
+    let theirs = dir.path().join("q4km-llama.gguf");
+    assert_eq!(ggml::llama_quantize(&f16, &theirs, 15, false, 2), 0);
+    assert_same(&ours, &theirs, "gemma3 270m f16 -> Q4_K_M");
+}
+
+fn dirs_model(name: &str) -> PathBuf {
+    let p = PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/jq/models")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup to download the real models",
+        p.display()
+    );
+    p
+}
