@@ -264,3 +264,44 @@ fn type_capabilities() {
         "type IQ2_XXS cannot be encoded here: ggml needs an importance matrix for it, and its grid search is not ported (decode only)"
     );
 }
+
+#[test]
+fn encode_with_imatrix_matches_ggml() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x1a7);
+    let uniform = Uniform::new(0.0f32, 4.0);
+    for row in [256usize, 1024] {
+        // Importance weights as llama.cpp's imatrix gives them: non-negative, some zero.
+        let mut qw: Vec<f32> = (0..row).map(|_| uniform.sample(&mut rng).powi(3)).collect();
+        qw[3] = 0.0;
+        for (name, x) in distributions().into_iter().take(8) {
+            let x = &x[..row * 8];
+            for &ty in ENCODE {
+                let theirs = ggml::quantize_chunk_imatrix(ty, x, row, &qw);
+                let mut ours = vec![0u8; theirs.len()];
+                quant::imatrix::quantize_weighted(ty, x, row, &qw, &mut ours).unwrap();
+                if ours != theirs {
+                    let bs = ty.type_size() as usize;
+                    let first = ours
+                        .chunks(bs)
+                        .zip(theirs.chunks(bs))
+                        .position(|(a, b)| a != b)
+                        .unwrap();
+                    panic!(
+                        "{ty} imatrix {name} row {row}: block #{first} differs\n ours {:02x?}\n ggml {:02x?}",
+                        &ours[first * bs..(first + 1) * bs],
+                        &theirs[first * bs..(first + 1) * bs]
+                    );
+                }
+            }
+        }
+        for (name, x) in edge_blocks() {
+            let x: Vec<f32> = x.iter().cycle().take(row).copied().collect();
+            for &ty in ENCODE {
+                let theirs = ggml::quantize_chunk_imatrix(ty, &x, row, &qw);
+                let mut ours = vec![0u8; theirs.len()];
+                quant::imatrix::quantize_weighted(ty, &x, row, &qw, &mut ours).unwrap();
+                assert_eq!(ours, theirs, "{ty} imatrix edge {name} row {row}");
+            }
+        }
+    }
+}

@@ -263,7 +263,7 @@ fn make_qkx2_quants(
 
 /// `get_scale_min_k4`.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -275,7 +275,7 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 }
 
 /// Packs 256 two-bit codes the way Q2_K and Q3_K store them.
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; 64]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; 64]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
             qs[j / 4 + k] =
@@ -693,6 +693,18 @@ pub fn quantize_q6_k(x: &[f32], y: &mut BlockQ6K) {
             max_scale = scale;
         }
     }
+    finish_q6_k(x, &mut l, &scales, max_scale, max_abs_scale, y);
+}
+
+/// The part of Q6_K's encoders after the per-16 scales: super-block scale, codes, packing.
+pub(crate) fn finish_q6_k(
+    x: &[f32],
+    l: &mut [i8; QK_K],
+    scales: &[f32; 16],
+    max_scale: f32,
+    max_abs_scale: f32,
+    y: &mut BlockQ6K,
+) {
     if max_abs_scale < GROUP_MAX_EPS {
         *y = bytemuck::Zeroable::zeroed();
         y.d = f2h(0.0);
@@ -714,7 +726,7 @@ pub fn quantize_q6_k(x: &[f32], y: &mut BlockQ6K) {
             l[16 * j + ii] = (li + 32) as i8;
         }
     }
-    let l: [u8; QK_K] = bytemuck::cast(l);
+    let l: [u8; QK_K] = bytemuck::cast(*l);
     for h in 0..2 {
         let j = 128 * h;
         let ql = &mut y.ql[64 * h..64 * h + 64];

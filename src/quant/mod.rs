@@ -12,6 +12,7 @@
 pub mod blocks;
 pub mod fast;
 pub mod grids;
+pub mod imatrix;
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
