@@ -366,11 +366,7 @@ fn hparams(file: &GgufModel) -> Result<Hparams> {
         .with_context(|| format!("{arch}.block_count is missing"))? as i32;
     let n_head = meta_u32(file, &format!("{arch}.attention.head_count")).unwrap_or(0);
     let n_head_kv = meta_u32(file, &format!("{arch}.attention.head_count_kv")).unwrap_or(n_head);
-    let n_gqa = if n_head_kv == 0 {
-        0
-    } else {
-        n_head / n_head_kv
-    };
+    let n_gqa = n_head.checked_div(n_head_kv).unwrap_or(0);
     let n_expert = meta_u32(file, &format!("{arch}.expert_count")).unwrap_or(0);
     Ok(Hparams {
         arch,
@@ -438,12 +434,10 @@ fn mixture_type(
             new_type = G::Q6_K;
         }
     } else if ft == "mxfp4_moe" {
-        new_type = if t.ne.get(2).copied().unwrap_or(1) > 1 && hp.arch != "bailingmoe3" {
-            G::MXFP4
-        } else if hp.arch == "bailingmoe3"
-            && t.ne.get(2).copied().unwrap_or(1) > 1
-            && matches!(cat, Category::FfnUp | Category::FfnGate | Category::FfnDown)
-        {
+        // MoE tensors (3-D) -> MXFP4, the rest Q8_0; on bailingmoe3 only the expert FFNs.
+        let experts = t.ne.get(2).copied().unwrap_or(1) > 1;
+        let bailing_expert = matches!(cat, Category::FfnUp | Category::FfnGate | Category::FfnDown);
+        new_type = if experts && (hp.arch != "bailingmoe3" || bailing_expert) {
             G::MXFP4
         } else {
             G::Q8_0

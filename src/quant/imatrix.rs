@@ -5,6 +5,10 @@
 //! encodable types ignore them, as ggml does. The legacy types' weights depend on the whole
 //! row (`sigma2` is the row's mean square), so this works row by row.
 
+// The loops index like ggml's C, element for element, so that a port can be checked against
+// the source line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::{
     BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, QK_K,
@@ -421,6 +425,7 @@ fn q3_k_block(x: &[f32], qw: &[f32], y: &mut BlockQ3K) {
 }
 
 /// The shared part of Q4_K's and Q5_K's `_impl` encoders; the codes land in `l`.
+#[allow(clippy::too_many_arguments)]
 fn qk_weighted(
     x: &[f32],
     qw: &[f32],

@@ -5,6 +5,10 @@
 //! These types stay decode-only: ggml's encoders need an importance matrix (IQ1_S, IQ2_XXS,
 //! IQ2_XS) or are searches over the grids that this crate does not port (IQ1_M, IQ2_S, IQ3_*).
 
+// The loops index like ggml's C, element for element, so that a port can be checked against
+// the source line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::{
     BlockIq1M, BlockIq1S, BlockIq2S, BlockIq2Xs, BlockIq2Xxs, BlockIq3S, BlockIq3Xxs,
 };

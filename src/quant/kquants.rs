@@ -5,6 +5,10 @@
 //! The encoders are what `ggml_quantize_chunk` runs without an importance matrix:
 //! `quantize_row_q*_K_ref`, `quantize_row_tq*_0_ref`, and `quantize_iq4_xs` (7 scale tries).
 
+// The loops index like ggml's C, element for element, so that a port can be checked against
+// the source line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::{
     BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockTq1_0, BlockTq2_0, QK_K,
 };
@@ -774,7 +778,7 @@ pub fn dequantize_q6_k(b: &BlockQ6K, y: &mut [f32]) {
 #[inline]
 fn ternary(v: f32) -> i64 {
     let r = v.round();
-    let l = if r.is_finite() && r >= -9.223_372e18 && r < 9.223_372e18 {
+    let l = if r.is_finite() && (-9.223_372e18..9.223_372e18).contains(&r) {
         r as i64
     } else {
         i64::MIN
@@ -804,7 +808,7 @@ pub fn quantize_tq1_0(x: &[f32], y: &mut BlockTq1_0) {
                 let xi = ternary(x[xo + m + n * width] * id);
                 q = q.wrapping_mul(3).wrapping_add(xi as u8);
             }
-            y.qs[start + m] = ((u32::from(q) * 256 + 242) / 243) as u8;
+            y.qs[start + m] = (u32::from(q) * 256).div_ceil(243) as u8;
         }
         xo += 5 * width;
     }
@@ -815,7 +819,7 @@ pub fn quantize_tq1_0(x: &[f32], y: &mut BlockTq1_0) {
             q = q.wrapping_mul(3).wrapping_add(xi as u8);
         }
         q = q.wrapping_mul(3);
-        y.qh[j] = ((u32::from(q) * 256 + 242) / 243) as u8;
+        y.qh[j] = (u32::from(q) * 256).div_ceil(243) as u8;
     }
 }
 

@@ -6,6 +6,10 @@
 //! Encoders follow what `ggml_quantize_chunk` runs without an importance matrix (for IQ4_NL that
 //! is `quantize_iq4_nl` with 7 scale tries, not `quantize_row_iq4_nl_ref`).
 
+// The loops index like ggml's C, element for element, so that a port can be checked against
+// the source line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::{
     BlockIq4Nl, BlockMxfp4, BlockNvfp4, BlockQ1_0, BlockQ2_0, BlockQ4_1, BlockQ5_0, BlockQ5_1,
 };
