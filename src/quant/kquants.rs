@@ -56,6 +56,8 @@ pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
 /// optional weights.
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
+    let l_out = &mut l_out[..n];
+    let qw = qw.map(|w| &w[..n]);
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -190,6 +192,7 @@ fn make_qkx2_quants(
     use_mad: bool,
 ) -> (f32, f32) {
     let n = x.len();
+    let (weights, l_out, laux) = (&weights[..n], &mut l_out[..n], &mut laux[..n]);
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];

@@ -216,14 +216,10 @@ pub fn dequantize_q2_0(b: &BlockQ2_0, y: &mut [f32]) {
     }
 }
 
-/// C's `(int)f` on x86 (`cvttss2si`): truncation, 0x80000000 for NaN and out-of-range values.
+/// C's `(int)f` on x86 (`cvttss2si`).
 #[inline]
 pub(crate) fn x86_cvt_i32(f: f32) -> i32 {
-    if f.is_finite() && f > -2_147_483_648.0 && f < 2_147_483_648.0 {
-        f as i32
-    } else {
-        i32::MIN
-    }
+    super::reference::x86_f32_to_i32(f)
 }
 
 // ---------------------------------------------------------------- MXFP4 / NVFP4
