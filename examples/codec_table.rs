@@ -4,7 +4,7 @@
 //! fast path on one thread; `ours-par` rayon over every core. Median of `REPS` runs over 4 MiB
 //! of f32 (1 Mi elements). F32 decode is left out: ggml has no `to_float` for it.
 //!
-//! Run: `cargo build --release --workspace --examples && target/release/examples/codec_table`
+//! Run: `cargo build --release --workspace --examples && target/release/examples/codec_table [TYPE...]`
 
 use jq::ggml;
 use jq::quant::{self, GgmlType, Path};
@@ -29,6 +29,11 @@ fn median_s(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     ggml::silence_logs();
+    // Optional type names to time only those: `codec_table q4_1 q5_1`.
+    let only: Vec<GgmlType> = std::env::args()
+        .skip(1)
+        .filter_map(|a| GgmlType::from_name(&a))
+        .collect();
     let x = jq::synth::weights(7, N, 2.0);
     let gib = (N * 4) as f64 / (1u64 << 30) as f64;
     println!(
@@ -40,6 +45,7 @@ fn main() {
             if !ty.can_decode()
                 || (op == "quantize" && !ty.can_encode())
                 || (op == "dequantize" && ty == GgmlType::F32)
+                || (!only.is_empty() && !only.contains(&ty))
             {
                 continue;
             }
