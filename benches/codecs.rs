@@ -97,7 +97,7 @@ fn bench_all_types(c: &mut Criterion) {
         } else {
             // Decode-only i-quants: random bytes are valid blocks (indices are masked).
             (0..ty.row_bytes(n as u64).unwrap())
-                .map(|i| (i * 2654435761 >> 13) as u8 & 0x3f)
+                .map(|i| ((i * 2_654_435_761) >> 13) as u8 & 0x3f)
                 .collect()
         };
         for op in ["quantize", "dequantize"] {

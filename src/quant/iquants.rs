@@ -31,6 +31,7 @@ fn sign(signs: u8, j: usize) -> f32 {
 }
 
 pub fn dequantize_iq2_xxs(b: &BlockIq2Xxs, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for ib32 in 0..8 {
@@ -51,6 +52,7 @@ pub fn dequantize_iq2_xxs(b: &BlockIq2Xxs, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq2_xs(b: &BlockIq2Xs, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for ib32 in 0..8 {
@@ -71,6 +73,7 @@ pub fn dequantize_iq2_xs(b: &BlockIq2Xs, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq2_s(b: &BlockIq2S, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for ib32 in 0..8 {
@@ -93,6 +96,7 @@ pub fn dequantize_iq2_s(b: &BlockIq2S, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq3_xxs(b: &BlockIq3Xxs, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for ib32 in 0..8 {
@@ -114,6 +118,7 @@ pub fn dequantize_iq3_xxs(b: &BlockIq3Xxs, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq3_s(b: &BlockIq3S, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for pair in 0..4 {
@@ -143,6 +148,7 @@ pub fn dequantize_iq3_s(b: &BlockIq3S, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq1_s(b: &BlockIq1S, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for ib in 0..8 {
@@ -165,6 +171,7 @@ pub fn dequantize_iq1_s(b: &BlockIq1S, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq1_m(b: &BlockIq1M, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let sc: [u16; 4] =
         std::array::from_fn(|k| u16::from_le_bytes([b.scales[2 * k], b.scales[2 * k + 1]]));
     let scale =

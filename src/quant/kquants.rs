@@ -294,6 +294,7 @@ pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; 64]) {
 // ---------------------------------------------------------------- Q2_K
 
 pub fn quantize_q2_k(x: &[f32], y: &mut BlockQ2K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let mut l = [0u8; QK_K];
     let mut laux = [0u8; 16];
     let mut weights = [0.0f32; 16];
@@ -362,6 +363,7 @@ pub fn quantize_q2_k(x: &[f32], y: &mut BlockQ2K) {
 }
 
 pub fn dequantize_q2_k(b: &BlockQ2K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let min = h2f(b.dmin);
     let mut o = 0;
@@ -386,6 +388,7 @@ pub fn dequantize_q2_k(b: &BlockQ2K, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q3_K
 
 pub fn quantize_q3_k(x: &[f32], y: &mut BlockQ3K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut max_scale = 0.0f32;
@@ -454,6 +457,7 @@ pub fn quantize_q3_k(x: &[f32], y: &mut BlockQ3K) {
 }
 
 pub fn dequantize_q3_k(b: &BlockQ3K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d_all = h2f(b.d);
     let mut aux = [0u32; 4];
     for (k, a) in aux.iter_mut().take(3).enumerate() {
@@ -579,6 +583,7 @@ fn qk_scales_and_codes(
 }
 
 pub fn quantize_q4_k(x: &[f32], y: &mut BlockQ4K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let mut l = [0u8; QK_K];
     qk_scales_and_codes(
         x,
@@ -599,6 +604,7 @@ pub fn quantize_q4_k(x: &[f32], y: &mut BlockQ4K) {
 }
 
 pub fn dequantize_q4_k(b: &BlockQ4K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let min = h2f(b.dmin);
     for c in 0..4 {
@@ -620,6 +626,7 @@ pub fn dequantize_q4_k(b: &BlockQ4K, y: &mut [f32]) {
 }
 
 pub fn quantize_q5_k(x: &[f32], y: &mut BlockQ5K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let mut l = [0u8; QK_K];
     qk_scales_and_codes(
         x,
@@ -654,6 +661,7 @@ pub fn quantize_q5_k(x: &[f32], y: &mut BlockQ5K) {
 }
 
 pub fn dequantize_q5_k(b: &BlockQ5K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let min = h2f(b.dmin);
     let (mut u1, mut u2) = (1u8, 2u8);
@@ -682,6 +690,7 @@ pub fn dequantize_q5_k(b: &BlockQ5K, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q6_K
 
 pub fn quantize_q6_k(x: &[f32], y: &mut BlockQ6K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut max_scale = 0.0f32;
@@ -754,6 +763,7 @@ pub(crate) fn finish_q6_k(
 }
 
 pub fn dequantize_q6_k(b: &BlockQ6K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     for h in 0..2 {
         let ql = &b.ql[64 * h..64 * h + 64];
@@ -800,6 +810,7 @@ fn absmax_d(x: &[f32]) -> (f32, f32) {
 }
 
 pub fn quantize_tq1_0(x: &[f32], y: &mut BlockTq1_0) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let (d, id) = absmax_d(x);
     y.d = f2h(d);
     let mut xo = 0;
@@ -827,6 +838,7 @@ pub fn quantize_tq1_0(x: &[f32], y: &mut BlockTq1_0) {
 }
 
 pub fn dequantize_tq1_0(b: &BlockTq1_0, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
     let d = h2f(b.d);
     let trit = |q: u8, n: usize| {
@@ -852,6 +864,7 @@ pub fn dequantize_tq1_0(b: &BlockTq1_0, y: &mut [f32]) {
 }
 
 pub fn quantize_tq2_0(x: &[f32], y: &mut BlockTq2_0) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     let (d, id) = absmax_d(x);
     y.d = f2h(d);
     for c in 0..2 {
@@ -868,6 +881,7 @@ pub fn quantize_tq2_0(x: &[f32], y: &mut BlockTq2_0) {
 }
 
 pub fn dequantize_tq2_0(b: &BlockTq2_0, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     let mut o = 0;
     for c in 0..2 {
@@ -884,6 +898,7 @@ pub fn dequantize_tq2_0(b: &BlockTq2_0, y: &mut [f32]) {
 // ---------------------------------------------------------------- IQ4_XS
 
 pub fn quantize_iq4_xs(x: &[f32], y: &mut BlockIq4Xs) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
     quantize_iq4_impl(
         x,
         None,
@@ -896,6 +911,7 @@ pub fn quantize_iq4_xs(x: &[f32], y: &mut BlockIq4Xs) {
 }
 
 pub fn dequantize_iq4_xs(b: &BlockIq4Xs, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
     let d = h2f(b.d);
     for ib in 0..8 {
         let ls = i32::from((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF)

@@ -67,6 +67,7 @@ fn signed_absmax(x: &[f32]) -> f32 {
 // ---------------------------------------------------------------- Q4_1
 
 pub fn quantize_q4_1(x: &[f32], y: &mut BlockQ4_1) {
+    let x: &[f32; 32] = x.try_into().expect("a 32-element block");
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -82,6 +83,7 @@ pub fn quantize_q4_1(x: &[f32], y: &mut BlockQ4_1) {
 }
 
 pub fn dequantize_q4_1(b: &BlockQ4_1, y: &mut [f32]) {
+    let y: &mut [f32; 32] = y.try_into().expect("a 32-element block");
     let d = h2f(b.d);
     let m = h2f(b.m);
     for j in 0..16 {
@@ -93,6 +95,7 @@ pub fn dequantize_q4_1(b: &BlockQ4_1, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q5_0
 
 pub fn quantize_q5_0(x: &[f32], y: &mut BlockQ5_0) {
+    let x: &[f32; 32] = x.try_into().expect("a 32-element block");
     let max = signed_absmax(x);
     let d = max / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -111,6 +114,7 @@ pub fn quantize_q5_0(x: &[f32], y: &mut BlockQ5_0) {
 }
 
 pub fn dequantize_q5_0(b: &BlockQ5_0, y: &mut [f32]) {
+    let y: &mut [f32; 32] = y.try_into().expect("a 32-element block");
     let d = h2f(b.d);
     let qh = u32::from_le_bytes(b.qh);
     for j in 0..16 {
@@ -126,6 +130,7 @@ pub fn dequantize_q5_0(b: &BlockQ5_0, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q5_1
 
 pub fn quantize_q5_1(x: &[f32], y: &mut BlockQ5_1) {
+    let x: &[f32; 32] = x.try_into().expect("a 32-element block");
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -145,6 +150,7 @@ pub fn quantize_q5_1(x: &[f32], y: &mut BlockQ5_1) {
 }
 
 pub fn dequantize_q5_1(b: &BlockQ5_1, y: &mut [f32]) {
+    let y: &mut [f32; 32] = y.try_into().expect("a 32-element block");
     let d = h2f(b.d);
     let m = h2f(b.m);
     let qh = u32::from_le_bytes(b.qh);
@@ -161,6 +167,7 @@ pub fn dequantize_q5_1(b: &BlockQ5_1, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q1_0 (128 elements)
 
 pub fn quantize_q1_0(x: &[f32], y: &mut BlockQ1_0) {
+    let x: &[f32; 128] = x.try_into().expect("a 128-element block");
     let mut sum_abs = 0.0f32;
     for &v in x {
         sum_abs += v.abs();
@@ -176,6 +183,7 @@ pub fn quantize_q1_0(x: &[f32], y: &mut BlockQ1_0) {
 }
 
 pub fn dequantize_q1_0(b: &BlockQ1_0, y: &mut [f32]) {
+    let y: &mut [f32; 128] = y.try_into().expect("a 128-element block");
     let d = h2f(b.d);
     let neg_d = -d;
     for (j, o) in y.iter_mut().enumerate() {
@@ -190,6 +198,7 @@ pub fn dequantize_q1_0(b: &BlockQ1_0, y: &mut [f32]) {
 // ---------------------------------------------------------------- Q2_0 (64 elements)
 
 pub fn quantize_q2_0(x: &[f32], y: &mut BlockQ2_0) {
+    let x: &[f32; 64] = x.try_into().expect("a 64-element block");
     let mut amax = 0.0f32;
     for &v in x {
         let a = v.abs();
@@ -209,6 +218,7 @@ pub fn quantize_q2_0(x: &[f32], y: &mut BlockQ2_0) {
 }
 
 pub fn dequantize_q2_0(b: &BlockQ2_0, y: &mut [f32]) {
+    let y: &mut [f32; 64] = y.try_into().expect("a 64-element block");
     let d = h2f(b.d);
     for (j, o) in y.iter_mut().enumerate() {
         let q = (b.qs[j / 4] >> ((j % 4) * 2)) & 3;
@@ -249,6 +259,7 @@ pub fn e8m0_to_fp32_half(x: u8) -> f32 {
 }
 
 pub fn quantize_mxfp4(x: &[f32], y: &mut BlockMxfp4) {
+    let x: &[f32; 32] = x.try_into().expect("a 32-element block");
     let mut amax = 0.0f32;
     for &v in x {
         if amax < v.abs() {
@@ -271,6 +282,7 @@ pub fn quantize_mxfp4(x: &[f32], y: &mut BlockMxfp4) {
 }
 
 pub fn dequantize_mxfp4(b: &BlockMxfp4, y: &mut [f32]) {
+    let y: &mut [f32; 32] = y.try_into().expect("a 32-element block");
     let d = e8m0_to_fp32_half(b.e);
     for j in 0..16 {
         y[j] = f32::from(KVALUES_FP4[usize::from(b.qs[j] & 0x0F)]) * d;
@@ -330,6 +342,7 @@ pub fn fp32_to_ue4m3(mut x: f32) -> u8 {
 }
 
 pub fn quantize_nvfp4(x: &[f32], y: &mut BlockNvfp4) {
+    let x: &[f32; 64] = x.try_into().expect("a 64-element block");
     for s in 0..4 {
         let xb = &x[16 * s..16 * s + 16];
         let mut amax = 0.0f32;
@@ -350,6 +363,7 @@ pub fn quantize_nvfp4(x: &[f32], y: &mut BlockNvfp4) {
 }
 
 pub fn dequantize_nvfp4(b: &BlockNvfp4, y: &mut [f32]) {
+    let y: &mut [f32; 64] = y.try_into().expect("a 64-element block");
     for s in 0..4 {
         let d = ue4m3_to_fp32(b.d[s]);
         let yb = &mut y[16 * s..16 * s + 16];
@@ -502,11 +516,13 @@ pub(crate) fn quantize_iq4_impl(
 }
 
 pub fn quantize_iq4_nl(x: &[f32], y: &mut BlockIq4Nl) {
+    let x: &[f32; 32] = x.try_into().expect("a 32-element block");
     let mut sh = 0u16;
     quantize_iq4_impl(x, None, &mut y.d, &mut y.qs, &mut sh, &mut [], 7);
 }
 
 pub fn dequantize_iq4_nl(b: &BlockIq4Nl, y: &mut [f32]) {
+    let y: &mut [f32; 32] = y.try_into().expect("a 32-element block");
     let d = h2f(b.d);
     for j in 0..16 {
         y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(b.qs[j] & 0xF)]);
