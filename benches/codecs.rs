@@ -4,7 +4,9 @@
 //! comparison); `ours-par` uses every core (what `jq-convert` does); `ours-ref` is the scalar
 //! reference.
 //!
-//! Run: `cargo bench --bench codecs` (results in docs/BENCHMARKS.md).
+//! Run: `cargo bench --bench codecs` (results in docs/BENCHMARKS.md). The `all/` groups cover
+//! every other type with a codec (256 KiB, in cache, short runs):
+//! `cargo bench --bench codecs -- all/`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use jq::ggml;
@@ -77,5 +79,62 @@ fn bench_dequantize(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_quantize, bench_dequantize);
+/// Every other encodable / decodable type, one size, ggml vs our one-thread and all-core paths.
+fn bench_all_types(c: &mut Criterion) {
+    let n = 1 << 16;
+    let x = data(n);
+    for &ty in GgmlType::ALL {
+        if !ty.can_decode()
+            || matches!(
+                ty,
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_0 | GgmlType::Q8_0
+            )
+        {
+            continue;
+        }
+        let q = if ty.can_encode() {
+            ggml::quantize_chunk(ty, &x, 4096)
+        } else {
+            // Decode-only i-quants: random bytes are valid blocks (indices are masked).
+            (0..ty.row_bytes(n as u64).unwrap())
+                .map(|i| ((i * 2_654_435_761) >> 13) as u8 & 0x3f)
+                .collect()
+        };
+        for op in ["quantize", "dequantize"] {
+            if op == "quantize" && !ty.can_encode() {
+                continue;
+            }
+            let mut g = c.benchmark_group(format!("all/{op}/{ty}"));
+            g.throughput(Throughput::Bytes((n * 4) as u64));
+            g.sample_size(10)
+                .warm_up_time(std::time::Duration::from_millis(300))
+                .measurement_time(std::time::Duration::from_secs(1));
+            let mut out = vec![0u8; q.len()];
+            let mut f = vec![0f32; n];
+            if op == "quantize" {
+                g.bench_function(BenchmarkId::from_parameter("ggml"), |b| {
+                    b.iter(|| ggml::quantize_chunk_into(ty, black_box(&x), 4096, &mut out))
+                });
+            } else {
+                g.bench_function(BenchmarkId::from_parameter("ggml"), |b| {
+                    b.iter(|| ggml::dequantize_into(ty, black_box(&q), &mut f))
+                });
+            }
+            for (name, path) in [("ours-1t", Path::Fast), ("ours-par", Path::Parallel)] {
+                if op == "quantize" {
+                    g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                        b.iter(|| quant::quantize_with(path, ty, black_box(&x), &mut out).unwrap())
+                    });
+                } else {
+                    g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                        b.iter(|| quant::dequantize_with(path, ty, black_box(&q), &mut f).unwrap())
+                    });
+                }
+            }
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench_quantize, bench_dequantize, bench_all_types);
 criterion_main!(benches);

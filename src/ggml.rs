@@ -67,6 +67,34 @@ pub fn quantize_chunk_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mu
     assert_eq!(written, dst.len(), "ggml wrote a different size");
 }
 
+/// `ggml_quantize_chunk` with an importance matrix (one weight per column).
+pub fn quantize_chunk_imatrix(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: &[f32],
+) -> Vec<u8> {
+    assert!(n_per_row > 0 && src.len().is_multiple_of(n_per_row));
+    assert_eq!(imatrix.len(), n_per_row);
+    let bytes = ty.row_bytes(src.len() as u64).expect("whole blocks") as usize;
+    let mut dst = vec![0u8; bytes];
+    let nrows = (src.len() / n_per_row) as i64;
+    // SAFETY: as in quantize_chunk_into; ggml reads n_per_row importance weights (asserted).
+    let written = unsafe {
+        sys::ggml_quantize_chunk(
+            ty.id(),
+            src.as_ptr(),
+            dst.as_mut_ptr().cast(),
+            0,
+            nrows,
+            n_per_row as i64,
+            imatrix.as_ptr(),
+        )
+    };
+    assert_eq!(written, dst.len(), "ggml wrote a different size");
+    dst
+}
+
 /// ggml's reference decoder (`type_traits[ty].to_float`).
 pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
@@ -199,6 +227,19 @@ pub fn llama_quantize_pure(input: &Path, output: &Path, ftype: u32, nthread: i32
 /// without `pure`, llama.cpp's own per-tensor mixture rules (`llama_tensor_get_type`) apply.
 /// Returns llama.cpp's status (0 = success).
 pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, pure: bool, nthread: i32) -> u32 {
+    llama_quantize_opts(input, output, ftype, pure, false, nthread)
+}
+
+/// [`llama_quantize`] with llama.cpp's `allow_requantize` (needed to re-encode, or decode to
+/// F16/F32, a quantized input).
+pub fn llama_quantize_opts(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    pure: bool,
+    allow_requantize: bool,
+    nthread: i32,
+) -> u32 {
     let i = CString::new(input.to_str().expect("utf-8 path")).expect("no NUL");
     let o = CString::new(output.to_str().expect("utf-8 path")).expect("no NUL");
     // SAFETY: default params come from llama.cpp; both paths are valid C strings that outlive
@@ -208,6 +249,7 @@ pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, pure: bool, nthre
         let mut p = sys::llama_model_quantize_default_params();
         p.ftype = ftype;
         p.pure_ = pure;
+        p.allow_requantize = allow_requantize;
         p.nthread = nthread;
         sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
     }

@@ -10,7 +10,7 @@ mod sentencepiece;
 mod shards;
 mod tokenizer_json;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use jq::gguf::GgufModel;
 use jq::output::{refuse_aliases, AtomicFile};
@@ -170,26 +170,53 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
-    /// Re-encode a GGUF's weights like llama.cpp's `llama-quantize --pure`, any architecture.
+    /// Re-encode a GGUF's weights like llama.cpp's `llama-quantize`, any architecture.
     ///
     /// 2-D (and 3-D) `*weight` tensors are re-encoded; norms, position embeddings and 1-D
-    /// tensors are copied. Rows that are not a whole number of blocks fall back to F16 with a
-    /// warning. The output appears only when the whole file was written.
+    /// tensors are copied. Each tensor's type follows llama.cpp's mixture for the file type
+    /// (`llama_tensor_get_type`: Q4_K_M keeps the output in Q6_K and gives some attn_v and
+    /// ffn_down layers Q6_K, ...); `--pure` gives every eligible tensor the file type's own
+    /// type. Rows that are not a whole number of blocks fall back to a smaller block (Q4_K ->
+    /// Q5_0, Q6_K -> Q8_0, ...) or F16, with a warning. The input may hold any type that
+    /// decodes (F32, F16, BF16, every K-quant, legacy and i-quant type); decoding to F16/BF16/F32
+    /// needs no flag, re-quantizing a quantized tensor needs --allow-requantize. The output
+    /// appears only when the whole file was written.
     #[command(
-        after_help = "Examples:\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0\n  jq-convert quantize model-q8_0.gguf model-q4_0.gguf --type q4_0 --allow-requantize"
+        after_help = "Types (case-insensitive): f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 mxfp4_moe q1_0 q2_0; aliases q3_k = q3_k_m, q4_k = q4_k_m, q5_k = q5_k_m. q2_k_s (needs an importance matrix) and nvfp4 (no mixture in the pinned llama.cpp) are refused.\n\nExamples:\n  jq-convert quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0 --pure\n  jq-convert quantize model-q4_k_m.gguf model-f16.gguf --type f16\n  jq-convert quantize model-q8_0.gguf model-q4_k_m.gguf --type Q4_K --allow-requantize\n  jq-convert quantize in.gguf out.gguf --type q5_k_m --output-tensor-type q8_0 --tensor-type 'attn_v=q8_0'"
     )]
     Quantize {
-        /// Input GGUF (weights in F32, F16 or BF16).
+        /// Input GGUF (any decodable tensor types).
         input: PathBuf,
         /// Output GGUF.
         output: PathBuf,
-        /// Target type of the re-encoded weights.
-        #[arg(long = "type", value_enum)]
-        ty: TargetType,
-        /// Re-encode weights that are already quantized (Q8_0/Q4_0) instead of refusing.
+        /// File type (llama-quantize's names, any case).
+        #[arg(long = "type")]
+        ty: String,
+        /// Re-encode weights that are already quantized instead of refusing.
         #[arg(long)]
         allow_requantize: bool,
+        /// Every eligible tensor gets the file type's own type (no mixture), as llama-quantize --pure.
+        #[arg(long)]
+        pure: bool,
+        /// Type of output.weight (llama-quantize --output-tensor-type).
+        #[arg(long)]
+        output_tensor_type: Option<String>,
+        /// Type of token_embd.weight (llama-quantize --token-embedding-type).
+        #[arg(long)]
+        token_embedding_type: Option<String>,
+        /// PATTERN=TYPE: tensors whose name matches the regex PATTERN get TYPE (first match wins;
+        /// repeatable), as llama-quantize --tensor-type.
+        #[arg(long = "tensor-type")]
+        tensor_type: Vec<String>,
     },
+}
+
+/// Parses `--tensor-type PATTERN=TYPE`.
+fn parse_tensor_override(s: &str) -> std::result::Result<(String, GgmlType), String> {
+    let (p, t) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("'{s}' is not PATTERN=TYPE"))?;
+    Ok((p.to_string(), quantize::parse_tensor_type(t)?))
 }
 
 /// Renders `m` and checks it against Ollama's grammar: done before any conversion, so a value
@@ -432,21 +459,47 @@ fn run(cli: Cli) -> Result<()> {
             output,
             ty,
             allow_requantize,
+            pure,
+            output_tensor_type,
+            token_embedding_type,
+            tensor_type,
         } => {
             input_file("the input", &input)?;
             refuse_aliases(&[("the output", &output)], &[("the input", &input)])?;
+            let ty = quantize::parse_file_type(&ty).map_err(|e| anyhow!("--type: {e}"))?;
+            let tensor_flag = |flag: &str, v: Option<String>| {
+                v.map(|v| quantize::parse_tensor_type(&v).map_err(|e| anyhow!("{flag}: {e}")))
+                    .transpose()
+            };
+            let output_tensor_type = tensor_flag("--output-tensor-type", output_tensor_type)?;
+            let token_embedding_type = tensor_flag("--token-embedding-type", token_embedding_type)?;
+            let tensor_types = tensor_type
+                .iter()
+                .map(|s| parse_tensor_override(s).map_err(|e| anyhow!("--tensor-type: {e}")))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .map(|(p, t)| {
+                    regex::Regex::new(&p)
+                        .map(|re| (re, t))
+                        .with_context(|| format!("--tensor-type: bad pattern '{p}'"))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let opts = quantize::Options {
-                target: ty.into(),
+                file_type: ty,
                 allow_requantize,
+                pure,
+                output_tensor_type,
+                token_embedding_type,
+                tensor_types,
                 progress: std::io::stderr().is_terminal(),
             };
             let t = std::time::Instant::now();
             let s = quantize::run(&input, &output, &opts)?;
             eprintln!(
-                "{}: {} tensors re-encoded as {}, {} copied, {} fell back to F16; {:.2} MiB -> {:.2} MiB in {:.2}s",
+                "{}: {} tensors re-encoded ({}), {} copied, {} fell back to another type; {:.2} MiB -> {:.2} MiB in {:.2}s",
                 output.display(),
                 s.converted,
-                GgmlType::from(ty),
+                ty.name.to_ascii_uppercase(),
                 s.copied,
                 s.fallbacks.len(),
                 s.bytes_in as f64 / 1048576.0,

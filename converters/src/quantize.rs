@@ -1,17 +1,21 @@
-//! `jq-convert quantize`: re-encode a GGUF's weights the way `llama_model_quantize` does in
-//! `pure` mode, for any architecture.
+//! `jq-convert quantize`: re-encode a GGUF's weights the way `llama_model_quantize` does, for
+//! every llama-quantize file type this crate can encode, any architecture.
 //!
 //! Which tensors are re-encoded follows llama.cpp's `tensor_allows_quantization`: tensors with
 //! at least two non-trivial dimensions whose name ends in `weight`, except norms, position and
 //! token-type embeddings and the architecture-specific exceptions listed in `KEEP_SUBSTRINGS`.
-//! Everything else is copied byte for byte. Metadata is copied in order; split keys are
+//! Everything else is copied byte for byte. The type of each re-encoded tensor follows
+//! `llama_tensor_get_type` in the pinned `src/llama-quant.cpp` (`mixture_type` below, branch for
+//! branch: output/token-embedding rules, the attn_v/ffn_down "more bits" layers counted in
+//! llama.cpp's loader order (layer number, then name), the fallback when a row is not a whole number of blocks);
+//! `--pure` skips the mixture like llama-quantize's. Metadata is copied in order; split keys are
 //! dropped and `general.quantization_version` and `general.file_type` are (re)written last,
 //! which is exactly what llama.cpp does. One intended difference: tensors keep the input's
 //! order (llama.cpp sorts them by name).
 
 use anyhow::{bail, Context, Result};
-use jq::gguf::{GgufModel, GgufWriter, TensorInfo, TensorView};
-use jq::quant::{self, FileType, GgmlType};
+use jq::gguf::{GgufModel, GgufWriter, TensorInfo, TensorView, Value};
+use jq::quant::{self, GgmlType};
 use std::io::Write;
 use std::path::Path;
 
@@ -82,10 +86,195 @@ pub fn allows_quantization(t: &TensorInfo) -> bool {
         && !KEEP_SUBSTRINGS.iter().any(|s| t.name.contains(s))
 }
 
+/// A llama-quantize file type (`enum llama_ftype`) and the tensor type it defaults to
+/// (`llama_ftype_get_default_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileType {
+    pub name: &'static str,
+    pub ftype: u32,
+    pub default: GgmlType,
+}
+
+/// Every file type this tool writes, with llama-quantize's names.
+pub const FILE_TYPES: &[FileType] = &[
+    FileType {
+        name: "f32",
+        ftype: 0,
+        default: GgmlType::F32,
+    },
+    FileType {
+        name: "f16",
+        ftype: 1,
+        default: GgmlType::F16,
+    },
+    FileType {
+        name: "q4_0",
+        ftype: 2,
+        default: GgmlType::Q4_0,
+    },
+    FileType {
+        name: "q4_1",
+        ftype: 3,
+        default: GgmlType::Q4_1,
+    },
+    FileType {
+        name: "q8_0",
+        ftype: 7,
+        default: GgmlType::Q8_0,
+    },
+    FileType {
+        name: "q5_0",
+        ftype: 8,
+        default: GgmlType::Q5_0,
+    },
+    FileType {
+        name: "q5_1",
+        ftype: 9,
+        default: GgmlType::Q5_1,
+    },
+    FileType {
+        name: "q2_k",
+        ftype: 10,
+        default: GgmlType::Q2_K,
+    },
+    FileType {
+        name: "q3_k_s",
+        ftype: 11,
+        default: GgmlType::Q3_K,
+    },
+    FileType {
+        name: "q3_k_m",
+        ftype: 12,
+        default: GgmlType::Q3_K,
+    },
+    FileType {
+        name: "q3_k_l",
+        ftype: 13,
+        default: GgmlType::Q3_K,
+    },
+    FileType {
+        name: "q4_k_s",
+        ftype: 14,
+        default: GgmlType::Q4_K,
+    },
+    FileType {
+        name: "q4_k_m",
+        ftype: 15,
+        default: GgmlType::Q4_K,
+    },
+    FileType {
+        name: "q5_k_s",
+        ftype: 16,
+        default: GgmlType::Q5_K,
+    },
+    FileType {
+        name: "q5_k_m",
+        ftype: 17,
+        default: GgmlType::Q5_K,
+    },
+    FileType {
+        name: "q6_k",
+        ftype: 18,
+        default: GgmlType::Q6_K,
+    },
+    FileType {
+        name: "q2_k_s",
+        ftype: 21,
+        default: GgmlType::Q2_K,
+    },
+    FileType {
+        name: "iq4_nl",
+        ftype: 25,
+        default: GgmlType::IQ4_NL,
+    },
+    FileType {
+        name: "iq4_xs",
+        ftype: 30,
+        default: GgmlType::IQ4_XS,
+    },
+    FileType {
+        name: "bf16",
+        ftype: 32,
+        default: GgmlType::BF16,
+    },
+    FileType {
+        name: "tq1_0",
+        ftype: 36,
+        default: GgmlType::TQ1_0,
+    },
+    FileType {
+        name: "tq2_0",
+        ftype: 37,
+        default: GgmlType::TQ2_0,
+    },
+    FileType {
+        name: "mxfp4_moe",
+        ftype: 38,
+        default: GgmlType::MXFP4,
+    },
+    FileType {
+        name: "q1_0",
+        ftype: 40,
+        default: GgmlType::Q1_0,
+    },
+    FileType {
+        name: "q2_0",
+        ftype: 41,
+        default: GgmlType::Q2_0,
+    },
+];
+
+/// llama-quantize's aliases.
+const ALIASES: &[(&str, &str)] = &[("q3_k", "q3_k_m"), ("q4_k", "q4_k_m"), ("q5_k", "q5_k_m")];
+
+/// Parses a file type name in any case (`q4_k_m`, `Q4_K_M`, `q4_k`).
+pub fn parse_file_type(s: &str) -> Result<FileType, String> {
+    let lower = s.to_ascii_lowercase();
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == lower)
+        .map_or(lower.as_str(), |(_, t)| t);
+    if name == "q2_k_s" {
+        return Err("q2_k_s needs an importance matrix (as in llama.cpp), and --imatrix is not supported yet".into());
+    }
+    if name == "nvfp4" {
+        return Err("nvfp4: the pinned llama.cpp has no default tensor type for this file type (llama_model_quantize rejects it), so there is no mixture to follow; use a per-tensor type instead".into());
+    }
+    FILE_TYPES
+        .iter()
+        .copied()
+        .find(|f| f.name == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = FILE_TYPES
+                .iter()
+                .map(|f| f.name)
+                .filter(|n| *n != "q2_k_s")
+                .collect();
+            format!(
+                "unknown type '{s}' (one of: {}; aliases q3_k, q4_k, q5_k)",
+                names.join(", ")
+            )
+        })
+}
+
+/// Parses a tensor type for `--output-tensor-type` / `--token-embedding-type`.
+pub fn parse_tensor_type(s: &str) -> Result<GgmlType, String> {
+    let t = GgmlType::from_name(s).ok_or_else(|| format!("unknown tensor type '{s}'"))?;
+    if !t.can_encode() {
+        return Err(format!("tensor type {t} cannot be encoded here"));
+    }
+    Ok(t)
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub target: GgmlType,
+    pub file_type: FileType,
     pub allow_requantize: bool,
+    pub pure: bool,
+    pub output_tensor_type: Option<GgmlType>,
+    pub token_embedding_type: Option<GgmlType>,
+    /// `--tensor-type PATTERN=TYPE`, in order; the first regex that matches a name wins.
+    pub tensor_types: Vec<(regex::Regex, GgmlType)>,
     pub progress: bool,
 }
 
@@ -99,44 +288,368 @@ pub struct Summary {
     pub bytes_out: u64,
 }
 
-/// The type a tensor gets in the output, or an error for a quantized source without
-/// `allow_requantize`.
-fn target_type(t: &TensorInfo, opts: &Options, fallbacks: &mut Vec<String>) -> Result<GgmlType> {
+/// `tensor_category` of llama-quant.cpp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnQkv,
+    AttnKvB,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    use Category::*;
+    if name == "output.weight" {
+        return Output;
+    }
+    if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        return TokenEmbd;
+    }
+    for (pat, c) in [
+        ("attn_qkv.weight", AttnQkv),
+        ("attn_kv_b.weight", AttnKvB),
+        ("attn_v.weight", AttnV),
+        ("attn_k.weight", AttnK),
+        ("attn_q.weight", AttnQ),
+        ("attn_output.weight", AttnOutput),
+        ("ffn_up", FfnUp),
+        ("ffn_gate", FfnGate),
+        ("ffn_down", FfnDown),
+    ] {
+        if name.contains(pat) {
+            return c;
+        }
+    }
+    Other
+}
+
+fn is_attn_v(c: Category) -> bool {
+    matches!(c, Category::AttnV | Category::AttnQkv | Category::AttnKvB)
+}
+
+/// `ggml_is_quantized`.
+fn is_quantized(t: GgmlType) -> bool {
+    t.block_size() > 1
+}
+
+/// The hyper-parameters `llama_tensor_get_type` reads, as llama.cpp's loader reads them.
+#[derive(Debug, Default)]
+struct Hparams {
+    arch: String,
+    n_layer: i32,
+    n_gqa: u32,
+    n_expert: u32,
+}
+
+fn meta_u32(file: &GgufModel, key: &str) -> Option<u32> {
+    match file.get(key)? {
+        // Per-layer arrays: llama.cpp's n_head(0) / n_head_kv(0) read the first layer.
+        Value::Array(a) => a.get(0).and_then(|v| v.as_u64()).map(|v| v as u32),
+        v => v.as_u64().map(|v| v as u32),
+    }
+}
+
+fn hparams(file: &GgufModel) -> Result<Hparams> {
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .context("general.architecture is missing")?;
+    let n_layer = meta_u32(file, &format!("{arch}.block_count"))
+        .with_context(|| format!("{arch}.block_count is missing"))? as i32;
+    let n_head = meta_u32(file, &format!("{arch}.attention.head_count")).unwrap_or(0);
+    let n_head_kv = meta_u32(file, &format!("{arch}.attention.head_count_kv")).unwrap_or(n_head);
+    let n_gqa = n_head.checked_div(n_head_kv).unwrap_or(0);
+    let n_expert = meta_u32(file, &format!("{arch}.expert_count")).unwrap_or(0);
+    Ok(Hparams {
+        arch,
+        n_layer,
+        n_gqa,
+        n_expert,
+    })
+}
+
+/// `quantize_state_impl`: the counters `llama_tensor_get_type_impl` advances.
+#[derive(Debug, Default)]
+struct State {
+    n_attention_wv: i32,
+    i_attention_wv: i32,
+    i_ffn_down: i32,
+    i_ffn_gate: i32,
+    i_ffn_up: i32,
+    has_tied_embeddings: bool,
+}
+
+fn use_more_bits(i_layer: i32, n_layers: i32) -> bool {
+    i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2
+}
+
+/// `layer_info`: the counter, or with experts the layer parsed from the name.
+fn layer_info(hp: &Hparams, counter: i32, name: &str) -> Result<(i32, i32)> {
+    if hp.n_expert.max(1) > 1 {
+        let il = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<i32>().ok())
+            .with_context(|| format!("failed to determine the layer of tensor '{name}'"))?;
+        if il < 0 || il >= hp.n_layer {
+            bail!(
+                "bad layer {il} for tensor '{name}' (block_count {})",
+                hp.n_layer
+            );
+        }
+        return Ok((il, hp.n_layer));
+    }
+    Ok((counter, hp.n_layer))
+}
+
+/// `llama_tensor_get_type_impl` for the file types this tool writes (the IQ1/IQ2/IQ3 file
+/// types' branches are left out: those file types are refused before this runs).
+fn mixture_type(
+    qs: &mut State,
+    hp: &Hparams,
+    opts: &Options,
+    mut new_type: GgmlType,
+    t: &TensorInfo,
+    cat: Category,
+) -> Result<GgmlType> {
+    use GgmlType as G;
+    let ft = opts.file_type.name;
+    let falcon = hp.arch == "falcon";
+    let name = t.name.as_str();
+    let ne0 = t.ne.first().copied().unwrap_or(1);
+    if cat == Category::Output || (qs.has_tied_embeddings && cat == Category::TokenEmbd) {
+        if let Some(o) = opts.output_tensor_type {
+            new_type = o;
+        } else if ft == "mxfp4_moe" || falcon || !ne0.is_multiple_of(new_type.block_size()) {
+            new_type = G::Q8_0;
+        } else if new_type != G::Q8_0 {
+            new_type = G::Q6_K;
+        }
+    } else if ft == "mxfp4_moe" {
+        // MoE tensors (3-D) -> MXFP4, the rest Q8_0; on bailingmoe3 only the expert FFNs.
+        let experts = t.ne.get(2).copied().unwrap_or(1) > 1;
+        let bailing_expert = matches!(cat, Category::FfnUp | Category::FfnGate | Category::FfnDown);
+        new_type = if experts && (hp.arch != "bailingmoe3" || bailing_expert) {
+            G::MXFP4
+        } else {
+            G::Q8_0
+        };
+    } else if cat == Category::TokenEmbd {
+        if let Some(e) = opts.token_embedding_type {
+            new_type = e;
+        } else if matches!(ft, "tq1_0" | "tq2_0" | "q2_0") {
+            new_type = G::Q4_K;
+        }
+    } else if is_attn_v(cat) {
+        match ft {
+            "q2_k" => new_type = if hp.n_gqa >= 4 { G::Q4_K } else { G::Q3_K },
+            "q3_k_m" => {
+                new_type = if qs.i_attention_wv < 2 {
+                    G::Q5_K
+                } else {
+                    G::Q4_K
+                }
+            }
+            "q3_k_l" => new_type = G::Q5_K,
+            "iq4_nl" | "iq4_xs" if hp.n_gqa >= 4 => new_type = G::Q5_K,
+            "q4_k_m" | "q5_k_m" if use_more_bits(qs.i_attention_wv, qs.n_attention_wv) => {
+                new_type = G::Q6_K
+            }
+            "q4_k_s" if qs.i_attention_wv < 4 => new_type = G::Q5_K,
+            _ => {}
+        }
+        // (llama.cpp also bumps Q3_K/Q4_K to Q5_K for LLM_TYPE_70B, a 80-layer llama; a model
+        // of that size is detected from its layer count and width, which this tool does not do.)
+        if hp.n_expert == 8 {
+            new_type = G::Q8_0;
+        }
+        qs.i_attention_wv += 1;
+    } else if cat == Category::AttnK {
+        if hp.n_expert == 8 {
+            new_type = G::Q8_0;
+        }
+    } else if cat == Category::AttnQ {
+        // Only the IQ3 file types change attn_q.
+    } else if cat == Category::FfnDown {
+        let (i_layer, n_layer) = layer_info(hp, qs.i_ffn_down, name)?;
+        match ft {
+            "q2_k" => new_type = G::Q3_K,
+            "q3_k_m" => {
+                new_type = if i_layer < n_layer / 16 {
+                    G::Q5_K
+                } else if !falcon || use_more_bits(i_layer, n_layer) {
+                    G::Q4_K
+                } else {
+                    G::Q3_K
+                }
+            }
+            "q3_k_l" => new_type = if falcon { G::Q4_K } else { G::Q5_K },
+            "q4_k_m" => {
+                if falcon {
+                    new_type = if i_layer < n_layer / 16 {
+                        G::Q6_K
+                    } else if use_more_bits(i_layer, n_layer) {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    };
+                } else if use_more_bits(i_layer, n_layer) {
+                    new_type = G::Q6_K;
+                }
+            }
+            "iq4_nl" | "iq4_xs" if i_layer < n_layer / 8 => new_type = G::Q5_K,
+            "q5_k_m" if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
+            "q4_k_s" if !falcon && i_layer < n_layer / 8 => new_type = G::Q5_K,
+            _ => {}
+        }
+        qs.i_ffn_down += 1;
+    } else if cat == Category::AttnOutput {
+        if !falcon {
+            if hp.n_expert == 8 {
+                if matches!(
+                    ft,
+                    "q2_k" | "q3_k_s" | "q3_k_m" | "iq4_nl" | "q4_k_s" | "q4_k_m" | "iq4_xs"
+                ) {
+                    new_type = G::Q5_K;
+                }
+            } else {
+                match ft {
+                    "q2_k" => new_type = G::Q3_K,
+                    "q3_k_m" => new_type = G::Q4_K,
+                    "q3_k_l" => new_type = G::Q5_K,
+                    _ => {}
+                }
+            }
+        } else if ft == "q3_k_l" {
+            new_type = G::Q4_K;
+        }
+    } else if cat == Category::AttnQkv {
+        // Unreachable: attn_qkv is an attn_v-like category, handled above (as in llama.cpp,
+        // whose ATTENTION_QKV branch is shadowed the same way).
+    } else if cat == Category::FfnGate {
+        layer_info(hp, qs.i_ffn_gate, name)?;
+        qs.i_ffn_gate += 1;
+    } else if cat == Category::FfnUp {
+        layer_info(hp, qs.i_ffn_up, name)?;
+        qs.i_ffn_up += 1;
+    }
+    Ok(new_type)
+}
+
+/// `tensor_type_fallback`: a row that is not a whole number of blocks gets a smaller block.
+fn fallback(t: &TensorInfo, target: GgmlType, fallbacks: &mut Vec<String>) -> Result<GgmlType> {
+    use GgmlType as G;
+    let ncols = t.ne.first().copied().unwrap_or(1);
+    if ncols.is_multiple_of(target.block_size()) {
+        return Ok(target);
+    }
+    let mut ty = match target {
+        G::IQ1_S
+        | G::IQ1_M
+        | G::IQ2_XXS
+        | G::IQ2_XS
+        | G::IQ2_S
+        | G::IQ3_XXS
+        | G::IQ3_S
+        | G::IQ4_XS => G::IQ4_NL,
+        G::Q2_0 | G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
+        G::Q4_K => G::Q5_0,
+        G::Q5_K => G::Q5_1,
+        G::Q6_K => G::Q8_0,
+        other if other.block_size() <= 32 => other,
+        other => bail!(
+            "no tensor type fallback is defined for type {other} (tensor '{}')",
+            t.name
+        ),
+    };
+    if !ncols.is_multiple_of(ty.block_size()) {
+        ty = G::F16;
+    }
+    fallbacks.push(format!(
+        "{}: {} columns is not a multiple of {} ({}); stored as {}",
+        t.name,
+        ncols,
+        target.block_size(),
+        target,
+        ty
+    ));
+    Ok(ty)
+}
+
+/// `llama_tensor_get_type`.
+fn tensor_type(
+    qs: &mut State,
+    hp: &Hparams,
+    opts: &Options,
+    t: &TensorInfo,
+    fallbacks: &mut Vec<String>,
+) -> Result<GgmlType> {
     if !allows_quantization(t) {
         return Ok(t.ty);
     }
-    let mut ty = opts.target;
-    let ne0 = t.ne.first().copied().unwrap_or(1);
-    if ty.block_size() > 1 && ne0 % ty.block_size() != 0 {
-        // llama.cpp: a 32-block type has nothing smaller to fall back to, so F16.
-        fallbacks.push(format!(
-            "{}: {} columns is not a multiple of {} ({}); stored as F16",
-            t.name,
-            ne0,
-            ty.block_size(),
-            ty
-        ));
-        ty = GgmlType::F16;
+    let cat = category(&t.name);
+    if let (Some(e), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
+        let named = t.name == "per_layer_token_embd.weight"
+            && opts.tensor_types.iter().any(|(re, _)| re.is_match(&t.name));
+        if !named {
+            return Ok(e);
+        }
     }
+    if let (Some(o), Category::Output) = (opts.output_tensor_type, cat) {
+        return Ok(o);
+    }
+    let mut new_type = opts.file_type.default;
+    if is_quantized(new_type) {
+        let manual = opts
+            .tensor_types
+            .iter()
+            .find(|(re, _)| re.is_match(&t.name));
+        if let Some((_, ty)) = manual {
+            new_type = *ty;
+        } else if !opts.pure {
+            new_type = mixture_type(qs, hp, opts, new_type, t, cat)?;
+        }
+        new_type = fallback(t, new_type, fallbacks)?;
+    }
+    Ok(new_type)
+}
+
+/// Refuses a conversion this tool cannot do or that needs `--allow-requantize`.
+fn check_conversion(t: &TensorInfo, ty: GgmlType, opts: &Options) -> Result<()> {
     if ty == t.ty {
-        return Ok(ty);
+        return Ok(());
     }
-    if !t.ty.has_codec() {
+    if !t.ty.can_decode() {
         bail!(
-            "tensor '{}' is {}, which this tool cannot decode; it can only be copied",
+            "tensor '{}' is {}, which has no decoder; it can only be copied",
             t.name,
             t.ty
         );
     }
-    let quantized = !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-    if quantized && !opts.allow_requantize {
+    if !ty.can_encode() {
         bail!(
-            "tensor '{}' is already {}: re-quantizing loses precision; pass --allow-requantize to do it anyway",
+            "tensor '{}' would be {}, which this tool cannot encode",
             t.name,
-            t.ty
+            ty
         );
     }
-    Ok(ty)
+    if is_quantized(t.ty) && is_quantized(ty) && !opts.allow_requantize {
+        bail!(
+            "tensor '{}' is already {}: re-quantizing it as {} compounds both rounding errors; pass --allow-requantize to do it anyway",
+            t.name,
+            t.ty,
+            ty
+        );
+    }
+    Ok(())
 }
 
 /// Elements decoded and encoded per slab: buffers are reused, so memory stays bounded and
@@ -172,13 +685,58 @@ fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()>
     Ok(())
 }
 
+/// llama.cpp's `weight_name_comparer` key: the layer number that `sscanf(name, "blk.%d.")`
+/// reads (-1 without one), then the name byte-wise.
+fn loader_order_key(name: &str) -> (i64, &[u8]) {
+    let layer = name.strip_prefix("blk.").and_then(|rest| {
+        let rest = rest.trim_start();
+        let (sign, digits) = match rest.as_bytes().first() {
+            Some(b'-') => (-1i64, &rest[1..]),
+            Some(b'+') => (1, &rest[1..]),
+            _ => (1, rest),
+        };
+        let end = digits.bytes().take_while(u8::is_ascii_digit).count();
+        digits[..end].parse::<i64>().ok().map(|v| sign * v)
+    });
+    (layer.unwrap_or(-1), name.as_bytes())
+}
+
+/// The output type of every tensor, in the input's order. The mixture's counters advance in
+/// llama.cpp's order: its loader keeps the tensors in a `std::map` ordered by layer number,
+/// then name (`weight_name_comparer`).
+fn plan_types(
+    file: &GgufModel,
+    opts: &Options,
+    fallbacks: &mut Vec<String>,
+) -> Result<Vec<GgmlType>> {
+    let infos: Vec<&TensorInfo> = file.tensor_infos().collect();
+    let hp = if opts.pure || !is_quantized(opts.file_type.default) {
+        Hparams::default()
+    } else {
+        hparams(file)?
+    };
+    let mut qs = State {
+        has_tied_embeddings: !infos.iter().any(|t| category(&t.name) == Category::Output),
+        n_attention_wv: infos
+            .iter()
+            .filter(|t| is_attn_v(category(&t.name)))
+            .count() as i32,
+        ..State::default()
+    };
+    let mut order: Vec<usize> = (0..infos.len()).collect();
+    order.sort_by(|&a, &b| loader_order_key(&infos[a].name).cmp(&loader_order_key(&infos[b].name)));
+    let mut types = vec![GgmlType::F32; infos.len()];
+    let mut fb = vec![Vec::new(); infos.len()];
+    for i in order {
+        types[i] = tensor_type(&mut qs, &hp, opts, infos[i], &mut fb[i])?;
+    }
+    fallbacks.extend(fb.into_iter().flatten());
+    Ok(types)
+}
+
 pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     // A split set is read as one model; the output is one file (no split keys).
     let file = GgufModel::open(input).with_context(|| format!("reading {}", input.display()))?;
-    if !opts.target.has_codec() || opts.target == GgmlType::BF16 {
-        bail!("unsupported target type {}", opts.target);
-    }
-    let ftype = FileType::for_type(opts.target).context("target type has no llama_ftype")?;
     let mut w = GgufWriter::new();
     for (k, v) in file.metadata() {
         if !DROP_KEYS.contains(&k) {
@@ -187,12 +745,12 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
         }
     }
     w.add("general.quantization_version", QUANTIZATION_VERSION)?;
-    w.add("general.file_type", ftype as u32)?;
+    w.add("general.file_type", opts.file_type.ftype)?;
 
     let mut summary = Summary::default();
-    let mut plan = Vec::new();
-    for t in file.tensor_infos() {
-        let ty = target_type(t, opts, &mut summary.fallbacks)?;
+    let plan = plan_types(&file, opts, &mut summary.fallbacks)?;
+    for (t, &ty) in file.tensor_infos().zip(&plan) {
+        check_conversion(t, ty, opts)?;
         w.add_tensor(&t.name, ty, &t.ne)
             .with_context(|| format!("planning tensor '{}'", t.name))?;
         if ty == t.ty {
@@ -201,7 +759,6 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
             summary.converted += 1;
         }
         summary.bytes_in += t.size;
-        plan.push(ty);
     }
     for f in &summary.fallbacks {
         eprintln!("warning: {f}");

@@ -31,6 +31,7 @@ fn text_and_json() {
             q4.to_str().unwrap(),
             "--type",
             "q4_0",
+            "--pure",
         ])
         .status()
         .unwrap();

@@ -26,6 +26,7 @@ fn matches_llama_model_quantize_pure() {
                 ours.to_str().unwrap(),
                 "--type",
                 ty,
+                "--pure",
             ])
             .output()
             .unwrap();

@@ -1,17 +1,27 @@
-//! Tensor types and codecs: F32, F16, BF16, Q8_0, Q4_0.
+//! Tensor types and codecs: every weight type of ggml decodes here, bit-identical to ggml's
+//! `to_float`; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS,
+//! TQ1_0, TQ2_0, MXFP4, NVFP4, Q1_0 and Q2_0 also encode, bit-identical to
+//! `ggml_quantize_chunk` without an importance matrix.
 //!
-//! Knows nothing about files. Every codec has a scalar reference (`reference`, ggml's `*_ref`
-//! rule for rule) and a fast path (`fast`: AVX2/F16C, plus rayon across blocks) that must give
-//! the same bytes.
+//! Knows nothing about files. Every codec has a scalar reference (`reference`, `legacy`,
+//! `kquants`, `iquants`: ggml's kernels rule for rule) and a fast path (`fast`: AVX2/F16C for
+//! Q4_0/Q8_0/F16, plus rayon across blocks for every type) that must give the same bytes.
+//! The grid i-quants (IQ1_*, IQ2_*, IQ3_*) and the activation types without a `to_float`
+//! (Q8_1, Q8_K) are the exceptions: the former decode only, the latter not at all.
 
 pub mod blocks;
 pub mod fast;
+pub mod grids;
+pub mod imatrix;
+pub mod iquants;
+pub mod kquants;
+pub mod legacy;
 mod matrix;
 pub mod reference;
 mod team;
 mod types;
 
-pub use blocks::{BlockQ4_0, BlockQ8_0, QK};
+pub use blocks::{BlockQ4_0, BlockQ8_0, QK, QK_K};
 pub use matrix::{dot_f32, Matrix};
 pub use team::Team;
 pub use types::{FileType, GgmlType, GGML_TYPE_COUNT};
@@ -23,8 +33,10 @@ use rayon::prelude::*;
 /// Errors from the codecs: wrong buffer sizes or a type without a codec.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
-    #[error("type {0} has no codec here (supported: F32, F16, BF16, Q8_0, Q4_0)")]
+    #[error("type {0} has no decoder: {reason}", reason = no_decoder_reason(*.0))]
     Unsupported(GgmlType),
+    #[error("type {0} cannot be encoded here: {reason}", reason = no_encoder_reason(*.0))]
+    NoEncoder(GgmlType),
     #[error("{ty}: {n} elements is not a whole number of {block}-element blocks")]
     PartialBlock { ty: GgmlType, n: usize, block: u64 },
     #[error("{ty}: {n} elements need {expected} bytes, buffer has {actual}")]
@@ -36,25 +48,254 @@ pub enum CodecError {
     },
 }
 
-/// One codec per tensor type: a scalar reference and a fast row path over the same blocks.
-pub trait Codec {
-    /// The tensor type this codec encodes.
+fn no_decoder_reason(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::Q8_1 | GgmlType::Q8_K => "an activation-only type, ggml has no to_float for it",
+        _ => "an integer or f64 tensor, copied as it is",
+    }
+}
+
+fn no_encoder_reason(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::IQ1_S | GgmlType::IQ2_XXS | GgmlType::IQ2_XS => {
+            "ggml needs an importance matrix for it, and its grid search is not ported (decode only)"
+        }
+        GgmlType::IQ1_M | GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S => {
+            "its grid-search encoder is not ported (decode only)"
+        }
+        _ => no_decoder_reason(ty),
+    }
+}
+
+/// The decoding half of a codec: a scalar reference and a fast row path over the same blocks.
+pub trait Decode {
+    /// The tensor type this codec handles.
     const TYPE: GgmlType;
     /// One block as stored on disk.
     type Block: Pod + Send + Sync;
-    /// Reference encoder (ggml's `quantize_row_*_ref`). `x.len() == y.len() * block size`.
-    fn quantize_row_ref(x: &[f32], y: &mut [Self::Block]);
-    /// Reference decoder (ggml's `dequantize_row_*`).
+    /// Reference decoder (ggml's `dequantize_row_*`). `y.len() == x.len() * block size`.
     fn dequantize_row_ref(x: &[Self::Block], y: &mut [f32]);
-    /// Fast single-threaded encoder, bit-identical to the reference.
-    fn quantize_row(x: &[f32], y: &mut [Self::Block]) {
-        Self::quantize_row_ref(x, y)
-    }
     /// Fast single-threaded decoder, bit-identical to the reference.
     fn dequantize_row(x: &[Self::Block], y: &mut [f32]) {
         Self::dequantize_row_ref(x, y)
     }
 }
+
+/// One codec per encodable tensor type: the decoder plus a reference and a fast encoder.
+pub trait Codec: Decode {
+    /// Reference encoder (what `ggml_quantize_chunk` runs without an importance matrix).
+    /// `x.len() == y.len() * block size`.
+    fn quantize_row_ref(x: &[f32], y: &mut [Self::Block]);
+    /// Fast single-threaded encoder, bit-identical to the reference.
+    fn quantize_row(x: &[f32], y: &mut [Self::Block]) {
+        Self::quantize_row_ref(x, y)
+    }
+}
+
+/// A codec whose every block is encoded and decoded on its own by a block function.
+macro_rules! block_codec {
+    ($name:ident, $ty:ident, $block:ty, $n:expr, dec = $dec:path $(, enc = $enc:path)?) => {
+        #[derive(Debug)]
+        pub struct $name;
+        impl Decode for $name {
+            const TYPE: GgmlType = GgmlType::$ty;
+            type Block = $block;
+            fn dequantize_row_ref(x: &[$block], y: &mut [f32]) {
+                for (xb, yb) in x.iter().zip(y.chunks_exact_mut($n)) {
+                    $dec(xb, yb);
+                }
+            }
+        }
+        $(
+            impl Codec for $name {
+                fn quantize_row_ref(x: &[f32], y: &mut [$block]) {
+                    for (xb, yb) in x.chunks_exact($n).zip(y.iter_mut()) {
+                        $enc(xb, yb);
+                    }
+                }
+            }
+        )?
+    };
+}
+
+use blocks as b;
+block_codec!(
+    Q4_1Codec,
+    Q4_1,
+    b::BlockQ4_1,
+    32,
+    dec = legacy::dequantize_q4_1,
+    enc = legacy::quantize_q4_1
+);
+block_codec!(
+    Q5_0Codec,
+    Q5_0,
+    b::BlockQ5_0,
+    32,
+    dec = legacy::dequantize_q5_0,
+    enc = legacy::quantize_q5_0
+);
+block_codec!(
+    Q5_1Codec,
+    Q5_1,
+    b::BlockQ5_1,
+    32,
+    dec = legacy::dequantize_q5_1,
+    enc = legacy::quantize_q5_1
+);
+block_codec!(
+    Q1_0Codec,
+    Q1_0,
+    b::BlockQ1_0,
+    128,
+    dec = legacy::dequantize_q1_0,
+    enc = legacy::quantize_q1_0
+);
+block_codec!(
+    Q2_0Codec,
+    Q2_0,
+    b::BlockQ2_0,
+    64,
+    dec = legacy::dequantize_q2_0,
+    enc = legacy::quantize_q2_0
+);
+block_codec!(
+    Mxfp4Codec,
+    MXFP4,
+    b::BlockMxfp4,
+    32,
+    dec = legacy::dequantize_mxfp4,
+    enc = legacy::quantize_mxfp4
+);
+block_codec!(
+    Nvfp4Codec,
+    NVFP4,
+    b::BlockNvfp4,
+    64,
+    dec = legacy::dequantize_nvfp4,
+    enc = legacy::quantize_nvfp4
+);
+block_codec!(
+    Iq4NlCodec,
+    IQ4_NL,
+    b::BlockIq4Nl,
+    32,
+    dec = legacy::dequantize_iq4_nl,
+    enc = legacy::quantize_iq4_nl
+);
+block_codec!(
+    Q2KCodec,
+    Q2_K,
+    b::BlockQ2K,
+    QK_K,
+    dec = kquants::dequantize_q2_k,
+    enc = kquants::quantize_q2_k
+);
+block_codec!(
+    Q3KCodec,
+    Q3_K,
+    b::BlockQ3K,
+    QK_K,
+    dec = kquants::dequantize_q3_k,
+    enc = kquants::quantize_q3_k
+);
+block_codec!(
+    Q4KCodec,
+    Q4_K,
+    b::BlockQ4K,
+    QK_K,
+    dec = kquants::dequantize_q4_k,
+    enc = kquants::quantize_q4_k
+);
+block_codec!(
+    Q5KCodec,
+    Q5_K,
+    b::BlockQ5K,
+    QK_K,
+    dec = kquants::dequantize_q5_k,
+    enc = kquants::quantize_q5_k
+);
+block_codec!(
+    Q6KCodec,
+    Q6_K,
+    b::BlockQ6K,
+    QK_K,
+    dec = kquants::dequantize_q6_k,
+    enc = kquants::quantize_q6_k
+);
+block_codec!(
+    Tq1_0Codec,
+    TQ1_0,
+    b::BlockTq1_0,
+    QK_K,
+    dec = kquants::dequantize_tq1_0,
+    enc = kquants::quantize_tq1_0
+);
+block_codec!(
+    Tq2_0Codec,
+    TQ2_0,
+    b::BlockTq2_0,
+    QK_K,
+    dec = kquants::dequantize_tq2_0,
+    enc = kquants::quantize_tq2_0
+);
+block_codec!(
+    Iq4XsCodec,
+    IQ4_XS,
+    b::BlockIq4Xs,
+    QK_K,
+    dec = kquants::dequantize_iq4_xs,
+    enc = kquants::quantize_iq4_xs
+);
+block_codec!(
+    Iq2XxsCodec,
+    IQ2_XXS,
+    b::BlockIq2Xxs,
+    QK_K,
+    dec = iquants::dequantize_iq2_xxs
+);
+block_codec!(
+    Iq2XsCodec,
+    IQ2_XS,
+    b::BlockIq2Xs,
+    QK_K,
+    dec = iquants::dequantize_iq2_xs
+);
+block_codec!(
+    Iq2SCodec,
+    IQ2_S,
+    b::BlockIq2S,
+    QK_K,
+    dec = iquants::dequantize_iq2_s
+);
+block_codec!(
+    Iq3XxsCodec,
+    IQ3_XXS,
+    b::BlockIq3Xxs,
+    QK_K,
+    dec = iquants::dequantize_iq3_xxs
+);
+block_codec!(
+    Iq3SCodec,
+    IQ3_S,
+    b::BlockIq3S,
+    QK_K,
+    dec = iquants::dequantize_iq3_s
+);
+block_codec!(
+    Iq1SCodec,
+    IQ1_S,
+    b::BlockIq1S,
+    QK_K,
+    dec = iquants::dequantize_iq1_s
+);
+block_codec!(
+    Iq1MCodec,
+    IQ1_M,
+    b::BlockIq1M,
+    QK_K,
+    dec = iquants::dequantize_iq1_m
+);
 
 #[derive(Debug)]
 pub struct F32Codec;
@@ -67,46 +308,55 @@ pub struct Q8_0Codec;
 #[derive(Debug)]
 pub struct Q4_0Codec;
 
-impl Codec for F32Codec {
+impl Decode for F32Codec {
     const TYPE: GgmlType = GgmlType::F32;
     type Block = f32;
-    fn quantize_row_ref(x: &[f32], y: &mut [f32]) {
-        y.copy_from_slice(x);
-    }
     fn dequantize_row_ref(x: &[f32], y: &mut [f32]) {
         y.copy_from_slice(x);
     }
 }
 
-impl Codec for F16Codec {
+impl Codec for F32Codec {
+    fn quantize_row_ref(x: &[f32], y: &mut [f32]) {
+        y.copy_from_slice(x);
+    }
+}
+
+impl Decode for F16Codec {
     const TYPE: GgmlType = GgmlType::F16;
     type Block = f16;
-    fn quantize_row_ref(x: &[f32], y: &mut [f16]) {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = f16::from_bits(reference::f32_to_f16_bits(v));
-        }
-    }
     fn dequantize_row_ref(x: &[f16], y: &mut [f32]) {
         for (o, &h) in y.iter_mut().zip(x) {
             *o = reference::f16_bits_to_f32(h.to_bits());
         }
-    }
-    fn quantize_row(x: &[f32], y: &mut [f16]) {
-        fast::f32_to_f16(x, y);
     }
     fn dequantize_row(x: &[f16], y: &mut [f32]) {
         fast::f16_to_f32(x, y);
     }
 }
 
+impl Codec for F16Codec {
+    fn quantize_row_ref(x: &[f32], y: &mut [f16]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = f16::from_bits(reference::f32_to_f16_bits(v));
+        }
+    }
+    fn quantize_row(x: &[f32], y: &mut [f16]) {
+        fast::f32_to_f16(x, y);
+    }
+}
+
 impl Codec for Bf16Codec {
-    const TYPE: GgmlType = GgmlType::BF16;
-    type Block = bf16;
     fn quantize_row_ref(x: &[f32], y: &mut [bf16]) {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = bf16::from_bits(reference::f32_to_bf16_bits(v));
         }
     }
+}
+
+impl Decode for Bf16Codec {
+    const TYPE: GgmlType = GgmlType::BF16;
+    type Block = bf16;
     fn dequantize_row_ref(x: &[bf16], y: &mut [f32]) {
         // A shift per element; the compiler vectorises this loop.
         for (o, &h) in y.iter_mut().zip(x) {
@@ -115,45 +365,51 @@ impl Codec for Bf16Codec {
     }
 }
 
-impl Codec for Q8_0Codec {
+impl Decode for Q8_0Codec {
     const TYPE: GgmlType = GgmlType::Q8_0;
     type Block = BlockQ8_0;
-    fn quantize_row_ref(x: &[f32], y: &mut [BlockQ8_0]) {
-        for (xb, yb) in x.chunks_exact(QK).zip(y) {
-            *yb = reference::quantize_q8_0_block(fast::block(xb));
-        }
-    }
     fn dequantize_row_ref(x: &[BlockQ8_0], y: &mut [f32]) {
         for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
             reference::dequantize_q8_0_block(xb, fast::block_mut(yb));
         }
-    }
-    fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
-        fast::quantize_q8_0(x, y);
     }
     fn dequantize_row(x: &[BlockQ8_0], y: &mut [f32]) {
         fast::dequantize_q8_0(x, y);
     }
 }
 
-impl Codec for Q4_0Codec {
-    const TYPE: GgmlType = GgmlType::Q4_0;
-    type Block = BlockQ4_0;
-    fn quantize_row_ref(x: &[f32], y: &mut [BlockQ4_0]) {
+impl Codec for Q8_0Codec {
+    fn quantize_row_ref(x: &[f32], y: &mut [BlockQ8_0]) {
         for (xb, yb) in x.chunks_exact(QK).zip(y) {
-            *yb = reference::quantize_q4_0_block(fast::block(xb));
+            *yb = reference::quantize_q8_0_block(fast::block(xb));
         }
     }
+    fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
+        fast::quantize_q8_0(x, y);
+    }
+}
+
+impl Decode for Q4_0Codec {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    type Block = BlockQ4_0;
     fn dequantize_row_ref(x: &[BlockQ4_0], y: &mut [f32]) {
         for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
             reference::dequantize_q4_0_block(xb, fast::block_mut(yb));
         }
     }
-    fn quantize_row(x: &[f32], y: &mut [BlockQ4_0]) {
-        fast::quantize_q4_0(x, y);
-    }
     fn dequantize_row(x: &[BlockQ4_0], y: &mut [f32]) {
         fast::dequantize_q4_0(x, y);
+    }
+}
+
+impl Codec for Q4_0Codec {
+    fn quantize_row_ref(x: &[f32], y: &mut [BlockQ4_0]) {
+        for (xb, yb) in x.chunks_exact(QK).zip(y) {
+            *yb = reference::quantize_q4_0_block(fast::block(xb));
+        }
+    }
+    fn quantize_row(x: &[f32], y: &mut [BlockQ4_0]) {
+        fast::quantize_q4_0(x, y);
     }
 }
 
@@ -176,9 +432,12 @@ pub enum Path {
 /// Elements per parallel work item: large enough to amortise scheduling, a multiple of 32.
 const PAR_CHUNK: usize = 1 << 16;
 
-fn check_sizes(ty: GgmlType, n: usize, bytes: usize) -> Result<(), CodecError> {
-    if !ty.has_codec() {
+fn check_sizes(ty: GgmlType, n: usize, bytes: usize, encode: bool) -> Result<(), CodecError> {
+    if !ty.can_decode() {
         return Err(CodecError::Unsupported(ty));
+    }
+    if encode && !ty.can_encode() {
+        return Err(CodecError::NoEncoder(ty));
     }
     let block = ty.block_size();
     if !(n as u64).is_multiple_of(block) {
@@ -210,7 +469,7 @@ fn encode<C: Codec>(path: Path, x: &[f32], y: &mut [u8]) {
     }
 }
 
-fn decode<C: Codec>(path: Path, x: &[u8], y: &mut [f32]) {
+fn decode<C: Decode>(path: Path, x: &[u8], y: &mut [f32]) {
     let x: &[C::Block] = bytemuck::cast_slice(x);
     match path {
         Path::Reference => C::dequantize_row_ref(x, y),
@@ -234,7 +493,7 @@ pub fn quantize_with(
     src: &[f32],
     dst: &mut [u8],
 ) -> Result<(), CodecError> {
-    check_sizes(ty, src.len(), dst.len())?;
+    check_sizes(ty, src.len(), dst.len(), true)?;
     let align = match ty {
         GgmlType::F32 => 4,
         _ => 2,
@@ -252,7 +511,23 @@ pub fn quantize_with(
         GgmlType::BF16 => encode::<Bf16Codec>(path, src, dst),
         GgmlType::Q8_0 => encode::<Q8_0Codec>(path, src, dst),
         GgmlType::Q4_0 => encode::<Q4_0Codec>(path, src, dst),
-        other => return Err(CodecError::Unsupported(other)),
+        GgmlType::Q4_1 => encode::<Q4_1Codec>(path, src, dst),
+        GgmlType::Q5_0 => encode::<Q5_0Codec>(path, src, dst),
+        GgmlType::Q5_1 => encode::<Q5_1Codec>(path, src, dst),
+        GgmlType::Q1_0 => encode::<Q1_0Codec>(path, src, dst),
+        GgmlType::Q2_0 => encode::<Q2_0Codec>(path, src, dst),
+        GgmlType::MXFP4 => encode::<Mxfp4Codec>(path, src, dst),
+        GgmlType::NVFP4 => encode::<Nvfp4Codec>(path, src, dst),
+        GgmlType::IQ4_NL => encode::<Iq4NlCodec>(path, src, dst),
+        GgmlType::Q2_K => encode::<Q2KCodec>(path, src, dst),
+        GgmlType::Q3_K => encode::<Q3KCodec>(path, src, dst),
+        GgmlType::Q4_K => encode::<Q4KCodec>(path, src, dst),
+        GgmlType::Q5_K => encode::<Q5KCodec>(path, src, dst),
+        GgmlType::Q6_K => encode::<Q6KCodec>(path, src, dst),
+        GgmlType::TQ1_0 => encode::<Tq1_0Codec>(path, src, dst),
+        GgmlType::TQ2_0 => encode::<Tq2_0Codec>(path, src, dst),
+        GgmlType::IQ4_XS => encode::<Iq4XsCodec>(path, src, dst),
+        other => return Err(CodecError::NoEncoder(other)),
     }
     Ok(())
 }
@@ -264,7 +539,7 @@ pub fn dequantize_with(
     src: &[u8],
     dst: &mut [f32],
 ) -> Result<(), CodecError> {
-    check_sizes(ty, dst.len(), src.len())?;
+    check_sizes(ty, dst.len(), src.len(), false)?;
     let align = match ty {
         GgmlType::F32 => 4,
         _ => 2,
@@ -281,6 +556,29 @@ pub fn dequantize_with(
         GgmlType::BF16 => decode::<Bf16Codec>(path, src, dst),
         GgmlType::Q8_0 => decode::<Q8_0Codec>(path, src, dst),
         GgmlType::Q4_0 => decode::<Q4_0Codec>(path, src, dst),
+        GgmlType::Q4_1 => decode::<Q4_1Codec>(path, src, dst),
+        GgmlType::Q5_0 => decode::<Q5_0Codec>(path, src, dst),
+        GgmlType::Q5_1 => decode::<Q5_1Codec>(path, src, dst),
+        GgmlType::Q1_0 => decode::<Q1_0Codec>(path, src, dst),
+        GgmlType::Q2_0 => decode::<Q2_0Codec>(path, src, dst),
+        GgmlType::MXFP4 => decode::<Mxfp4Codec>(path, src, dst),
+        GgmlType::NVFP4 => decode::<Nvfp4Codec>(path, src, dst),
+        GgmlType::IQ4_NL => decode::<Iq4NlCodec>(path, src, dst),
+        GgmlType::Q2_K => decode::<Q2KCodec>(path, src, dst),
+        GgmlType::Q3_K => decode::<Q3KCodec>(path, src, dst),
+        GgmlType::Q4_K => decode::<Q4KCodec>(path, src, dst),
+        GgmlType::Q5_K => decode::<Q5KCodec>(path, src, dst),
+        GgmlType::Q6_K => decode::<Q6KCodec>(path, src, dst),
+        GgmlType::TQ1_0 => decode::<Tq1_0Codec>(path, src, dst),
+        GgmlType::TQ2_0 => decode::<Tq2_0Codec>(path, src, dst),
+        GgmlType::IQ4_XS => decode::<Iq4XsCodec>(path, src, dst),
+        GgmlType::IQ2_XXS => decode::<Iq2XxsCodec>(path, src, dst),
+        GgmlType::IQ2_XS => decode::<Iq2XsCodec>(path, src, dst),
+        GgmlType::IQ2_S => decode::<Iq2SCodec>(path, src, dst),
+        GgmlType::IQ3_XXS => decode::<Iq3XxsCodec>(path, src, dst),
+        GgmlType::IQ3_S => decode::<Iq3SCodec>(path, src, dst),
+        GgmlType::IQ1_S => decode::<Iq1SCodec>(path, src, dst),
+        GgmlType::IQ1_M => decode::<Iq1MCodec>(path, src, dst),
         other => return Err(CodecError::Unsupported(other)),
     }
     Ok(())
@@ -401,8 +699,12 @@ mod tests {
             Err(CodecError::SizeMismatch { expected: 18, .. })
         ));
         assert_eq!(
-            quantize(GgmlType::Q4_K, &[0.0; 256], &mut out),
-            Err(CodecError::Unsupported(GgmlType::Q4_K))
+            quantize(GgmlType::Q8_K, &[0.0; 256], &mut out),
+            Err(CodecError::Unsupported(GgmlType::Q8_K))
+        );
+        assert_eq!(
+            quantize(GgmlType::IQ2_S, &[0.0; 256], &mut out),
+            Err(CodecError::NoEncoder(GgmlType::IQ2_S))
         );
     }
 }

@@ -48,10 +48,25 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
 /// or a block whose scale underflows (its inverse is inf).
 #[inline]
 pub fn x86_f32_to_i8(f: f32) -> i8 {
-    if f.is_finite() && f > -2_147_483_648.0 && f < 2_147_483_648.0 {
-        (f as i32) as i8
-    } else {
-        0
+    x86_f32_to_i32(f) as i8
+}
+
+/// C's `(int)f` on x86 (`cvttss2si`): truncation toward zero, and 0x80000000 ("integer
+/// indefinite") for NaN, inf and out-of-range values.
+#[inline]
+pub fn x86_f32_to_i32(f: f32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE is part of the x86-64 baseline; the intrinsic only converts a register.
+        unsafe { std::arch::x86_64::_mm_cvttss_si32(std::arch::x86_64::_mm_set_ss(f)) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        if f.is_finite() && f > -2_147_483_648.0 && f < 2_147_483_648.0 {
+            f as i32
+        } else {
+            i32::MIN
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The ggml tensor type table: every type id ggml knows, with its block geometry.
 //!
-//! The reader needs the whole table (a GGUF holding K-quants must still open and report sizes);
-//! only F32, F16, BF16, Q8_0 and Q4_0 have codecs here. The sizes are checked against ggml's own
+//! The reader needs the whole table; every weight type decodes here (`can_decode`), most also
+//! encode (`can_encode`). The sizes are checked against ggml's own
 //! `ggml_type_size`/`ggml_blck_size` in `tests/ggml_parity.rs`.
 
 use std::fmt;
@@ -110,10 +110,38 @@ impl GgmlType {
 
     /// Whether this crate can encode and decode the type.
     pub const fn has_codec(self) -> bool {
-        matches!(
+        self.can_encode()
+    }
+
+    /// Whether this crate decodes the type (every type with a ggml `to_float`: all but the
+    /// activation types Q8_1/Q8_K and the integer/f64 types).
+    pub const fn can_decode(self) -> bool {
+        !matches!(
             self,
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0
+            GgmlType::Q8_1
+                | GgmlType::Q8_K
+                | GgmlType::I8
+                | GgmlType::I16
+                | GgmlType::I32
+                | GgmlType::I64
+                | GgmlType::F64
         )
+    }
+
+    /// Whether this crate encodes the type, bit-identical to `ggml_quantize_chunk` without an
+    /// importance matrix (every decodable type but the grid i-quants).
+    pub const fn can_encode(self) -> bool {
+        self.can_decode()
+            && !matches!(
+                self,
+                GgmlType::IQ1_S
+                    | GgmlType::IQ1_M
+                    | GgmlType::IQ2_XXS
+                    | GgmlType::IQ2_XS
+                    | GgmlType::IQ2_S
+                    | GgmlType::IQ3_XXS
+                    | GgmlType::IQ3_S
+            )
     }
 
     /// The upper-case spelling llama.cpp prints (`Q4_0`, `F16`, `BF16`).

@@ -1,0 +1,927 @@
+//! K-quants (Q2_K..Q6_K), the ternary types (TQ1_0, TQ2_0) and IQ4_XS: ggml's reference
+//! kernels from `ggml-quants.c`, ported operation for operation (see `legacy.rs` on why the
+//! same f32 operations in the same order give ggml's bits).
+//!
+//! The encoders are what `ggml_quantize_chunk` runs without an importance matrix:
+//! `quantize_row_q*_K_ref`, `quantize_row_tq*_0_ref`, and `quantize_iq4_xs` (7 scale tries).
+
+// The loops index like ggml's C, element for element, so that a port can be checked against
+// the source line by line.
+#![allow(clippy::needless_range_loop)]
+
+use super::blocks::{
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockTq1_0, BlockTq2_0, QK_K,
+};
+use super::grids::KVALUES_IQ4NL;
+use super::legacy::{f2h, h2f, quantize_iq4_impl};
+
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// `nearest_int`: round to nearest even through the 1.5 * 2^23 trick. Out of its range
+/// (|x| > 4194303, NaN, inf) ggml's assert is compiled out and the bit trick answers garbage;
+/// this answers the same garbage.
+#[inline]
+pub(crate) fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// `best_index_int8` over a sorted table.
+#[inline]
+pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
+    let n = val.len();
+    if x <= f32::from(val[0]) {
+        return 0;
+    }
+    if x >= f32::from(val[n - 1]) {
+        return n - 1;
+    }
+    let (mut ml, mut mu) = (0usize, n - 1);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < f32::from(val[mav]) {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - f32::from(val[mu - 1]) < f32::from(val[mu]) - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
+/// `make_qx_quants` (rmse_type 1, the only one the K-quant reference encoders use) with
+/// optional weights.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let n = x.len();
+    let l_out = &mut l_out[..n];
+    let qw = qw.map(|w| &w[..n]);
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let weight = |i: usize| match qw {
+        Some(w) => w[i],
+        None => x[i] * x[i],
+    };
+    let mut iscale = -nmaxf / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+        let w = weight(i);
+        let lf = l as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmaxf + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let w = weight(i);
+            let lf = l as f32;
+            sumlx += w * x[i] * lf;
+            suml2 += w * lf * lf;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_q3_quants` with `do_rmse`.
+fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = l as i8;
+        let w = x[i] * x[i];
+        let lf = l as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = x[i] * x[i];
+            let li = f32::from(l_out[i]);
+            let mut slx = sumlx - w * x[i] * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != i32::from(l_out[i]) {
+                    let nl = new_l as f32;
+                    slx += w * x[i] * nl;
+                    sl2 += w * nl * nl;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for l in l_out[..n].iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_qkx2_quants`. Returns (scale, the_min).
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let (weights, l_out, laux) = (&weights[..n], &mut l_out[..n], &mut laux[..n]);
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = l.clamp(0, nmax) as u8;
+        let mut diff = scale * f32::from(l_out[i]) + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let mut sum_l = 0.0f32;
+        let mut sum_l2 = 0.0f32;
+        let mut sum_xl = 0.0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..n {
+                let mut diff = this_scale * f32::from(laux[i]) + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                cur_error += weights[i] * diff;
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `get_scale_min_k4`.
+#[inline]
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Packs 256 two-bit codes the way Q2_K and Q3_K store them.
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; 64]) {
+    for j in (0..QK_K).step_by(128) {
+        for k in 0..32 {
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q2_K
+
+pub fn quantize_q2_k(x: &[f32], y: &mut BlockQ2K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0.0f32; 16];
+    let mut mins = [0.0f32; 16];
+    let mut scales = [0.0f32; 16];
+    let q4scale = 15.0f32;
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * j + 16];
+        for k in 0..16 {
+            weights[k] = xs[k].abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            3,
+            xs,
+            &weights,
+            &mut l[16 * j..16 * j + 16],
+            &mut laux,
+            -0.5,
+            0.1,
+            15,
+            true,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    if max_scale > 0.0 {
+        let iscale = q4scale / max_scale;
+        for j in 0..16 {
+            y.scales[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        y.d = f2h(max_scale / q4scale);
+    } else {
+        y.scales = [0; 16];
+        y.d = f2h(0.0);
+    }
+    if max_min > 0.0 {
+        let iscale = q4scale / max_min;
+        for j in 0..16 {
+            let li = nearest_int(iscale * mins[j]);
+            y.scales[j] |= (li << 4) as u8;
+        }
+        y.dmin = f2h(max_min / q4scale);
+    } else {
+        y.dmin = f2h(0.0);
+    }
+    for j in 0..16 {
+        let d = h2f(y.d) * f32::from(y.scales[j] & 0xF);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = h2f(y.dmin) * f32::from(y.scales[j] >> 4);
+        for ii in 0..16 {
+            let li = nearest_int((x[16 * j + ii] + dm) / d);
+            l[16 * j + ii] = li.clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&l, &mut y.qs);
+}
+
+pub fn dequantize_q2_k(b: &BlockQ2K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    let min = h2f(b.dmin);
+    let mut o = 0;
+    let mut is = 0;
+    for n in 0..2 {
+        let q = &b.qs[32 * n..32 * n + 32];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let sc = b.scales[is];
+                is += 1;
+                let dl = d * f32::from(sc & 0xF);
+                let ml = min * f32::from(sc >> 4);
+                for k in 0..16 {
+                    y[o] = dl * f32::from((q[k + 16 * half] >> shift) & 3) - ml;
+                    o += 1;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q3_K
+
+pub fn quantize_q3_k(x: &[f32], y: &mut BlockQ3K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+        let scale = scales[j].abs();
+        if scale > amax {
+            amax = scale;
+            max_scale = scales[j];
+        }
+    }
+    y.scales = [0; 12];
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            // int8_t l = nearest_int(...): the int is truncated to a byte first.
+            let li = i32::from(nearest_int(iscale * scales[j]) as i8);
+            let li = (li.clamp(-32, 31) + 32) as u8;
+            if j < 8 {
+                y.scales[j] = li & 0xF;
+            } else {
+                y.scales[j - 8] |= (li & 0xF) << 4;
+            }
+            y.scales[j % 4 + 8] |= (li >> 4) << (2 * (j / 4));
+        }
+        y.d = f2h(1.0 / iscale);
+    } else {
+        y.d = f2h(0.0);
+    }
+    let dall = h2f(y.d);
+    for j in 0..16 {
+        let sc = if j < 8 {
+            y.scales[j] & 0xF
+        } else {
+            y.scales[j - 8] >> 4
+        };
+        let sc = i32::from(sc | (((y.scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        let d = dall * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let li = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+            l[16 * j + ii] = (li + 4) as i8;
+        }
+    }
+    y.hmask = [0; 32];
+    let mut lu = [0u8; QK_K];
+    let mut m = 0;
+    let mut hm = 1u8;
+    for j in 0..QK_K {
+        let mut v = l[j];
+        if v > 3 {
+            y.hmask[m] |= hm;
+            v -= 4;
+        }
+        lu[j] = v as u8;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    pack_2bit(&lu, &mut y.qs);
+}
+
+pub fn dequantize_q3_k(b: &BlockQ3K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d_all = h2f(b.d);
+    let mut aux = [0u32; 4];
+    for (k, a) in aux.iter_mut().take(3).enumerate() {
+        *a = u32::from_le_bytes(b.scales[4 * k..4 * k + 4].try_into().expect("4 bytes"));
+    }
+    let (kmask1, kmask2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | ((tmp & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    let mut scales = [0i8; 16];
+    for (k, a) in aux.iter().enumerate() {
+        for (i, byte) in a.to_le_bytes().into_iter().enumerate() {
+            scales[4 * k + i] = byte as i8;
+        }
+    }
+    let mut o = 0;
+    let mut is = 0;
+    let mut m = 1u8;
+    for n in 0..2 {
+        let q = &b.qs[32 * n..32 * n + 32];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let dl = d_all * (i32::from(scales[is]) - 32) as f32;
+                is += 1;
+                for k in 0..16 {
+                    let idx = k + 16 * half;
+                    let v = i32::from((q[idx] >> shift) & 3)
+                        - if b.hmask[idx] & m != 0 { 0 } else { 4 };
+                    y[o] = dl * v as f32;
+                    o += 1;
+                }
+            }
+            m <<= 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q4_K / Q5_K
+
+/// The shared first half of the Q4_K and Q5_K reference encoders: per-32 scales and mins,
+/// packed into `scales`, the super-block scales, then the codes (0..=nmax) in `l`.
+#[allow(clippy::too_many_arguments)]
+fn qk_scales_and_codes(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+    scales_out: &mut [u8; 12],
+    d_out: &mut half::f16,
+    dmin_out: &mut half::f16,
+) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0.0f32; 32];
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0.0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for k in 0..32 {
+            weights[k] = av_x + xs[k].abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            scales_out[j] = ls;
+            scales_out[j + 4] = lm;
+        } else {
+            scales_out[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            scales_out[j - 4] |= (ls >> 4) << 6;
+            scales_out[j] |= (lm >> 4) << 6;
+        }
+    }
+    *d_out = f2h(max_scale / 63.0);
+    *dmin_out = f2h(max_min / 63.0);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales_out);
+        let d = h2f(*d_out) * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = h2f(*dmin_out) * f32::from(m);
+        for ii in 0..32 {
+            let li = nearest_int((x[32 * j + ii] + dm) / d);
+            l[32 * j + ii] = li.clamp(0, nmax) as u8;
+        }
+    }
+}
+
+pub fn quantize_q4_k(x: &[f32], y: &mut BlockQ4K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let mut l = [0u8; QK_K];
+    qk_scales_and_codes(
+        x,
+        15,
+        -1.0,
+        20,
+        &mut l,
+        &mut y.scales,
+        &mut y.d,
+        &mut y.dmin,
+    );
+    for (c, q) in y.qs.chunks_exact_mut(32).enumerate() {
+        let j = 64 * c;
+        for k in 0..32 {
+            q[k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+pub fn dequantize_q4_k(b: &BlockQ4K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    let min = h2f(b.dmin);
+    for c in 0..4 {
+        let q = &b.qs[32 * c..32 * c + 32];
+        let (sc, m) = scale_min_k4(2 * c, &b.scales);
+        let d1 = d * f32::from(sc);
+        let m1 = min * f32::from(m);
+        let (sc, m) = scale_min_k4(2 * c + 1, &b.scales);
+        let d2 = d * f32::from(sc);
+        let m2 = min * f32::from(m);
+        let o = &mut y[64 * c..64 * c + 64];
+        for k in 0..32 {
+            o[k] = d1 * f32::from(q[k] & 0xF) - m1;
+        }
+        for k in 0..32 {
+            o[32 + k] = d2 * f32::from(q[k] >> 4) - m2;
+        }
+    }
+}
+
+pub fn quantize_q5_k(x: &[f32], y: &mut BlockQ5K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let mut l = [0u8; QK_K];
+    qk_scales_and_codes(
+        x,
+        31,
+        -0.5,
+        15,
+        &mut l,
+        &mut y.scales,
+        &mut y.d,
+        &mut y.dmin,
+    );
+    y.qh = [0; 32];
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for c in 0..4 {
+        let n = 64 * c;
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                y.qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                y.qh[j] |= m2;
+            }
+            y.qs[32 * c + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+pub fn dequantize_q5_k(b: &BlockQ5K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    let min = h2f(b.dmin);
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for c in 0..4 {
+        let ql = &b.qs[32 * c..32 * c + 32];
+        let (sc, m) = scale_min_k4(2 * c, &b.scales);
+        let d1 = d * f32::from(sc);
+        let m1 = min * f32::from(m);
+        let (sc, m) = scale_min_k4(2 * c + 1, &b.scales);
+        let d2 = d * f32::from(sc);
+        let m2 = min * f32::from(m);
+        let o = &mut y[64 * c..64 * c + 64];
+        for k in 0..32 {
+            let h = if b.qh[k] & u1 != 0 { 16 } else { 0 };
+            o[k] = d1 * f32::from((ql[k] & 0xF) + h) - m1;
+        }
+        for k in 0..32 {
+            let h = if b.qh[k] & u2 != 0 { 16 } else { 0 };
+            o[32 + k] = d2 * f32::from((ql[k] >> 4) + h) - m2;
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+}
+
+// ---------------------------------------------------------------- Q6_K
+
+pub fn quantize_q6_k(x: &[f32], y: &mut BlockQ6K) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..16 {
+        let scale = make_qx_quants(
+            32,
+            &x[16 * ib..16 * ib + 16],
+            &mut l[16 * ib..16 * ib + 16],
+            None,
+        );
+        scales[ib] = scale;
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+    finish_q6_k(x, &mut l, &scales, max_scale, max_abs_scale, y);
+}
+
+/// The part of Q6_K's encoders after the per-16 scales: super-block scale, codes, packing.
+pub(crate) fn finish_q6_k(
+    x: &[f32],
+    l: &mut [i8; QK_K],
+    scales: &[f32; 16],
+    max_scale: f32,
+    max_abs_scale: f32,
+    y: &mut BlockQ6K,
+) {
+    if max_abs_scale < GROUP_MAX_EPS {
+        *y = bytemuck::Zeroable::zeroed();
+        y.d = f2h(0.0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    y.d = f2h(1.0 / iscale);
+    for ib in 0..16 {
+        y.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    let dall = h2f(y.d);
+    for j in 0..16 {
+        let d = dall * f32::from(y.scales[j]);
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let li = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (li + 32) as i8;
+        }
+    }
+    let l: [u8; QK_K] = bytemuck::cast(*l);
+    for h in 0..2 {
+        let j = 128 * h;
+        let ql = &mut y.ql[64 * h..64 * h + 64];
+        let qh = &mut y.qh[32 * h..32 * h + 32];
+        for k in 0..32 {
+            let q1 = l[j + k] & 0xF;
+            let q2 = l[j + k + 32] & 0xF;
+            let q3 = l[j + k + 64] & 0xF;
+            let q4 = l[j + k + 96] & 0xF;
+            ql[k] = q1 | (q3 << 4);
+            ql[k + 32] = q2 | (q4 << 4);
+            qh[k] = (l[j + k] >> 4)
+                | ((l[j + k + 32] >> 4) << 2)
+                | ((l[j + k + 64] >> 4) << 4)
+                | ((l[j + k + 96] >> 4) << 6);
+        }
+    }
+}
+
+pub fn dequantize_q6_k(b: &BlockQ6K, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    for h in 0..2 {
+        let ql = &b.ql[64 * h..64 * h + 64];
+        let qh = &b.qh[32 * h..32 * h + 32];
+        let sc = &b.scales[8 * h..8 * h + 8];
+        let o = &mut y[128 * h..128 * h + 128];
+        for k in 0..32 {
+            let is = k / 16;
+            let q1 = i32::from((ql[k] & 0xF) | ((qh[k] & 3) << 4)) - 32;
+            let q2 = i32::from((ql[k + 32] & 0xF) | (((qh[k] >> 2) & 3) << 4)) - 32;
+            let q3 = i32::from((ql[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) - 32;
+            let q4 = i32::from((ql[k + 32] >> 4) | (((qh[k] >> 6) & 3) << 4)) - 32;
+            o[k] = d * f32::from(sc[is]) * q1 as f32;
+            o[k + 32] = d * f32::from(sc[is + 2]) * q2 as f32;
+            o[k + 64] = d * f32::from(sc[is + 4]) * q3 as f32;
+            o[k + 96] = d * f32::from(sc[is + 6]) * q4 as f32;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- TQ1_0 / TQ2_0
+
+/// `lroundf(v) + 1` as ggml computes it (lroundf: half away from zero; out of range or NaN
+/// gives LONG_MIN, whose low bits are zero).
+#[inline]
+fn ternary(v: f32) -> i64 {
+    let r = v.round();
+    let l = if r.is_finite() && (-9.223_372e18..9.223_372e18).contains(&r) {
+        r as i64
+    } else {
+        i64::MIN
+    };
+    l.wrapping_add(1)
+}
+
+fn absmax_d(x: &[f32]) -> (f32, f32) {
+    let mut amax = 0.0f32;
+    for &v in x {
+        let a = v.abs();
+        amax = if amax > a { amax } else { a };
+    }
+    let d = amax;
+    (d, if d != 0.0 { 1.0 / d } else { 0.0 })
+}
+
+pub fn quantize_tq1_0(x: &[f32], y: &mut BlockTq1_0) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let (d, id) = absmax_d(x);
+    y.d = f2h(d);
+    let mut xo = 0;
+    // 5 elements per byte: 32 bytes, then 16.
+    for (start, width) in [(0usize, 32usize), (32, 16)] {
+        for m in 0..width {
+            let mut q: u8 = 0;
+            for n in 0..5 {
+                let xi = ternary(x[xo + m + n * width] * id);
+                q = q.wrapping_mul(3).wrapping_add(xi as u8);
+            }
+            y.qs[start + m] = (u32::from(q) * 256).div_ceil(243) as u8;
+        }
+        xo += 5 * width;
+    }
+    for j in 0..4 {
+        let mut q: u8 = 0;
+        for m in 0..4 {
+            let xi = ternary(x[xo + j + m * 4] * id);
+            q = q.wrapping_mul(3).wrapping_add(xi as u8);
+        }
+        q = q.wrapping_mul(3);
+        y.qh[j] = (u32::from(q) * 256).div_ceil(243) as u8;
+    }
+}
+
+pub fn dequantize_tq1_0(b: &BlockTq1_0, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
+    let d = h2f(b.d);
+    let trit = |q: u8, n: usize| {
+        let q = q.wrapping_mul(POW3[n]);
+        let xi = ((u16::from(q) * 3) >> 8) as i16;
+        f32::from(xi - 1) * d
+    };
+    let mut o = 0;
+    for (start, width) in [(0usize, 32usize), (32, 16)] {
+        for n in 0..5 {
+            for m in 0..width {
+                y[o] = trit(b.qs[start + m], n);
+                o += 1;
+            }
+        }
+    }
+    for n in 0..4 {
+        for j in 0..4 {
+            y[o] = trit(b.qh[j], n);
+            o += 1;
+        }
+    }
+}
+
+pub fn quantize_tq2_0(x: &[f32], y: &mut BlockTq2_0) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    let (d, id) = absmax_d(x);
+    y.d = f2h(d);
+    for c in 0..2 {
+        let xs = &x[128 * c..128 * c + 128];
+        for m in 0..32 {
+            let mut q: u8 = 0;
+            for n in 0..4 {
+                let xi = ternary(xs[m + n * 32] * id);
+                q = q.wrapping_add(((xi & 3) as u8) << (2 * n));
+            }
+            y.qs[32 * c + m] = q;
+        }
+    }
+}
+
+pub fn dequantize_tq2_0(b: &BlockTq2_0, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    let mut o = 0;
+    for c in 0..2 {
+        for l in 0..4 {
+            for m in 0..32 {
+                let q = i32::from((b.qs[32 * c + m] >> (2 * l)) & 3);
+                y[o] = (q - 1) as f32 * d;
+                o += 1;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- IQ4_XS
+
+pub fn quantize_iq4_xs(x: &[f32], y: &mut BlockIq4Xs) {
+    let x: &[f32; 256] = x.try_into().expect("a 256-element block");
+    quantize_iq4_impl(
+        x,
+        None,
+        &mut y.d,
+        &mut y.qs,
+        &mut y.scales_h,
+        &mut y.scales_l,
+        7,
+    );
+}
+
+pub fn dequantize_iq4_xs(b: &BlockIq4Xs, y: &mut [f32]) {
+    let y: &mut [f32; 256] = y.try_into().expect("a 256-element block");
+    let d = h2f(b.d);
+    for ib in 0..8 {
+        let ls = i32::from((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF)
+            | (i32::from((b.scales_h >> (2 * ib)) & 3) << 4);
+        let dl = d * (ls - 32) as f32;
+        let qs = &b.qs[16 * ib..16 * ib + 16];
+        let o = &mut y[32 * ib..32 * ib + 32];
+        for j in 0..16 {
+            o[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
+            o[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
+        }
+    }
+}
