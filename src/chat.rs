@@ -117,7 +117,8 @@ impl ChatTemplate {
                 .with_context(|| format!("--chat-template {flag}: reading the Jinja file"))?;
             let t = jinja(source);
             // Compiled now so a syntax error is reported at start, naming the file.
-            t.check().with_context(|| format!("--chat-template {flag}"))?;
+            t.check()
+                .with_context(|| format!("--chat-template {flag}"))?;
             return Ok(Some(t));
         }
         let names = builtin_names();

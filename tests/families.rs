@@ -178,9 +178,21 @@ fn hparams_and_tensor_tables_match_llama_cpp() {
         assert_eq!(hp.head_dim as f64, info("n_embd_head_k "), "{m}: head size");
         assert_eq!(hp.rope.n_rot as f64, info("n_rot "), "{m}: n_rot");
         assert_eq!(hp.n_ff as f64, info("n_ff "), "{m}: n_ff");
-        assert_eq!(f64::from(hp.rope.base), info("freq_base_train "), "{m}: rope base");
-        assert_eq!(f64::from(hp.rope.scale), info("freq_scale_train "), "{m}: rope scale");
-        assert_eq!(f64::from(hp.eps) as f32, info("f_norm_rms_eps ") as f32, "{m}: eps");
+        assert_eq!(
+            f64::from(hp.rope.base),
+            info("freq_base_train "),
+            "{m}: rope base"
+        );
+        assert_eq!(
+            f64::from(hp.rope.scale),
+            info("freq_scale_train "),
+            "{m}: rope scale"
+        );
+        assert_eq!(
+            f64::from(hp.eps) as f32,
+            info("f_norm_rms_eps ") as f32,
+            "{m}: eps"
+        );
         let fam = Family::from_arch(f.get_str("general.architecture").unwrap()).unwrap();
         assert_eq!(fam, hp.family);
         // Every tensor of the file is one of the table's (layers and globals).
@@ -190,7 +202,11 @@ fn hparams_and_tensor_tables_match_llama_cpp() {
         known.push(jq::arch::TOKEN_EMBD.name.into());
         known.extend(fam.global_tensors().iter().map(|s| s.name.to_string()));
         for t in f.tensor_infos() {
-            assert!(known.contains(&t.name), "{m}: tensor '{}' is not in the table", t.name);
+            assert!(
+                known.contains(&t.name),
+                "{m}: tensor '{}' is not in the table",
+                t.name
+            );
         }
         match m {
             "llama3" => assert!(hp.rope_freqs && !hp.tied, "{m}: {hp:?}"),

@@ -48,7 +48,12 @@ pub struct ModelArgs {
     #[arg(value_name = "MODEL", required_unless_present = "model_opt")]
     model_pos: Option<PathBuf>,
     /// The GGUF model, as llama.cpp's tools name it.
-    #[arg(short = 'm', long = "model", value_name = "MODEL", conflicts_with = "model_pos")]
+    #[arg(
+        short = 'm',
+        long = "model",
+        value_name = "MODEL",
+        conflicts_with = "model_pos"
+    )]
     model_opt: Option<PathBuf>,
     /// The model, whichever way it was given (set after parsing).
     #[arg(skip)]
@@ -142,7 +147,12 @@ struct Cli {
     prompt_tokens: Option<Vec<u32>>,
     /// Tokens to generate (0 = evaluate the prompt only, -1 = until the end of generation or
     /// a full context); in --chat, per reply.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 64, allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
     n_predict_flag: i64,
     /// `-n` resolved: -1 becomes unbounded (each engine stops at its context).
     #[arg(skip)]
@@ -317,7 +327,9 @@ fn n_predict(n: i64) -> Result<usize> {
 
 /// llama.cpp's multi-letter short flags, which clap cannot declare, rewritten to their long
 /// names before parsing. A word right after a flag that takes text (`-p -ngl`) is left alone.
-fn rewrite_llama_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+fn rewrite_llama_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     const MAP: [(&str, &str); 4] = [
         ("-ngl", "--n-gpu-layers"),
         ("-np", "--parallel"),
@@ -464,7 +476,10 @@ fn run_native_once(
         )?;
     }
     if cli.json {
-        let eos = rep.generated.last().is_some_and(|&t| Some(t) == jarvis.tokenizer.eos);
+        let eos = rep
+            .generated
+            .last()
+            .is_some_and(|&t| Some(t) == jarvis.tokenizer.eos);
         let v = json!({
             "prompt_ids": ids,
             "generated_ids": rep.generated,
@@ -1203,9 +1218,14 @@ fn serve(s: &ServeCli) -> Result<()> {
             jq::models::jarvis::WordTokenizer::from_gguf(&file)
                 .with_context(|| format!("reading the vocabulary of {}", path.display()))?,
         );
-        let piece = |t: Option<u32>| t.and_then(|t| tok.tokens().get(t as usize).cloned()).unwrap_or_default();
+        let piece = |t: Option<u32>| {
+            t.and_then(|t| tok.tokens().get(t as usize).cloned())
+                .unwrap_or_default()
+        };
         let template = match &m.chat_template {
-            Some(f) => jq::chat::ChatTemplate::resolve(Some(f), None, &piece(tok.bos), &piece(tok.eos))?,
+            Some(f) => {
+                jq::chat::ChatTemplate::resolve(Some(f), None, &piece(tok.bos), &piece(tok.eos))?
+            }
             None => None,
         };
         let (p, tk) = (first.clone(), tok.clone());
@@ -1219,10 +1239,18 @@ fn serve(s: &ServeCli) -> Result<()> {
                 Err(e) => return drop(ready_tx.send(Err(format!("{e:#}")))),
             };
             let _ = ready_tx.send(Ok(()));
-            let mut seq = NativeSeq { model: &j.model, gen: None };
+            let mut seq = NativeSeq {
+                model: &j.model,
+                gen: None,
+            };
             worker::run_one(&mut seq, &*tk, jobs_rx);
         });
-        (Vocab::Jarvis(tok), template, m.chat_template.clone().unwrap_or_default(), n_ctx)
+        (
+            Vocab::Jarvis(tok),
+            template,
+            m.chat_template.clone().unwrap_or_default(),
+            n_ctx,
+        )
     } else if m.stream_layers {
         if jq::arch::Family::from_arch(&arch).is_none() {
             bail!("{}: --stream-layers runs gemma3, llama (Llama, Mistral), qwen2 and qwen3 models; this one is '{arch}'", path.display());
@@ -1238,7 +1266,9 @@ fn serve(s: &ServeCli) -> Result<()> {
             direct_io: m.direct_io,
             cpu: matches!(m.n_gpu_layers, Some(GpuLayers::N(0))),
             host_layers: m.host_layers.unwrap_or_default(),
-            threads: m.threads.unwrap_or_else(|| threads.saturating_sub(1).max(1)),
+            threads: m
+                .threads
+                .unwrap_or_else(|| threads.saturating_sub(1).max(1)),
             threads_batch: threads,
             n_ctx,
             n_ubatch: m.batch_size.unwrap_or(512).clamp(1, n_ctx),
@@ -1255,7 +1285,11 @@ fn serve(s: &ServeCli) -> Result<()> {
             let _ = ready_tx.send(Ok(()));
             worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
         });
-        let tt = m.chat_template.clone().or_else(|| voc.chat_template()).unwrap_or_default();
+        let tt = m
+            .chat_template
+            .clone()
+            .or_else(|| voc.chat_template())
+            .unwrap_or_default();
         (Vocab::Llama(voc), template, tt, n_ctx)
     } else {
         if !LLAMA_ARCHS.contains(&arch.as_str()) {
@@ -1290,7 +1324,11 @@ fn serve(s: &ServeCli) -> Result<()> {
         std::thread::spawn(move || {
             worker::run_llama(&l, n_seq, n_ctx, n_batch, threads as i32, jobs_rx, ready_tx);
         });
-        let tt = m.chat_template.clone().or_else(|| llama.chat_template()).unwrap_or_default();
+        let tt = m
+            .chat_template
+            .clone()
+            .or_else(|| llama.chat_template())
+            .unwrap_or_default();
         (Vocab::Llama(llama), template, tt, n_ctx)
     };
     match ready_rx.recv() {
@@ -1339,7 +1377,11 @@ fn serve(s: &ServeCli) -> Result<()> {
             "serve: listening on http://{addr} (model '{}', {} engine, {} x {} positions)",
             app.info.name,
             app.info.engine,
-            if app.info.engine == "llama.cpp" { s.parallel } else { 1 },
+            if app.info.engine == "llama.cpp" {
+                s.parallel
+            } else {
+                1
+            },
             app.n_ctx
         );
         jq::serve::http::serve(l, app).await.context("serving")

@@ -159,7 +159,10 @@ pub fn stops(m: &Map<String, Value>, key: &str) -> ApiResult<Vec<String>> {
 pub fn refuse_unsupported_openai(m: &Map<String, Value>) -> ApiResult<()> {
     if let Some(n) = integer(m, "n", 1, i64::MAX)? {
         if n != 1 {
-            return Err(ApiError::bad("n", format!("n = {n} is not supported: one choice per request")));
+            return Err(ApiError::bad(
+                "n",
+                format!("n = {n} is not supported: one choice per request"),
+            ));
         }
     }
     if let Some(b) = integer(m, "best_of", 1, i64::MAX)? {
@@ -167,13 +170,23 @@ pub fn refuse_unsupported_openai(m: &Map<String, Value>) -> ApiResult<()> {
             return Err(ApiError::bad("best_of", "best_of > 1 is not supported"));
         }
     }
-    for key in ["tools", "tool_choice", "functions", "function_call", "logit_bias", "suffix"] {
+    for key in [
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "logit_bias",
+        "suffix",
+    ] {
         if let Some(v) = present(m, key) {
             let empty = v.as_array().is_some_and(Vec::is_empty)
                 || v.as_object().is_some_and(Map::is_empty)
                 || v.as_str() == Some("none");
             if !empty {
-                return Err(ApiError::bad(key, format!("{key} is not supported by jq-run serve")));
+                return Err(ApiError::bad(
+                    key,
+                    format!("{key} is not supported by jq-run serve"),
+                ));
             }
         }
     }
@@ -190,12 +203,18 @@ pub fn refuse_unsupported_openai(m: &Map<String, Value>) -> ApiResult<()> {
             None | Some(Value::Bool(false)) => {}
             Some(Value::Number(n)) if key == "logprobs" && n.as_u64() == Some(0) => {}
             Some(_) => {
-                return Err(ApiError::bad(key, format!("{key} is not supported by jq-run serve")))
+                return Err(ApiError::bad(
+                    key,
+                    format!("{key} is not supported by jq-run serve"),
+                ))
             }
         }
     }
     if present(m, "top_logprobs").is_some() {
-        return Err(ApiError::bad("top_logprobs", "top_logprobs is not supported by jq-run serve"));
+        return Err(ApiError::bad(
+            "top_logprobs",
+            "top_logprobs is not supported by jq-run serve",
+        ));
     }
     Ok(())
 }
@@ -246,7 +265,10 @@ pub fn sampling(
     }
     if let Some(p) = f32_of(number(m, "repeat_penalty", 0.0, 100.0)?) {
         if p == 0.0 {
-            return Err(ApiError::bad("repeat_penalty", "repeat_penalty must be above 0"));
+            return Err(ApiError::bad(
+                "repeat_penalty",
+                "repeat_penalty must be above 0",
+            ));
         }
         s.repeat_penalty = p;
     }
@@ -282,10 +304,16 @@ pub fn sampling(
 /// Chat messages: `[{role, content}]`, content a string or text parts.
 pub fn messages(m: &Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
     let Some(Value::Array(list)) = present(m, "messages") else {
-        return Err(ApiError::bad("messages", "messages must be a non-empty array"));
+        return Err(ApiError::bad(
+            "messages",
+            "messages must be a non-empty array",
+        ));
     };
     if list.is_empty() {
-        return Err(ApiError::bad("messages", "messages must be a non-empty array"));
+        return Err(ApiError::bad(
+            "messages",
+            "messages must be a non-empty array",
+        ));
     }
     list.iter()
         .enumerate()
@@ -294,34 +322,44 @@ pub fn messages(m: &Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
             let o = msg
                 .as_object()
                 .ok_or_else(|| ApiError::bad(&at, format!("{at} must be an object")))?;
-            let role = match o.get("role").and_then(Value::as_str) {
-                Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
-                Some("developer") => "system".to_string(),
-                Some(r) => {
-                    return Err(ApiError::bad(
+            let role =
+                match o.get("role").and_then(Value::as_str) {
+                    Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
+                    Some("developer") => "system".to_string(),
+                    Some(r) => return Err(ApiError::bad(
                         &format!("{at}.role"),
-                        format!("{at}.role '{r}' is not supported (system, developer, user, assistant)"),
-                    ))
-                }
-                None => {
-                    return Err(ApiError::bad(
-                        &format!("{at}.role"),
-                        format!("{at}.role must be a string"),
-                    ))
-                }
-            };
+                        format!(
+                            "{at}.role '{r}' is not supported (system, developer, user, assistant)"
+                        ),
+                    )),
+                    None => {
+                        return Err(ApiError::bad(
+                            &format!("{at}.role"),
+                            format!("{at}.role must be a string"),
+                        ))
+                    }
+                };
             if o.get("images").is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::bad(&format!("{at}.images"), "images are not supported"));
+                return Err(ApiError::bad(
+                    &format!("{at}.images"),
+                    "images are not supported",
+                ));
             }
             if o.get("tool_calls").is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::bad(&format!("{at}.tool_calls"), "tool calls are not supported"));
+                return Err(ApiError::bad(
+                    &format!("{at}.tool_calls"),
+                    "tool calls are not supported",
+                ));
             }
             let content = match o.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => {
                     let mut s = String::new();
                     for p in parts {
-                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        match (
+                            p.get("type").and_then(Value::as_str),
+                            p.get("text").and_then(Value::as_str),
+                        ) {
                             (Some("text"), Some(t)) => s.push_str(t),
                             _ => {
                                 return Err(ApiError::bad(

@@ -60,7 +60,10 @@ fn dialect_of(path: &str) -> Dialect {
 /// The routes over a loaded model.
 pub fn router(app: App) -> Router {
     Router::new()
-        .route("/health", get(|| async { json_response(200, &json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { json_response(200, &json!({"status": "ok"})) }),
+        )
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -119,8 +122,11 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     } else {
         error_response(
             dialect_of(req.uri().path()),
-            &ApiError::status(401, "invalid or missing API key (Authorization: Bearer KEY)")
-                .with_code("invalid_api_key"),
+            &ApiError::status(
+                401,
+                "invalid or missing API key (Authorization: Bearer KEY)",
+            )
+            .with_code("invalid_api_key"),
         )
     }
 }
@@ -184,7 +190,12 @@ fn check_model(app: &Server, m: &Map<String, Value>, d: Dialect) -> ApiResult<()
         return Ok(());
     };
     let ours = &app.info.name;
-    let file = app.info.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let file = app
+        .info
+        .path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("");
     let ok = name == ours
         || name == file
         || (d == Dialect::Ollama && name.strip_suffix(":latest") == Some(ours));
@@ -456,7 +467,10 @@ async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>
     }
 }
 
-async fn completions_inner(app: &Server, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+async fn completions_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let m = body_object(body)?;
     api::refuse_unsupported_openai(&m)?;
     check_model(app, &m, Dialect::OpenAi)?;
@@ -506,7 +520,10 @@ fn ollama_options(m: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
         if m.get(key).is_some_and(|v| {
             !(v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty))
         }) {
-            return Err(ApiError::bad(key, format!("{key} is not supported by jq-run serve")));
+            return Err(ApiError::bad(
+                key,
+                format!("{key} is not supported by jq-run serve"),
+            ));
         }
     }
     match m.get("options") {
@@ -597,7 +614,10 @@ async fn ollama_generate_inner(
         return Ok(ollama_stream(rx, model, |t| ("response", json!(t))));
     }
     let (text, r) = collect(rx).await?;
-    Ok(json_response(200, &ollama_done(&model, &r, ("response", json!(text)))))
+    Ok(json_response(
+        200,
+        &ollama_done(&model, &r, ("response", json!(text))),
+    ))
 }
 
 async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -607,7 +627,10 @@ async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>
     }
 }
 
-async fn ollama_chat_inner(app: &Server, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+async fn ollama_chat_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let m = body_object(body)?;
     check_model(app, &m, Dialect::Ollama)?;
     let opts = ollama_options(&m)?;
