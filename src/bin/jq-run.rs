@@ -137,7 +137,7 @@ struct Cli {
     #[command(flatten)]
     m: ModelArgs,
     /// Prompt text (without it: interactive on a terminal, else the whole of stdin).
-    #[arg(short, long)]
+    #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Read the prompt from this file.
     #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with_all = ["prompt", "prompt_tokens"])]
@@ -172,7 +172,7 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["prompt", "prompt_tokens", "prompt_file", "dump_logits", "json"])]
     chat: bool,
     /// System message for --chat. Also -sys.
-    #[arg(long, requires = "chat")]
+    #[arg(long, requires = "chat", allow_hyphen_values = true)]
     system: Option<String>,
     /// --stream-layers: per-step bytes streamed, GB/s, compute and wait times, per-layer times,
     /// peak RSS (stderr; with --json, in the JSON).

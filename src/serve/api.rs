@@ -322,23 +322,24 @@ pub fn messages(m: &Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
             let o = msg
                 .as_object()
                 .ok_or_else(|| ApiError::bad(&at, format!("{at} must be an object")))?;
-            let role =
-                match o.get("role").and_then(Value::as_str) {
-                    Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
-                    Some("developer") => "system".to_string(),
-                    Some(r) => return Err(ApiError::bad(
+            let role = match o.get("role").and_then(Value::as_str) {
+                Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
+                Some("developer") => "system".to_string(),
+                Some(r) => {
+                    return Err(ApiError::bad(
                         &format!("{at}.role"),
                         format!(
                             "{at}.role '{r}' is not supported (system, developer, user, assistant)"
                         ),
-                    )),
-                    None => {
-                        return Err(ApiError::bad(
-                            &format!("{at}.role"),
-                            format!("{at}.role must be a string"),
-                        ))
-                    }
-                };
+                    ))
+                }
+                None => {
+                    return Err(ApiError::bad(
+                        &format!("{at}.role"),
+                        format!("{at}.role must be a string"),
+                    ))
+                }
+            };
             if o.get("images").is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::bad(
                     &format!("{at}.images"),
