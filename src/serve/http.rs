@@ -703,16 +703,6 @@ async fn ollama_show(State(app): State<App>, body: Result<Bytes, BytesRejection>
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
-    }
-}
-
 /// Serves `app` on `listener` until Ctrl-C (or SIGTERM).
 pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
     axum::serve(listener, router(app))
@@ -730,4 +720,14 @@ pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Resu
             eprintln!("serve: shutting down");
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
 }
