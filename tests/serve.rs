@@ -624,6 +624,43 @@ fn greedy_server_output_equals_the_cli_on_llama_cpp_and_stream_layers() {
     }
 }
 
+/// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build).
+fn jarvis() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");
+    assert!(
+        exe.exists(),
+        "{} is missing: cargo build --release --workspace",
+        exe.display()
+    );
+    let out = std::env::temp_dir().join(format!("jq-serve-jarvis-{}.gguf", std::process::id()));
+    let npz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jarvis/tiny-norm/model.npz");
+    let o = Command::new(exe)
+        .arg("npz-to-gguf")
+        .arg(npz)
+        .args(["--type", "f32", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn greedy_server_output_equals_the_cli_on_the_native_engine() {
+    let m = jarvis();
+    let want = cli_text(&m, &[], "the cat", 8);
+    let srv = Server::start(&m, &[]);
+    assert_eq!(completion(&srv, "the cat", 8), want);
+    // Two requests at once are served one after the other, each as it would be alone.
+    let got: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| completion(&srv, "the cat", 8)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(got, [want.clone(), want]);
+}
+
 #[test]
 fn eight_clients_on_parallel_4_get_what_they_get_alone() {
     let m = real();
