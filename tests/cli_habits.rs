@@ -316,3 +316,73 @@ fn serve_is_a_subcommand_with_its_own_help() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--parallel"));
 }
+
+/// The real Gemma 3 270M (no chat template in the file: `--chat-template gemma`).
+fn real() -> PathBuf {
+    let dir = std::env::var_os("JQ_MODELS").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/jq/models"),
+        PathBuf::from,
+    );
+    let p = dir.join("gemma-3-270m-q4_k_m.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/setup", p.display());
+    p
+}
+
+/// Under a pseudo-terminal (Python's `pty`): Ctrl-C during a reply stops it and the prompt
+/// comes back; Ctrl-C at the prompt ends the chat with status 0 on a fresh line.
+#[test]
+fn ctrl_c_stops_the_reply_then_ends_the_chat() {
+    let script = r#"
+import json, os, pty, select, sys, time
+exe, model = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(exe, [exe, model, "--chat", "--chat-template", "gemma", "-n", "4000", "-c", "4096",
+                   "-t", "1", "--temp", "0"])
+buf = b""
+def until(pred, timeout):
+    global buf
+    end = time.time() + timeout
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            buf += chunk
+            if pred(buf):
+                return True
+    return False
+ok = {}
+ok["prompt"] = until(lambda b: b"> " in b, 120)
+mark = len(buf)
+os.write(fd, b"Write a very long story about a cat and a dog.\r")
+ok["reply"] = until(lambda b: len(b) > mark + 300, 120)
+os.write(fd, b"\x03")
+mark = len(buf)
+ok["back"] = until(lambda b: b"> " in b[mark:], 60)
+ok["stopped"] = b"(stopped)" in buf[mark:]
+ok["alive"] = os.waitpid(pid, os.WNOHANG) == (0, 0)
+os.write(fd, b"\x03")
+until(lambda b: False, 10)
+_, status = os.waitpid(pid, 0)
+ok["status"] = os.waitstatus_to_exitcode(status)
+ok["fresh_line"] = buf.endswith(b"\n")
+ok["tail"] = buf[-300:].decode(errors="replace")
+print(json.dumps(ok))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_jq-run")])
+        .arg(real())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["prompt", "reply", "back", "stopped", "alive", "fresh_line"] {
+        assert_eq!(v[k], true, "{k}: {v}");
+    }
+    assert_eq!(v["status"], 0, "{v}");
+}

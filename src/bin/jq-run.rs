@@ -724,18 +724,40 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
     let mut cached = String::new();
     let stdin = std::io::stdin();
     let term = stdin.is_terminal();
-    if term {
-        eprintln!("chat: type a message; /exit or Ctrl-D ends.");
-    }
+    // On a terminal: line editing and history, and Ctrl-C stops the reply (at the prompt it
+    // ends the chat). Piped input is read line by line, bounded, as before.
+    let mut editor = if term {
+        eprintln!("chat: type a message; /exit, Ctrl-D or Ctrl-C at the prompt ends; Ctrl-C stops a reply.");
+        interrupt::install();
+        Some(rustyline::DefaultEditor::new().context("setting up line editing on the terminal")?)
+    } else {
+        None
+    };
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
     let mut line_no = 0u64;
     loop {
-        if term {
-            eprint!("> ");
-        }
         line_no += 1;
-        let line = match guard::read_line(&mut input, limit).context("reading stdin")? {
+        let read = match editor.as_mut() {
+            Some(ed) => match ed.readline("> ") {
+                Ok(l) if l.len() > limit => guard::Line::TooLong(limit),
+                Ok(l) => {
+                    let _ = ed.add_history_entry(l.as_str());
+                    guard::Line::Text(l)
+                }
+                Err(
+                    rustyline::error::ReadlineError::Interrupted
+                    | rustyline::error::ReadlineError::Eof,
+                ) => {
+                    // The shell gets the terminal back on a fresh line.
+                    eprintln!();
+                    break;
+                }
+                Err(e) => return Err(e).context("reading the terminal"),
+            },
+            None => guard::read_line(&mut input, limit).context("reading stdin")?,
+        };
+        let line = match read {
             guard::Line::Eof => break,
             guard::Line::Text(t) => t,
             // Both are reported and the chat goes on with the next line.
@@ -787,13 +809,14 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
             text = template.apply(&turns, true)?;
             tokens = llama.tokenize_chat(&text);
         }
+        interrupt::clear();
         sess.eval(&tokens, false)?;
         let mut reply = Vec::new();
         let (_, stop) = sess.generate(cli.n_predict, |_, piece| {
             reply.extend_from_slice(piece);
             out.write_all(piece)?;
             out.flush()?;
-            Ok(true)
+            Ok(!interrupt::raised())
         })?;
         writeln!(out)?;
         let reply = String::from_utf8_lossy(&reply).into_owned();
@@ -803,8 +826,38 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
             eprintln!("(context full)");
             cached.clear();
         }
+        if stop == Stop::Caller {
+            eprintln!("(stopped)");
+        }
     }
     Ok(())
+}
+
+/// Ctrl-C during a --chat reply on a terminal: noted by the handler, read by the generation
+/// loop (which then stops after the current token).
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static RAISED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        RAISED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        let handler: extern "C" fn(libc::c_int) = on_sigint;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    }
+
+    pub fn clear() {
+        RAISED.store(false, Ordering::SeqCst);
+    }
+
+    pub fn raised() -> bool {
+        RAISED.load(Ordering::SeqCst)
+    }
 }
 
 // ---------------------------------------------------------------- dispatch
