@@ -4,6 +4,7 @@
 //! engines -> tokens. The FFI to ggml used as the independent reference lives in [`ggml`].
 
 pub mod arch;
+pub mod chat;
 pub mod engine;
 pub mod errors;
 pub mod ggml;
@@ -14,6 +15,7 @@ pub mod npz;
 pub mod output;
 pub mod quant;
 pub mod sample;
+pub mod serve;
 pub mod synth;
 pub mod synth_blocks;
 pub mod train;

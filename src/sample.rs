@@ -35,8 +35,16 @@ pub struct SamplerConfig {
     /// 1.0 = none. Logits of recently seen tokens are divided (if positive) or multiplied (if
     /// negative) by it, as llama.cpp does.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// 0.0 = none. Subtracted from the logit of every token seen among the last
+    /// `repeat_last_n` (llama.cpp's and OpenAI's presence penalty).
+    pub presence_penalty: f32,
+    /// 0.0 = none. Subtracted once per occurrence among the last `repeat_last_n`.
+    pub frequency_penalty: f32,
+    /// 0.0 = off. Tokens whose probability is below `min_p` times the most likely one's are
+    /// dropped (computed before the temperature, as llama.cpp's chain does).
+    pub min_p: f32,
     pub seed: u64,
 }
 
@@ -46,8 +54,11 @@ impl Default for SamplerConfig {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
-            repeat_penalty: 1.1,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 42,
         }
     }
@@ -60,8 +71,11 @@ impl SamplerConfig {
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -94,18 +108,28 @@ impl Sampler {
     /// generated or read so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let c = &self.cfg;
-        if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
+        let penalised =
+            c.repeat_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0;
+        if penalised && c.repeat_last_n > 0 {
             let start = history.len().saturating_sub(c.repeat_last_n);
             let mut seen: Vec<u32> = history[start..].to_vec();
             seen.sort_unstable();
-            seen.dedup();
+            // (token, occurrences) as llama.cpp's penalties sampler counts them.
+            let mut counts: Vec<(u32, f32)> = Vec::new();
             for t in seen {
+                match counts.last_mut() {
+                    Some((last, n)) if *last == t => *n += 1.0,
+                    _ => counts.push((t, 1.0)),
+                }
+            }
+            for (t, n) in counts {
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l = if *l > 0.0 {
                         *l / c.repeat_penalty
                     } else {
                         *l * c.repeat_penalty
                     };
+                    *l -= n * c.frequency_penalty + c.presence_penalty;
                 }
             }
         }
@@ -123,6 +147,12 @@ impl Sampler {
             cand.truncate(c.top_k);
         }
         let max = cand[0].1;
+        if c.min_p > 0.0 && c.min_p <= 1.0 {
+            // p_i / p_max = exp(l_i - l_max) >= min_p, on the untempered logits.
+            let floor = max + c.min_p.ln();
+            let keep = cand.iter().take_while(|&&(_, l)| l >= floor).count();
+            cand.truncate(keep.max(1));
+        }
         let mut probs: Vec<f64> = cand
             .iter()
             .map(|&(_, l)| (f64::from(l - max) / f64::from(c.temperature)).exp())

@@ -5,7 +5,7 @@
 //! logs, metrics and timings go to stderr. Errors are one line on stderr and exit status 1.
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use jq::engine::llama::{Llama, Session, Stop};
 use jq::engine::native::{Jarvis, RunOptions, RunReport};
 use jq::engine::plan::{self, fmt_size, GpuLayers, ModelShape};
@@ -40,92 +40,140 @@ flags that do not apply to the chosen engine are refused, --dump-logits may not 
 and the .npy is written as .NAME.<pid>.tmp (locked) and renamed into place when complete
 (Ctrl-C or SIGTERM removes it; a leftover from a killed run is removed by the next write).";
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "jq-run",
-    version,
-    about = "Run a GGUF model: Jarvis on the native engine, every other architecture llama.cpp supports through llama.cpp",
-    after_help = EXAMPLES
-)]
-struct Cli {
-    /// The GGUF model.
-    model: PathBuf,
-    /// Prompt text (without it: interactive on a terminal, else the whole of stdin).
-    #[arg(short, long)]
-    prompt: Option<String>,
-    /// Prompt as token ids, used exactly as given: no BOS added (e.g. 1,2,3).
-    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
-    prompt_tokens: Option<Vec<u32>>,
-    /// Tokens to generate (0 = evaluate the prompt only); in --chat, per reply.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
-    n_predict: usize,
+/// The flags every subcommand shares: the model, its placement and context, the sampler's
+/// defaults and the chat template.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The GGUF model (or -m/--model).
+    #[arg(value_name = "MODEL", required_unless_present = "model_opt")]
+    model_pos: Option<PathBuf>,
+    /// The GGUF model, as llama.cpp's tools name it.
+    #[arg(
+        short = 'm',
+        long = "model",
+        value_name = "MODEL",
+        conflicts_with = "model_pos"
+    )]
+    model_opt: Option<PathBuf>,
+    /// The model, whichever way it was given (set after parsing).
+    #[arg(skip)]
+    pub model: PathBuf,
     /// Sampling temperature (0 = greedy).
     #[arg(long = "temp", default_value_t = 0.8)]
-    temperature: f32,
+    pub temperature: f32,
     /// Keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 40)]
-    top_k: usize,
+    pub top_k: usize,
     /// Nucleus sampling threshold (1 = off).
     #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Penalty for tokens among the last 64 (1 = off).
-    #[arg(long, default_value_t = 1.1)]
-    repeat_penalty: f32,
-    /// RNG seed (default: from the clock, printed on stderr).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Context size in tokens (default: the model's trained context, at most 4096; larger than
-    /// the trained context is refused).
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last --repeat-last-n (1 = off, llama.cpp's default).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token already among the last --repeat-last-n.
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence among the last --repeat-last-n.
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// RNG seed (default: from the clock, printed on stderr unless decoding is greedy).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Context size in tokens (default: the model's trained context, at most 4096; 0: the
+    /// trained context; larger than the trained context is refused). With serve: per sequence.
     #[arg(short = 'c', long = "ctx-size")]
-    ctx_size: Option<u32>,
+    pub ctx_size: Option<u32>,
     /// Threads (default: all cores).
     #[arg(short = 't', long)]
-    threads: Option<usize>,
+    pub threads: Option<usize>,
     /// Prompt batch size (tokens per graph; default 512). With --stream-layers an unset -b is
     /// reduced to fit the budget (the plan says so); a set one is kept or refused.
     #[arg(short = 'b', long = "batch-size")]
-    batch_size: Option<u32>,
+    pub batch_size: Option<u32>,
+    /// Layers to offload to the GPU: a number, or `auto` (the most that fit --vram-budget, or
+    /// the device's free memory). Without a GPU everything runs on the CPU. Also -ngl.
+    #[arg(long = "n-gpu-layers", short = 'g', visible_alias = "gpu-layers", value_parser = clap::value_parser!(GpuLayers))]
+    pub n_gpu_layers: Option<GpuLayers>,
+    /// Device memory the run may use, e.g. 6GiB, 512MiB. Without a GPU it bounds the host
+    /// memory of the CPU path (weights + KV cache + compute buffers).
+    #[arg(long = "vram-budget", value_parser = plan::parse_size)]
+    pub vram_budget: Option<u64>,
+    /// Run layer by layer (gemma3, llama, qwen2, qwen3), streaming the layers that do not fit
+    /// --vram-budget through a ring of device buffers (see --prefetch, --direct-io, --profile,
+    /// --plan-only). The device is the GPU in a `cuda` build on a machine with one (`-g 0`:
+    /// the CPU), else the CPU backend plays the device.
+    #[arg(long)]
+    pub stream_layers: bool,
+    /// --stream-layers: ring slots (layers read ahead of the compute).
+    #[arg(long, default_value_t = 2, requires = "stream_layers")]
+    pub prefetch: usize,
+    /// --stream-layers: read streamed layers with O_DIRECT (bounded host memory, no page cache).
+    #[arg(long, requires = "stream_layers")]
+    pub direct_io: bool,
+    /// --stream-layers: compute the last N streamed layers on the CPU, weights in place from
+    /// the memory map, instead of streaming them to the device; `auto` times one layer's
+    /// fill, device compute and CPU compute at load and picks the N whose simulated step is fastest.
+    #[arg(long = "host-layers", requires = "stream_layers", value_parser = clap::value_parser!(jq::engine::stream::HostLayers))]
+    pub host_layers: Option<jq::engine::stream::HostLayers>,
+    /// Chat template: a name among llama.cpp's built-in ones (chatml, llama3, gemma, ...) or a
+    /// Jinja file. Default: the GGUF's tokenizer.chat_template.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub chat_template: Option<String>,
+    /// Print llama.cpp's and ggml's own log lines on stderr (also: JQ_LLAMA_LOG=1). Without it
+    /// they are kept quiet and only the error line of a failed load is shown.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+/// `jq-run MODEL [flags]`: generate text (or chat) once.
+#[derive(Args, Debug)]
+struct Cli {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Prompt text (without it: interactive on a terminal, else the whole of stdin).
+    #[arg(short, long, allow_hyphen_values = true)]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with_all = ["prompt", "prompt_tokens"])]
+    prompt_file: Option<PathBuf>,
+    /// Prompt as token ids, used exactly as given: no BOS added (e.g. 1,2,3).
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    prompt_tokens: Option<Vec<u32>>,
+    /// Tokens to generate (0 = evaluate the prompt only, -1 = until the end of generation or
+    /// a full context); in --chat, per reply.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
+    n_predict_flag: i64,
+    /// `-n` resolved: -1 becomes unbounded (each engine stops at its context).
+    #[arg(skip)]
+    n_predict: usize,
     /// Write the prompt's logits, f32 [n_prompt_tokens, vocab], to this .npy file.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
-    /// Print one JSON object on stdout (ids, text, timings) instead of streaming text.
+    /// Print one JSON object on stdout (ids, text, prompt_ms, decode_ms, prompt_tokens,
+    /// generated_tokens, stop: eos|length|stop_string) instead of streaming text.
     #[arg(long)]
     json: bool,
     /// Jarvis: print the per-layer and per-head quantum metrics (stderr; with --json, in the JSON).
     #[arg(long)]
     metrics: bool,
-    /// Multi-turn chat with the model's chat template; turns are read from stdin line by line
-    /// (terminal or not); `/exit` or end of input ends it.
-    #[arg(long, conflicts_with_all = ["prompt", "prompt_tokens", "dump_logits", "json"])]
+    /// Multi-turn chat with the model's chat template (or --chat-template); turns are read
+    /// from stdin line by line (terminal or not); `/exit` or end of input ends it. Also -cnv.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_tokens", "prompt_file", "dump_logits", "json"])]
     chat: bool,
-    /// System message for --chat.
-    #[arg(long, requires = "chat")]
+    /// System message for --chat. Also -sys.
+    #[arg(long, requires = "chat", allow_hyphen_values = true)]
     system: Option<String>,
-    /// Layers to offload to the GPU: a number, or `auto` (the most that fit --vram-budget, or
-    /// the device's free memory). Without a GPU everything runs on the CPU.
-    #[arg(long = "n-gpu-layers", short = 'g', value_parser = clap::value_parser!(GpuLayers))]
-    n_gpu_layers: Option<GpuLayers>,
-    /// Device memory the run may use, e.g. 6GiB, 512MiB. Without a GPU it bounds the host
-    /// memory of the CPU path (weights + KV cache + compute buffers).
-    #[arg(long = "vram-budget", value_parser = plan::parse_size)]
-    vram_budget: Option<u64>,
-    /// Gemma-3: run layer by layer, streaming the layers that do not fit --vram-budget through
-    /// a ring of device buffers (see --prefetch, --direct-io, --profile, --plan-only). The
-    /// device is the GPU in a `cuda` build on a machine with one (`-g 0`: the CPU), else the
-    /// CPU backend plays the device.
-    #[arg(long)]
-    stream_layers: bool,
-    /// --stream-layers: ring slots (layers read ahead of the compute).
-    #[arg(long, default_value_t = 2, requires = "stream_layers")]
-    prefetch: usize,
-    /// --stream-layers: read streamed layers with O_DIRECT (bounded host memory, no page cache).
-    #[arg(long, requires = "stream_layers")]
-    direct_io: bool,
-    /// --stream-layers: compute the last N streamed layers on the CPU, weights in place from
-    /// the memory map, instead of streaming them to the device; `auto` times one layer's
-    /// fill, device compute and CPU compute at load and picks the N whose simulated step is fastest.
-    #[arg(long = "host-layers", requires = "stream_layers", value_parser = clap::value_parser!(jq::engine::stream::HostLayers))]
-    host_layers: Option<jq::engine::stream::HostLayers>,
     /// --stream-layers: per-step bytes streamed, GB/s, compute and wait times, per-layer times,
     /// peak RSS (stderr; with --json, in the JSON).
     #[arg(long, requires = "stream_layers")]
@@ -134,16 +182,91 @@ struct Cli {
     /// predicted floor) and exit.
     #[arg(long, requires = "stream_layers")]
     plan_only: bool,
-    /// Print llama.cpp's and ggml's own log lines on stderr (also: JQ_LLAMA_LOG=1). Without it
-    /// they are kept quiet and only the error line of a failed load is shown.
-    #[arg(short = 'v', long)]
-    verbose: bool,
 }
 
-impl Cli {
+impl std::ops::Deref for Cli {
+    type Target = ModelArgs;
+    fn deref(&self) -> &ModelArgs {
+        &self.m
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jq-run",
+    version,
+    about = "Run a GGUF model: Jarvis on the native engine, every other architecture llama.cpp supports through llama.cpp; `jq-run serve` answers OpenAI and Ollama clients",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Top {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: Cli,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// An OpenAI- and Ollama-compatible HTTP server on the model.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeCli),
+}
+
+const SERVE_EXAMPLES: &str = "Examples:
+  jq-run serve gemma3.gguf                       # http://127.0.0.1:8080, OpenAI /v1 and Ollama /api
+  jq-run serve -m gemma3.gguf --parallel 4 -c 4096 --alias gemma
+  jq-run serve gemma3.gguf --host 0.0.0.0 --api-key \"$KEY\"
+  jq-run serve gemma3-27b-q4_0.gguf --stream-layers --vram-budget 6GiB
+  curl http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"gemma3\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'
+
+Endpoints: POST /v1/chat/completions, /v1/completions, GET /v1/models (OpenAI);
+POST /api/generate, /api/chat, /api/show, GET /api/tags, /api/version (Ollama); GET /health.
+The sampling flags are the defaults of requests that do not set their own.";
+
+/// `jq-run serve MODEL [flags]`.
+#[derive(Args, Debug)]
+struct ServeCli {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Address to listen on (anything but loopback without --api-key prints a warning).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together (llama.cpp engine: one context holding N sequences, a new
+    /// request joins at the next step). Also -np.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// The model's name in /v1/models and /api/tags (default: the file stem).
+    #[arg(long, value_name = "NAME")]
+    alias: Option<String>,
+    /// Tokens a request may generate when it sets no max_tokens (-1: until the end of
+    /// generation or a full context).
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+}
+
+impl ModelArgs {
+    /// The model from the positional or -m/--model (clap makes one of them present).
+    fn resolve_model(&mut self) {
+        if let Some(p) = self.model_opt.take().or_else(|| self.model_pos.take()) {
+            self.model = p;
+        }
+    }
+
     fn threads(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    fn greedy(&self) -> bool {
+        self.temperature <= 0.0
     }
 
     fn seed(&self) -> u64 {
@@ -152,19 +275,25 @@ impl Cli {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
                 & 0xFFFF_FFFF;
-            eprintln!("seed {s}");
+            // Under greedy decoding the seed changes nothing: not worth a line.
+            if !self.greedy() {
+                eprintln!("seed {s}");
+            }
             s
         })
     }
 
-    /// The sampling flags, shared by every engine (the penalty looks at the last 64 tokens).
+    /// The sampling flags, shared by every engine.
     fn sampler(&self, seed: u64) -> SamplerConfig {
         SamplerConfig {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
+            min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: 64,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed,
         }
     }
@@ -177,7 +306,7 @@ impl Cli {
             );
         }
         match self.ctx_size {
-            Some(0) => bail!("-c/--ctx-size must be at least 1"),
+            Some(0) => Ok(trained),
             Some(c) if c > trained => bail!(
                 "-c/--ctx-size {c} is larger than the model's trained context of {trained} tokens"
             ),
@@ -185,6 +314,56 @@ impl Cli {
             None => Ok(trained.min(4096)),
         }
     }
+}
+
+/// `-n`: -1 is unbounded, below that is refused.
+fn n_predict(n: i64) -> Result<usize> {
+    match n {
+        -1 => Ok(usize::MAX),
+        n if n < -1 => bail!("-n/--n-predict {n}: give -1 (until the end of generation or a full context) or a count of at least 0"),
+        n => Ok(n as usize),
+    }
+}
+
+/// llama.cpp's multi-letter short flags, which clap cannot declare, rewritten to their long
+/// names before parsing. A word right after a flag that takes text (`-p -ngl`) is left alone.
+fn rewrite_llama_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    const MAP: [(&str, &str); 4] = [
+        ("-ngl", "--n-gpu-layers"),
+        ("-np", "--parallel"),
+        ("-sys", "--system"),
+        ("-cnv", "--chat"),
+    ];
+    const TAKES_TEXT: [&str; 6] = ["-p", "--prompt", "--system", "-sys", "--api-key", "--alias"];
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut done = false;
+    for a in args {
+        let prev_takes_text = out
+            .last()
+            .and_then(|p| p.to_str())
+            .is_some_and(|p| TAKES_TEXT.contains(&p));
+        let word = a.to_str().unwrap_or("");
+        if word == "--" {
+            done = true;
+        }
+        let new = if done || prev_takes_text {
+            None
+        } else {
+            MAP.iter().find_map(|(short, long)| {
+                if word == *short {
+                    Some(long.to_string())
+                } else {
+                    word.strip_prefix(short)
+                        .and_then(|rest| rest.strip_prefix('='))
+                        .map(|v| format!("{long}={v}"))
+                }
+            })
+        };
+        out.push(new.map_or(a, Into::into));
+    }
+    out
 }
 
 /// The end-of-run report, like llama.cpp's: load, prompt and decode rates, peak RSS.
@@ -269,9 +448,15 @@ fn run_native_once(
     seed: u64,
     load: Duration,
 ) -> Result<()> {
+    // -n -1: until end of generation or a full context (no context shifts).
+    let n_predict = if cli.n_predict == usize::MAX {
+        jarvis.model.cfg.ctx.saturating_sub(ids.len())
+    } else {
+        cli.n_predict
+    };
     let opts = RunOptions {
         prompt_ids: ids.clone(),
-        n_predict: cli.n_predict,
+        n_predict,
         sampler: cli.sampler(seed),
         metrics: cli.metrics,
         dump_logits: cli.dump_logits.is_some(),
@@ -291,13 +476,20 @@ fn run_native_once(
         )?;
     }
     if cli.json {
+        let eos = rep
+            .generated
+            .last()
+            .is_some_and(|&t| Some(t) == jarvis.tokenizer.eos);
         let v = json!({
             "prompt_ids": ids,
             "generated_ids": rep.generated,
             "text": rep.text,
             "seed": seed,
+            "stop": if eos { "eos" } else { "length" },
             "prompt_ms": rep.prompt_time.as_secs_f64() * 1e3,
             "decode_ms": rep.decode_time.as_secs_f64() * 1e3,
+            "prompt_tokens": ids.len(),
+            "generated_tokens": rep.decode_steps,
             "decode_steps": rep.decode_steps,
             "context_shifts": rep.context_shifts,
             "metrics": rep.prompt_metrics.as_ref().map(|p| json!({
@@ -488,9 +680,11 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
                 "generated_ids": generated,
                 "text": String::from_utf8_lossy(&text),
                 "seed": seed,
-                "stop": format!("{stop:?}"),
+                "stop": stop.report_name(),
                 "prompt_ms": sess.prompt_time.as_secs_f64() * 1e3,
                 "decode_ms": sess.decode_time.as_secs_f64() * 1e3,
+                "prompt_tokens": ids.len(),
+                "generated_tokens": generated.len(),
                 "n_gpu_layers": plan.n_gpu_layers,
             });
             writeln!(out, "{v}")?;
@@ -514,12 +708,12 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
 /// template adds after what is cached. When a turn would not fit, the oldest exchanges are
 /// dropped (the system message stays) and the rest is evaluated again.
 fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Result<()> {
-    if llama.chat_template().is_none() {
+    let Some(template) = llama.template(cli.chat_template.as_deref())? else {
         bail!(
-            "{}: --chat needs a tokenizer.chat_template and this GGUF has none",
+            "{}: --chat needs a tokenizer.chat_template and this GGUF has none (give one with --chat-template NAME|FILE)",
             cli.model.display()
         );
-    }
+    };
     let mut turns: Vec<(String, String)> = Vec::new();
     if let Some(s) = &cli.system {
         turns.push(("system".into(), s.clone()));
@@ -530,18 +724,40 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
     let mut cached = String::new();
     let stdin = std::io::stdin();
     let term = stdin.is_terminal();
-    if term {
-        eprintln!("chat: type a message; /exit or Ctrl-D ends.");
-    }
+    // On a terminal: line editing and history, and Ctrl-C stops the reply (at the prompt it
+    // ends the chat). Piped input is read line by line, bounded, as before.
+    let mut editor = if term {
+        eprintln!("chat: type a message; /exit, Ctrl-D or Ctrl-C at the prompt ends; Ctrl-C stops a reply.");
+        interrupt::install();
+        Some(rustyline::DefaultEditor::new().context("setting up line editing on the terminal")?)
+    } else {
+        None
+    };
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
     let mut line_no = 0u64;
     loop {
-        if term {
-            eprint!("> ");
-        }
         line_no += 1;
-        let line = match guard::read_line(&mut input, limit).context("reading stdin")? {
+        let read = match editor.as_mut() {
+            Some(ed) => match ed.readline("> ") {
+                Ok(l) if l.len() > limit => guard::Line::TooLong(limit),
+                Ok(l) => {
+                    let _ = ed.add_history_entry(l.as_str());
+                    guard::Line::Text(l)
+                }
+                Err(
+                    rustyline::error::ReadlineError::Interrupted
+                    | rustyline::error::ReadlineError::Eof,
+                ) => {
+                    // The shell gets the terminal back on a fresh line.
+                    eprintln!();
+                    break;
+                }
+                Err(e) => return Err(e).context("reading the terminal"),
+            },
+            None => guard::read_line(&mut input, limit).context("reading stdin")?,
+        };
+        let line = match read {
             guard::Line::Eof => break,
             guard::Line::Text(t) => t,
             // Both are reported and the chat goes on with the next line.
@@ -566,13 +782,12 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
         }
         turns.push(("user".into(), msg.to_string()));
         let reserve = cli.n_predict.min(sess.n_ctx() as usize / 2) as u32;
-        let mut text = llama.format_chat(&turns, true)?;
-        let add_bos = llama.model.vocab().should_add_bos();
+        let mut text = template.apply(&turns, true)?;
         let mut tokens = match text.strip_prefix(cached.as_str()) {
             Some(rest) if !cached.is_empty() => llama.tokenize_with(rest, false, true),
             _ => {
                 sess.clear();
-                llama.tokenize_with(&text, add_bos, true)
+                llama.tokenize_chat(&text)
             }
         };
         while sess.n_past() + tokens.len() as u32 + reserve > sess.n_ctx() {
@@ -591,16 +806,17 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
             turns.drain(n_fixed..drop_to);
             eprintln!("(context full: dropped the oldest exchange)");
             sess.clear();
-            text = llama.format_chat(&turns, true)?;
-            tokens = llama.tokenize_with(&text, add_bos, true);
+            text = template.apply(&turns, true)?;
+            tokens = llama.tokenize_chat(&text);
         }
+        interrupt::clear();
         sess.eval(&tokens, false)?;
         let mut reply = Vec::new();
         let (_, stop) = sess.generate(cli.n_predict, |_, piece| {
             reply.extend_from_slice(piece);
             out.write_all(piece)?;
             out.flush()?;
-            Ok(true)
+            Ok(!interrupt::raised())
         })?;
         writeln!(out)?;
         let reply = String::from_utf8_lossy(&reply).into_owned();
@@ -610,13 +826,43 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
             eprintln!("(context full)");
             cached.clear();
         }
+        if stop == Stop::Caller {
+            eprintln!("(stopped)");
+        }
     }
     Ok(())
 }
 
+/// Ctrl-C during a --chat reply on a terminal: noted by the handler, read by the generation
+/// loop (which then stops after the current token).
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static RAISED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        RAISED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        let handler: extern "C" fn(libc::c_int) = on_sigint;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    }
+
+    pub fn clear() {
+        RAISED.store(false, Ordering::SeqCst);
+    }
+
+    pub fn raised() -> bool {
+        RAISED.load(Ordering::SeqCst)
+    }
+}
+
 // ---------------------------------------------------------------- dispatch
 
-fn run(cli: &Cli) -> Result<()> {
+fn run(cli: &mut Cli) -> Result<()> {
     if let Some(t) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -624,7 +870,7 @@ fn run(cli: &Cli) -> Result<()> {
             .context("setting up threads")?;
     }
     let t0 = Instant::now();
-    let path = &cli.model;
+    let path = &cli.m.model.clone();
     guard::model_file(path)?;
     if let Some(d) = &cli.dump_logits {
         jq::output::refuse_aliases(&[("--dump-logits", d)], &[("the model", path)])?;
@@ -644,6 +890,13 @@ fn run(cli: &Cli) -> Result<()> {
         .get_str("general.architecture")
         .map_err(|e| anyhow!("{}: {e}", path.display()))?
         .to_string();
+    if let Some(f) = &cli.prompt_file {
+        // Bounded by what the largest context could hold; the engine checks its own -c.
+        let limit = guard::prompt_byte_limit(&file, 1 << 20);
+        let text = guard::read_prompt_file(f, limit)?;
+        cli.prompt = Some(text);
+    }
+    let cli: &Cli = cli;
     let engine = if arch == "jarvis" {
         guard::Engine::Native
     } else if cli.stream_layers {
@@ -704,11 +957,28 @@ fn run_stream(cli: &Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if cli.verbose {
-        jq::engine::logs::set_verbose(true);
-    }
-    match run(&cli) {
+    let top = Top::parse_from(rewrite_llama_flags(std::env::args_os()));
+    let res = match top.cmd {
+        Some(Cmd::Serve(mut s)) => {
+            s.m.resolve_model();
+            if s.m.verbose {
+                jq::engine::logs::set_verbose(true);
+            }
+            serve(&s)
+        }
+        None => {
+            let mut cli = top.run;
+            cli.m.resolve_model();
+            if cli.verbose {
+                jq::engine::logs::set_verbose(true);
+            }
+            n_predict(cli.n_predict_flag).and_then(|n| {
+                cli.n_predict = n;
+                run(&mut cli)
+            })
+        }
+    };
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that went away (`jq-run ... | head`) ends the program quietly, as cat does.
         Err(e) if jq::errors::is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -750,6 +1020,9 @@ mod guard {
     /// Flags that the chosen engine does not implement are refused, not ignored.
     pub fn refuse_inapplicable(cli: &Cli, engine: Engine, arch: &str) -> Result<()> {
         let m = cli.model.display();
+        if cli.chat_template.is_some() && !cli.chat {
+            bail!("--chat-template formats --chat turns (and jq-run serve's chat requests); without --chat the prompt is used as given");
+        }
         match engine {
             Engine::Native => {
                 if cli.stream_layers {
@@ -817,6 +1090,22 @@ mod guard {
         })
     }
 
+    /// `-f FILE`: the prompt, read no further than `limit` bytes, UTF-8.
+    pub fn read_prompt_file(p: &Path, limit: usize) -> Result<String> {
+        if p.is_dir() {
+            bail!("-f/--file {}: is a directory", p.display());
+        }
+        let f = std::fs::File::open(p)
+            .map_err(|e| anyhow::anyhow!("-f/--file {}: {e}", p.display()))?;
+        read_stdin_prompt(f, limit).map_err(|e| {
+            anyhow::anyhow!(
+                "-f/--file {}: {}",
+                p.display(),
+                e.to_string().replace("the prompt on stdin", "the prompt")
+            )
+        })
+    }
+
     /// One line of chat input.
     #[derive(Debug)]
     pub enum Line {
@@ -867,4 +1156,287 @@ mod guard {
             }
         })
     }
+}
+
+// ---------------------------------------------------------------- serve
+
+/// A `--stream-layers` executor seen as one sequence.
+struct StreamSeq(jq::engine::stream::Streamer, usize);
+
+impl jq::serve::worker::OneSeq for StreamSeq {
+    fn n_ctx(&self) -> usize {
+        self.1
+    }
+    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        self.0.clear();
+        self.0.eval(prompt, false)
+    }
+    fn push(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.0.eval(&[id], false)
+    }
+}
+
+/// The native Jarvis engine seen as one sequence (a fresh generator per request).
+struct NativeSeq<'m, 'a> {
+    model: &'m jq::models::jarvis::Model<'a>,
+    gen: Option<jq::models::jarvis::Generator<'m, 'a>>,
+}
+
+impl jq::serve::worker::OneSeq for NativeSeq<'_, '_> {
+    fn n_ctx(&self) -> usize {
+        self.model.cfg.ctx
+    }
+    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        let mut g = jq::models::jarvis::Generator::new(self.model);
+        g.prompt(prompt, false, false)?;
+        let l = g.logits().to_vec();
+        self.gen = Some(g);
+        Ok(l)
+    }
+    fn push(&mut self, id: u32) -> Result<Vec<f32>> {
+        let g = self.gen.as_mut().context("no prompt evaluated")?;
+        g.push(id, false)?;
+        Ok(g.logits().to_vec())
+    }
+}
+
+/// `general.file_type` as llama.cpp names it (the common ones).
+fn file_type_name(file: &GgufModel) -> String {
+    let names = [
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (7, "Q8_0"),
+        (8, "Q5_0"),
+        (9, "Q5_1"),
+        (10, "Q2_K"),
+        (12, "Q3_K_M"),
+        (14, "Q4_K_S"),
+        (15, "Q4_K_M"),
+        (16, "Q5_K_S"),
+        (17, "Q5_K_M"),
+        (18, "Q6_K"),
+        (32, "BF16"),
+    ];
+    file.get_u32("general.file_type")
+        .ok()
+        .and_then(|t| names.iter().find(|(n, _)| *n == t))
+        .map_or_else(String::new, |(_, s)| (*s).to_string())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+fn serve(s: &ServeCli) -> Result<()> {
+    use jq::serve::{worker, ModelInfo, Server, Vocab};
+    use std::sync::Arc;
+    let m = &s.m;
+    let path = &m.model;
+    guard::model_file(path)?;
+    if s.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let file = GgufModel::open(path)
+        .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    let arch = file
+        .get_str("general.architecture")
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .to_string();
+    jq::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let default_max_tokens = n_predict(s.n_predict)?;
+    let name = s.alias.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "model".into(), |f| f.to_string_lossy().into_owned())
+    });
+    let threads = m.threads();
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<worker::Job>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
+    let first = file.path().to_path_buf();
+    let engine_name;
+    let (vocab, template, template_text, n_ctx) = if arch == "jarvis" {
+        if m.stream_layers {
+            bail!("{}: --stream-layers runs gemma3, llama, qwen2 and qwen3 models; this one is 'jarvis'", path.display());
+        }
+        engine_name = "native";
+        let trained = file
+            .get_u32(jq::models::jarvis::keys::CONTEXT_LENGTH)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let n_ctx = m.n_ctx(trained)?;
+        let tok = Arc::new(
+            jq::models::jarvis::WordTokenizer::from_gguf(&file)
+                .with_context(|| format!("reading the vocabulary of {}", path.display()))?,
+        );
+        let piece = |t: Option<u32>| {
+            t.and_then(|t| tok.tokens().get(t as usize).cloned())
+                .unwrap_or_default()
+        };
+        let template = match &m.chat_template {
+            Some(f) => {
+                jq::chat::ChatTemplate::resolve(Some(f), None, &piece(tok.bos), &piece(tok.eos))?
+            }
+            None => None,
+        };
+        let (p, tk) = (first.clone(), tok.clone());
+        std::thread::spawn(move || {
+            let f = match GgufModel::open(&p) {
+                Ok(f) => f,
+                Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+            };
+            let j = match Jarvis::load_with_ctx(&f, n_ctx as usize) {
+                Ok(j) => j,
+                Err(e) => return drop(ready_tx.send(Err(format!("{e:#}")))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            let mut seq = NativeSeq {
+                model: &j.model,
+                gen: None,
+            };
+            worker::run_one(&mut seq, &*tk, jobs_rx);
+        });
+        (
+            Vocab::Jarvis(tok),
+            template,
+            m.chat_template.clone().unwrap_or_default(),
+            n_ctx,
+        )
+    } else if m.stream_layers {
+        if jq::arch::Family::from_arch(&arch).is_none() {
+            bail!("{}: --stream-layers runs gemma3, llama (Llama, Mistral), qwen2 and qwen3 models; this one is '{arch}'", path.display());
+        }
+        engine_name = "stream";
+        let hp = jq::arch::Hparams::from_gguf(&file).with_context(|| path.display().to_string())?;
+        let n_ctx = m.n_ctx(hp.n_ctx_train)?;
+        let voc = Arc::new(Llama::load_vocab(&first)?);
+        let template = voc.template(m.chat_template.as_deref())?;
+        let opts = jq::engine::stream::StreamOptions {
+            budget: m.vram_budget,
+            n_slots: m.prefetch,
+            direct_io: m.direct_io,
+            cpu: matches!(m.n_gpu_layers, Some(GpuLayers::N(0))),
+            host_layers: m.host_layers.unwrap_or_default(),
+            threads: m
+                .threads
+                .unwrap_or_else(|| threads.saturating_sub(1).max(1)),
+            threads_batch: threads,
+            n_ctx,
+            n_ubatch: m.batch_size.unwrap_or(512).clamp(1, n_ctx),
+            n_ubatch_auto: m.batch_size.is_none(),
+            ..jq::engine::stream::StreamOptions::default()
+        };
+        let (p, v) = (path.clone(), voc.clone());
+        std::thread::spawn(move || {
+            let st = match jq::engine::stream::Streamer::open(&p, &opts) {
+                Ok(st) => st,
+                Err(e) => return drop(ready_tx.send(Err(format!("{}: {e:#}", p.display())))),
+            };
+            eprintln!("{}", st.plan());
+            let _ = ready_tx.send(Ok(()));
+            worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
+        });
+        let tt = m
+            .chat_template
+            .clone()
+            .or_else(|| voc.chat_template())
+            .unwrap_or_default();
+        (Vocab::Llama(voc), template, tt, n_ctx)
+    } else {
+        if !LLAMA_ARCHS.contains(&arch.as_str()) {
+            bail!(
+                "{}: architecture '{arch}' is not supported: jq-run runs jarvis natively and, through llama.cpp, {}",
+                path.display(),
+                LLAMA_ARCHS.join(", ")
+            );
+        }
+        engine_name = "llama.cpp";
+        let shape = ModelShape::from_gguf(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let n_ctx = m.n_ctx(shape.n_ctx_train)?;
+        let n_batch = m.batch_size.unwrap_or(512).clamp(1, n_ctx);
+        let gpu = jq::engine::llama::gpus().into_iter().next();
+        // The KV cache holds every sequence: it is planned as one context of N x -c.
+        let total = n_ctx
+            .checked_mul(s.parallel as u32)
+            .context("--parallel x -c overflows")?;
+        let plan = plan::plan(
+            &shape,
+            m.n_gpu_layers.unwrap_or(GpuLayers::Auto),
+            m.vram_budget,
+            gpu,
+            total,
+            n_batch,
+        )
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        eprintln!("{arch}: {plan}");
+        let llama = Arc::new(Llama::load_with(&first, plan.n_gpu_layers)?);
+        let template = llama.template(m.chat_template.as_deref())?;
+        let (l, n_seq) = (llama.clone(), s.parallel);
+        std::thread::spawn(move || {
+            worker::run_llama(&l, n_seq, n_ctx, n_batch, threads as i32, jobs_rx, ready_tx);
+        });
+        let tt = m
+            .chat_template
+            .clone()
+            .or_else(|| llama.chat_template())
+            .unwrap_or_default();
+        (Vocab::Llama(llama), template, tt, n_ctx)
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => bail!("the engine thread ended while loading"),
+    }
+    if engine_name != "llama.cpp" && s.parallel > 1 {
+        eprintln!("serve: the {engine_name} engine serves one request at a time; --parallel {} requests wait in its queue", s.parallel);
+    }
+    let info = ModelInfo {
+        name,
+        path: path.clone(),
+        arch,
+        size_bytes: file.total_bytes(),
+        n_params: file.tensors().map(|t| t.info.n_elements()).sum(),
+        quant: file_type_name(&file),
+        engine: engine_name,
+    };
+    drop(file);
+    if s.api_key.is_none() && !is_loopback(&s.host) {
+        eprintln!("serve: warning: listening on {} without --api-key: anyone who can reach it can use the model", s.host);
+    }
+    let app = Arc::new(Server {
+        info,
+        vocab,
+        template,
+        template_text,
+        n_ctx: n_ctx as usize,
+        defaults: m.sampler(0),
+        default_max_tokens,
+        api_key: s.api_key.clone(),
+        jobs: jobs_tx,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind((s.host.as_str(), s.port))
+            .await
+            .with_context(|| format!("--host {} --port {}: cannot listen", s.host, s.port))?;
+        let addr = l.local_addr().context("the listening address")?;
+        eprintln!(
+            "serve: listening on http://{addr} (model '{}', {} engine, {} x {} positions)",
+            app.info.name,
+            app.info.engine,
+            if app.info.engine == "llama.cpp" {
+                s.parallel
+            } else {
+                1
+            },
+            app.n_ctx
+        );
+        jq::serve::http::serve(l, app).await.context("serving")
+    })
 }

@@ -95,17 +95,17 @@ pub struct Llama {
 }
 
 /// llama.cpp's sampler chain for these settings, in llama.cpp's own order: penalties, top-k,
-/// top-p, temperature, then a seeded draw (or the argmax when greedy). The seed is reduced to
+/// top-p, min-p, temperature, then a seeded draw (or the argmax when greedy). The seed is reduced to
 /// the 32 bits llama.cpp takes.
 pub fn sampler_chain(s: &SamplerConfig, n_vocab: usize) -> LlamaSampler {
     let mut chain = Vec::new();
-    if s.repeat_penalty != 1.0 {
+    if s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(
             n_vocab as i32,
             s.repeat_last_n as i32,
             s.repeat_penalty,
-            0.0,
-            0.0,
+            s.frequency_penalty,
+            s.presence_penalty,
         ));
     }
     if s.temperature <= 0.0 {
@@ -116,6 +116,9 @@ pub fn sampler_chain(s: &SamplerConfig, n_vocab: usize) -> LlamaSampler {
         }
         if s.top_p < 1.0 {
             chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        if s.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(s.min_p, 1));
         }
         chain.push(LlamaSampler::temp(s.temperature));
         chain.push(LlamaSampler::dist(s.seed as u32));
@@ -188,6 +191,23 @@ impl Llama {
             .and_then(|t| t.to_string().ok())
     }
 
+    /// The text of a special token (`<bos>`, `</s>`), as a Jinja template names it.
+    pub fn special_text(&self, t: LlamaToken) -> String {
+        String::from_utf8_lossy(&self.model.vocab().token_to_piece(t, true, None)).into_owned()
+    }
+
+    /// The chat template for `--chat-template` (a built-in name or a Jinja file) or else the
+    /// GGUF's own; `None` when there is neither.
+    pub fn template(&self, flag: Option<&str>) -> Result<Option<crate::chat::ChatTemplate>> {
+        let v = self.model.vocab();
+        crate::chat::ChatTemplate::resolve(
+            flag,
+            self.chat_template().as_deref(),
+            &self.special_text(v.bos()),
+            &self.special_text(v.eos()),
+        )
+    }
+
     /// Formats a conversation of `(role, content)` turns with the model's chat template
     /// (llama.cpp's template engine). `add_assistant` opens the model's turn at the end.
     pub fn format_chat(&self, turns: &[(String, String)], add_assistant: bool) -> Result<String> {
@@ -216,6 +236,56 @@ impl Llama {
         self.model
             .new_context(backend()?, params)
             .map_err(|e| anyhow!("creating a llama.cpp context of {n_ctx} positions: {e}"))
+    }
+
+    /// A context holding `n_seq` sequences of `n_ctx_seq` positions each (separate KV
+    /// streams, so one sequence's length never limits another's), batches of `n_batch`.
+    pub fn multi_context(
+        &self,
+        n_ctx_seq: u32,
+        n_seq: u32,
+        n_batch: u32,
+        threads: i32,
+    ) -> Result<LlamaContext<'_>> {
+        let total = n_ctx_seq
+            .checked_mul(n_seq)
+            .ok_or_else(|| anyhow!("--parallel {n_seq} x -c {n_ctx_seq} positions overflow"))?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(total))
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(false)
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        super::logs::take_errors();
+        self.model.new_context(backend()?, params).map_err(|e| {
+            anyhow!(
+                "creating a llama.cpp context of {n_seq} x {n_ctx_seq} positions: {}",
+                llama_error(e)
+            )
+        })
+    }
+
+    /// llama.cpp's tokenizer without the weights (a vocab-only load reads no tensor data).
+    pub fn load_vocab(path: &Path) -> Result<Llama> {
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| {
+            anyhow!(
+                "llama.cpp could not read the vocabulary of {}: {}",
+                path.display(),
+                llama_error(e)
+            )
+        })?;
+        Ok(Llama { model })
+    }
+
+    /// A formatted chat as tokens: BOS as the model asks unless the template wrote it.
+    pub fn tokenize_chat(&self, text: &str) -> Vec<u32> {
+        let v = self.model.vocab();
+        let bos = self.special_text(v.bos());
+        let add = v.should_add_bos() && (bos.is_empty() || !text.starts_with(&bos));
+        self.tokenize_with(text, add, true)
     }
 
     /// A context of `n_ctx` positions, batches of up to `n_batch` tokens.
@@ -312,6 +382,18 @@ pub enum Stop {
     ContextFull,
     /// The caller asked to stop.
     Caller,
+}
+
+impl Stop {
+    /// The `stop` field of every engine's `--json` report: `eos`, `length` (a full context
+    /// counts as length, as OpenAI's `finish_reason` does) or `stop_string`.
+    pub fn report_name(self) -> &'static str {
+        match self {
+            Stop::Eog => "eos",
+            Stop::Length | Stop::ContextFull => "length",
+            Stop::Caller => "stop_string",
+        }
+    }
 }
 
 /// A llama.cpp context: KV cache, batch, sampler, position and timings.

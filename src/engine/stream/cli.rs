@@ -52,7 +52,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let first = file.path().to_path_buf();
     drop(file);
     let n_ctx = match a.ctx_size {
-        Some(0) => bail!("-c/--ctx-size must be at least 1"),
+        Some(0) => hp.n_ctx_train,
         Some(c) if c > hp.n_ctx_train => bail!(
             "-c/--ctx-size {c} is larger than the model's trained context of {} tokens",
             hp.n_ctx_train
@@ -114,6 +114,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut text = Vec::new();
     let td = Instant::now();
     let mut out = std::io::stdout();
+    let mut stop = "length";
     for _ in 0..a.n_predict {
         if s.n_past() >= n_ctx as usize {
             break;
@@ -121,6 +122,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         let id = sampler.sample(&mut last, &history);
         let voc = voc.as_ref().context("vocabulary")?;
         if voc.vocab().is_eog(LlamaToken(id as i32)) {
+            stop = "eos";
             break;
         }
         let piece = voc
@@ -180,6 +182,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
             "prompt_ids": ids,
             "generated_ids": generated,
             "text": String::from_utf8_lossy(&text),
+            "stop": stop,
+            "prompt_ms": prompt_s * 1e3,
+            "decode_ms": decode_s * 1e3,
+            "prompt_tokens": ids.len(),
+            "generated_tokens": generated.len(),
+            "seed": a.sampler.seed,
             "plan": s.plan().to_json(),
             "device_bytes": s.device_bytes(),
             "device": s.device_name(),
@@ -188,8 +196,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
             "driver_peak_bytes": s.driver_peak(),
             "device_free_bytes": dev_free,
             "device_total_bytes": dev_total,
-            "prompt_s": prompt_s,
-            "decode_s": decode_s,
             "peak_rss": crate::engine::peak_rss(),
         });
         if a.profile {

@@ -1,0 +1,245 @@
+//! `jq-run serve` throughput against an anchor on the same model and flags: a batched
+//! multi-sequence decode loop written straight on the bindings (what llama-server does per
+//! step, without HTTP). Prints a table: requests/s, generated tokens/s and mean time to the
+//! first token at 1, 4 and 16 concurrent clients (`--parallel` = clients).
+//!
+//! cargo bench --bench serve  [JQ_BENCH_THREADS=1, JQ_BENCH_TOKENS=32, JQ_BENCH_ROUNDS=2]
+
+use jq::engine::llama::Llama;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "Water boils at",
+    "The largest planet in the solar system is",
+    "Once upon a time",
+    "The first president of the United States was",
+    "To make bread you need",
+    "The speed of light is",
+    "In 1492, Columbus",
+];
+const N_CTX: u32 = 256;
+
+fn env(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+struct Figures {
+    requests: usize,
+    tokens: usize,
+    wall: Duration,
+    first: Duration,
+}
+
+/// `clients` sequences decoded together, `rounds` times: prompts in one batch, then one
+/// batch per step with every sequence's next (greedy) token.
+fn anchor(l: &Llama, clients: usize, rounds: usize, n: usize, threads: i32) -> Figures {
+    let backend = jq::engine::llama::backend().unwrap();
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(N_CTX * clients as u32))
+        .with_n_seq_max(clients as u32)
+        .with_kv_unified(false)
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = l.model.new_context(backend, params).unwrap();
+    let v = l.n_vocab();
+    let mut batch = LlamaBatch::new(512, 1);
+    let (mut tokens, mut first) = (0, Duration::ZERO);
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        ctx.clear_kv_cache();
+        let start = Instant::now();
+        batch.clear();
+        let mut pos = vec![0i32; clients];
+        let mut at = vec![0i32; clients];
+        for (s, p) in pos.iter_mut().enumerate() {
+            let ids = l.tokenize_with(PROMPTS[s % PROMPTS.len()], true, true);
+            for (i, &t) in ids.iter().enumerate() {
+                batch
+                    .add(
+                        LlamaToken(t as i32),
+                        i as i32,
+                        &[s as i32],
+                        i + 1 == ids.len(),
+                    )
+                    .unwrap();
+            }
+            *p = ids.len() as i32;
+            at[s] = batch.n_tokens() - 1;
+        }
+        ctx.decode(&mut batch).unwrap();
+        first += start.elapsed() * clients as u32;
+        for _ in 0..n {
+            let next: Vec<i32> = at
+                .iter()
+                .map(|&i| {
+                    let l = &ctx.get_logits_ith(i)[..v];
+                    (0..v).fold(0, |b, j| if l[j] > l[b] { j } else { b }) as i32
+                })
+                .collect();
+            batch.clear();
+            for s in 0..clients {
+                batch
+                    .add(LlamaToken(next[s]), pos[s], &[s as i32], true)
+                    .unwrap();
+                pos[s] += 1;
+                at[s] = s as i32;
+            }
+            ctx.decode(&mut batch).unwrap();
+            tokens += clients;
+        }
+    }
+    Figures {
+        requests: clients * rounds,
+        tokens,
+        wall: t0.elapsed(),
+        first: first / (clients * rounds) as u32,
+    }
+}
+
+/// One streamed completion: (generated tokens, time to the first byte of the body).
+fn request(addr: &str, prompt: &str, n: usize) -> (usize, Duration) {
+    let body = serde_json::json!({"prompt": prompt, "max_tokens": n, "temperature": 0,
+        "stream": true, "stream_options": {"include_usage": true}})
+    .to_string();
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut first = None;
+    let mut rest = String::new();
+    while r.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("data: ") && first.is_none() {
+            first = Some(t0.elapsed());
+        }
+        rest.push_str(&line);
+        line.clear();
+    }
+    r.read_to_string(&mut rest).unwrap();
+    let used = rest
+        .split("\"completion_tokens\":")
+        .nth(1)
+        .and_then(|x| x.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0);
+    (used, first.unwrap_or_default())
+}
+
+fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usize) -> Figures {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jq-run"))
+        .arg("serve")
+        .arg(model)
+        .args(["--port", "0", "-c", &N_CTX.to_string()])
+        .args([
+            "--parallel",
+            &clients.to_string(),
+            "-t",
+            &threads.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the server did not start"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in err.lines() {});
+    let t0 = Instant::now();
+    let per: Vec<(usize, Duration)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    (0..rounds)
+                        .map(|_| request(&addr, PROMPTS[c % PROMPTS.len()], n))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t0.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    Figures {
+        requests: per.len(),
+        tokens: per.iter().map(|p| p.0).sum(),
+        wall,
+        first: per.iter().map(|p| p.1).sum::<Duration>() / per.len() as u32,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = std::env::var_os("JQ_MODELS").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/jq/models"),
+        PathBuf::from,
+    );
+    let path = dir.join("gemma-3-270m-q4_k_m.gguf");
+    assert!(path.exists(), "{}: run scripts/setup", path.display());
+    let (threads, n, rounds) = (
+        env("JQ_BENCH_THREADS", 1),
+        env("JQ_BENCH_TOKENS", 32),
+        env("JQ_BENCH_ROUNDS", 2),
+    );
+    let model = Llama::load(&path).unwrap();
+    println!(
+        "gemma-3-270m-q4_k_m, {n} tokens per request, {rounds} requests per client, -t {threads}, -c {N_CTX} per sequence"
+    );
+    println!(
+        "{:>7}  {:>22}  {:>22}  {:>15}  {:>12}  {:>10}",
+        "clients",
+        "anchor req/s  tok/s",
+        "serve req/s  tok/s",
+        "tok/s ratio",
+        "anchor TTFT",
+        "serve TTFT"
+    );
+    for clients in [1, 4, 16] {
+        let a = anchor(&model, clients, rounds, n, threads as i32);
+        let s = server(&path, clients, rounds, n, threads);
+        let rate = |f: &Figures| {
+            (
+                f.requests as f64 / f.wall.as_secs_f64(),
+                f.tokens as f64 / f.wall.as_secs_f64(),
+            )
+        };
+        let (ar, at) = rate(&a);
+        let (sr, st) = rate(&s);
+        println!(
+            "{clients:>7}  {ar:>10.2} {at:>11.1}  {sr:>10.2} {st:>11.1}  {:>15.2}  {:>9.1} ms  {:>7.1} ms",
+            st / at,
+            a.first.as_secs_f64() * 1e3,
+            s.first.as_secs_f64() * 1e3
+        );
+    }
+}

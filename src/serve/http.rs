@@ -1,0 +1,733 @@
+//! The routes: OpenAI (`/v1/chat/completions`, `/v1/completions`, `/v1/models`), Ollama
+//! (`/api/generate`, `/api/chat`, `/api/tags`, `/api/show`, `/api/version`) and `/health`.
+//! Streams are server-sent events ending in `data: [DONE]` (OpenAI) or NDJSON (Ollama, the
+//! default there as in Ollama). A response whose client disconnects drops its event
+//! channel, which frees the sequence at the worker's next step.
+
+use super::api::{self, ApiError, ApiResult};
+use super::worker::{Event, Job, Report};
+use super::Server;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+type App = Arc<Server>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+fn json_response(status: u16, v: &Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(d: Dialect, e: &ApiError) -> Response {
+    json_response(
+        e.status,
+        &match d {
+            Dialect::OpenAi => e.openai(),
+            Dialect::Ollama => e.ollama(),
+        },
+    )
+}
+
+fn dialect_of(path: &str) -> Dialect {
+    if path.starts_with("/api/") {
+        Dialect::Ollama
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+/// The routes over a loaded model.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { json_response(200, &json!({"status": "ok"})) }),
+        )
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/api/generate", post(ollama_generate))
+        .route("/api/chat", post(ollama_chat))
+        .route("/api/tags", get(ollama_tags))
+        .route("/api/show", post(ollama_show))
+        .route(
+            "/api/version",
+            get(|| async { json_response(200, &json!({"version": env!("CARGO_PKG_VERSION")})) }),
+        )
+        .fallback(|req: Request| async move {
+            let p = req.uri().path().to_string();
+            error_response(
+                dialect_of(&p),
+                &ApiError::status(404, format!("no route {} {p}", req.method())),
+            )
+        })
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(super::MAX_BODY))
+        .layer(middleware::from_fn(log))
+        .with_state(app)
+}
+
+/// One line per request on stderr: method, path, status, time to the response head.
+async fn log(req: Request, next: Next) -> Response {
+    let (m, p) = (req.method().clone(), req.uri().path().to_string());
+    let t = Instant::now();
+    let r = next.run(req).await;
+    eprintln!(
+        "{m} {p} {} {:.1} ms",
+        r.status().as_u16(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    r
+}
+
+/// `--api-key`: `Authorization: Bearer KEY` on everything but /health, compared in constant
+/// time.
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(key) = &app.api_key else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        next.run(req).await
+    } else {
+        error_response(
+            dialect_of(req.uri().path()),
+            &ApiError::status(
+                401,
+                "invalid or missing API key (Authorization: Bearer KEY)",
+            )
+            .with_code("invalid_api_key"),
+        )
+    }
+}
+
+fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Value>> {
+    let b = body.map_err(|e| {
+        let s = e.status().as_u16();
+        if s == 413 {
+            ApiError::status(
+                413,
+                format!("the request body is larger than {} bytes", super::MAX_BODY),
+            )
+        } else {
+            ApiError::status(s, e.body_text())
+        }
+    })?;
+    api::object(&b)
+}
+
+static SEEDS: AtomicU64 = AtomicU64::new(0);
+
+/// A seed for a request that gives none: the clock and a counter.
+fn fresh_seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ SEEDS.fetch_add(0x9E37_79B9, Ordering::Relaxed)) & 0xFFFF_FFFF
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// RFC 3339 UTC time (Ollama's `created_at`, `modified_at`).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The model a request names must be this one (absent: this one).
+fn check_model(app: &Server, m: &Map<String, Value>, d: Dialect) -> ApiResult<()> {
+    let Some(name) = api::string(m, "model")? else {
+        return Ok(());
+    };
+    let ours = &app.info.name;
+    let file = app
+        .info
+        .path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("");
+    let ok = name == ours
+        || name == file
+        || (d == Dialect::Ollama && name.strip_suffix(":latest") == Some(ours));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: 404,
+            message: format!("model '{name}' not found: this server runs '{ours}'"),
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        })
+    }
+}
+
+/// A checked generation: the prompt's tokens and the job's settings.
+struct Gen {
+    job_prompt: Vec<u32>,
+    sampler: crate::sample::SamplerConfig,
+    max_tokens: usize,
+    stop: Vec<String>,
+}
+
+fn prepare(
+    app: &Server,
+    m: &Map<String, Value>,
+    names: &api::Names,
+    prompt: Vec<u32>,
+    param: &str,
+    stop_key: &str,
+) -> ApiResult<Gen> {
+    let (sampler, max) = api::sampling(m, names, &app.defaults, fresh_seed())?;
+    let stop = api::stops(m, stop_key)?;
+    if prompt.is_empty() {
+        return Err(ApiError::bad(param, "the prompt is empty"));
+    }
+    if prompt.len() >= app.n_ctx {
+        return Err(ApiError {
+            status: 400,
+            message: format!(
+                "the prompt is {} tokens, the context holds {} (one more is needed for the reply)",
+                prompt.len(),
+                app.n_ctx
+            ),
+            param: Some(param.into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let max_tokens = match max {
+        Some(n) if n != usize::MAX && n > app.n_ctx => {
+            return Err(ApiError::bad(
+                names.max_tokens[0],
+                format!(
+                    "{} = {n} is more than the context of {} tokens",
+                    names.max_tokens[0], app.n_ctx
+                ),
+            ))
+        }
+        Some(n) => n,
+        None => app.default_max_tokens,
+    };
+    Ok(Gen {
+        job_prompt: prompt,
+        sampler,
+        max_tokens,
+        stop,
+    })
+}
+
+fn tokenize(app: &Server, text: &str, chat: bool, param: &str) -> ApiResult<Vec<u32>> {
+    // More bytes than the context could hold in its longest tokens is refused untokenized.
+    let r = if chat {
+        app.vocab.tokenize_chat(text)
+    } else {
+        app.vocab.tokenize(text)
+    };
+    r.map_err(|e| ApiError::bad(param, format!("{param}: {e}")))
+}
+
+fn format_chat(app: &Server, turns: &[(String, String)]) -> ApiResult<String> {
+    let Some(t) = &app.template else {
+        return Err(ApiError::bad(
+            "messages",
+            "this model has no chat template (start the server with --chat-template NAME|FILE)",
+        ));
+    };
+    t.apply(turns, true)
+        .map_err(|e| ApiError::bad("messages", format!("{e:#}")))
+}
+
+/// Sends the job; the receiver yields its events.
+fn submit(app: &Server, g: Gen) -> ApiResult<UnboundedReceiver<Event>> {
+    let (tx, rx) = unbounded_channel();
+    app.jobs
+        .send(Job {
+            prompt: g.job_prompt,
+            max_tokens: g.max_tokens,
+            sampler: g.sampler,
+            stop: g.stop,
+            events: tx,
+        })
+        .map_err(|_| ApiError::status(500, "the engine has stopped"))?;
+    Ok(rx)
+}
+
+/// Every event of a non-streamed job: the text and the report.
+async fn collect(mut rx: UnboundedReceiver<Event>) -> ApiResult<(String, Report)> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(r) => return Ok((text, r)),
+            Event::Failed(e) => return Err(ApiError::status(500, e)),
+        }
+    }
+    Err(ApiError::status(500, "the engine dropped the request"))
+}
+
+fn usage(r: &Report) -> Value {
+    json!({
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.generated_tokens,
+        "total_tokens": r.prompt_tokens + r.generated_tokens,
+    })
+}
+
+/// A streamed body: each event becomes zero or more chunks through `fmt`; `end` is written
+/// after the last.
+fn stream_body(
+    rx: UnboundedReceiver<Event>,
+    content_type: &'static str,
+    fmt: impl FnMut(Event) -> Vec<String> + Send + 'static,
+) -> Response {
+    let s = futures_util::stream::unfold((rx, fmt, false), |(mut rx, mut fmt, done)| async move {
+        if done {
+            return None;
+        }
+        let ev = rx.recv().await;
+        let finished = !matches!(ev, Some(Event::Text(_)));
+        let chunks = match ev {
+            Some(ev) => fmt(ev),
+            None => fmt(Event::Failed("the engine dropped the request".into())),
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(chunks.concat())),
+            (rx, fmt, finished),
+        ))
+    });
+    let mut r = Response::new(Body::from_stream(s));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn openai_stream(
+    rx: UnboundedReceiver<Event>,
+    include_usage: bool,
+    mut chunk: impl FnMut(Option<&str>, Option<&str>) -> Value + Send + 'static,
+) -> Response {
+    let mut first = true;
+    stream_body(rx, "text/event-stream", move |ev| {
+        let mut out = Vec::new();
+        if std::mem::take(&mut first) {
+            out.push(sse(&chunk(Some(""), None)));
+        }
+        match ev {
+            Event::Text(t) => out.push(sse(&chunk(Some(&t), None))),
+            Event::Done(r) => {
+                let mut c = chunk(None, Some(r.finish.reason()));
+                if include_usage {
+                    c["usage"] = Value::Null;
+                }
+                out.push(sse(&c));
+                if include_usage {
+                    let mut u = chunk(None, None);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&r);
+                    out.push(sse(&u));
+                }
+                out.push("data: [DONE]\n\n".into());
+            }
+            Event::Failed(e) => {
+                out.push(sse(&ApiError::status(500, e).openai()));
+                out.push("data: [DONE]\n\n".into());
+            }
+        }
+        out
+    })
+}
+
+fn stream_flags(m: &Map<String, Value>, default: bool) -> ApiResult<(bool, bool)> {
+    let stream = api::boolean(m, "stream")?.unwrap_or(default);
+    let include_usage = match m.get("stream_options").filter(|v| !v.is_null()) {
+        None => false,
+        Some(Value::Object(o)) => api::boolean(o, "include_usage")
+            .map_err(|_| {
+                ApiError::bad(
+                    "stream_options.include_usage",
+                    "stream_options.include_usage must be true or false",
+                )
+            })?
+            .unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stream_options",
+                "stream_options must be an object",
+            ))
+        }
+    };
+    Ok((stream, include_usage))
+}
+
+fn completion_id(prefix: &str) -> String {
+    format!("{prefix}-{:x}", fresh_seed())
+}
+
+async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    match chat_completions_inner(&app, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(Dialect::OpenAi, &e),
+    }
+}
+
+async fn chat_completions_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let m = body_object(body)?;
+    api::refuse_unsupported_openai(&m)?;
+    check_model(app, &m, Dialect::OpenAi)?;
+    let turns = api::messages(&m)?;
+    let (stream, include_usage) = stream_flags(&m, false)?;
+    let text = format_chat(app, &turns)?;
+    let prompt = tokenize(app, &text, true, "messages")?;
+    let g = prepare(app, &m, &api::OPENAI, prompt, "messages", "stop")?;
+    let rx = submit(app, g)?;
+    let (id, created, model) = (completion_id("chatcmpl"), now_s(), app.info.name.clone());
+    if stream {
+        return Ok(openai_stream(rx, include_usage, move |delta, finish| {
+            let d = match delta {
+                Some("") => json!({"role": "assistant", "content": ""}),
+                Some(t) => json!({"content": t}),
+                None => json!({}),
+            };
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}]})
+        }));
+    }
+    let (text, r) = collect(rx).await?;
+    Ok(json_response(
+        200,
+        &json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": null, "finish_reason": r.finish.reason()}],
+            "usage": usage(&r)}),
+    ))
+}
+
+async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    match completions_inner(&app, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(Dialect::OpenAi, &e),
+    }
+}
+
+async fn completions_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let m = body_object(body)?;
+    api::refuse_unsupported_openai(&m)?;
+    check_model(app, &m, Dialect::OpenAi)?;
+    let text = match m.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(Value::Array(a)) if a.len() > 1 => {
+            return Err(ApiError::bad("prompt", "one prompt per request"))
+        }
+        _ => return Err(ApiError::bad("prompt", "prompt must be a string")),
+    };
+    let (stream, include_usage) = stream_flags(&m, false)?;
+    let prompt = tokenize(app, &text, false, "prompt")?;
+    let g = prepare(app, &m, &api::OPENAI, prompt, "prompt", "stop")?;
+    let rx = submit(app, g)?;
+    let (id, created, model) = (completion_id("cmpl"), now_s(), app.info.name.clone());
+    if stream {
+        return Ok(openai_stream(rx, include_usage, move |delta, finish| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}]})
+        }));
+    }
+    let (text, r) = collect(rx).await?;
+    Ok(json_response(
+        200,
+        &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": r.finish.reason()}],
+            "usage": usage(&r)}),
+    ))
+}
+
+async fn models(State(app): State<App>) -> Response {
+    json_response(
+        200,
+        &json!({"object": "list", "data": [{
+            "id": app.info.name, "object": "model", "created": now_s(), "owned_by": "jq",
+        }]}),
+    )
+}
+
+// ---------------------------------------------------------------- Ollama
+
+fn ollama_options(m: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
+    for key in ["format", "tools", "images", "suffix"] {
+        if m.get(key).is_some_and(|v| {
+            !(v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty))
+        }) {
+            return Err(ApiError::bad(
+                key,
+                format!("{key} is not supported by jq-run serve"),
+            ));
+        }
+    }
+    match m.get("options") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(o)) => Ok(o.clone()),
+        Some(_) => Err(ApiError::bad("options", "options must be an object")),
+    }
+}
+
+fn ollama_done(model: &str, r: &Report, extra: (&str, Value)) -> Value {
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
+    let mut v = json!({
+        "model": model, "created_at": rfc3339(now_s()), "done": true,
+        "done_reason": r.finish.reason(),
+        "total_duration": ns(r.prompt_time + r.decode_time), "load_duration": 0,
+        "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": ns(r.prompt_time),
+        "eval_count": r.generated_tokens, "eval_duration": ns(r.decode_time),
+    });
+    v[extra.0] = extra.1;
+    v
+}
+
+fn ollama_stream(
+    rx: UnboundedReceiver<Event>,
+    model: String,
+    piece: impl Fn(&str) -> (&'static str, Value) + Send + 'static,
+) -> Response {
+    stream_body(rx, "application/x-ndjson", move |ev| {
+        let line = match ev {
+            Event::Text(t) => {
+                let (k, v) = piece(&t);
+                let mut o = json!({"model": model, "created_at": rfc3339(now_s()), "done": false});
+                o[k] = v;
+                o
+            }
+            Event::Done(r) => ollama_done(&model, &r, piece("")),
+            Event::Failed(e) => ApiError::status(500, e).ollama(),
+        };
+        vec![format!("{line}\n")]
+    })
+}
+
+async fn ollama_generate(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    match ollama_generate_inner(&app, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(Dialect::Ollama, &e),
+    }
+}
+
+async fn ollama_generate_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let m = body_object(body)?;
+    check_model(app, &m, Dialect::Ollama)?;
+    let opts = ollama_options(&m)?;
+    let prompt = api::string(&m, "prompt")?.unwrap_or("");
+    let raw = api::boolean(&m, "raw")?.unwrap_or(false);
+    let system = api::string(&m, "system")?;
+    let stream = api::boolean(&m, "stream")?.unwrap_or(true);
+    let model = app.info.name.clone();
+    if prompt.is_empty() {
+        // Ollama's "load the model" request.
+        return Ok(json_response(
+            200,
+            &json!({"model": model, "created_at": rfc3339(now_s()), "response": "", "done": true, "done_reason": "load"}),
+        ));
+    }
+    // As Ollama: the prompt goes through the chat template unless raw (or there is none).
+    let (text, chat) = match (&app.template, raw) {
+        (Some(t), false) => {
+            let mut turns = Vec::new();
+            if let Some(s) = system {
+                turns.push(("system".to_string(), s.to_string()));
+            }
+            turns.push(("user".to_string(), prompt.to_string()));
+            let text = t
+                .apply(&turns, true)
+                .map_err(|e| ApiError::bad("prompt", format!("{e:#}")))?;
+            (text, true)
+        }
+        _ => (prompt.to_string(), false),
+    };
+    let ids = tokenize(app, &text, chat, "prompt")?;
+    let g = prepare(app, &opts, &api::OLLAMA, ids, "prompt", "stop")?;
+    let rx = submit(app, g)?;
+    if stream {
+        return Ok(ollama_stream(rx, model, |t| ("response", json!(t))));
+    }
+    let (text, r) = collect(rx).await?;
+    Ok(json_response(
+        200,
+        &ollama_done(&model, &r, ("response", json!(text))),
+    ))
+}
+
+async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    match ollama_chat_inner(&app, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(Dialect::Ollama, &e),
+    }
+}
+
+async fn ollama_chat_inner(
+    app: &Server,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let m = body_object(body)?;
+    check_model(app, &m, Dialect::Ollama)?;
+    let opts = ollama_options(&m)?;
+    let turns = api::messages(&m)?;
+    let stream = api::boolean(&m, "stream")?.unwrap_or(true);
+    let text = format_chat(app, &turns)?;
+    let ids = tokenize(app, &text, true, "messages")?;
+    let g = prepare(app, &opts, &api::OLLAMA, ids, "messages", "stop")?;
+    let rx = submit(app, g)?;
+    let model = app.info.name.clone();
+    let msg = |t: &str| ("message", json!({"role": "assistant", "content": t}));
+    if stream {
+        return Ok(ollama_stream(rx, model, msg));
+    }
+    let (text, r) = collect(rx).await?;
+    Ok(json_response(200, &ollama_done(&model, &r, msg(&text))))
+}
+
+fn details(app: &Server) -> Value {
+    let p = app.info.n_params as f64;
+    let size = if p >= 1e9 {
+        format!("{:.1}B", p / 1e9)
+    } else {
+        format!("{:.0}M", p / 1e6)
+    };
+    json!({"parent_model": "", "format": "gguf", "family": app.info.arch,
+           "families": [app.info.arch], "parameter_size": size,
+           "quantization_level": app.info.quant})
+}
+
+async fn ollama_tags(State(app): State<App>) -> Response {
+    let modified = std::fs::metadata(&app.info.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    json_response(
+        200,
+        &json!({"models": [{
+            "name": app.info.name, "model": app.info.name, "modified_at": rfc3339(modified),
+            "size": app.info.size_bytes, "digest": "", "details": details(&app),
+        }]}),
+    )
+}
+
+async fn ollama_show(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let m = body_object(body)?;
+        let name = api::string(&m, "model")?
+            .or(api::string(&m, "name")?)
+            .ok_or_else(|| ApiError::bad("model", "model must be a string"))?
+            .to_string();
+        let mut one = Map::new();
+        one.insert("model".into(), Value::String(name));
+        check_model(&app, &one, Dialect::Ollama)?;
+        Ok(json!({
+            "license": "", "modelfile": format!("FROM {}\n", app.info.path.display()),
+            "parameters": "", "template": app.template_text, "details": details(&app),
+            "model_info": {"general.architecture": app.info.arch,
+                           "general.parameter_count": app.info.n_params,
+                           "jq.engine": app.info.engine,
+                           "jq.context_length": app.n_ctx},
+            "capabilities": ["completion"],
+            "modified_at": rfc3339(now_s()),
+        }))
+    })();
+    match r {
+        Ok(v) => json_response(200, &v),
+        Err(e) => error_response(Dialect::Ollama, &e),
+    }
+}
+
+/// Serves `app` on `listener` until Ctrl-C (or SIGTERM).
+pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("installing the SIGTERM handler");
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            #[cfg(not(unix))]
+            let _ = ctrl_c.await;
+            eprintln!("serve: shutting down");
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+}
