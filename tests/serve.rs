@@ -663,6 +663,25 @@ fn greedy_server_output_equals_the_cli_on_the_native_engine() {
 
 #[test]
 fn eight_clients_on_parallel_4_get_what_they_get_alone() {
+    eight_clients(&["--parallel", "4", "-c", "256"]);
+}
+
+/// The same on `--stream-layers` with most layers streamed: the active sequences' next tokens
+/// go through one sweep of the weights per step (tests/stream.rs checks the sweep count).
+#[test]
+fn eight_clients_on_parallel_4_stream_layers_get_what_they_get_alone() {
+    eight_clients(&[
+        "--parallel",
+        "4",
+        "-c",
+        "256",
+        "--stream-layers",
+        "--vram-budget",
+        "208MiB",
+    ]);
+}
+
+fn eight_clients(args: &[&str]) {
     let m = real();
     let l = Llama::load(&m).unwrap();
     let prompts = [
@@ -681,7 +700,17 @@ fn eight_clients_on_parallel_4_get_what_they_get_alone() {
     // this bound. Measured: a step with a margin of 0.16 flipped under batching; a wrong
     // position or a mixed-up sequence changes tokens whose margins are several units.
     const BOUND: f32 = 0.5;
-    let srv = Server::start(&m, &["--parallel", "4", "-c", "256"]);
+    let srv = Server::start(&m, args);
+    if args.contains(&"--stream-layers") {
+        let log = srv.log.lock().unwrap().clone();
+        let streamed = log
+            .split("streamed layers (")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        assert!(streamed >= 9, "most layers must stream:\n{log}");
+    }
     let got: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = prompts
             .iter()

@@ -237,7 +237,8 @@ struct ServeCli {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Sequences decoded together (llama.cpp engine: one context holding N sequences, a new
-    /// request joins at the next step). Also -np.
+    /// request joins at the next step; --stream-layers: N sequences whose next tokens go
+    /// through one sweep of the streamed weights per step). Also -np.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.
@@ -1326,17 +1327,24 @@ fn serve(s: &ServeCli) -> Result<()> {
             n_ctx,
             n_ubatch: m.batch_size.unwrap_or(512).clamp(1, n_ctx),
             n_ubatch_auto: m.batch_size.is_none(),
+            // --parallel N: N sequences whose next tokens share one sweep of the weights.
+            n_seq: s.parallel,
             ..jq::engine::stream::StreamOptions::default()
         };
         let (p, v) = (path.clone(), voc.clone());
+        let parallel = s.parallel;
         std::thread::spawn(move || {
-            let st = match jq::engine::stream::Streamer::open(&p, &opts) {
+            let mut st = match jq::engine::stream::Streamer::open(&p, &opts) {
                 Ok(st) => st,
                 Err(e) => return drop(ready_tx.send(Err(format!("{}: {e:#}", p.display())))),
             };
             eprintln!("{}", st.plan());
             let _ = ready_tx.send(Ok(()));
-            worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
+            if parallel > 1 {
+                worker::run_stream(&mut st, &*v, n_ctx as usize, jobs_rx);
+            } else {
+                worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
+            }
         });
         let tt = m
             .chat_template
@@ -1389,7 +1397,7 @@ fn serve(s: &ServeCli) -> Result<()> {
         Ok(Err(e)) => bail!("{e}"),
         Err(_) => bail!("the engine thread ended while loading"),
     }
-    if engine_name != "llama.cpp" && s.parallel > 1 {
+    if engine_name == "native" && s.parallel > 1 {
         eprintln!("serve: the {engine_name} engine serves one request at a time; --parallel {} requests wait in its queue", s.parallel);
     }
     let info = ModelInfo {
@@ -1430,7 +1438,7 @@ fn serve(s: &ServeCli) -> Result<()> {
             "serve: listening on http://{addr} (model '{}', {} engine, {} x {} positions)",
             app.info.name,
             app.info.engine,
-            if app.info.engine == "llama.cpp" {
+            if app.info.engine != "native" {
                 s.parallel
             } else {
                 1

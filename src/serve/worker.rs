@@ -431,3 +431,147 @@ mod tests {
         assert_eq!(t.finish(), "\u{FFFD}");
     }
 }
+
+// ---------------------------------------------------------------- --stream-layers: N sequences
+
+/// One active request of [`run_stream`].
+struct StreamSlot {
+    job: Job,
+    sampler: Sampler,
+    history: Vec<u32>,
+    /// The last step's logits for this sequence (None until its prompt ran).
+    logits: Option<Vec<f32>>,
+    generated: usize,
+    out: TextOut,
+    start: Instant,
+    prompt_done: Option<Instant>,
+}
+
+/// The `--stream-layers` loop with `--parallel N`: the executor holds N sequences
+/// ([`crate::engine::stream::StreamOptions::n_seq`]); a new request's prompt runs on its own
+/// sequence (compute-bound: one sweep per micro-batch), then every active sequence's next
+/// token goes through one decode step together, so one pass over the streamed weights serves
+/// all of them. A request that arrives joins at the next step; one that ends or whose client
+/// went away frees its sequence. Sampling is jq's sampler, as on the one-sequence path.
+pub fn run_stream(
+    st: &mut crate::engine::stream::Streamer,
+    vocab: &dyn Pieces,
+    n_ctx: usize,
+    jobs: Receiver<Job>,
+) {
+    let n_seq = st.n_seq();
+    let mut slots: Vec<Option<StreamSlot>> = (0..n_seq).map(|_| None).collect();
+    let admit = |job: Job| StreamSlot {
+        sampler: Sampler::new(job.sampler.clone()),
+        history: job.prompt.clone(),
+        out: TextOut::new(job.stop.clone()),
+        job,
+        logits: None,
+        generated: 0,
+        start: Instant::now(),
+        prompt_done: None,
+    };
+    loop {
+        if slots.iter().all(Option::is_none) {
+            match jobs.recv() {
+                Ok(j) => slots[0] = Some(admit(j)),
+                Err(_) => return,
+            }
+        }
+        while let Some(free) = slots.iter().position(Option::is_none) {
+            match jobs.try_recv() {
+                Ok(j) => slots[free] = Some(admit(j)),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        for s in slots.iter_mut() {
+            if s.as_ref().is_some_and(|s| s.job.events.is_closed()) {
+                *s = None;
+            }
+        }
+        // New prompts, one sequence at a time.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            if s.logits.is_some() {
+                continue;
+            }
+            st.clear_seq(i);
+            match st.eval_seq(i, &s.job.prompt, false) {
+                Ok(l) => {
+                    s.logits = Some(l);
+                    s.prompt_done = Some(Instant::now());
+                }
+                Err(e) => {
+                    let _ = s.job.events.send(Event::Failed(format!("{e:#}")));
+                    *slot = None;
+                }
+            }
+        }
+        // Sample every sequence with logits; those that go on feed one decode step.
+        let mut items = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            let Some(mut logits) = s.logits.take() else {
+                continue;
+            };
+            let id = s.sampler.sample(&mut logits, &s.history);
+            let finish = if vocab.is_eog(id) {
+                Some(Finish::Eos)
+            } else {
+                s.generated += 1;
+                let (text, stopped) = s.out.push(&vocab.piece(id));
+                if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
+                    *slot = None;
+                    continue;
+                }
+                if stopped {
+                    Some(Finish::StopString)
+                } else if s.generated >= s.job.max_tokens || st.n_past_of(i) >= n_ctx {
+                    Some(Finish::Length)
+                } else {
+                    None
+                }
+            };
+            if let Some(f) = finish {
+                let rest = s.out.finish();
+                if f != Finish::StopString && !rest.is_empty() {
+                    let _ = s.job.events.send(Event::Text(rest));
+                }
+                let pd = s.prompt_done.unwrap_or(s.start);
+                let _ = s.job.events.send(Event::Done(Report {
+                    prompt_tokens: s.job.prompt.len(),
+                    generated_tokens: s.generated,
+                    finish: f,
+                    prompt_time: pd - s.start,
+                    decode_time: pd.elapsed(),
+                }));
+                *slot = None;
+                continue;
+            }
+            s.history.push(id);
+            items.push((i, id));
+        }
+        if items.is_empty() {
+            continue;
+        }
+        match st.decode(&items) {
+            Ok(ls) => {
+                for ((i, _), l) in items.iter().zip(ls) {
+                    if let Some(s) = slots[*i].as_mut() {
+                        s.logits = Some(l);
+                    }
+                }
+            }
+            Err(e) => {
+                // The executor refuses every later step after a failed one.
+                for s in slots.iter_mut().filter_map(Option::take) {
+                    let _ = s.job.events.send(Event::Failed(format!("{e:#}")));
+                }
+                while let Ok(j) = jobs.recv() {
+                    let _ = j.events.send(Event::Failed(format!("{e:#}")));
+                }
+                return;
+            }
+        }
+    }
+}
