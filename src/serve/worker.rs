@@ -411,27 +411,6 @@ fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> 
         .map_err(|_| anyhow!("the client went away"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TextOut;
-
-    #[test]
-    fn split_utf8_and_stop_strings() {
-        let mut t = TextOut::new(vec!["END".into()]);
-        assert_eq!(t.push("é".as_bytes().split_at(1).0), (String::new(), false));
-        assert_eq!(t.push(&"é".as_bytes()[1..]), ("é".into(), false));
-        assert_eq!(t.push(b"ab E"), ("ab ".into(), false));
-        assert_eq!(t.push(b"N"), (String::new(), false));
-        assert_eq!(t.push(b"x"), ("ENx".into(), false));
-        assert_eq!(t.push(b"yEN"), ("y".into(), false));
-        assert_eq!(t.push(b"D tail"), (String::new(), true));
-        let mut t = TextOut::new(vec![]);
-        assert_eq!(t.push(&[0xff, b'a']), ("\u{FFFD}a".into(), false));
-        assert_eq!(t.push(&[0xe2, 0x82]), (String::new(), false));
-        assert_eq!(t.finish(), "\u{FFFD}");
-    }
-}
-
 // ---------------------------------------------------------------- --stream-layers: N sequences
 
 /// One active request of [`run_stream`].
@@ -573,5 +552,26 @@ pub fn run_stream(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextOut;
+
+    #[test]
+    fn split_utf8_and_stop_strings() {
+        let mut t = TextOut::new(vec!["END".into()]);
+        assert_eq!(t.push("é".as_bytes().split_at(1).0), (String::new(), false));
+        assert_eq!(t.push(&"é".as_bytes()[1..]), ("é".into(), false));
+        assert_eq!(t.push(b"ab E"), ("ab ".into(), false));
+        assert_eq!(t.push(b"N"), (String::new(), false));
+        assert_eq!(t.push(b"x"), ("ENx".into(), false));
+        assert_eq!(t.push(b"yEN"), ("y".into(), false));
+        assert_eq!(t.push(b"D tail"), (String::new(), true));
+        let mut t = TextOut::new(vec![]);
+        assert_eq!(t.push(&[0xff, b'a']), ("\u{FFFD}a".into(), false));
+        assert_eq!(t.push(&[0xe2, 0x82]), (String::new(), false));
+        assert_eq!(t.finish(), "\u{FFFD}");
     }
 }
