@@ -303,20 +303,7 @@ pub fn gemma3_header_with(
     if let Some(c) = d.final_logit_softcapping {
         w.add("gemma3.final_logit_softcapping", c)?;
     }
-    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
-    w.add("tokenizer.ggml.model", "llama")?;
-    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
-    w.add(
-        "tokenizer.ggml.scores",
-        MetaValue::array(ValueType::F32, scores.iter().copied()),
-    )?;
-    w.add(
-        "tokenizer.ggml.token_type",
-        MetaValue::array(ValueType::I32, types.iter().copied()),
-    )?;
-    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
-    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
-    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
+    add_spm_vocab(&mut w, n_vocab)?;
     w.add("tokenizer.ggml.padding_token_id", 0u32)?;
     w.add("tokenizer.ggml.add_bos_token", true)?;
     w.add("tokenizer.ggml.add_eos_token", false)?;
@@ -392,6 +379,26 @@ pub fn write_gemma3(path: &Path, d: Gemma3Dims, n_vocab: u64, ty: GgmlType) -> R
     })
 }
 
+/// A SentencePiece (`llama` tokenizer model) vocabulary of `n_vocab` entries in the
+/// [`gemma3_vocab`] layout, with its BOS/EOS/UNK ids.
+fn add_spm_vocab(w: &mut GgufWriter, n_vocab: u64) -> Result<()> {
+    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
+    w.add("tokenizer.ggml.model", "llama")?;
+    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
+    w.add(
+        "tokenizer.ggml.scores",
+        MetaValue::array(ValueType::F32, scores.iter().copied()),
+    )?;
+    w.add(
+        "tokenizer.ggml.token_type",
+        MetaValue::array(ValueType::I32, types.iter().copied()),
+    )?;
+    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
+    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
+    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
+    Ok(())
+}
+
 /// Dimensions of a Llama-shaped model (`general.architecture = "llama"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlamaDims {
@@ -446,20 +453,7 @@ pub fn llama_header_with(
     w.add("llama.rope.dimension_count", d.head_dim as u32)?;
     w.add("llama.rope.freq_base", d.rope_base)?;
     w.add("llama.vocab_size", n_vocab as u32)?;
-    let (tokens, scores, types) = gemma3_vocab(n_vocab as usize);
-    w.add("tokenizer.ggml.model", "llama")?;
-    w.add("tokenizer.ggml.tokens", MetaValue::strings(&tokens))?;
-    w.add(
-        "tokenizer.ggml.scores",
-        MetaValue::array(ValueType::F32, scores.iter().copied()),
-    )?;
-    w.add(
-        "tokenizer.ggml.token_type",
-        MetaValue::array(ValueType::I32, types.iter().copied()),
-    )?;
-    w.add("tokenizer.ggml.bos_token_id", 2u32)?;
-    w.add("tokenizer.ggml.eos_token_id", 1u32)?;
-    w.add("tokenizer.ggml.unknown_token_id", 3u32)?;
+    add_spm_vocab(&mut w, n_vocab)?;
     let dim = |x: &Dim| match x {
         Dim::Embd => d.n_embd,
         Dim::Q => d.n_head * d.head_dim,
