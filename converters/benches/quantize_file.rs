@@ -61,6 +61,8 @@ fn main() {
                         ours.to_str().unwrap(),
                         "--type",
                         ty,
+                        // The anchor is llama.cpp's pure mode; ours defaults to the mixture.
+                        "--pure",
                     ])
                     .env("RAYON_NUM_THREADS", threads.to_string())
                     .stderr(std::process::Stdio::null())
