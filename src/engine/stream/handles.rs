@@ -238,17 +238,9 @@ pub(crate) unsafe fn cpu_extra_bufts(
     // SAFETY: the caller's contract; the registry returns a function of the documented type
     // (ggml-backend.h: ggml_backend_dev_get_extra_bufts_t) and a null-terminated array.
     unsafe {
-        let reg = sys::ggml_backend_dev_backend_reg(dev);
-        if reg.is_null() {
+        let Some(f) = proc_address(dev, c"ggml_backend_dev_get_extra_bufts") else {
             return v;
-        }
-        let f = sys::ggml_backend_reg_get_proc_address(
-            reg,
-            c"ggml_backend_dev_get_extra_bufts".as_ptr(),
-        );
-        if f.is_null() {
-            return v;
-        }
+        };
         let f: unsafe extern "C" fn(
             sys::ggml_backend_dev_t,
         ) -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
@@ -259,6 +251,25 @@ pub(crate) unsafe fn cpu_extra_bufts(
         }
     }
     v
+}
+
+/// The function `name` of the registry `dev` belongs to, if it exports one.
+///
+/// # Safety
+/// `dev` is a registered device.
+unsafe fn proc_address(
+    dev: sys::ggml_backend_dev_t,
+    name: &std::ffi::CStr,
+) -> Option<*mut std::ffi::c_void> {
+    // SAFETY: the caller's contract; null is checked.
+    unsafe {
+        let reg = sys::ggml_backend_dev_backend_reg(dev);
+        if reg.is_null() {
+            return None;
+        }
+        let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+        (!f.is_null()).then_some(f)
+    }
 }
 
 /// Whether `t`, placed in `buf`, sits in a `CPU_REPACK` buffer without ggml's repack traits
@@ -294,14 +305,9 @@ pub(crate) unsafe fn set_n_threads(backend: sys::ggml_backend_t, n: i32) -> bool
         if dev.is_null() {
             return false;
         }
-        let reg = sys::ggml_backend_dev_backend_reg(dev);
-        if reg.is_null() {
+        let Some(f) = proc_address(dev, c"ggml_backend_set_n_threads") else {
             return false;
-        }
-        let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_set_n_threads".as_ptr());
-        if f.is_null() {
-            return false;
-        }
+        };
         let f: unsafe extern "C" fn(sys::ggml_backend_t, i32) = std::mem::transmute(f);
         f(backend, n.max(1));
         true

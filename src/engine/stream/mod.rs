@@ -606,10 +606,7 @@ impl Streamer {
             at += chunk.len();
             self.n_past[seq] = at;
         }
-        stats.total_s = t_step.elapsed().as_secs_f64();
-        stats.peak_rss = crate::engine::peak_rss();
-        self.steps.push(stats);
-        self.check_driver()?;
+        self.record_step(stats, t_step)?;
         Ok(logits)
     }
 
@@ -673,12 +670,17 @@ impl Streamer {
         for &(s, _) in items {
             self.n_past[s] += 1;
         }
+        self.record_step(stats, t_step)?;
+        let v = self.p.hp.n_vocab as usize;
+        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Keeps a finished step's statistics and checks the driver's memory figure.
+    fn record_step(&mut self, mut stats: StepStats, t_step: Instant) -> Result<()> {
         stats.total_s = t_step.elapsed().as_secs_f64();
         stats.peak_rss = crate::engine::peak_rss();
         self.steps.push(stats);
-        self.check_driver()?;
-        let v = self.p.hp.n_vocab as usize;
-        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
+        self.check_driver()
     }
 
     /// What every step refuses: a failed executor, no tokens, ids outside the vocabulary.
