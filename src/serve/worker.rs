@@ -321,18 +321,15 @@ pub fn run_llama(
                 }
             };
             if let Some(f) = finish {
-                let rest = s.out.finish();
-                if f != Finish::StopString && !rest.is_empty() {
-                    let _ = s.job.events.send(Event::Text(rest));
-                }
                 let pd = s.prompt_done.unwrap_or(s.start);
-                let _ = s.job.events.send(Event::Done(Report {
-                    prompt_tokens: s.job.prompt.len(),
-                    generated_tokens: s.generated,
-                    finish: f,
-                    prompt_time: pd - s.start,
-                    decode_time: pd.elapsed(),
-                }));
+                let _ = finish_job(
+                    &s.job,
+                    &mut s.out,
+                    f,
+                    s.generated,
+                    pd - s.start,
+                    pd.elapsed(),
+                );
                 *slot = None;
                 ctx.clear_kv_cache_seq(Some(i as u32), None, None).ok();
             }
@@ -396,6 +393,18 @@ fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> 
         logits = engine.push(id)?;
         n_past += 1;
     };
+    finish_job(&job, &mut out, finish, generated, prompt_time, t1.elapsed())
+}
+
+/// The end of a job: the held text (unless a stop string ended it), then its report.
+fn finish_job(
+    job: &Job,
+    out: &mut TextOut,
+    finish: Finish,
+    generated: usize,
+    prompt_time: Duration,
+    decode_time: Duration,
+) -> Result<()> {
     let rest = out.finish();
     if finish != Finish::StopString && !rest.is_empty() {
         let _ = job.events.send(Event::Text(rest));
@@ -406,7 +415,7 @@ fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> 
             generated_tokens: generated,
             finish,
             prompt_time,
-            decode_time: t1.elapsed(),
+            decode_time,
         }))
         .map_err(|_| anyhow!("the client went away"))
 }
@@ -512,18 +521,15 @@ pub fn run_stream(
                 }
             };
             if let Some(f) = finish {
-                let rest = s.out.finish();
-                if f != Finish::StopString && !rest.is_empty() {
-                    let _ = s.job.events.send(Event::Text(rest));
-                }
                 let pd = s.prompt_done.unwrap_or(s.start);
-                let _ = s.job.events.send(Event::Done(Report {
-                    prompt_tokens: s.job.prompt.len(),
-                    generated_tokens: s.generated,
-                    finish: f,
-                    prompt_time: pd - s.start,
-                    decode_time: pd.elapsed(),
-                }));
+                let _ = finish_job(
+                    &s.job,
+                    &mut s.out,
+                    f,
+                    s.generated,
+                    pd - s.start,
+                    pd.elapsed(),
+                );
                 *slot = None;
                 continue;
             }
