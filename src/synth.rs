@@ -1,6 +1,7 @@
 //! Synthetic GGUF models for tests and benchmarks: deterministic weights, real layouts that
 //! llama.cpp's loader accepts. Nothing here is a trained model.
 
+use crate::arch::{keys, Dim, Family, TensorSpec, OUTPUT, TOKEN_EMBD};
 use crate::gguf::{GgufError, GgufWriter, MetaValue, Result, ValueType};
 use crate::quant::{quantize_to_vec, GgmlType};
 use std::path::Path;
@@ -279,29 +280,30 @@ pub fn gemma3_header_with(
     rope_scaling: Option<f32>,
     ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
 ) -> Result<GgufWriter> {
+    let a = Family::Gemma3.arch();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", "gemma3")?;
+    w.add("general.architecture", a)?;
     w.add("general.name", name)?;
     w.add("general.file_type", file_type)?;
-    w.add("gemma3.context_length", d.n_ctx as u32)?;
-    w.add("gemma3.embedding_length", d.n_embd as u32)?;
-    w.add("gemma3.block_count", d.n_layer as u32)?;
-    w.add("gemma3.feed_forward_length", d.n_ff as u32)?;
-    w.add("gemma3.attention.head_count", d.n_head as u32)?;
-    w.add("gemma3.attention.head_count_kv", d.n_head_kv as u32)?;
-    w.add("gemma3.attention.layer_norm_rms_epsilon", 1e-6f32)?;
-    w.add("gemma3.attention.key_length", d.head_dim as u32)?;
-    w.add("gemma3.attention.value_length", d.head_dim as u32)?;
-    w.add("gemma3.rope.freq_base", 1_000_000f32)?;
-    w.add("gemma3.rope.freq_base_swa", 10_000f32)?;
+    w.add(keys::of(a, keys::CONTEXT_LENGTH), d.n_ctx as u32)?;
+    w.add(keys::of(a, keys::EMBEDDING_LENGTH), d.n_embd as u32)?;
+    w.add(keys::of(a, keys::BLOCK_COUNT), d.n_layer as u32)?;
+    w.add(keys::of(a, keys::FEED_FORWARD_LENGTH), d.n_ff as u32)?;
+    w.add(keys::of(a, keys::HEAD_COUNT), d.n_head as u32)?;
+    w.add(keys::of(a, keys::HEAD_COUNT_KV), d.n_head_kv as u32)?;
+    w.add(keys::of(a, keys::RMS_EPS), 1e-6f32)?;
+    w.add(keys::of(a, keys::KEY_LENGTH), d.head_dim as u32)?;
+    w.add(keys::of(a, keys::VALUE_LENGTH), d.head_dim as u32)?;
+    w.add(keys::of(a, keys::ROPE_FREQ_BASE), 1_000_000f32)?;
+    w.add(keys::of(a, keys::ROPE_FREQ_BASE_SWA), 10_000f32)?;
     if let Some(f) = rope_scaling {
-        w.add("gemma3.rope.scaling.type", "linear")?;
-        w.add("gemma3.rope.scaling.factor", f)?;
+        w.add(keys::of(a, keys::ROPE_SCALING_TYPE), "linear")?;
+        w.add(keys::of(a, keys::ROPE_SCALING_FACTOR), f)?;
     }
-    w.add("gemma3.attention.sliding_window", d.sliding_window)?;
-    w.add("gemma3.attention.sliding_window_pattern", d.swa_pattern)?;
+    w.add(keys::of(a, keys::SLIDING_WINDOW), d.sliding_window)?;
+    w.add(keys::of(a, keys::SLIDING_WINDOW_PATTERN), d.swa_pattern)?;
     if let Some(c) = d.final_logit_softcapping {
-        w.add("gemma3.final_logit_softcapping", c)?;
+        w.add(keys::of(a, keys::FINAL_LOGIT_SOFTCAPPING), c)?;
     }
     add_spm_vocab(&mut w, n_vocab)?;
     w.add("tokenizer.ggml.padding_token_id", 0u32)?;
@@ -310,49 +312,69 @@ pub fn gemma3_header_with(
     w.add("tokenizer.ggml.add_space_prefix", false)?;
     w.add("tokenizer.chat_template", GEMMA3_CHAT_TEMPLATE)?;
 
-    let (e, f, hd) = (d.n_embd, d.n_ff, d.head_dim);
-    let (q, kv) = (d.n_head * hd, d.n_head_kv * hd);
-    let nl = d.n_layer;
-    let embd = ty_of(WeightSlot {
-        kind: "token_embd",
-        layer: None,
-        n_layer: nl,
-        ne0: e,
-    });
-    let mut tensors: Vec<(String, GgmlType, Vec<u64>)> =
-        vec![("token_embd.weight".into(), embd, vec![e, n_vocab])];
-    for l in 0..nl {
-        let b = |s: &str| format!("blk.{l}.{s}");
-        let m = |kind: &str, ne: Vec<u64>| {
-            let ty = ty_of(WeightSlot {
-                kind,
-                layer: Some(l),
-                n_layer: nl,
-                ne0: ne[0],
-            });
-            (b(&format!("{kind}.weight")), ty, ne)
-        };
-        tensors.extend([
-            (b("attn_norm.weight"), GgmlType::F32, vec![e]),
-            m("attn_q", vec![e, q]),
-            m("attn_k", vec![e, kv]),
-            m("attn_v", vec![e, kv]),
-            m("attn_output", vec![q, e]),
-            (b("attn_q_norm.weight"), GgmlType::F32, vec![hd]),
-            (b("attn_k_norm.weight"), GgmlType::F32, vec![hd]),
-            (b("post_attention_norm.weight"), GgmlType::F32, vec![e]),
-            (b("ffn_norm.weight"), GgmlType::F32, vec![e]),
-            m("ffn_gate", vec![e, f]),
-            m("ffn_up", vec![e, f]),
-            m("ffn_down", vec![f, e]),
-            (b("post_ffw_norm.weight"), GgmlType::F32, vec![e]),
-        ]);
-    }
-    tensors.push(("output_norm.weight".into(), GgmlType::F32, vec![e]));
+    let dim = |x| {
+        dim_size(
+            x,
+            [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab],
+        )
+    };
+    // Tied: no `output.weight` (the head is the embedding).
+    let tensors = family_tensors(Family::Gemma3, d.n_layer, false, dim, ty_of);
     for (name, ty, ne) in &tensors {
         w.add_tensor(name, *ty, ne)?;
     }
     Ok(w)
+}
+
+/// A table dimension's size from `[n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab]`.
+fn dim_size(x: Dim, [embd, head, head_kv, head_dim, ff, vocab]: [u64; 6]) -> u64 {
+    match x {
+        Dim::Embd => embd,
+        Dim::Q => head * head_dim,
+        Dim::Kv => head_kv * head_dim,
+        Dim::HeadDim => head_dim,
+        Dim::Ff => ff,
+        Dim::Vocab => vocab,
+        Dim::HalfRot => head_dim / 2,
+    }
+}
+
+/// The tensors of a `family` file from `jq::arch`'s tables, in their order: the embedding,
+/// every required layer tensor, the required globals and, when `untied`, `output.weight`;
+/// shapes from `dim`, 2-D weights typed by `ty_of`, 1-D ones F32.
+fn family_tensors(
+    family: Family,
+    n_layer: u64,
+    untied: bool,
+    dim: impl Fn(Dim) -> u64,
+    ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
+) -> Vec<(String, GgmlType, Vec<u64>)> {
+    let typed = |s: &TensorSpec, layer: Option<u64>| {
+        let ne: Vec<u64> = s.dims.iter().map(|&x| dim(x)).collect();
+        let ty = if ne.len() == 1 {
+            GgmlType::F32
+        } else {
+            ty_of(WeightSlot {
+                kind: s.name.trim_end_matches(".weight"),
+                layer,
+                n_layer,
+                ne0: ne[0],
+            })
+        };
+        (s.name_in(layer.map(|l| l as usize)), ty, ne)
+    };
+    let mut tensors = vec![typed(&TOKEN_EMBD, None)];
+    for l in 0..n_layer {
+        for s in family.layer_tensors().iter().filter(|s| s.required) {
+            tensors.push(typed(s, Some(l)));
+        }
+    }
+    for s in family.global_tensors() {
+        if s.required || (untied && s.name == OUTPUT.name) {
+            tensors.push(typed(s, None));
+        }
+    }
+    tensors
 }
 
 /// Writes a Gemma-3 shaped GGUF ([`gemma3_header`]) with deterministic random weights: norm
@@ -438,56 +460,29 @@ pub fn llama_header_with(
     file_type: u32,
     ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
 ) -> Result<GgufWriter> {
-    use crate::arch::{Dim, Family, TensorSpec, OUTPUT, TOKEN_EMBD};
+    let a = Family::Llama.arch();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", "llama")?;
+    w.add("general.architecture", a)?;
     w.add("general.name", name)?;
     w.add("general.file_type", file_type)?;
-    w.add("llama.context_length", d.n_ctx as u32)?;
-    w.add("llama.embedding_length", d.n_embd as u32)?;
-    w.add("llama.block_count", d.n_layer as u32)?;
-    w.add("llama.feed_forward_length", d.n_ff as u32)?;
-    w.add("llama.attention.head_count", d.n_head as u32)?;
-    w.add("llama.attention.head_count_kv", d.n_head_kv as u32)?;
-    w.add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)?;
-    w.add("llama.rope.dimension_count", d.head_dim as u32)?;
-    w.add("llama.rope.freq_base", d.rope_base)?;
-    w.add("llama.vocab_size", n_vocab as u32)?;
+    w.add(keys::of(a, keys::CONTEXT_LENGTH), d.n_ctx as u32)?;
+    w.add(keys::of(a, keys::EMBEDDING_LENGTH), d.n_embd as u32)?;
+    w.add(keys::of(a, keys::BLOCK_COUNT), d.n_layer as u32)?;
+    w.add(keys::of(a, keys::FEED_FORWARD_LENGTH), d.n_ff as u32)?;
+    w.add(keys::of(a, keys::HEAD_COUNT), d.n_head as u32)?;
+    w.add(keys::of(a, keys::HEAD_COUNT_KV), d.n_head_kv as u32)?;
+    w.add(keys::of(a, keys::RMS_EPS), 1e-5f32)?;
+    w.add(keys::of(a, keys::ROPE_DIMENSION_COUNT), d.head_dim as u32)?;
+    w.add(keys::of(a, keys::ROPE_FREQ_BASE), d.rope_base)?;
+    w.add(keys::of(a, keys::VOCAB_SIZE), n_vocab as u32)?;
     add_spm_vocab(&mut w, n_vocab)?;
-    let dim = |x: &Dim| match x {
-        Dim::Embd => d.n_embd,
-        Dim::Q => d.n_head * d.head_dim,
-        Dim::Kv => d.n_head_kv * d.head_dim,
-        Dim::HeadDim => d.head_dim,
-        Dim::Ff => d.n_ff,
-        Dim::Vocab => n_vocab,
-        Dim::HalfRot => d.head_dim / 2,
+    let dim = |x| {
+        dim_size(
+            x,
+            [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab],
+        )
     };
-    let typed = |s: &TensorSpec, layer: Option<u64>| {
-        let ne: Vec<u64> = s.dims.iter().map(dim).collect();
-        let ty = if ne.len() == 1 {
-            GgmlType::F32
-        } else {
-            ty_of(WeightSlot {
-                kind: s.name.trim_end_matches(".weight"),
-                layer,
-                n_layer: d.n_layer,
-                ne0: ne[0],
-            })
-        };
-        (s.name_in(layer.map(|l| l as usize)), ty, ne)
-    };
-    let mut tensors = vec![typed(&TOKEN_EMBD, None)];
-    for l in 0..d.n_layer {
-        for s in Family::Llama.layer_tensors().iter().filter(|s| s.required) {
-            tensors.push(typed(s, Some(l)));
-        }
-    }
-    for s in Family::Llama.global_tensors() {
-        if s.required || s.name == OUTPUT.name {
-            tensors.push(typed(s, None));
-        }
-    }
+    let tensors = family_tensors(Family::Llama, d.n_layer, true, dim, ty_of);
     for (name, ty, ne) in &tensors {
         w.add_tensor(name, *ty, ne)?;
     }

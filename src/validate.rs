@@ -15,7 +15,7 @@
 //! native loader reads. The architectures-as-data issue later moves these tables beside the
 //! per-family code.
 
-use crate::arch::{swa, Dim, Family, Role, TensorSpec};
+use crate::arch::{keys, swa, Dim, Family, Role, TensorSpec};
 use crate::gguf::{GgufFile, GgufModel, TensorInfo, Value, ValueType};
 use crate::quant::GgmlType;
 use std::collections::HashMap;
@@ -269,15 +269,21 @@ fn check_tokens(f: &dyn Source) -> Result<Option<u64>> {
 /// The checks that protect llama.cpp's loader for any architecture.
 fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
     let k = |s: &str| format!("{arch}.{s}");
-    let n_layer = need(f, &k("block_count"))?;
-    check_block_count(f, &k("block_count"), n_layer, 1)?;
-    let n_ctx = need(f, &k("context_length"))?;
+    let n_layer = need(f, &k(keys::BLOCK_COUNT))?;
+    check_block_count(f, &k(keys::BLOCK_COUNT), n_layer, 1)?;
+    let n_ctx = need(f, &k(keys::CONTEXT_LENGTH))?;
     if n_ctx == 0 {
-        return Err(key_err(&k("context_length"), "is 0, must be at least 1"));
+        return Err(key_err(
+            &k(keys::CONTEXT_LENGTH),
+            "is 0, must be at least 1",
+        ));
     }
-    let n_embd = need(f, &k("embedding_length"))?;
+    let n_embd = need(f, &k(keys::EMBEDDING_LENGTH))?;
     if n_embd == 0 {
-        return Err(key_err(&k("embedding_length"), "is 0, must be at least 1"));
+        return Err(key_err(
+            &k(keys::EMBEDDING_LENGTH),
+            "is 0, must be at least 1",
+        ));
     }
     if let Some(n) = uint(f, &k("nextn_predict_layers"))? {
         if n > n_layer {
@@ -288,14 +294,14 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
         }
     }
     // Experts: llama.cpp's load_hparams asserts each of these.
-    let n_expert = uint(f, &k("expert_count"))?.unwrap_or(0);
+    let n_expert = uint(f, &k(keys::EXPERT_COUNT))?.unwrap_or(0);
     let used = per_layer(f, &k("expert_used_count"), n_layer)?
         .map_or(0, |v| v.into_iter().max().unwrap_or(0));
     let groups = uint(f, &k("expert_group_count"))?.unwrap_or(0);
     let group_used = uint(f, &k("expert_group_used_count"))?.unwrap_or(0);
     if n_expert > MAX_EXPERTS {
         return Err(key_err(
-            &k("expert_count"),
+            &k(keys::EXPERT_COUNT),
             format!("is {n_expert}, at most {MAX_EXPERTS}"),
         ));
     }
@@ -332,41 +338,38 @@ fn generic(f: &dyn Source, arch: &str) -> Result<Hparams> {
             format!("is {groups} without experts"),
         ));
     }
-    if let Some(v) = f.get(&k("rope.scaling.type")) {
+    if let Some(v) = f.get(&k(keys::ROPE_SCALING_TYPE)) {
         let s = v.as_str().unwrap_or("");
         if !["none", "linear", "yarn", "longrope"].contains(&s) {
             return Err(key_err(
-                &k("rope.scaling.type"),
+                &k(keys::ROPE_SCALING_TYPE),
                 format!("is '{s}', must be none, linear, yarn or longrope"),
             ));
         }
     }
     // ggml asserts eps >= 0 in its norms (a NaN fails that too).
-    for key in [
-        "attention.layer_norm_epsilon",
-        "attention.layer_norm_rms_epsilon",
-    ] {
+    for key in ["attention.layer_norm_epsilon", keys::RMS_EPS] {
         finite(f, &k(key), 0.0, false)?;
     }
-    let n_head = per_layer(f, &k("attention.head_count"), n_layer)?
-        .unwrap_or_else(|| vec![0; n_layer as usize]);
+    let n_head =
+        per_layer(f, &k(keys::HEAD_COUNT), n_layer)?.unwrap_or_else(|| vec![0; n_layer as usize]);
     let n_head_kv =
-        per_layer(f, &k("attention.head_count_kv"), n_layer)?.unwrap_or_else(|| n_head.clone());
+        per_layer(f, &k(keys::HEAD_COUNT_KV), n_layer)?.unwrap_or_else(|| n_head.clone());
     for (i, (&h, &kv)) in n_head.iter().zip(&n_head_kv).enumerate() {
         if h == 0 && kv > 0 {
             return Err(key_err(
-                &k("attention.head_count"),
+                &k(keys::HEAD_COUNT),
                 format!("is 0 at layer {i} with head_count_kv {kv}"),
             ));
         }
         if kv > h || (h > 0 && kv > 0 && !h.is_multiple_of(kv)) {
             return Err(key_err(
-                &k("attention.head_count_kv"),
+                &k(keys::HEAD_COUNT_KV),
                 format!("is {kv} at layer {i} for {h} heads: it must divide the head count"),
             ));
         }
     }
-    let n_ff = per_layer(f, &k("feed_forward_length"), n_layer)?
+    let n_ff = per_layer(f, &k(keys::FEED_FORWARD_LENGTH), n_layer)?
         .unwrap_or_else(|| vec![0; n_layer as usize]);
     let n_tokens = check_tokens(f)?;
     if let (Some(n), Some(t)) = (n_tokens, f.info("token_embd.weight")) {
@@ -463,11 +466,11 @@ fn n_vocab(f: &dyn Source, hp: &Hparams) -> Result<u64> {
 }
 
 fn head_dims(f: &dyn Source, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
-    let k = uint(f, &hp.key("attention.key_length"))?;
-    let v = uint(f, &hp.key("attention.value_length"))?;
+    let k = uint(f, &hp.key(keys::KEY_LENGTH))?;
+    let v = uint(f, &hp.key(keys::VALUE_LENGTH))?;
     if k.is_none() && !hp.n_embd.is_multiple_of(n_head) {
         return Err(key_err(
-            &hp.key("attention.head_count"),
+            &hp.key(keys::HEAD_COUNT),
             format!(
                 "is {n_head}, which does not divide embedding_length {}",
                 hp.n_embd
@@ -476,7 +479,7 @@ fn head_dims(f: &dyn Source, hp: &Hparams, n_head: u64) -> Result<(u64, u64)> {
     }
     let hk = k.unwrap_or(hp.n_embd / n_head);
     let hv = v.unwrap_or(hp.n_embd / n_head);
-    for (key, x) in [("attention.key_length", hk), ("attention.value_length", hv)] {
+    for (key, x) in [(keys::KEY_LENGTH, hk), (keys::VALUE_LENGTH, hv)] {
         if x == 0 {
             return Err(key_err(&hp.key(key), "is 0, must be at least 1"));
         }
@@ -498,24 +501,24 @@ fn exact_blocks(f: &dyn Source, key: &str, n_layer: u64) -> Result<()> {
 
 /// `llama_model_gemma3::load_arch_tensors`.
 fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
-    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
-    let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
-    let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
-    let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
+    exact_blocks(f, &hp.key(keys::BLOCK_COUNT), hp.n_layer)?;
+    let n_head = uniform(hp, &hp.n_head, keys::HEAD_COUNT, 1)?;
+    let n_kv = uniform(hp, &hp.n_head_kv, keys::HEAD_COUNT_KV, 1)?;
+    let n_ff = uniform(hp, &hp.n_ff, keys::FEED_FORWARD_LENGTH, 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
-    if f.get("gemma3.attention.layer_norm_rms_epsilon")
+    if f.get(&hp.key(keys::RMS_EPS))
         .and_then(|v| v.as_f64())
         .is_none()
     {
         return Err(key_err(
-            "gemma3.attention.layer_norm_rms_epsilon",
+            &hp.key(keys::RMS_EPS),
             "is missing or not a number",
         ));
     }
     // `load_swa_pattern(ml, 6)`: a sliding window with no sliding layer trips llama.cpp's
     // GGML_ASSERT(hparams.is_swa_any()) when the context is made.
-    if uint(f, &hp.key("attention.sliding_window"))?.unwrap_or(0) > 0 {
-        let key = hp.key("attention.sliding_window_pattern");
+    if uint(f, &hp.key(keys::SLIDING_WINDOW))?.unwrap_or(0) > 0 {
+        let key = hp.key(keys::SLIDING_WINDOW_PATTERN);
         let any = match f.get(&key) {
             Some(Value::Array(a)) => {
                 let v = swa::flags(&a).ok_or_else(|| {
@@ -549,10 +552,10 @@ fn gemma3(f: &dyn Source, hp: &Hparams) -> Result<()> {
         }
     }
     for (key, min, strict) in [
-        ("rope.freq_base", 0.0, true),
-        ("rope.freq_base_swa", 0.0, true),
-        ("rope.scaling.factor", 0.0, false),
-        ("final_logit_softcapping", 0.0, false),
+        (keys::ROPE_FREQ_BASE, 0.0, true),
+        (keys::ROPE_FREQ_BASE_SWA, 0.0, true),
+        (keys::ROPE_SCALING_FACTOR, 0.0, false),
+        (keys::FINAL_LOGIT_SOFTCAPPING, 0.0, false),
     ] {
         finite(f, &hp.key(key), min, strict)?;
     }
@@ -619,21 +622,21 @@ fn table_wants(
 /// `llama_model_llama` / `qwen2` / `qwen3::load_arch_tensors` (dense; a llama file with
 /// experts is left to llama.cpp's own checks, which report errors rather than abort).
 fn decoder(f: &dyn Source, hp: &Hparams) -> Result<()> {
-    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
-    if uint(f, &hp.key("expert_count"))?.unwrap_or(0) > 0 {
+    exact_blocks(f, &hp.key(keys::BLOCK_COUNT), hp.n_layer)?;
+    if uint(f, &hp.key(keys::EXPERT_COUNT))?.unwrap_or(0) > 0 {
         return Ok(());
     }
-    let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
-    let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
-    let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
+    let n_head = uniform(hp, &hp.n_head, keys::HEAD_COUNT, 1)?;
+    let n_kv = uniform(hp, &hp.n_head_kv, keys::HEAD_COUNT_KV, 1)?;
+    let n_ff = uniform(hp, &hp.n_ff, keys::FEED_FORWARD_LENGTH, 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
     for (key, min, strict) in [
-        ("rope.freq_base", 0.0, true),
-        ("rope.scaling.factor", 0.0, false),
+        (keys::ROPE_FREQ_BASE, 0.0, true),
+        (keys::ROPE_SCALING_FACTOR, 0.0, false),
     ] {
         finite(f, &hp.key(key), min, strict)?;
     }
-    let n_rot = uint(f, &hp.key("rope.dimension_count"))?.unwrap_or(hk);
+    let n_rot = uint(f, &hp.key(keys::ROPE_DIMENSION_COUNT))?.unwrap_or(hk);
     let family = Family::from_arch(&hp.arch).expect("a decoder family");
     let v = n_vocab(f, hp)?;
     let w = table_wants(f, hp, family, (hk, hv), (n_head, n_kv), n_ff, v, n_rot);
@@ -646,10 +649,10 @@ fn decoder(f: &dyn Source, hp: &Hparams) -> Result<()> {
 
 /// `llama_model_gpt2::load_arch_tensors`.
 fn gpt2(f: &dyn Source, hp: &Hparams) -> Result<()> {
-    exact_blocks(f, &hp.key("block_count"), hp.n_layer)?;
-    let n_head = uniform(hp, &hp.n_head, "attention.head_count", 1)?;
-    let n_kv = uniform(hp, &hp.n_head_kv, "attention.head_count_kv", 1)?;
-    let n_ff = uniform(hp, &hp.n_ff, "feed_forward_length", 1)?;
+    exact_blocks(f, &hp.key(keys::BLOCK_COUNT), hp.n_layer)?;
+    let n_head = uniform(hp, &hp.n_head, keys::HEAD_COUNT, 1)?;
+    let n_kv = uniform(hp, &hp.n_head_kv, keys::HEAD_COUNT_KV, 1)?;
+    let n_ff = uniform(hp, &hp.n_ff, keys::FEED_FORWARD_LENGTH, 1)?;
     let (hk, hv) = head_dims(f, hp, n_head)?;
     if hk != hv {
         return Err(key_err(

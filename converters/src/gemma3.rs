@@ -2,7 +2,8 @@
 //! part of `Gemma3ForConditionalGeneration`) to GGUF `gemma3` as llama.cpp loads it
 //! (`src/models/gemma3.cpp`). Facts: `shared/spec/gemma3.md`.
 //!
-//! The mapping is data (`LAYER_TENSORS`: HF suffix, GGUF suffix, shape rule); one driver
+//! The mapping is data (`LAYER_TENSORS`: HF suffix and role; GGUF names, shapes and the
+//! `gemma3` metadata defaults come from the runtime's `jq::arch` tables); one driver
 //! (`write`) validates every tensor against the config, then streams them one at a time, in
 //! row chunks: source bytes (bf16/f16/f32, memory-mapped) -> f32 (+1 for norms) -> the target
 //! codec, in parallel blocks on rayon's pool, written through the GGUF writer (atomic), the
@@ -32,6 +33,7 @@ use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
+use jq::arch::{self, keys, Dim, Family, Role, TensorSpec};
 use jq::gguf::{GgufError, GgufWriter, MetaValue, ValueType};
 use jq::output::AtomicFile;
 use jq::quant::{quantize_with, FileType, GgmlType, Path as CodecPath};
@@ -42,7 +44,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const ARCH: &str = "gemma3";
+pub const ARCH: &str = Family::Gemma3.arch();
 const ARCHITECTURES: [&str; 2] = ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"];
 /// llama.cpp's default `sliding_window_pattern` for gemma3 (`load_swa_pattern(ml, 6)`), from
 /// the runtime's table (`jq::arch::swa`).
@@ -312,92 +314,52 @@ pub fn parse_config(j: &Json, path: &Path) -> Result<TextConfig> {
     Ok(cfg)
 }
 
-/// A weight's expected PyTorch shape, from the config.
-#[derive(Debug, Clone, Copy)]
-enum Dim {
-    Hidden,
-    Ffn,
-    Head,
-    QOut,
-    KvOut,
-}
-
-impl Dim {
-    fn size(self, c: &TextConfig) -> usize {
-        match self {
-            Dim::Hidden => c.hidden,
-            Dim::Ffn => c.ffn,
-            Dim::Head => c.head_dim,
-            Dim::QOut => c.n_heads * c.head_dim,
-            Dim::KvOut => c.n_kv_heads * c.head_dim,
-        }
+/// The size of one of the runtime table's dimensions (`jq::arch::Dim`), from the config.
+fn dim_size(d: Dim, c: &TextConfig) -> usize {
+    match d {
+        Dim::Embd => c.hidden,
+        Dim::Ff => c.ffn,
+        Dim::HeadDim => c.head_dim,
+        Dim::Q => c.n_heads * c.head_dim,
+        Dim::Kv => c.n_kv_heads * c.head_dim,
+        Dim::Vocab => c.vocab_size,
+        // Not a Gemma-3 dimension (llama3's RoPE factors); the table has no such tensor.
+        Dim::HalfRot => c.head_dim / 2,
     }
 }
 
-/// Per layer: HF name after `layers.N.`, GGUF name after `blk.N.`, PyTorch shape.
-const LAYER_TENSORS: [(&str, &str, &[Dim]); 13] = [
-    ("input_layernorm.weight", "attn_norm.weight", &[Dim::Hidden]),
-    (
-        "self_attn.q_proj.weight",
-        "attn_q.weight",
-        &[Dim::QOut, Dim::Hidden],
-    ),
-    (
-        "self_attn.k_proj.weight",
-        "attn_k.weight",
-        &[Dim::KvOut, Dim::Hidden],
-    ),
-    (
-        "self_attn.v_proj.weight",
-        "attn_v.weight",
-        &[Dim::KvOut, Dim::Hidden],
-    ),
-    (
-        "self_attn.q_norm.weight",
-        "attn_q_norm.weight",
-        &[Dim::Head],
-    ),
-    (
-        "self_attn.k_norm.weight",
-        "attn_k_norm.weight",
-        &[Dim::Head],
-    ),
-    (
-        "self_attn.o_proj.weight",
-        "attn_output.weight",
-        &[Dim::Hidden, Dim::QOut],
-    ),
-    (
-        "post_attention_layernorm.weight",
-        "post_attention_norm.weight",
-        &[Dim::Hidden],
-    ),
-    (
-        "pre_feedforward_layernorm.weight",
-        "ffn_norm.weight",
-        &[Dim::Hidden],
-    ),
-    (
-        "mlp.gate_proj.weight",
-        "ffn_gate.weight",
-        &[Dim::Ffn, Dim::Hidden],
-    ),
-    (
-        "mlp.up_proj.weight",
-        "ffn_up.weight",
-        &[Dim::Ffn, Dim::Hidden],
-    ),
-    (
-        "mlp.down_proj.weight",
-        "ffn_down.weight",
-        &[Dim::Hidden, Dim::Ffn],
-    ),
-    (
-        "post_feedforward_layernorm.weight",
-        "post_ffw_norm.weight",
-        &[Dim::Hidden],
-    ),
+/// A tensor's PyTorch shape (slowest dimension first): the runtime table's ggml order reversed.
+fn torch_shape(spec: &TensorSpec, c: &TextConfig) -> Vec<usize> {
+    spec.dims.iter().rev().map(|&d| dim_size(d, c)).collect()
+}
+
+/// Per layer, in the order llama.cpp's converter writes them: the HF name after `layers.N.`
+/// and the tensor's role; its GGUF name and shape come from the runtime's Gemma-3 table
+/// (`jq::arch::gemma3::LAYER`), the one the loader, the planners and the executor use.
+const LAYER_TENSORS: [(&str, Role); 13] = [
+    ("input_layernorm.weight", Role::AttnNorm),
+    ("self_attn.q_proj.weight", Role::Wq),
+    ("self_attn.k_proj.weight", Role::Wk),
+    ("self_attn.v_proj.weight", Role::Wv),
+    ("self_attn.q_norm.weight", Role::QNorm),
+    ("self_attn.k_norm.weight", Role::KNorm),
+    ("self_attn.o_proj.weight", Role::Wo),
+    ("post_attention_layernorm.weight", Role::PostAttnNorm),
+    ("pre_feedforward_layernorm.weight", Role::FfnNorm),
+    ("mlp.gate_proj.weight", Role::Gate),
+    ("mlp.up_proj.weight", Role::Up),
+    ("mlp.down_proj.weight", Role::Down),
+    ("post_feedforward_layernorm.weight", Role::PostFfwNorm),
 ];
+
+/// The runtime table's entry for a layer role.
+fn layer_spec(role: Role) -> &'static TensorSpec {
+    Family::Gemma3
+        .layer_tensors()
+        .iter()
+        .find(|s| s.role == role)
+        .expect("every converter role is in jq::arch's Gemma-3 table")
+}
 
 /// Text-weight prefixes: CausalLM, newer multimodal, older multimodal.
 const PREFIXES: [&str; 3] = ["model.language_model.", "language_model.model.", "model."];
@@ -547,14 +509,13 @@ impl Checkpoint {
                 c.hidden
             );
         }
-        self.check("embed_tokens.weight", &[c.vocab_size, c.hidden])?;
-        self.check("norm.weight", &[c.hidden])?;
+        self.check("embed_tokens.weight", &torch_shape(&arch::TOKEN_EMBD, c))?;
+        self.check("norm.weight", &torch_shape(&arch::OUTPUT_NORM, c))?;
         let mut known: Vec<String> = vec!["embed_tokens.weight".into(), "norm.weight".into()];
         for l in 0..c.n_layers {
-            for (suffix, _, dims) in LAYER_TENSORS {
+            for (suffix, role) in LAYER_TENSORS {
                 let name = format!("layers.{l}.{suffix}");
-                let want: Vec<usize> = dims.iter().map(|d| d.size(c)).collect();
-                self.check(&name, &want)?;
+                self.check(&name, &torch_shape(layer_spec(role), c))?;
                 known.push(name);
             }
         }
@@ -572,16 +533,18 @@ impl Checkpoint {
     pub fn plan(&self, target: GgmlType) -> Vec<PlannedTensor> {
         let c = &self.cfg;
         let mut out = Vec::new();
-        let mut push = |gguf: String, canonical: String| {
+        let mut push = |spec: &TensorSpec, il: Option<usize>, canonical: String| {
+            let gguf = spec.name_in(il);
             let t = self
                 .weights
                 .get(&self.names[&canonical])
                 .expect("validated");
             let ne: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-            let is_norm = gguf.ends_with("norm.weight");
+            // Gemma's checkpoints store RMS-norm weights as w - 1 (llama.cpp's converter adds 1).
+            let is_norm = spec.op == arch::Op::Mul;
             let mut ty = if ne.len() < 2 || is_norm {
                 GgmlType::F32
-            } else if gguf == "token_embd.weight" && target == GgmlType::Q4_0 {
+            } else if spec.name == arch::TOKEN_EMBD.name && target == GgmlType::Q4_0 {
                 // Tied with the output projection: kept at Q8_0, in the spirit of
                 // llama-quantize (which keeps it at Q6_K unless --pure).
                 GgmlType::Q8_0
@@ -604,13 +567,13 @@ impl Checkpoint {
                 shift: if is_norm { 1.0 } else { 0.0 },
             });
         };
-        push("token_embd.weight".into(), "embed_tokens.weight".into());
+        push(&arch::TOKEN_EMBD, None, "embed_tokens.weight".into());
         for l in 0..c.n_layers {
-            for (hf, gguf, _) in LAYER_TENSORS {
-                push(format!("blk.{l}.{gguf}"), format!("layers.{l}.{hf}"));
+            for (hf, role) in LAYER_TENSORS {
+                push(layer_spec(role), Some(l), format!("layers.{l}.{hf}"));
             }
         }
-        push("output_norm.weight".into(), "norm.weight".into());
+        push(&arch::OUTPUT_NORM, None, "norm.weight".into());
         out
     }
 }
@@ -825,32 +788,32 @@ fn metadata(
     let params: u64 = plan.iter().map(|t| t.ne.iter().product::<u64>()).sum();
     w.add("general.size_label", size_label(params))?;
     let k = |s: &str| format!("{ARCH}.{s}");
-    w.add(k("block_count"), c.n_layers as u32)?;
-    w.add(k("context_length"), c.max_positions as u32)?;
-    w.add(k("embedding_length"), c.hidden as u32)?;
-    w.add(k("feed_forward_length"), c.ffn as u32)?;
-    w.add(k("attention.head_count"), c.n_heads as u32)?;
-    w.add(k("attention.head_count_kv"), c.n_kv_heads as u32)?;
+    w.add(k(keys::BLOCK_COUNT), c.n_layers as u32)?;
+    w.add(k(keys::CONTEXT_LENGTH), c.max_positions as u32)?;
+    w.add(k(keys::EMBEDDING_LENGTH), c.hidden as u32)?;
+    w.add(k(keys::FEED_FORWARD_LENGTH), c.ffn as u32)?;
+    w.add(k(keys::HEAD_COUNT), c.n_heads as u32)?;
+    w.add(k(keys::HEAD_COUNT_KV), c.n_kv_heads as u32)?;
     if let Some(f) = c.rope_linear_factor {
-        w.add(k("rope.scaling.type"), "linear")?;
-        w.add(k("rope.scaling.factor"), f as f32)?;
+        w.add(k(keys::ROPE_SCALING_TYPE), "linear")?;
+        w.add(k(keys::ROPE_SCALING_FACTOR), f as f32)?;
     }
-    w.add(k("rope.freq_base"), c.rope_theta as f32)?;
-    w.add(k("rope.freq_base_swa"), c.rope_local_theta as f32)?;
-    w.add(k("attention.layer_norm_rms_epsilon"), c.rms_eps as f32)?;
-    w.add(k("attention.key_length"), c.head_dim as u32)?;
-    w.add(k("attention.value_length"), c.head_dim as u32)?;
+    w.add(k(keys::ROPE_FREQ_BASE), c.rope_theta as f32)?;
+    w.add(k(keys::ROPE_FREQ_BASE_SWA), c.rope_local_theta as f32)?;
+    w.add(k(keys::RMS_EPS), c.rms_eps as f32)?;
+    w.add(k(keys::KEY_LENGTH), c.head_dim as u32)?;
+    w.add(k(keys::VALUE_LENGTH), c.head_dim as u32)?;
     w.add("general.file_type", ftype as u32)?;
     if let Some(s) = c.final_logit_softcapping {
-        w.add(k("final_logit_softcapping"), s as f32)?;
+        w.add(k(keys::FINAL_LOGIT_SOFTCAPPING), s as f32)?;
     }
     if c.sliding.iter().any(|&s| s) {
-        w.add(k("attention.sliding_window"), c.sliding_window as u32)?;
+        w.add(k(keys::SLIDING_WINDOW), c.sliding_window as u32)?;
         match c.sliding_pattern() {
             Some(p) if p == llama_default_pattern() => {}
-            Some(p) => w.add(k("attention.sliding_window_pattern"), p as u32)?,
+            Some(p) => w.add(k(keys::SLIDING_WINDOW_PATTERN), p as u32)?,
             None => w.add(
-                k("attention.sliding_window_pattern"),
+                k(keys::SLIDING_WINDOW_PATTERN),
                 MetaValue::array(ValueType::Bool, c.sliding.iter().copied()),
             )?,
         }

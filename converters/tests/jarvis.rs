@@ -248,6 +248,19 @@ fn gpt2_export_runs_in_llama_cpp_with_the_same_logits_and_tokens() {
             "{name}: llama.cpp's tokenizer differs"
         );
         assert_eq!(&tok.encode(&prompts[k]).unwrap(), ids);
+        // The known difference (README, "Jarvis"): Ollama's runner tokenizes with
+        // add_special = true, and llama.cpp's WPM tokenizer then adds its BOS (CLS) and SEP
+        // whatever add_bos_token/add_sep_token say (llama-vocab.cpp, LLAMA_VOCAB_TYPE_WPM), so
+        // through Ollama a prompt is <eos> + the native ids + <eos>.
+        let eos = f.get_u32("tokenizer.ggml.eos_token_id").unwrap();
+        let mut framed = vec![eos];
+        framed.extend(ids);
+        framed.push(eos);
+        assert_eq!(
+            l.tokenize_with(&prompts[k], true, true),
+            framed,
+            "{name}: llama.cpp's add_special WPM framing changed; update README's Ollama note"
+        );
         let theirs = l.prompt_logits(ids, 64, 2).unwrap();
         let err = rel_err(&theirs, logits);
         eprintln!("{name}: llama.cpp gpt2 export vs numpy: {err:.3e}");

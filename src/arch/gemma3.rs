@@ -3,6 +3,7 @@
 //! the sliding-window layers, the embedding scaled by sqrt(n_embd), the output tied to the
 //! embedding, optional final soft-capping.
 
+use super::keys;
 use super::Dim::*;
 use super::Role::*;
 use super::{
@@ -40,13 +41,9 @@ pub const LAYERS_27B: usize = 62;
 /// Gemma-3's own hyper-parameters on top of the common ones.
 pub(super) fn hparams(m: &Meta<'_>, hp: &mut Hparams) -> Result<()> {
     let n_layer = hp.n_layer;
-    hp.n_swa = match m.uint("attention.sliding_window")? {
-        Some(w) => u32::try_from(w).map_err(|_| {
-            anyhow!(
-                "metadata key '{}' is {w}",
-                m.key("attention.sliding_window")
-            )
-        })?,
+    hp.n_swa = match m.uint(keys::SLIDING_WINDOW)? {
+        Some(w) => u32::try_from(w)
+            .map_err(|_| anyhow!("metadata key '{}' is {w}", m.key(keys::SLIDING_WINDOW)))?,
         None => 0,
     };
     // llama.cpp: a bool array per layer, or a period (default 6): layer il is sliding iff
@@ -75,7 +72,7 @@ pub(super) fn hparams(m: &Meta<'_>, hp: &mut Hparams) -> Result<()> {
     if !(hp.rope.base_swa.is_finite() && hp.rope.base_swa > 0.0) {
         bail!(
             "metadata key '{}' is not a positive number",
-            m.key("rope.freq_base_swa")
+            m.key(keys::ROPE_FREQ_BASE_SWA)
         );
     }
     hp.q_scale = if n_layer == LAYERS_27B {
@@ -84,11 +81,11 @@ pub(super) fn hparams(m: &Meta<'_>, hp: &mut Hparams) -> Result<()> {
         1.0 / (hp.head_dim as f32).sqrt()
     };
     hp.kq_scale = 1.0;
-    hp.softcap = m.float("final_logit_softcapping")?.unwrap_or(0.0);
+    hp.softcap = m.float(keys::FINAL_LOGIT_SOFTCAPPING)?.unwrap_or(0.0);
     if !hp.softcap.is_finite() || hp.softcap < 0.0 {
         bail!(
             "metadata key '{}' is {}",
-            m.key("final_logit_softcapping"),
+            m.key(keys::FINAL_LOGIT_SOFTCAPPING),
             hp.softcap
         );
     }

@@ -10,6 +10,7 @@
 
 mod decoder;
 mod gemma3;
+pub mod keys;
 pub mod swa;
 
 use crate::gguf::GgufModel;
@@ -186,7 +187,7 @@ impl Family {
     }
 
     /// The architecture name in GGUF metadata (the key prefix).
-    pub fn arch(self) -> &'static str {
+    pub const fn arch(self) -> &'static str {
         match self {
             Family::Gemma3 => "gemma3",
             Family::Llama => "llama",
@@ -333,47 +334,47 @@ impl Hparams {
             f,
             arch: family.arch(),
         };
-        if m.uint("expert_count")?.is_some_and(|n| n > 1) {
+        if m.uint(keys::EXPERT_COUNT)?.is_some_and(|n| n > 1) {
             bail!("'{arch}' with experts (a mixture-of-experts model) is not supported by --stream-layers");
         }
-        let n_layer = m.req("block_count")? as usize;
+        let n_layer = m.req(keys::BLOCK_COUNT)? as usize;
         let required = family.layer_tensors().iter().filter(|t| t.required).count();
         let max_layers = f.n_tensors() / required.max(1);
         if n_layer == 0 || n_layer > max_layers {
             bail!(
                 "metadata key '{}' is {n_layer}, but the file holds tensors for at most {max_layers} layers",
-                m.key("block_count")
+                m.key(keys::BLOCK_COUNT)
             );
         }
-        let n_embd = m.dim("embedding_length", m.req("embedding_length")?)?;
-        let n_head = m.dim("attention.head_count", m.req("attention.head_count")?)?;
+        let n_embd = m.dim(keys::EMBEDDING_LENGTH, m.req(keys::EMBEDDING_LENGTH)?)?;
+        let n_head = m.dim(keys::HEAD_COUNT, m.req(keys::HEAD_COUNT)?)?;
         let n_head_kv = m.dim(
-            "attention.head_count_kv",
-            m.uint("attention.head_count_kv")?.unwrap_or(n_head as u64),
+            keys::HEAD_COUNT_KV,
+            m.uint(keys::HEAD_COUNT_KV)?.unwrap_or(n_head as u64),
         )?;
         if n_head % n_head_kv != 0 {
             bail!("metadata: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}");
         }
         let head_dim = m.dim(
-            "attention.key_length",
-            m.uint("attention.key_length")?
+            keys::KEY_LENGTH,
+            m.uint(keys::KEY_LENGTH)?
                 .unwrap_or((n_embd / n_head) as u64),
         )?;
-        let head_dim_v = m.uint("attention.value_length")?.unwrap_or(head_dim as u64);
+        let head_dim_v = m.uint(keys::VALUE_LENGTH)?.unwrap_or(head_dim as u64);
         if head_dim_v != head_dim as u64 {
             bail!(
                 "{arch} with key_length {head_dim} != value_length {head_dim_v} is not supported"
             );
         }
-        let n_ff = m.dim("feed_forward_length", m.req("feed_forward_length")?)?;
-        let ctx = m.req("context_length")?;
+        let n_ff = m.dim(keys::FEED_FORWARD_LENGTH, m.req(keys::FEED_FORWARD_LENGTH)?)?;
+        let ctx = m.req(keys::CONTEXT_LENGTH)?;
         let n_ctx_train = u32::try_from(ctx).ok().filter(|&c| c > 0).ok_or_else(|| {
             anyhow!(
                 "metadata key '{}' is {ctx}, outside 1..=2^32-1",
-                m.key("context_length")
+                m.key(keys::CONTEXT_LENGTH)
             )
         })?;
-        let eps_key = "attention.layer_norm_rms_epsilon";
+        let eps_key = keys::RMS_EPS;
         let eps = m
             .float(eps_key)?
             .ok_or_else(|| anyhow!("metadata key '{}' is missing", m.key(eps_key)))?;
@@ -384,18 +385,21 @@ impl Hparams {
             );
         }
         let n_rot = m.dim(
-            "rope.dimension_count",
-            m.uint("rope.dimension_count")?.unwrap_or(head_dim as u64),
+            keys::ROPE_DIMENSION_COUNT,
+            m.uint(keys::ROPE_DIMENSION_COUNT)?
+                .unwrap_or(head_dim as u64),
         )?;
         if n_rot != head_dim {
             // llama.cpp refuses it for llama and asserts it in every graph streamed here.
             bail!("metadata: rope.dimension_count {n_rot} differs from the head size {head_dim}");
         }
-        let base = m.float("rope.freq_base")?.unwrap_or(ROPE_FREQ_BASE_DEFAULT);
-        let scaling = m.str("rope.scaling.type").unwrap_or("linear");
-        let factor = match m.float("rope.scaling.factor")? {
+        let base = m
+            .float(keys::ROPE_FREQ_BASE)?
+            .unwrap_or(ROPE_FREQ_BASE_DEFAULT);
+        let scaling = m.str(keys::ROPE_SCALING_TYPE).unwrap_or("linear");
+        let factor = match m.float(keys::ROPE_SCALING_FACTOR)? {
             Some(x) => x,
-            None => m.float("rope.scale_linear")?.unwrap_or(0.0),
+            None => m.float(keys::ROPE_SCALE_LINEAR)?.unwrap_or(0.0),
         };
         let scale = match scaling {
             "none" => 1.0,
@@ -408,7 +412,7 @@ impl Hparams {
         if !(base.is_finite() && base > 0.0 && scale.is_finite() && scale > 0.0) {
             bail!("metadata: RoPE base {base} / scale {scale} are not positive numbers");
         }
-        let n_ctx_orig = match m.uint("rope.scaling.original_context_length")? {
+        let n_ctx_orig = match m.uint(keys::ROPE_SCALING_ORIG_CTX)? {
             Some(v) => u32::try_from(v).unwrap_or(n_ctx_train),
             None => n_ctx_train,
         };
@@ -456,7 +460,7 @@ impl Hparams {
             Family::Gemma3 => gemma3::hparams(&m, &mut hp)?,
             Family::Llama => {
                 hp.rope.kind = ROPE_TYPE_NORM;
-                if let Some(s) = m.float("attention.scale")?.filter(|&s| s != 0.0) {
+                if let Some(s) = m.float(keys::ATTN_SCALE)?.filter(|&s| s != 0.0) {
                     hp.kq_scale = s;
                 }
             }

@@ -75,7 +75,7 @@ pub fn swa_layers(
     n_layer: usize,
     default: Option<(u32, bool)>,
 ) -> Result<Vec<bool>> {
-    let key = format!("{arch}.attention.sliding_window_pattern");
+    let key = super::keys::of(arch, super::keys::SLIDING_WINDOW_PATTERN);
     let dense_first = default.is_some_and(|d| d.1);
     match f.get(&key) {
         Some(v) if v.as_array().is_some() => {
