@@ -4,7 +4,12 @@
 //! numpy reference's generation loop. Same run, same machine, same CPU flags
 //! (`target-cpu=native` for both: see .cargo/config.toml).
 //!
-//! Run: `cargo build --release --workspace && cargo bench -p jq-convert --bench jarvis_decode`
+//! Then, whole processes: `jq-run` on each native file vs the numpy loop's script, wall clock
+//! from spawn to exit (loading included), for the same prompt and number of greedy tokens.
+//!
+//! Run: `cargo build --release --workspace && cargo bench --workspace --bench jarvis_decode`
+//! (`JQ_BENCH_PROMPT=200 JQ_BENCH_DECODE=64` for the 200-token prompt + 64 tokens;
+//! defaults 32 and 128; `JQ_BENCH_THREADS=N` for both engines, default all cores).
 
 use jq::engine::llama::Llama;
 use jq::engine::native::{Jarvis, RunOptions};
@@ -13,9 +18,14 @@ use jq::sample::SamplerConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROMPT: usize = 32;
-const DECODE: usize = 128;
 const RUNS: usize = 3;
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,25 +54,44 @@ fn convert(dir: &Path, ty: &str, target: &str) -> PathBuf {
 }
 
 /// Peak RSS of `jq-run` on this file (a separate process, so nothing else is counted).
-fn jq_run_peak_rss(model: &Path, prompt: &str) -> Option<f64> {
+fn jq_run_peak_rss(model: &Path, prompt: &str, decode: usize) -> Option<f64> {
+    let o = jq_run(model, prompt, decode).output().ok()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err.lines().find(|l| l.starts_with("peak RSS"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// `jq-run MODEL --prompt-tokens PROMPT -n DECODE`, greedy.
+fn jq_run(model: &Path, prompt: &str, decode: usize) -> Command {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-convert")).with_file_name("jq-run");
-    let o = Command::new(exe)
+    let mut c = Command::new(exe);
+    c.arg(model)
         .arg(model)
         .args([
             "--prompt-tokens",
             prompt,
             "-n",
-            &DECODE.to_string(),
+            &decode.to_string(),
             "--temp",
             "0",
             "--repeat-penalty",
             "1",
         ])
-        .output()
-        .ok()?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    let line = err.lines().find(|l| l.starts_with("peak RSS"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
+        .stdout(std::process::Stdio::null());
+    c
+}
+
+/// Median wall seconds of `RUNS` runs of a whole process (after one warm-up run).
+fn process_secs(mut cmd: impl FnMut() -> Command) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..=RUNS {
+        let t = std::time::Instant::now();
+        let o = cmd().output().expect("spawn");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.remove(0);
+    median(v)
 }
 
 fn main() {
@@ -74,16 +103,29 @@ fn main() {
         .status()
         .expect("python3");
     assert!(st.success(), "make_jarvis.py --full-size failed");
-    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 3 + (i * 37) % 14000).collect();
+    let (prompt_n, decode) = (env_or("JQ_BENCH_PROMPT", 32), env_or("JQ_BENCH_DECODE", 128));
+    // The numpy script's prompt ids (bench_numpy.py), so the whole-process rows do the same work.
+    let prompt: Vec<u32> = (0..prompt_n as u32)
+        .map(|i| 3 + (i * 37) % (15000 - 3))
+        .collect();
     let prompt_list = prompt
         .iter()
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("Jarvis 12M, prompt {PROMPT} tokens, {DECODE} greedy tokens, {threads} threads, median of {RUNS}");
-    println!("| type | file MiB | native prompt tok/s | native decode tok/s | llama.cpp prompt tok/s | llama.cpp decode tok/s | decode ratio | jq-run peak RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let threads = env_or(
+        "JQ_BENCH_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    // The native engine's team has rayon's thread count.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("rayon pool");
+    println!("Jarvis 12M, prompt {prompt_n} tokens, {decode} greedy tokens, {threads} threads, median of {RUNS}");
+    println!("| type | file MiB | native prompt tok/s | native decode tok/s | llama.cpp prompt tok/s | llama.cpp decode tok/s | prompt ratio | decode ratio | jq-run peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut natives = Vec::new();
     for ty in ["f32", "f16", "q8_0", "q4_0"] {
         let native = convert(dir.path(), ty, "native");
         let gpt2 = convert(dir.path(), ty, "ollama");
@@ -91,7 +133,7 @@ fn main() {
         let j = Jarvis::load(&f).unwrap();
         let opts = RunOptions {
             prompt_ids: prompt.clone(),
-            n_predict: DECODE,
+            n_predict: decode,
             sampler: SamplerConfig {
                 temperature: 0.0,
                 repeat_penalty: 1.0,
@@ -104,7 +146,7 @@ fn main() {
         let mut native_ids = Vec::new();
         for _ in 0..=RUNS {
             let r = j.run(&opts, &mut std::io::sink()).unwrap();
-            np.push(PROMPT as f64 / r.prompt_time.as_secs_f64());
+            np.push(prompt_n as f64 / r.prompt_time.as_secs_f64());
             nd.push(r.decode_steps as f64 / r.decode_time.as_secs_f64());
             native_ids = r.generated;
         }
@@ -115,10 +157,10 @@ fn main() {
         let mut llama_ids = Vec::new();
         for _ in 0..=RUNS {
             let (p, d, ids) = l
-                .greedy_decode(&prompt, DECODE, 512, threads as i32)
+                .greedy_decode(&prompt, decode, 512, threads as i32)
                 .unwrap();
-            lp.push(PROMPT as f64 / p);
-            ld.push(DECODE as f64 / d);
+            lp.push(prompt_n as f64 / p);
+            ld.push(decode as f64 / d);
             llama_ids = ids;
         }
         lp.remove(0);
@@ -131,21 +173,45 @@ fn main() {
         let (np, nd, lp, ld) = (median(np), median(nd), median(lp), median(ld));
         let mib = std::fs::metadata(&native).unwrap().len() as f64 / 1048576.0;
         let rss =
-            jq_run_peak_rss(&native, &prompt_list).map_or("n/a".to_string(), |r| format!("{r:.1}"));
+            jq_run_peak_rss(&native, &prompt_list, decode)
+                .map_or("n/a".to_string(), |r| format!("{r:.1}"));
         println!(
-            "| {ty} | {mib:.1} | {np:.0} | {nd:.0} | {lp:.0} | {ld:.0} | {:.2}x | {rss} |",
+            "| {ty} | {mib:.1} | {np:.0} | {nd:.0} | {lp:.0} | {ld:.0} | {:.2}x | {:.2}x | {rss} |",
+            np / lp,
             nd / ld
         );
-        eprintln!("  {ty}: native and llama.cpp greedy ids agree on the first {same} of {DECODE}");
+        eprintln!("  {ty}: native and llama.cpp greedy ids agree on the first {same} of {decode}");
+        natives.push((ty, native));
     }
     let o = Command::new("python3")
         .arg(root().join("fixtures/jarvis/bench_numpy.py"))
         .arg(dir.path())
-        .args([PROMPT.to_string(), "32".to_string()])
+        .args([prompt_n.to_string(), decode.to_string()])
         .output()
         .expect("python3");
     println!(
         "numpy reference generation loop: {}",
         String::from_utf8_lossy(&o.stdout).trim()
     );
+    // Whole processes, spawn to exit: the numpy script loads the npz checkpoint and runs its
+    // loop; jq-run loads the GGUF, prefills and decodes.
+    let numpy = process_secs(|| {
+        let mut c = Command::new("python3");
+        c.arg(root().join("fixtures/jarvis/bench_numpy.py"))
+            .arg(dir.path())
+            .args([prompt_n.to_string(), decode.to_string()]);
+        c
+    });
+    println!("\nWhole process, {prompt_n}-token prompt + {decode} greedy tokens (median of {RUNS}):");
+    println!("| run | wall s | vs numpy |");
+    println!("|---|---|---|");
+    println!("| numpy loop (bench_numpy.py, float64, BLAS threads 1) | {numpy:.3} | 1.0x |");
+    for (ty, native) in &natives {
+        let s = process_secs(|| {
+            let mut c = jq_run(native, &prompt_list, decode);
+            c.args(["-t", &threads.to_string()]);
+            c
+        });
+        println!("| jq-run native {ty} | {s:.3} | {:.0}x |", numpy / s);
+    }
 }

@@ -22,7 +22,7 @@ mod team;
 mod types;
 
 pub use blocks::{BlockQ4_0, BlockQ8_0, QK, QK_K};
-pub use matrix::{dot_f32, Matrix};
+pub use matrix::{dot_f32, dot_f32_x4, Matrix};
 pub use team::Team;
 pub use types::{FileType, GgmlType, GGML_TYPE_COUNT};
 

@@ -250,22 +250,8 @@ impl<'a> Model<'a> {
             let (kc, vc, ctx) = (&st.k_cache[l], &st.v_cache[l], c.ctx);
             // One head of one token: scores over the cache, softmax, weighted values.
             let head = |t: usize, hh: usize, oh: &mut [f32], att: &mut [f32]| {
-                let pos = pos0 + t;
                 let qh = &q[t * d + hh * hd..t * d + (hh + 1) * hd];
-                let att = &mut att[..=pos];
-                for (j, a) in att.iter_mut().enumerate() {
-                    *a = dot_f32(qh, &kc[j * d + hh * hd..j * d + (hh + 1) * hd]) * scale;
-                }
-                softmax(att);
-                oh.fill(0.0);
-                for (j, &a) in att.iter().enumerate() {
-                    for (ov, vv) in oh
-                        .iter_mut()
-                        .zip(&vc[j * d + hh * hd..j * d + (hh + 1) * hd])
-                    {
-                        *ov += a * vv;
-                    }
-                }
+                attend(qh, kc, vc, d, hh * hd, scale, &mut att[..=pos0 + t], oh);
             };
             if let Some(m) = metrics.as_deref_mut() {
                 // Metrics need every attention row in turn: one thread.
@@ -278,25 +264,35 @@ impl<'a> Model<'a> {
                     }
                 }
             } else {
-                let (op, ap) = (o.as_mut_ptr() as usize, st.att.as_mut_ptr() as usize);
+                // Per head, the whole prompt at once: scores = Q_h K_h^T as one sgemm over the
+                // strided head columns, a causal softmax per row, then O_h = P V_h.
+                let op = o.as_mut_ptr() as usize;
+                let m = pos0 + n;
                 team.for_ranges(c.n_heads, &|r| {
+                    let mut p = vec![0f32; n * m];
                     for hh in r {
-                        for t in 0..n {
-                            // SAFETY: a head owns its `hd` columns of `o` in every row and its
-                            // `ctx` scores; members get disjoint ranges of heads.
-                            let (oh, att) = unsafe {
-                                (
-                                    std::slice::from_raw_parts_mut(
-                                        (op as *mut f32).add(t * d + hh * hd),
-                                        hd,
-                                    ),
-                                    std::slice::from_raw_parts_mut(
-                                        (ap as *mut f32).add(hh * ctx),
-                                        ctx,
-                                    ),
-                                )
-                            };
-                            head(t, hh, oh, att);
+                        // SAFETY: q, kc and vc hold n (resp. m) rows of d floats, and the head's
+                        // hd columns at hh * hd are inside each row; `o` is n x d and a head
+                        // writes only its own columns, while members get disjoint heads.
+                        unsafe {
+                            let col = hh * hd;
+                            matrixmultiply::sgemm(
+                                n, hd, m, scale,
+                                q.as_ptr().add(col), d as isize, 1,
+                                kc.as_ptr().add(col), 1, d as isize,
+                                0.0, p.as_mut_ptr(), m as isize, 1,
+                            );
+                            for (t, row) in p.chunks_exact_mut(m).enumerate() {
+                                let (keep, masked) = row.split_at_mut(pos0 + t + 1);
+                                softmax(keep);
+                                masked.fill(0.0);
+                            }
+                            matrixmultiply::sgemm(
+                                n, m, hd, 1.0,
+                                p.as_ptr(), m as isize, 1,
+                                vc.as_ptr().add(col), d as isize, 1,
+                                0.0, (op as *mut f32).add(col), d as isize, 1,
+                            );
                         }
                     }
                 });
@@ -308,9 +304,7 @@ impl<'a> Model<'a> {
                 layer_norm(xr, &layer.ln2, c.eps, hr);
             }
             layer.up.matmul_team(&h, n, &mut ff, team);
-            for fv in ff.iter_mut() {
-                *fv = gelu(*fv, c.gelu);
-            }
+            gelu_in_place(&mut ff, c.gelu);
             layer.down.matmul_team(&ff, n, &mut h, team);
             for (xv, hv) in x.iter_mut().zip(&h) {
                 *xv += hv;
@@ -385,18 +379,7 @@ impl<'a> Model<'a> {
                 let (kc, vc, q, ctx) = (&st.k_cache[l], &st.v_cache[l], &st.q, c.ctx);
                 let head = |h: usize, oh: &mut [f32], att: &mut [f32]| {
                     let qh = &q[h * hd..(h + 1) * hd];
-                    let att = &mut att[..=pos];
-                    for (j, a) in att.iter_mut().enumerate() {
-                        *a = dot_f32(qh, &kc[j * d + h * hd..j * d + (h + 1) * hd]) * scale;
-                    }
-                    softmax(att);
-                    oh.fill(0.0);
-                    for (j, &a) in att.iter().enumerate() {
-                        let vh = &vc[j * d + h * hd..j * d + (h + 1) * hd];
-                        for (o, v) in oh.iter_mut().zip(vh) {
-                            *o += a * v;
-                        }
-                    }
+                    attend(qh, kc, vc, d, h * hd, scale, &mut att[..=pos], oh);
                 };
                 // Heads run on the team once the context makes them worth splitting.
                 if (pos + 1) * d >= PAR_MIN_ATTENTION && st.team.threads() > 1 {
@@ -433,9 +416,7 @@ impl<'a> Model<'a> {
             }
             layer_norm(&st.x, &layer.ln2, c.eps, &mut st.h);
             layer.up.matvec_team(&st.h, &mut st.ff, &st.team);
-            for v in st.ff.iter_mut() {
-                *v = gelu(*v, c.gelu);
-            }
+            gelu_in_place(&mut st.ff, c.gelu);
             layer.down.matvec_team(&st.ff, &mut st.h, &st.team);
             for (x, y) in st.x.iter_mut().zip(&st.h) {
                 *x += y;
@@ -502,25 +483,89 @@ fn layer_norm(x: &[f32], n: &Norm, eps: f32, out: &mut [f32]) {
     }
 }
 
+/// One head of one token: scores of `qh` against the cached keys `0..att.len()` (the head's
+/// columns `col..col + qh.len()` of each `d`-wide cache row), scaled, softmax, and the
+/// weighted sum of the cached values into `oh`. Shared by `step` and by `prefill` when it
+/// accumulates metrics.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend(
+    qh: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    d: usize,
+    col: usize,
+    scale: f32,
+    att: &mut [f32],
+    oh: &mut [f32],
+) {
+    let hd = qh.len();
+    for (j, a) in att.iter_mut().enumerate() {
+        *a = dot_f32(qh, &kc[j * d + col..j * d + col + hd]) * scale;
+    }
+    softmax(att);
+    oh.fill(0.0);
+    for (j, &a) in att.iter().enumerate() {
+        for (o, v) in oh.iter_mut().zip(&vc[j * d + col..j * d + col + hd]) {
+            *o += a * v;
+        }
+    }
+}
+
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    // Two passes so the exponentials vectorise (the f32 sum stays in order).
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v = exp_f32(*v - max);
     }
+    let sum: f32 = x.iter().sum();
     for v in x.iter_mut() {
         *v /= sum;
     }
 }
 
-fn gelu(x: f32, form: Gelu) -> f32 {
+/// `e^x` in f32 without libm, branch-free so loops over slices vectorise: Cephes' `expf`
+/// (x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, times 2^n), max relative
+/// error ~2 ulp over the clamped range. Arguments are clamped to [-87, 88] (results below
+/// e^-87 ~ 1.6e-38 are returned as that, above e^88 as ~1.65e38): the callers (softmax over
+/// scores minus their maximum, GELU's logistic) never need more.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let e = p * (r * r) + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// GELU of every element. The tanh form as `x * sigmoid(2u)`, u = sqrt(2/pi)(x + 0.044715x^3):
+/// the same function as `0.5x(1 + tanh(u))` (1 + tanh(u) = 2 / (1 + e^-2u)) without tanh's
+/// libm call per element or its cancellation near -1, so the loop vectorises.
+fn gelu_in_place(xs: &mut [f32], form: Gelu) {
     match form {
         Gelu::Tanh => {
-            const C: f32 = 0.797_884_6; // sqrt(2/pi)
-            0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+            const C2: f32 = 2.0 * 0.797_884_6; // 2 sqrt(2/pi)
+            for x in xs.iter_mut() {
+                let v = *x;
+                *x = v / (1.0 + exp_f32(-C2 * (v + 0.044715 * v * v * v)));
+            }
         }
-        Gelu::Erf => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        Gelu::Erf => {
+            for x in xs.iter_mut() {
+                *x = 0.5 * *x * (1.0 + libm::erff(*x / std::f32::consts::SQRT_2));
+            }
+        }
     }
 }
 
@@ -654,5 +699,35 @@ impl MetricsAcc {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod fast_math_tests {
+    use super::*;
+
+    /// Against f64 libm: e^x within 3e-7 relative over the range softmax and GELU use, and
+    /// the GELU forms within 1e-6 (relative, or absolute near 0) of the f64 formula.
+    #[test]
+    fn exp_and_gelu_match_f64() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * f64::from(i) / 200_000.0;
+            let got = f64::from(exp_f32(x as f32));
+            let want = (x as f32 as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3e-7, "exp: worst relative error {worst:e}");
+        let xs: Vec<f32> = (0..=40_000).map(|i| -20.0 + i as f32 / 1000.0).collect();
+        let mut g = xs.clone();
+        gelu_in_place(&mut g, Gelu::Tanh);
+        for (&x, &y) in xs.iter().zip(&g) {
+            let x = f64::from(x);
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
+            let err = (f64::from(y) - want).abs();
+            assert!(err <= 1e-6 * want.abs().max(1e-3), "gelu({x}) = {y}, want {want}");
+        }
+        assert_eq!(exp_f32(0.0), 1.0);
     }
 }
