@@ -71,26 +71,31 @@ fn hsum16(acc: &[f32; 16]) -> f32 {
 /// it equals `dot_f32(a, b[j])` bit for bit.
 #[inline]
 pub fn dot_f32_x4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    let n = a.len() - a.len() % 16;
-    let mut acc = [[0f32; 16]; 4];
-    for c in (0..n).step_by(16) {
-        let x = &a[c..c + 16];
-        for (acc, y) in acc.iter_mut().zip(b) {
-            let y = &y[c..c + 16];
-            for k in 0..16 {
-                acc[k] += x[k] * y[k];
-            }
+    let [b0, b1, b2, b3] = b;
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+    let chunks = a
+        .chunks_exact(16)
+        .zip(b0.chunks_exact(16))
+        .zip(b1.chunks_exact(16))
+        .zip(b2.chunks_exact(16))
+        .zip(b3.chunks_exact(16));
+    for ((((x, y0), y1), y2), y3) in chunks {
+        for k in 0..16 {
+            a0[k] += x[k] * y0[k];
+            a1[k] += x[k] * y1[k];
+            a2[k] += x[k] * y2[k];
+            a3[k] += x[k] * y3[k];
         }
     }
-    let mut out = [0f32; 4];
-    for ((o, acc), y) in out.iter_mut().zip(&acc).zip(b) {
+    let n = a.len() - a.len() % 16;
+    let tail = |acc: &[f32; 16], y: &[f32]| {
         let mut s = hsum16(acc);
         for (x, y) in a[n..].iter().zip(&y[n..]) {
             s += x * y;
         }
-        *o = s;
-    }
-    out
+        s
+    };
+    [tail(&a0, b0), tail(&a1, b1), tail(&a2, b2), tail(&a3, b3)]
 }
 
 /// Scalar reference of ggml's `vec_dot_q8_0_q8_0`: integer sums per block, scaled by both
