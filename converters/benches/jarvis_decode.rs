@@ -65,9 +65,7 @@ fn jq_run_peak_rss(model: &Path, prompt: &str, decode: usize) -> Option<f64> {
 fn jq_run(model: &Path, prompt: &str, decode: usize) -> Command {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-convert")).with_file_name("jq-run");
     let mut c = Command::new(exe);
-    c.arg(model)
-        .arg(model)
-        .args([
+    c.arg(model).args([
             "--prompt-tokens",
             prompt,
             "-n",
