@@ -65,7 +65,8 @@ fn jq_run_peak_rss(model: &Path, prompt: &str, decode: usize) -> Option<f64> {
 fn jq_run(model: &Path, prompt: &str, decode: usize) -> Command {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-convert")).with_file_name("jq-run");
     let mut c = Command::new(exe);
-    c.arg(model).args([
+    c.arg(model)
+        .args([
             "--prompt-tokens",
             prompt,
             "-n",
@@ -101,7 +102,10 @@ fn main() {
         .status()
         .expect("python3");
     assert!(st.success(), "make_jarvis.py --full-size failed");
-    let (prompt_n, decode) = (env_or("JQ_BENCH_PROMPT", 32), env_or("JQ_BENCH_DECODE", 128));
+    let (prompt_n, decode) = (
+        env_or("JQ_BENCH_PROMPT", 32),
+        env_or("JQ_BENCH_DECODE", 128),
+    );
     // The numpy script's prompt ids (bench_numpy.py), so the whole-process rows do the same work.
     let prompt: Vec<u32> = (0..prompt_n as u32)
         .map(|i| 3 + (i * 37) % (15000 - 3))
@@ -170,9 +174,8 @@ fn main() {
             .count();
         let (np, nd, lp, ld) = (median(np), median(nd), median(lp), median(ld));
         let mib = std::fs::metadata(&native).unwrap().len() as f64 / 1048576.0;
-        let rss =
-            jq_run_peak_rss(&native, &prompt_list, decode)
-                .map_or("n/a".to_string(), |r| format!("{r:.1}"));
+        let rss = jq_run_peak_rss(&native, &prompt_list, decode)
+            .map_or("n/a".to_string(), |r| format!("{r:.1}"));
         println!(
             "| {ty} | {mib:.1} | {np:.0} | {nd:.0} | {lp:.0} | {ld:.0} | {:.2}x | {:.2}x | {rss} |",
             np / lp,
@@ -200,7 +203,9 @@ fn main() {
             .args([prompt_n.to_string(), decode.to_string()]);
         c
     });
-    println!("\nWhole process, {prompt_n}-token prompt + {decode} greedy tokens (median of {RUNS}):");
+    println!(
+        "\nWhole process, {prompt_n}-token prompt + {decode} greedy tokens (median of {RUNS}):"
+    );
     println!("| run | wall s | vs numpy |");
     println!("|---|---|---|");
     println!("| numpy loop (bench_numpy.py, float64, BLAS threads 1) | {numpy:.3} | 1.0x |");

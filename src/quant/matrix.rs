@@ -428,10 +428,15 @@ impl<'a> Matrix<'a> {
             let n = self.cols / QK;
             assert!(xs.iter().all(|x| x.len() == n));
             match self.ty {
-                // SAFETY: `true` in the inputs means AVX2 and FMA were detected; lengths
-                // checked above.
-                GgmlType::Q8_0 => return unsafe { x86::dot_q8_0_q8_0_x4(bytemuck::cast_slice(b), xs) },
-                GgmlType::Q4_0 => return unsafe { x86::dot_q4_0_q8_0_x4(bytemuck::cast_slice(b), xs) },
+                GgmlType::Q8_0 => {
+                    // SAFETY: `true` in the inputs means AVX2 and FMA were detected; lengths
+                    // checked above.
+                    return unsafe { x86::dot_q8_0_q8_0_x4(bytemuck::cast_slice(b), xs) };
+                }
+                GgmlType::Q4_0 => {
+                    // SAFETY: as above.
+                    return unsafe { x86::dot_q4_0_q8_0_x4(bytemuck::cast_slice(b), xs) };
+                }
                 _ => {}
             }
         }

@@ -277,10 +277,20 @@ impl<'a> Model<'a> {
                         unsafe {
                             let col = hh * hd;
                             matrixmultiply::sgemm(
-                                n, hd, m, scale,
-                                q.as_ptr().add(col), d as isize, 1,
-                                kc.as_ptr().add(col), 1, d as isize,
-                                0.0, p.as_mut_ptr(), m as isize, 1,
+                                n,
+                                hd,
+                                m,
+                                scale,
+                                q.as_ptr().add(col),
+                                d as isize,
+                                1,
+                                kc.as_ptr().add(col),
+                                1,
+                                d as isize,
+                                0.0,
+                                p.as_mut_ptr(),
+                                m as isize,
+                                1,
                             );
                             for (t, row) in p.chunks_exact_mut(m).enumerate() {
                                 let (keep, masked) = row.split_at_mut(pos0 + t + 1);
@@ -288,10 +298,20 @@ impl<'a> Model<'a> {
                                 masked.fill(0.0);
                             }
                             matrixmultiply::sgemm(
-                                n, m, hd, 1.0,
-                                p.as_ptr(), m as isize, 1,
-                                vc.as_ptr().add(col), d as isize, 1,
-                                0.0, (op as *mut f32).add(col), d as isize, 1,
+                                n,
+                                m,
+                                hd,
+                                1.0,
+                                p.as_ptr(),
+                                m as isize,
+                                1,
+                                vc.as_ptr().add(col),
+                                d as isize,
+                                1,
+                                0.0,
+                                (op as *mut f32).add(col),
+                                d as isize,
+                                1,
                             );
                         }
                     }
@@ -530,6 +550,7 @@ fn softmax(x: &mut [f32]) {
 /// e^-87 ~ 1.6e-38 are returned as that, above e^88 as ~1.65e38): the callers (softmax over
 /// scores minus their maximum, GELU's logistic) never need more.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published
 fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -726,7 +747,10 @@ mod fast_math_tests {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
             let err = (f64::from(y) - want).abs();
-            assert!(err <= 1e-6 * want.abs().max(1e-3), "gelu({x}) = {y}, want {want}");
+            assert!(
+                err <= 1e-6 * want.abs().max(1e-3),
+                "gelu({x}) = {y}, want {want}"
+            );
         }
         assert_eq!(exp_f32(0.0), 1.0);
     }
