@@ -282,15 +282,13 @@ pub fn gemma3_header_with(
 ) -> Result<GgufWriter> {
     let a = Family::Gemma3.arch();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", a)?;
-    w.add("general.name", name)?;
-    w.add("general.file_type", file_type)?;
-    w.add(keys::of(a, keys::CONTEXT_LENGTH), d.n_ctx as u32)?;
-    w.add(keys::of(a, keys::EMBEDDING_LENGTH), d.n_embd as u32)?;
-    w.add(keys::of(a, keys::BLOCK_COUNT), d.n_layer as u32)?;
-    w.add(keys::of(a, keys::FEED_FORWARD_LENGTH), d.n_ff as u32)?;
-    w.add(keys::of(a, keys::HEAD_COUNT), d.n_head as u32)?;
-    w.add(keys::of(a, keys::HEAD_COUNT_KV), d.n_head_kv as u32)?;
+    add_hparams(
+        &mut w,
+        a,
+        name,
+        file_type,
+        [d.n_ctx, d.n_embd, d.n_layer, d.n_ff, d.n_head, d.n_head_kv],
+    )?;
     w.add(keys::of(a, keys::RMS_EPS), 1e-6f32)?;
     w.add(keys::of(a, keys::KEY_LENGTH), d.head_dim as u32)?;
     w.add(keys::of(a, keys::VALUE_LENGTH), d.head_dim as u32)?;
@@ -324,6 +322,31 @@ pub fn gemma3_header_with(
         w.add_tensor(name, *ty, ne)?;
     }
     Ok(w)
+}
+
+/// The header keys both synthetic families write first: architecture, name, file type and
+/// `[context, embedding, blocks, FFN, heads, KV heads]`.
+fn add_hparams(
+    w: &mut GgufWriter,
+    a: &str,
+    name: &str,
+    file_type: u32,
+    [ctx, embd, blocks, ff, heads, heads_kv]: [u64; 6],
+) -> Result<()> {
+    w.add("general.architecture", a)?;
+    w.add("general.name", name)?;
+    w.add("general.file_type", file_type)?;
+    for (key, v) in [
+        (keys::CONTEXT_LENGTH, ctx),
+        (keys::EMBEDDING_LENGTH, embd),
+        (keys::BLOCK_COUNT, blocks),
+        (keys::FEED_FORWARD_LENGTH, ff),
+        (keys::HEAD_COUNT, heads),
+        (keys::HEAD_COUNT_KV, heads_kv),
+    ] {
+        w.add(keys::of(a, key), v as u32)?;
+    }
+    Ok(())
 }
 
 /// A table dimension's size from `[n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab]`.
@@ -462,15 +485,13 @@ pub fn llama_header_with(
 ) -> Result<GgufWriter> {
     let a = Family::Llama.arch();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", a)?;
-    w.add("general.name", name)?;
-    w.add("general.file_type", file_type)?;
-    w.add(keys::of(a, keys::CONTEXT_LENGTH), d.n_ctx as u32)?;
-    w.add(keys::of(a, keys::EMBEDDING_LENGTH), d.n_embd as u32)?;
-    w.add(keys::of(a, keys::BLOCK_COUNT), d.n_layer as u32)?;
-    w.add(keys::of(a, keys::FEED_FORWARD_LENGTH), d.n_ff as u32)?;
-    w.add(keys::of(a, keys::HEAD_COUNT), d.n_head as u32)?;
-    w.add(keys::of(a, keys::HEAD_COUNT_KV), d.n_head_kv as u32)?;
+    add_hparams(
+        &mut w,
+        a,
+        name,
+        file_type,
+        [d.n_ctx, d.n_embd, d.n_layer, d.n_ff, d.n_head, d.n_head_kv],
+    )?;
     w.add(keys::of(a, keys::RMS_EPS), 1e-5f32)?;
     w.add(keys::of(a, keys::ROPE_DIMENSION_COUNT), d.head_dim as u32)?;
     w.add(keys::of(a, keys::ROPE_FREQ_BASE), d.rope_base)?;

@@ -217,6 +217,20 @@ mod x86 {
         ]
     }
 
+    /// One weight block (`qa` as signed bytes, scale `da`) against block `i` of four Q8_0
+    /// inputs, into their accumulators: the single-input kernels' step, once per input.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn accumulate4(acc: &mut [__m256; 4], qa: __m256i, da: f32, x: [&[BlockQ8_0]; 4], i: usize) {
+        for (acc, xs) in acc.iter_mut().zip(x) {
+            let b = &xs[i];
+            // SAFETY: qs of Q8_0 is exactly 32 bytes.
+            let qb = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+            let d = _mm256_set1_ps(da * b.d.to_f32());
+            *acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), *acc);
+        }
+    }
+
     /// [`dot_q8_0_q8_0`] of one row with four inputs: each weight block loaded once; per
     /// input the same operations in the same order (bit-identical to four single calls).
     #[target_feature(enable = "avx2,fma")]
@@ -226,13 +240,7 @@ mod x86 {
             // SAFETY: each qs is exactly 32 bytes.
             let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
             let da = a.d.to_f32();
-            for (acc, xs) in acc.iter_mut().zip(x) {
-                let b = &xs[i];
-                // SAFETY: as above.
-                let qb = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
-                let d = _mm256_set1_ps(da * b.d.to_f32());
-                *acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), *acc);
-            }
+            accumulate4(&mut acc, qa, da, x, i);
         }
         [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
@@ -251,13 +259,7 @@ mod x86 {
             let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
             let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
             let da = a.d.to_f32();
-            for (acc, xs) in acc.iter_mut().zip(x) {
-                let b = &xs[i];
-                // SAFETY: qs of Q8_0 is 32 bytes.
-                let qb = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
-                let d = _mm256_set1_ps(da * b.d.to_f32());
-                *acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), *acc);
-            }
+            accumulate4(&mut acc, qa, da, x, i);
         }
         [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
