@@ -27,8 +27,8 @@ const TEAM_MIN_WEIGHTS: usize = 1 << 14;
 #[derive(Clone, Copy)]
 enum Input<'x> {
     F32(&'x [f32]),
-    /// Quantized to Q8_0; whether the AVX2 kernels may run.
-    Q8(&'x [BlockQ8_0], bool),
+    /// Quantized to Q8_0, and the integer kernels this CPU runs.
+    Q8(&'x [BlockQ8_0], Int8),
 }
 
 /// Dot product of two f32 slices with independent accumulators (vectorises).
@@ -129,6 +129,32 @@ fn dot_q4_0_q8_0_ref(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     s
 }
 
+/// Which Q8_0/Q4_0 dot-product kernels run: all give the same integers per block, so the
+/// same results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Int8 {
+    Scalar,
+    Avx2,
+    /// AVX2 with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors.
+    Vnni,
+}
+
+#[inline]
+fn int8_level() -> Int8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !has_avx2_fma() {
+            return Int8::Scalar;
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            return Int8::Vnni;
+        }
+        Int8::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Int8::Scalar
+}
+
 #[inline]
 fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -143,19 +169,7 @@ fn has_avx2_fma() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::blocks::{BlockQ4_0, BlockQ8_0};
     use std::arch::x86_64::*;
-
-    /// Sum of products of 32 signed bytes `w` and `x`, as 8 i32 lanes: |w| (unsigned) times
-    /// x with w's sign, pairwise into i16 (no overflow: 2 * 128 * 127 < 2^15), then into i32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn mul_sum_i8(w: __m256i, x: __m256i) -> __m256 {
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        let d16 = _mm256_maddubs_epi16(aw, sx);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)))
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -217,113 +231,159 @@ mod x86 {
         ]
     }
 
-    /// One weight block (`qa` as signed bytes, scale `da`) against block `i` of four Q8_0
-    /// inputs, into their accumulators: the single-input kernels' step, once per input.
+    /// Sum of products of 32 signed bytes `w` and `x`, as 8 i32 lanes: |w| (unsigned) times
+    /// x with w's sign, pairwise into i16 (no overflow: 2 * 128 * 127 < 2^15), then into i32.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn accumulate4(acc: &mut [__m256; 4], qa: __m256i, da: f32, x: [&[BlockQ8_0]; 4], i: usize) {
-        for (acc, xs) in acc.iter_mut().zip(x) {
-            let b = &xs[i];
-            // SAFETY: qs of Q8_0 is exactly 32 bytes.
-            let qb = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
-            let d = _mm256_set1_ps(da * b.d.to_f32());
-            *acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), *acc);
-        }
+    fn mul_sum_i8(w: __m256i, x: __m256i) -> __m256 {
+        let aw = _mm256_sign_epi8(w, w);
+        let sx = _mm256_sign_epi8(x, w);
+        let d16 = _mm256_maddubs_epi16(aw, sx);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)))
     }
 
-    /// [`dot_q8_0_q8_0`] of one row with four inputs: each weight block loaded once; per
-    /// input the same operations in the same order (bit-identical to four single calls).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0_q8_0_x4(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (i, a) in w.iter().enumerate() {
-            // SAFETY: each qs is exactly 32 bytes.
-            let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
-            let da = a.d.to_f32();
-            accumulate4(&mut acc, qa, da, x, i);
-        }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    /// Sum of products of 32 signed bytes `w` and `x`, as 8 i32 lanes: |w| (unsigned) times
+    /// x with w's sign, four at a time into i32 with AVX-512 VNNI's `vpdpbusd` (the same
+    /// integers as the AVX2 form: no step of either can overflow).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    fn mul_sum_i8_vnni(w: __m256i, x: __m256i) -> __m256 {
+        let aw = _mm256_sign_epi8(w, w);
+        let sx = _mm256_sign_epi8(x, w);
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx))
     }
 
-    /// [`dot_q4_0_q8_0`] of one row with four inputs: each Q4_0 block unpacked once; per
-    /// input the same operations in the same order (bit-identical to four single calls).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_0_q8_0_x4(w: &[BlockQ4_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let low = _mm_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi8(8);
-        for (i, a) in w.iter().enumerate() {
-            // SAFETY: qs of Q4_0 is 16 bytes.
-            let q4 = unsafe { _mm_loadu_si128(a.qs.as_ptr().cast()) };
-            let lo = _mm_and_si128(q4, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
-            let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
-            let da = a.d.to_f32();
-            accumulate4(&mut acc, qa, da, x, i);
-        }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
-    }
+    /// The Q8_0/Q4_0 kernels, compiled once per instruction set (`avx2`: `maddubs` + `madd`;
+    /// `vnni`: `vpdpbusd`). Both give the same integers per block, so the same results.
+    macro_rules! int8_kernels {
+        ($name:ident, $feat:literal, $mul_sum_i8:ident) => {
+            pub mod $name {
+                use super::super::super::blocks::{BlockQ4_0, BlockQ8_0};
+                use super::{hsum, $mul_sum_i8 as mul_sum_i8};
+                use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (a, b) in w.iter().zip(x) {
-            // SAFETY: each qs is exactly 32 bytes.
-            let (qa, qb) = unsafe {
-                (
-                    _mm256_loadu_si256(a.qs.as_ptr().cast()),
-                    _mm256_loadu_si256(b.qs.as_ptr().cast()),
-                )
-            };
-            let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
-        }
-        hsum(acc)
-    }
+                /// One weight block (`qa` as signed bytes, scale `da`) against block `i` of four Q8_0
+                /// inputs, into their accumulators: the single-input kernels' step, once per input.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                fn accumulate4(
+                    acc: &mut [__m256; 4],
+                    qa: __m256i,
+                    da: f32,
+                    x: [&[BlockQ8_0]; 4],
+                    i: usize,
+                ) {
+                    for (acc, xs) in acc.iter_mut().zip(x) {
+                        let b = &xs[i];
+                        // SAFETY: qs of Q8_0 is exactly 32 bytes.
+                        let qb = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+                        let d = _mm256_set1_ps(da * b.d.to_f32());
+                        *acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), *acc);
+                    }
+                }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let low = _mm_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi8(8);
-        for (a, b) in w.iter().zip(x) {
-            // SAFETY: qs of Q4_0 is 16 bytes, of Q8_0 32 bytes.
-            let (q4, qb) = unsafe {
-                (
-                    _mm_loadu_si128(a.qs.as_ptr().cast()),
-                    _mm256_loadu_si256(b.qs.as_ptr().cast()),
-                )
-            };
-            let lo = _mm_and_si128(q4, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
-            let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
-            let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
-        }
-        hsum(acc)
+                /// [`dot_q8_0_q8_0`] of one row with four inputs: each weight block loaded once; per
+                /// input the same operations in the same order (bit-identical to four single calls).
+                #[target_feature(enable = $feat)]
+                pub unsafe fn dot_q8_0_q8_0_x4(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for (i, a) in w.iter().enumerate() {
+                        // SAFETY: each qs is exactly 32 bytes.
+                        let qa = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+                        let da = a.d.to_f32();
+                        accumulate4(&mut acc, qa, da, x, i);
+                    }
+                    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+                }
+
+                /// [`dot_q4_0_q8_0`] of one row with four inputs: each Q4_0 block unpacked once; per
+                /// input the same operations in the same order (bit-identical to four single calls).
+                #[target_feature(enable = $feat)]
+                pub unsafe fn dot_q4_0_q8_0_x4(w: &[BlockQ4_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let low = _mm_set1_epi8(0x0F);
+                    let eight = _mm256_set1_epi8(8);
+                    for (i, a) in w.iter().enumerate() {
+                        // SAFETY: qs of Q4_0 is 16 bytes.
+                        let q4 = unsafe { _mm_loadu_si128(a.qs.as_ptr().cast()) };
+                        let lo = _mm_and_si128(q4, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
+                        let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+                        let da = a.d.to_f32();
+                        accumulate4(&mut acc, qa, da, x, i);
+                    }
+                    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+                }
+
+                #[target_feature(enable = $feat)]
+                pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+                    let mut acc = _mm256_setzero_ps();
+                    for (a, b) in w.iter().zip(x) {
+                        // SAFETY: each qs is exactly 32 bytes.
+                        let (qa, qb) = unsafe {
+                            (
+                                _mm256_loadu_si256(a.qs.as_ptr().cast()),
+                                _mm256_loadu_si256(b.qs.as_ptr().cast()),
+                            )
+                        };
+                        let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+                        acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
+                    }
+                    hsum(acc)
+                }
+
+                #[target_feature(enable = $feat)]
+                pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+                    let mut acc = _mm256_setzero_ps();
+                    let low = _mm_set1_epi8(0x0F);
+                    let eight = _mm256_set1_epi8(8);
+                    for (a, b) in w.iter().zip(x) {
+                        // SAFETY: qs of Q4_0 is 16 bytes, of Q8_0 32 bytes.
+                        let (q4, qb) = unsafe {
+                            (
+                                _mm_loadu_si128(a.qs.as_ptr().cast()),
+                                _mm256_loadu_si256(b.qs.as_ptr().cast()),
+                            )
+                        };
+                        let lo = _mm_and_si128(q4, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
+                        let qa = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+                        let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+                        acc = _mm256_fmadd_ps(d, mul_sum_i8(qa, qb), acc);
+                    }
+                    hsum(acc)
+                }
+            }
+        };
+    }
+    int8_kernels!(avx2, "avx2,fma", mul_sum_i8);
+    int8_kernels!(vnni, "avx2,fma,avx512vnni,avx512vl", mul_sum_i8_vnni);
+}
+
+#[inline]
+fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], level: Int8) -> f32 {
+    match level {
+        // SAFETY: the level is what `int8_level` detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2 => unsafe { x86::avx2::dot_q8_0_q8_0(w, x) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Vnni => unsafe { x86::vnni::dot_q8_0_q8_0(w, x) },
+        _ => dot_q8_0_q8_0_ref(w, x),
     }
 }
 
 #[inline]
-fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], simd: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when AVX2 and FMA were detected.
-        return unsafe { x86::dot_q8_0_q8_0(w, x) };
+fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], level: Int8) -> f32 {
+    match level {
+        // SAFETY: the level is what `int8_level` detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2 => unsafe { x86::avx2::dot_q4_0_q8_0(w, x) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Vnni => unsafe { x86::vnni::dot_q4_0_q8_0(w, x) },
+        _ => dot_q4_0_q8_0_ref(w, x),
     }
-    let _ = simd;
-    dot_q8_0_q8_0_ref(w, x)
-}
-
-#[inline]
-fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], simd: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when AVX2 and FMA were detected.
-        return unsafe { x86::dot_q4_0_q8_0(w, x) };
-    }
-    let _ = simd;
-    dot_q4_0_q8_0_ref(w, x)
 }
 
 #[inline]
@@ -423,21 +483,29 @@ impl<'a> Matrix<'a> {
     fn row_dot4(&self, r: usize, x: [&Input<'_>; 4]) -> [f32; 4] {
         let b = self.row_bytes(r);
         #[cfg(target_arch = "x86_64")]
-        if let [Input::Q8(x0, true), Input::Q8(x1, true), Input::Q8(x2, true), Input::Q8(x3, true)] =
-            x
-        {
+        if let [Input::Q8(x0, l), Input::Q8(x1, _), Input::Q8(x2, _), Input::Q8(x3, _)] = x {
             let xs = [*x0, *x1, *x2, *x3];
             let n = self.cols / QK;
             assert!(xs.iter().all(|x| x.len() == n));
-            match self.ty {
-                GgmlType::Q8_0 => {
-                    // SAFETY: `true` in the inputs means AVX2 and FMA were detected; lengths
-                    // checked above.
-                    return unsafe { x86::dot_q8_0_q8_0_x4(bytemuck::cast_slice(b), xs) };
+            let w = b;
+            // SAFETY (every call below): the level is what `int8_level` detected on this CPU
+            // (all inputs of one product share it); lengths checked above.
+            match (self.ty, l) {
+                (GgmlType::Q8_0, Int8::Avx2) => {
+                    // SAFETY: see above.
+                    return unsafe { x86::avx2::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
                 }
-                GgmlType::Q4_0 => {
-                    // SAFETY: as above.
-                    return unsafe { x86::dot_q4_0_q8_0_x4(bytemuck::cast_slice(b), xs) };
+                (GgmlType::Q8_0, Int8::Vnni) => {
+                    // SAFETY: see above.
+                    return unsafe { x86::vnni::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                }
+                (GgmlType::Q4_0, Int8::Avx2) => {
+                    // SAFETY: see above.
+                    return unsafe { x86::avx2::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                }
+                (GgmlType::Q4_0, Int8::Vnni) => {
+                    // SAFETY: see above.
+                    return unsafe { x86::vnni::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
                 }
                 _ => {}
             }
@@ -495,7 +563,7 @@ impl<'a> Matrix<'a> {
 
     fn input<'x>(&self, x: &'x [f32], q8: &'x [BlockQ8_0]) -> Input<'x> {
         if self.quantized() {
-            Input::Q8(q8, has_avx2_fma())
+            Input::Q8(q8, int8_level())
         } else {
             Input::F32(x)
         }
@@ -598,10 +666,25 @@ mod tests {
             let w4: Vec<BlockQ4_0> =
                 bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q4_0, &w).unwrap())
                     .to_vec();
-            let (a, b) = (dot_q8_0(&w8, &xq, true), dot_q8_0_q8_0_ref(&w8, &xq));
+            let (a, b) = (dot_q8_0(&w8, &xq, Int8::Avx2), dot_q8_0_q8_0_ref(&w8, &xq));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q8: {a} vs {b}");
-            let (a, b) = (dot_q4_0(&w4, &xq, true), dot_q4_0_q8_0_ref(&w4, &xq));
+            let (a, b) = (dot_q4_0(&w4, &xq, Int8::Avx2), dot_q4_0_q8_0_ref(&w4, &xq));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q4: {a} vs {b}");
+            // The VNNI kernels compute the same integers, so the same floats, bit for bit.
+            if int8_level() == Int8::Vnni {
+                for (x, y) in [
+                    (
+                        dot_q8_0(&w8, &xq, Int8::Vnni),
+                        dot_q8_0(&w8, &xq, Int8::Avx2),
+                    ),
+                    (
+                        dot_q4_0(&w4, &xq, Int8::Vnni),
+                        dot_q4_0(&w4, &xq, Int8::Avx2),
+                    ),
+                ] {
+                    assert_eq!(x.to_bits(), y.to_bits());
+                }
+            }
         }
     }
 
