@@ -624,6 +624,85 @@ fn greedy_server_output_equals_the_cli_on_llama_cpp_and_stream_layers() {
     }
 }
 
+/// Sampling settings shared by the CLI and the server in [`same_seed_same_text_on_llama_cpp_and_stream_layers`].
+const SAMPLED: [&str; 12] = [
+    "--temp",
+    "1.1",
+    "--top-k",
+    "100",
+    "--top-p",
+    "0.9",
+    "--min-p",
+    "0.02",
+    "--repeat-penalty",
+    "1.2",
+    "-t",
+    "1",
+];
+
+/// `jq-run MODEL -p P -n N` with [`SAMPLED`] and `-s SEED`, without the final newline.
+fn cli_sampled(model: &Path, extra: &[&str], prompt: &str, n: usize, seed: u64) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_jq-run"))
+        .arg(model)
+        .args(["-p", prompt, "-n", &n.to_string(), "-s", &seed.to_string()])
+        .args(SAMPLED)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut out = o.stdout;
+    assert_eq!(out.pop(), Some(b'\n'));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn completion_sampled(srv: &Server, prompt: &str, n: usize, seed: u64) -> String {
+    let body = json!({"prompt": prompt, "max_tokens": n, "temperature": 1.1, "top_k": 100,
+        "top_p": 0.9, "min_p": 0.02, "repeat_penalty": 1.2, "seed": seed})
+    .to_string();
+    let (status, b) = srv.http("POST", "/v1/completions", &[], body.as_bytes());
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// Item 5 of the issue: `--stream-layers` samples with llama.cpp's own chain over its logits,
+/// so the same flags and seed give the llama.cpp engine's text (the reference: llama.cpp's
+/// sampler on llama.cpp's logits), on the CLI and in the server, on `--parallel 1` and
+/// `--parallel 2` (the batched sweep).
+#[test]
+fn same_seed_same_text_on_llama_cpp_and_stream_layers() {
+    for (m, prompt, n) in [
+        (real(), "Once upon a time", 24),
+        (tiny().to_path_buf(), "the cat sat", 16),
+    ] {
+        let want = cli_sampled(&m, &[], prompt, n, 5);
+        // Sampling is on: the text is neither the greedy one nor another seed's.
+        assert_ne!(want, cli_text(&m, &[], prompt, n), "{}", m.display());
+        assert_ne!(want, cli_sampled(&m, &[], prompt, n, 6), "{}", m.display());
+        assert_eq!(
+            cli_sampled(&m, &["--stream-layers"], prompt, n, 5),
+            want,
+            "{}: CLI --stream-layers",
+            m.display()
+        );
+        for extra in [
+            &[][..],
+            &["--stream-layers"][..],
+            &["--stream-layers", "--parallel", "2"][..],
+        ] {
+            let mut args = vec!["-c", "256"];
+            args.extend_from_slice(extra);
+            let srv = Server::start(&m, &args);
+            assert_eq!(
+                completion_sampled(&srv, prompt, n, 5),
+                want,
+                "{}: serve {extra:?}",
+                m.display()
+            );
+        }
+    }
+}
+
 /// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build).
 fn jarvis() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");

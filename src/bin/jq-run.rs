@@ -1297,7 +1297,7 @@ fn serve(s: &ServeCli) -> Result<()> {
                 model: &j.model,
                 gen: None,
             };
-            worker::run_one(&mut seq, &*tk, jobs_rx);
+            worker::run_one(&mut seq, &*tk, &worker::jq_sampler, jobs_rx);
         });
         (
             Vocab::Jarvis(tok),
@@ -1340,10 +1340,12 @@ fn serve(s: &ServeCli) -> Result<()> {
             };
             eprintln!("{}", st.plan());
             let _ = ready_tx.send(Ok(()));
+            // llama.cpp's sampler chain, as the llama.cpp engine samples.
+            let chain = worker::llama_chain(v.n_vocab());
             if parallel > 1 {
-                worker::run_stream(&mut st, &*v, n_ctx as usize, jobs_rx);
+                worker::run_stream(&mut st, &*v, n_ctx as usize, &chain, jobs_rx);
             } else {
-                worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
+                worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, &chain, jobs_rx);
             }
         });
         let tt = m

@@ -20,6 +20,8 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -124,6 +126,54 @@ pub fn sampler_chain(s: &SamplerConfig, n_vocab: usize) -> LlamaSampler {
         chain.push(LlamaSampler::dist(s.seed as u32));
     }
     LlamaSampler::chain_simple(chain)
+}
+
+/// llama.cpp's sampler chain ([`sampler_chain`]) over logits that jq computed (the
+/// `--stream-layers` executor): the candidates array `llama_sampler_sample` builds from a
+/// context's logits (every id in order, unsorted), the same chain applied to it and the chosen
+/// token accepted, so the same flags and seed pick the same tokens as the llama.cpp engine.
+pub struct ChainSampler {
+    chain: LlamaSampler,
+    cur: Vec<LlamaTokenData>,
+}
+
+impl std::fmt::Debug for ChainSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSampler").finish_non_exhaustive()
+    }
+}
+
+impl ChainSampler {
+    /// The chain for `s`, with `history` (the prompt) accepted as [`Session::eval`] does.
+    pub fn new(s: &SamplerConfig, n_vocab: usize, history: &[u32]) -> ChainSampler {
+        let mut chain = sampler_chain(s, n_vocab);
+        chain.accept_many(history.iter().map(|&t| LlamaToken(t as i32)));
+        ChainSampler {
+            chain,
+            cur: Vec::with_capacity(n_vocab),
+        }
+    }
+
+    /// Picks (and accepts) the next token from one position's logits.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let mut cur = std::mem::take(&mut self.cur);
+        cur.clear();
+        cur.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+        );
+        let mut arr = LlamaTokenDataArray::new(cur, false);
+        arr.apply_sampler(&mut self.chain);
+        let tok = arr
+            .selected_token()
+            .or_else(|| arr.data.first().map(LlamaTokenData::id))
+            .unwrap_or(LlamaToken(0));
+        self.chain.accept(tok);
+        self.cur = arr.data;
+        tok.0 as u32
+    }
 }
 
 impl Llama {

@@ -4,6 +4,7 @@
 //! prompts as fits `n_batch`, so a request that arrives joins at the next step and a
 //! finished (or abandoned) one leaves it. The other engines run one sequence at a time.
 
+use crate::engine::llama::ChainSampler;
 use crate::sample::{Sampler, SamplerConfig};
 use anyhow::{anyhow, Result};
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -337,6 +338,59 @@ pub fn run_llama(
     }
 }
 
+// ---------------------------------------------------------------- samplers over jq's logits
+
+/// A sampler over logits that jq computed: llama.cpp's chain ([`ChainSampler`], on the
+/// `--stream-layers` paths, so the same seed gives the llama.cpp engine's text) or jq's own
+/// (the native engine, as its CLI samples).
+pub trait PickToken {
+    /// Picks the next token from one position's logits (which it may change) and records it.
+    fn pick(&mut self, logits: &mut [f32]) -> u32;
+}
+
+impl PickToken for ChainSampler {
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        self.sample(logits)
+    }
+}
+
+/// jq's sampler with the history its penalties read.
+#[derive(Debug)]
+pub struct JqSampler {
+    sampler: Sampler,
+    history: Vec<u32>,
+}
+
+impl JqSampler {
+    pub fn new(cfg: &SamplerConfig, prompt: &[u32]) -> JqSampler {
+        JqSampler {
+            sampler: Sampler::new(cfg.clone()),
+            history: prompt.to_vec(),
+        }
+    }
+}
+
+impl PickToken for JqSampler {
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        let id = self.sampler.sample(logits, &self.history);
+        self.history.push(id);
+        id
+    }
+}
+
+/// Makes a job's sampler from its settings and prompt.
+pub type NewSampler<'a> = &'a dyn Fn(&SamplerConfig, &[u32]) -> Box<dyn PickToken>;
+
+/// llama.cpp's chain for a vocabulary of `n_vocab` tokens.
+pub fn llama_chain(n_vocab: usize) -> impl Fn(&SamplerConfig, &[u32]) -> Box<dyn PickToken> {
+    move |cfg, prompt| Box::new(ChainSampler::new(cfg, n_vocab, prompt))
+}
+
+/// jq's own sampler.
+pub fn jq_sampler(cfg: &SamplerConfig, prompt: &[u32]) -> Box<dyn PickToken> {
+    Box::new(JqSampler::new(cfg, prompt))
+}
+
 // ---------------------------------------------------------------- one sequence at a time
 
 /// An engine that evaluates one sequence: the prompt from position 0, then one token at a
@@ -347,31 +401,40 @@ pub trait OneSeq {
     fn push(&mut self, id: u32) -> Result<Vec<f32>>;
 }
 
-/// Serves jobs one after the other (the rest wait in the queue), sampling with jq's sampler.
-pub fn run_one(engine: &mut dyn OneSeq, vocab: &dyn Pieces, jobs: Receiver<Job>) {
+/// Serves jobs one after the other (the rest wait in the queue).
+pub fn run_one(
+    engine: &mut dyn OneSeq,
+    vocab: &dyn Pieces,
+    new_sampler: NewSampler<'_>,
+    jobs: Receiver<Job>,
+) {
     while let Ok(job) = jobs.recv() {
         if job.events.is_closed() {
             continue;
         }
         let ev = job.events.clone();
-        if let Err(e) = one_job(engine, vocab, job) {
+        if let Err(e) = one_job(engine, vocab, new_sampler, job) {
             let _ = ev.send(Event::Failed(format!("{e:#}")));
         }
     }
 }
 
-fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> {
+fn one_job(
+    engine: &mut dyn OneSeq,
+    vocab: &dyn Pieces,
+    new_sampler: NewSampler<'_>,
+    job: Job,
+) -> Result<()> {
     let t0 = Instant::now();
     let mut logits = engine.start(&job.prompt)?;
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
-    let mut sampler = Sampler::new(job.sampler.clone());
-    let mut history = job.prompt.clone();
+    let mut sampler = new_sampler(&job.sampler, &job.prompt);
     let mut out = TextOut::new(job.stop.clone());
     let mut generated = 0;
     let mut n_past = job.prompt.len();
     let finish = loop {
-        let id = sampler.sample(&mut logits, &history);
+        let id = sampler.pick(&mut logits);
         if vocab.is_eog(id) {
             break Finish::Eos;
         }
@@ -389,7 +452,6 @@ fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> 
         if job.events.is_closed() {
             return Ok(());
         }
-        history.push(id);
         logits = engine.push(id)?;
         n_past += 1;
     };
@@ -425,8 +487,7 @@ fn finish_job(
 /// One active request of [`run_stream`].
 struct StreamSlot {
     job: Job,
-    sampler: Sampler,
-    history: Vec<u32>,
+    sampler: Box<dyn PickToken>,
     /// The last step's logits for this sequence (None until its prompt ran).
     logits: Option<Vec<f32>>,
     generated: usize,
@@ -440,18 +501,18 @@ struct StreamSlot {
 /// sequence (compute-bound: one sweep per micro-batch), then every active sequence's next
 /// token goes through one decode step together, so one pass over the streamed weights serves
 /// all of them. A request that arrives joins at the next step; one that ends or whose client
-/// went away frees its sequence. Sampling is jq's sampler, as on the one-sequence path.
+/// went away frees its sequence. Each sequence samples with its own `new_sampler`.
 pub fn run_stream(
     st: &mut crate::engine::stream::Streamer,
     vocab: &dyn Pieces,
     n_ctx: usize,
+    new_sampler: NewSampler<'_>,
     jobs: Receiver<Job>,
 ) {
     let n_seq = st.n_seq();
     let mut slots: Vec<Option<StreamSlot>> = (0..n_seq).map(|_| None).collect();
     let admit = |job: Job| StreamSlot {
-        sampler: Sampler::new(job.sampler.clone()),
-        history: job.prompt.clone(),
+        sampler: new_sampler(&job.sampler, &job.prompt),
         out: TextOut::new(job.stop.clone()),
         job,
         logits: None,
@@ -502,7 +563,7 @@ pub fn run_stream(
             let Some(mut logits) = s.logits.take() else {
                 continue;
             };
-            let id = s.sampler.sample(&mut logits, &s.history);
+            let id = s.sampler.pick(&mut logits);
             let finish = if vocab.is_eog(id) {
                 Some(Finish::Eos)
             } else {
@@ -533,7 +594,6 @@ pub fn run_stream(
                 *slot = None;
                 continue;
             }
-            s.history.push(id);
             items.push((i, id));
         }
         if items.is_empty() {
