@@ -703,6 +703,108 @@ fn same_seed_same_text_on_llama_cpp_and_stream_layers() {
     }
 }
 
+/// Prompt-prefix reuse and Ollama's `context`: a request that continues a conversation whose
+/// keys and values a sequence still holds evaluates only what follows (Ollama's
+/// `prompt_eval_count`, OpenAI's `usage.prompt_tokens_details.cached_tokens`), and its reply
+/// is llama.cpp's greedy continuation of the whole prompt (through the bindings). On the
+/// llama.cpp engine with 2 sequences and on `--stream-layers` with 1 and 2; the official
+/// clients send `context` and `keep_alive` back.
+#[test]
+fn a_continued_conversation_evaluates_only_its_new_tokens() {
+    let m = real();
+    let l = Llama::load(&m).unwrap();
+    let gemma = jq::chat::ChatTemplate::resolve(Some("gemma"), None, "<bos>", "<eos>")
+        .unwrap()
+        .unwrap();
+    let u1 = "Name a colour.";
+    let u2 = "Another one.";
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let count = |v: &Value| v.as_u64().unwrap() as usize;
+    for extra in [
+        &["--parallel", "2"][..],
+        &["--stream-layers"][..],
+        &["--stream-layers", "--parallel", "2"][..],
+    ] {
+        let mut args = vec!["-c", "512", "--chat-template", "gemma", "--temp", "0"];
+        args.extend_from_slice(extra);
+        let srv = Server::start(&m, &args);
+        let o = json!({"num_predict": 8, "temperature": 0});
+        let msgs1 = json!([{"role": "user", "content": u1}]);
+        let msgs2 = json!([{"role": "user", "content": u1},
+                           {"role": "assistant", "content": {"$from": [2, "choices", 0, "message", "content"]}},
+                           {"role": "user", "content": u2}]);
+        let r = srv.clients(
+            "",
+            json!([
+                ["ollama", "generate", {"model": "gemma-3-270m-q4_k_m", "prompt": u1, "options": o, "stream": false, "keep_alive": "5m"}],
+                ["ollama", "generate", {"model": "gemma-3-270m-q4_k_m", "prompt": u2, "options": o, "stream": false, "keep_alive": 300,
+                                        "context": {"$from": [0, "context"]}}],
+                ["openai", "chat", {"model": "gemma-3-270m-q4_k_m", "messages": msgs1, "max_tokens": 8}],
+                ["openai", "chat", {"model": "gemma-3-270m-q4_k_m", "messages": msgs2, "max_tokens": 8}],
+                ["ollama", "generate", {"model": "gemma-3-270m-q4_k_m", "prompt": "", "keep_alive": 0}],
+            ]),
+        );
+        let (r0, r1) = (ok(&r[0]), ok(&r[1]));
+        // The first request: the templated prompt, all evaluated; its context is prompt + reply.
+        let p0 = l.tokenize_chat(&gemma.apply(&[("user".into(), u1.into())], true).unwrap());
+        let c0 = ids(&r0["context"]);
+        assert_eq!(c0[..p0.len()], p0[..], "{extra:?}");
+        assert_eq!(c0[p0.len()..], greedy(&l, &p0, 8)[..], "{extra:?}");
+        assert_eq!(count(&r0["prompt_eval_count"]), p0.len(), "{extra:?}");
+        // The continuation: context + the new turn (no second BOS); the cache held all of
+        // the context but its last token (sampled, never evaluated).
+        let turn2 = l.tokenize_with(
+            &gemma.apply(&[("user".into(), u2.into())], true).unwrap(),
+            false,
+            true,
+        );
+        let p1: Vec<u32> = c0.iter().chain(&turn2).copied().collect();
+        let c1 = ids(&r1["context"]);
+        assert_eq!(c1[..p1.len()], p1[..], "{extra:?}");
+        assert_eq!(
+            c1[p1.len()..],
+            greedy(&l, &p1, 8)[..],
+            "{extra:?}: the cold reply"
+        );
+        assert_eq!(
+            count(&r1["prompt_eval_count"]),
+            p1.len() - (c0.len() - 1),
+            "{extra:?}"
+        );
+        // OpenAI: the same opening as request 0 is held (all but its last token), then the
+        // second chat continues request 2's reply.
+        let (a2, a3) = (ok(&r[2]), ok(&r[3]));
+        let details = |v: &Value| count(&v["usage"]["prompt_tokens_details"]["cached_tokens"]);
+        assert_eq!(details(a2), p0.len() - 1, "{extra:?}");
+        let reply = a2["choices"][0]["message"]["content"].as_str().unwrap();
+        let turns3 = [
+            ("user".into(), u1.into()),
+            ("assistant".into(), reply.to_string()),
+            ("user".into(), u2.into()),
+        ];
+        let p3 = l.tokenize_chat(&gemma.apply(&turns3, true).unwrap());
+        assert_eq!(count(&a3["usage"]["prompt_tokens"]), p3.len(), "{extra:?}");
+        let cached = details(a3);
+        assert!(
+            cached >= p0.len() && cached < p3.len(),
+            "{extra:?}: {cached} of {}",
+            p3.len()
+        );
+        assert_eq!(
+            a3["choices"][0]["message"]["content"].as_str().unwrap(),
+            text_of(&l, &greedy(&l, &p3, 8)),
+            "{extra:?}: the cold reply"
+        );
+        assert_eq!(ok(&r[4])["done_reason"], "unload");
+    }
+}
+
 /// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build).
 fn jarvis() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");

@@ -1168,9 +1168,11 @@ impl jq::serve::worker::OneSeq for StreamSeq {
     fn n_ctx(&self) -> usize {
         self.1
     }
-    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        self.0.clear();
-        self.0.eval(prompt, false)
+    fn keep(&mut self, n: usize) -> usize {
+        self.0.keep_seq(0, n)
+    }
+    fn start(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.eval(tokens, false)
     }
     fn push(&mut self, id: u32) -> Result<Vec<f32>> {
         self.0.eval(&[id], false)

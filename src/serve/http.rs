@@ -319,6 +319,8 @@ fn usage(r: &Report) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.generated_tokens,
         "total_tokens": r.prompt_tokens + r.generated_tokens,
+        // As OpenAI and llama-server: prompt tokens whose cache was reused.
+        "prompt_tokens_details": {"cached_tokens": r.cached_tokens},
     })
 }
 
@@ -539,17 +541,99 @@ fn ollama_done(model: &str, r: &Report, extra: (&str, Value)) -> Value {
         "model": model, "created_at": rfc3339(now_s()), "done": true,
         "done_reason": r.finish.reason(),
         "total_duration": ns(r.prompt_time + r.decode_time), "load_duration": 0,
-        "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": ns(r.prompt_time),
+        // As Ollama: the prompt tokens evaluated, not those whose cache was reused.
+        "prompt_eval_count": r.prompt_tokens - r.cached_tokens,
+        "prompt_eval_duration": ns(r.prompt_time),
         "eval_count": r.generated_tokens, "eval_duration": ns(r.decode_time),
     });
     v[extra.0] = extra.1;
     v
 }
 
+/// Ollama's `keep_alive`: a duration ("5m", "1h30m", "30s", "0") or a number of seconds
+/// (negative: forever). Accepted and checked; the model stays loaded for the process's life.
+fn keep_alive(m: &Map<String, Value>) -> ApiResult<Option<f64>> {
+    let bad = || {
+        ApiError::bad(
+            "keep_alive",
+            "keep_alive must be a number of seconds or a duration such as \"5m\"",
+        )
+    };
+    match m.get("keep_alive") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if let Ok(x) = s.parse::<f64>() {
+                return Ok(Some(x));
+            }
+            // Go's time.ParseDuration units.
+            let (mut total, mut rest, neg) = match s.strip_prefix('-') {
+                Some(r) => (0.0, r, true),
+                None => (0.0, s, false),
+            };
+            if rest.is_empty() {
+                return Err(bad());
+            }
+            while !rest.is_empty() {
+                let n = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .ok_or_else(bad)?;
+                let x: f64 = rest[..n].parse().map_err(|_| bad())?;
+                let u = rest[n..]
+                    .find(|c: char| c.is_ascii_digit() || c == '.')
+                    .map_or(rest.len(), |k| n + k);
+                let scale = match &rest[n..u] {
+                    "ns" => 1e-9,
+                    "us" | "µs" => 1e-6,
+                    "ms" => 1e-3,
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return Err(bad()),
+                };
+                total += x * scale;
+                rest = &rest[u..];
+            }
+            Ok(Some(if neg { -total } else { total }))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Ollama's `context`: token ids an earlier `/api/generate` reply returned.
+fn ollama_context(app: &Server, m: &Map<String, Value>) -> ApiResult<Option<Vec<u32>>> {
+    let n_vocab = app.vocab.n_vocab() as u64;
+    match m.get("context") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&t| t < n_vocab)
+                    .map(|t| t as u32)
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "context",
+                            format!("context must hold token ids below {n_vocab}"),
+                        )
+                    })
+            })
+            .collect::<ApiResult<Vec<u32>>>()
+            .map(Some),
+        Some(_) => Err(ApiError::bad(
+            "context",
+            "context must be an array of token ids",
+        )),
+    }
+}
+
 fn ollama_stream(
     rx: UnboundedReceiver<Event>,
     model: String,
     piece: impl Fn(&str) -> (&'static str, Value) + Send + 'static,
+    done: impl Fn(&Report, &str) -> Value + Send + 'static,
 ) -> Response {
     stream_body(rx, "application/x-ndjson", move |ev| {
         let line = match ev {
@@ -559,7 +643,7 @@ fn ollama_stream(
                 o[k] = v;
                 o
             }
-            Event::Done(r) => ollama_done(&model, &r, piece("")),
+            Event::Done(r) => done(&r, ""),
             Event::Failed(e) => ApiError::status(500, e).ollama(),
         };
         vec![format!("{line}\n")]
@@ -584,12 +668,16 @@ async fn ollama_generate_inner(
     let raw = api::boolean(&m, "raw")?.unwrap_or(false);
     let system = api::string(&m, "system")?;
     let stream = api::boolean(&m, "stream")?.unwrap_or(true);
+    let unload = keep_alive(&m)? == Some(0.0);
+    let context = ollama_context(app, &m)?;
     let model = app.info.name.clone();
     if prompt.is_empty() {
-        // Ollama's "load the model" request.
+        // Ollama's "load the model" request (or, with keep_alive 0, "unload": the model
+        // stays loaded here, one model per process).
+        let reason = if unload { "unload" } else { "load" };
         return Ok(json_response(
             200,
-            &json!({"model": model, "created_at": rfc3339(now_s()), "response": "", "done": true, "done_reason": "load"}),
+            &json!({"model": model, "created_at": rfc3339(now_s()), "response": "", "done": true, "done_reason": reason}),
         ));
     }
     // As Ollama: the prompt goes through the chat template unless raw (or there is none).
@@ -607,17 +695,37 @@ async fn ollama_generate_inner(
         }
         _ => (prompt.to_string(), false),
     };
-    let ids = tokenize(app, &text, chat, "prompt")?;
+    // A `context` from an earlier reply continues it: its tokens, then this prompt's (no
+    // second BOS), so the sequence that still holds them evaluates only the new ones.
+    let ids = match context {
+        Some(mut c) => {
+            c.extend(
+                app.vocab
+                    .tokenize_more(&text)
+                    .map_err(|e| ApiError::bad("prompt", format!("prompt: {e}")))?,
+            );
+            c
+        }
+        None => tokenize(app, &text, chat, "prompt")?,
+    };
     let g = prepare(app, &opts, &api::OLLAMA, ids, "prompt", "stop")?;
     let rx = submit(app, g)?;
+    let m2 = model.clone();
+    let with_context = move |r: &Report, text: &str| {
+        let mut v = ollama_done(&m2, r, ("response", json!(text)));
+        v["context"] = json!(r.context);
+        v
+    };
     if stream {
-        return Ok(ollama_stream(rx, model, |t| ("response", json!(t))));
+        return Ok(ollama_stream(
+            rx,
+            model,
+            |t| ("response", json!(t)),
+            with_context,
+        ));
     }
     let (text, r) = collect(rx).await?;
-    Ok(json_response(
-        200,
-        &ollama_done(&model, &r, ("response", json!(text))),
-    ))
+    Ok(json_response(200, &with_context(&r, &text)))
 }
 
 async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -642,8 +750,12 @@ async fn ollama_chat_inner(
     let rx = submit(app, g)?;
     let model = app.info.name.clone();
     let msg = |t: &str| ("message", json!({"role": "assistant", "content": t}));
+    keep_alive(&m)?;
     if stream {
-        return Ok(ollama_stream(rx, model, msg));
+        let m2 = model.clone();
+        return Ok(ollama_stream(rx, model, msg, move |r, t| {
+            ollama_done(&m2, r, msg(t))
+        }));
     }
     let (text, r) = collect(rx).await?;
     Ok(json_response(200, &ollama_done(&model, &r, msg(&text))))

@@ -47,7 +47,13 @@ impl Finish {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were still held from an earlier request (not
+    /// evaluated again).
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
+    /// The prompt and the generated tokens (Ollama's `context`: sent back as the start of the
+    /// next prompt, it continues the conversation from the cache).
+    pub context: Vec<u32>,
     pub finish: Finish,
     pub prompt_time: Duration,
     pub decode_time: Duration,
@@ -170,12 +176,17 @@ struct Slot {
     sampler: llama_cpp_2::sampling::LlamaSampler,
     /// Prompt tokens not yet evaluated.
     pending: Vec<u32>,
+    /// The tokens this sequence's cache holds (or will, once `pending` is evaluated).
+    kv: Vec<u32>,
+    /// Prompt tokens reused from the sequence's previous request.
+    cached: usize,
     n_past: u32,
     /// The sampled token to evaluate in the next batch.
     next: Option<u32>,
     /// Its logits' index in the batch just decoded.
     logits_at: Option<i32>,
-    generated: usize,
+    /// The generated tokens (not an end-of-generation one).
+    generated: Vec<u32>,
     out: TextOut,
     start: Instant,
     prompt_done: Option<Instant>,
@@ -203,32 +214,59 @@ pub fn run_llama(
     };
     let mut batch = LlamaBatch::new(n_batch as usize, n_seq as i32);
     let mut slots: Vec<Option<Slot>> = (0..n_seq).map(|_| None).collect();
-    let admit = |job: Job| Slot {
-        sampler: {
-            let mut s = crate::engine::llama::sampler_chain(&job.sampler, llama.n_vocab());
-            s.accept_many(job.prompt.iter().map(|&t| LlamaToken(t as i32)));
-            s
-        },
-        pending: job.prompt.clone(),
-        out: TextOut::new(job.stop.clone()),
-        job,
-        n_past: 0,
-        next: None,
-        logits_at: None,
-        generated: 0,
-        start: Instant::now(),
-        prompt_done: None,
+    // What each free sequence's cache still holds, and when it was last used.
+    let mut held = Held::new(n_seq);
+    // A new request takes the free sequence holding the longest prefix of its prompt; the
+    // rest of the cache is dropped and only what follows is evaluated.
+    let admit = |ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+                 held: &mut Held,
+                 slots: &mut [Option<Slot>],
+                 job: Job| {
+        let i = held.pick(slots.iter().map(Option::is_none), &job.prompt);
+        let mut keep = reusable(&held.tokens[i], &job.prompt);
+        let seq = Some(i as u32);
+        if keep < held.tokens[i].len()
+            && !ctx
+                .clear_kv_cache_seq(seq, Some(keep as u32), None)
+                .unwrap_or(false)
+        {
+            keep = 0;
+        }
+        // A sliding-window cache may have dropped early positions: start afresh then.
+        if keep == 0 || ctx.kv_cache_seq_pos_min(i as i32) > 0 {
+            ctx.clear_kv_cache_seq(seq, None, None).ok();
+            keep = 0;
+        }
+        held.tokens[i].clear();
+        slots[i] = Some(Slot {
+            sampler: {
+                let mut s = crate::engine::llama::sampler_chain(&job.sampler, llama.n_vocab());
+                s.accept_many(job.prompt.iter().map(|&t| LlamaToken(t as i32)));
+                s
+            },
+            pending: job.prompt[keep..].to_vec(),
+            kv: job.prompt.clone(),
+            cached: keep,
+            out: TextOut::new(job.stop.clone()),
+            job,
+            n_past: keep as u32,
+            next: None,
+            logits_at: None,
+            generated: Vec::new(),
+            start: Instant::now(),
+            prompt_done: None,
+        });
     };
     loop {
         if slots.iter().all(Option::is_none) {
             match jobs.recv() {
-                Ok(j) => slots[0] = Some(admit(j)),
+                Ok(j) => admit(&mut ctx, &mut held, &mut slots, j),
                 Err(_) => return,
             }
         }
-        while let Some(free) = slots.iter().position(Option::is_none) {
+        while slots.iter().any(Option::is_none) {
             match jobs.try_recv() {
-                Ok(j) => slots[free] = Some(admit(j)),
+                Ok(j) => admit(&mut ctx, &mut held, &mut slots, j),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -305,7 +343,7 @@ pub fn run_llama(
             let finish = if llama.is_eog(id) {
                 Some(Finish::Eos)
             } else {
-                s.generated += 1;
+                s.generated.push(id);
                 let (text, stopped) = s.out.push(&llama.piece(id));
                 if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
                     *slot = None;
@@ -314,10 +352,11 @@ pub fn run_llama(
                 }
                 if stopped {
                     Some(Finish::StopString)
-                } else if s.generated >= s.job.max_tokens || s.n_past >= n_ctx_seq {
+                } else if s.generated.len() >= s.job.max_tokens || s.n_past >= n_ctx_seq {
                     Some(Finish::Length)
                 } else {
                     s.next = Some(id);
+                    s.kv.push(id);
                     None
                 }
             };
@@ -327,14 +366,57 @@ pub fn run_llama(
                     &s.job,
                     &mut s.out,
                     f,
-                    s.generated,
+                    (&s.generated, s.cached),
                     pd - s.start,
                     pd.elapsed(),
                 );
+                // The cache keeps this conversation for a request that continues it.
+                held.release(i, std::mem::take(&mut s.kv));
                 *slot = None;
-                ctx.clear_kv_cache_seq(Some(i as u32), None, None).ok();
             }
         }
+    }
+}
+
+/// What each free sequence's cache holds (prompt-prefix reuse) and when it was last used.
+struct Held {
+    tokens: Vec<Vec<u32>>,
+    used: Vec<u64>,
+    clock: u64,
+}
+
+impl Held {
+    fn new(n: usize) -> Held {
+        Held {
+            tokens: vec![Vec::new(); n],
+            used: vec![0; n],
+            clock: 0,
+        }
+    }
+
+    /// The free sequence for `prompt`: the one holding the longest prefix of it, else an
+    /// empty one, else the least recently used. `free` must name at least one.
+    fn pick(&mut self, free: impl Iterator<Item = bool>, prompt: &[u32]) -> usize {
+        let i = free
+            .enumerate()
+            .filter(|&(_, f)| f)
+            .map(|(i, _)| i)
+            .max_by_key(|&i| {
+                (
+                    reusable(&self.tokens[i], prompt),
+                    self.tokens[i].is_empty(),
+                    std::cmp::Reverse(self.used[i]),
+                )
+            })
+            .unwrap_or(0);
+        self.clock += 1;
+        self.used[i] = self.clock;
+        i
+    }
+
+    /// Sequence `i` is free again with `tokens` in its cache.
+    fn release(&mut self, i: usize, tokens: Vec<u32>) {
+        self.tokens[i] = tokens;
     }
 }
 
@@ -393,12 +475,25 @@ pub fn jq_sampler(cfg: &SamplerConfig, prompt: &[u32]) -> Box<dyn PickToken> {
 
 // ---------------------------------------------------------------- one sequence at a time
 
-/// An engine that evaluates one sequence: the prompt from position 0, then one token at a
-/// time, returning the last position's logits.
+/// An engine that evaluates one sequence: a prompt after the positions it kept, then one
+/// token at a time, returning the last position's logits.
 pub trait OneSeq {
     fn n_ctx(&self) -> usize;
-    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>>;
+    /// Keeps the first `n` cached positions and forgets the rest; returns how many it kept
+    /// (0 for an engine that starts every request afresh).
+    fn keep(&mut self, _n: usize) -> usize {
+        0
+    }
+    /// Evaluates `tokens` after the kept positions.
+    fn start(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     fn push(&mut self, id: u32) -> Result<Vec<f32>>;
+}
+
+/// How much of the cached `held` tokens a new `prompt` can reuse: their common prefix, less
+/// one when it is the whole prompt (its last position must be evaluated for logits).
+pub fn reusable(held: &[u32], prompt: &[u32]) -> usize {
+    let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
 }
 
 /// Serves jobs one after the other (the rest wait in the queue).
@@ -408,12 +503,14 @@ pub fn run_one(
     new_sampler: NewSampler<'_>,
     jobs: Receiver<Job>,
 ) {
+    // The tokens whose keys and values the engine holds (prompt-prefix reuse).
+    let mut held = Vec::new();
     while let Ok(job) = jobs.recv() {
         if job.events.is_closed() {
             continue;
         }
         let ev = job.events.clone();
-        if let Err(e) = one_job(engine, vocab, new_sampler, job) {
+        if let Err(e) = one_job(engine, vocab, new_sampler, &mut held, job) {
             let _ = ev.send(Event::Failed(format!("{e:#}")));
         }
     }
@@ -423,22 +520,26 @@ fn one_job(
     engine: &mut dyn OneSeq,
     vocab: &dyn Pieces,
     new_sampler: NewSampler<'_>,
+    held: &mut Vec<u32>,
     job: Job,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let mut logits = engine.start(&job.prompt)?;
+    let cached = engine.keep(reusable(held, &job.prompt));
+    held.clear();
+    let mut logits = engine.start(&job.prompt[cached..])?;
+    held.extend_from_slice(&job.prompt);
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
     let mut sampler = new_sampler(&job.sampler, &job.prompt);
     let mut out = TextOut::new(job.stop.clone());
-    let mut generated = 0;
+    let mut generated = Vec::new();
     let mut n_past = job.prompt.len();
     let finish = loop {
         let id = sampler.pick(&mut logits);
         if vocab.is_eog(id) {
             break Finish::Eos;
         }
-        generated += 1;
+        generated.push(id);
         let (text, stopped) = out.push(&vocab.piece(id));
         if !text.is_empty() && job.events.send(Event::Text(text)).is_err() {
             return Ok(());
@@ -446,16 +547,30 @@ fn one_job(
         if stopped {
             break Finish::StopString;
         }
-        if generated >= job.max_tokens || n_past >= engine.n_ctx() {
+        if generated.len() >= job.max_tokens || n_past >= engine.n_ctx() {
             break Finish::Length;
         }
         if job.events.is_closed() {
             return Ok(());
         }
-        logits = engine.push(id)?;
+        logits = match engine.push(id) {
+            Ok(l) => l,
+            Err(e) => {
+                held.clear();
+                return Err(e);
+            }
+        };
+        held.push(id);
         n_past += 1;
     };
-    finish_job(&job, &mut out, finish, generated, prompt_time, t1.elapsed())
+    finish_job(
+        &job,
+        &mut out,
+        finish,
+        (&generated, cached),
+        prompt_time,
+        t1.elapsed(),
+    )
 }
 
 /// The end of a job: the held text (unless a stop string ended it), then its report.
@@ -463,7 +578,7 @@ fn finish_job(
     job: &Job,
     out: &mut TextOut,
     finish: Finish,
-    generated: usize,
+    (generated, cached): (&[u32], usize),
     prompt_time: Duration,
     decode_time: Duration,
 ) -> Result<()> {
@@ -474,7 +589,9 @@ fn finish_job(
     job.events
         .send(Event::Done(Report {
             prompt_tokens: job.prompt.len(),
-            generated_tokens: generated,
+            cached_tokens: cached,
+            generated_tokens: generated.len(),
+            context: job.prompt.iter().chain(generated).copied().collect(),
             finish,
             prompt_time,
             decode_time,
@@ -488,9 +605,14 @@ fn finish_job(
 struct StreamSlot {
     job: Job,
     sampler: Box<dyn PickToken>,
+    /// The tokens this sequence's cache holds (or will, once the prompt ran).
+    kv: Vec<u32>,
+    /// Prompt tokens reused from the sequence's previous request.
+    cached: usize,
     /// The last step's logits for this sequence (None until its prompt ran).
     logits: Option<Vec<f32>>,
-    generated: usize,
+    /// The generated tokens (not an end-of-generation one).
+    generated: Vec<u32>,
     out: TextOut,
     start: Instant,
     prompt_done: Option<Instant>,
@@ -511,25 +633,37 @@ pub fn run_stream(
 ) {
     let n_seq = st.n_seq();
     let mut slots: Vec<Option<StreamSlot>> = (0..n_seq).map(|_| None).collect();
-    let admit = |job: Job| StreamSlot {
-        sampler: new_sampler(&job.sampler, &job.prompt),
-        out: TextOut::new(job.stop.clone()),
-        job,
-        logits: None,
-        generated: 0,
-        start: Instant::now(),
-        prompt_done: None,
+    let mut held = Held::new(n_seq);
+    // As on llama.cpp: the free sequence holding the longest prefix of the prompt.
+    let admit = |st: &mut crate::engine::stream::Streamer,
+                 held: &mut Held,
+                 slots: &mut [Option<StreamSlot>],
+                 job: Job| {
+        let i = held.pick(slots.iter().map(Option::is_none), &job.prompt);
+        let keep = st.keep_seq(i, reusable(&held.tokens[i], &job.prompt));
+        held.tokens[i].clear();
+        slots[i] = Some(StreamSlot {
+            sampler: new_sampler(&job.sampler, &job.prompt),
+            kv: job.prompt.clone(),
+            cached: keep,
+            out: TextOut::new(job.stop.clone()),
+            job,
+            logits: None,
+            generated: Vec::new(),
+            start: Instant::now(),
+            prompt_done: None,
+        });
     };
     loop {
         if slots.iter().all(Option::is_none) {
             match jobs.recv() {
-                Ok(j) => slots[0] = Some(admit(j)),
+                Ok(j) => admit(st, &mut held, &mut slots, j),
                 Err(_) => return,
             }
         }
-        while let Some(free) = slots.iter().position(Option::is_none) {
+        while slots.iter().any(Option::is_none) {
             match jobs.try_recv() {
-                Ok(j) => slots[free] = Some(admit(j)),
+                Ok(j) => admit(st, &mut held, &mut slots, j),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -544,8 +678,7 @@ pub fn run_stream(
             if s.logits.is_some() {
                 continue;
             }
-            st.clear_seq(i);
-            match st.eval_seq(i, &s.job.prompt, false) {
+            match st.eval_seq(i, &s.job.prompt[s.cached..], false) {
                 Ok(l) => {
                     s.logits = Some(l);
                     s.prompt_done = Some(Instant::now());
@@ -567,7 +700,7 @@ pub fn run_stream(
             let finish = if vocab.is_eog(id) {
                 Some(Finish::Eos)
             } else {
-                s.generated += 1;
+                s.generated.push(id);
                 let (text, stopped) = s.out.push(&vocab.piece(id));
                 if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
                     *slot = None;
@@ -575,7 +708,7 @@ pub fn run_stream(
                 }
                 if stopped {
                     Some(Finish::StopString)
-                } else if s.generated >= s.job.max_tokens || st.n_past_of(i) >= n_ctx {
+                } else if s.generated.len() >= s.job.max_tokens || st.n_past_of(i) >= n_ctx {
                     Some(Finish::Length)
                 } else {
                     None
@@ -587,13 +720,15 @@ pub fn run_stream(
                     &s.job,
                     &mut s.out,
                     f,
-                    s.generated,
+                    (&s.generated, s.cached),
                     pd - s.start,
                     pd.elapsed(),
                 );
+                held.release(i, std::mem::take(&mut s.kv));
                 *slot = None;
                 continue;
             }
+            s.kv.push(id);
             items.push((i, id));
         }
         if items.is_empty() {
