@@ -805,6 +805,103 @@ fn a_continued_conversation_evaluates_only_its_new_tokens() {
     }
 }
 
+/// The server's resident set (Linux /proc), in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A bounded load test on loopback: 32 clients x 20 requests (plain and streamed, OpenAI and
+/// Ollama) on `--parallel 4`; every request succeeds with its whole body, and the server's
+/// resident set after the last round is within a bound of what it was after the first.
+#[test]
+fn thirty_two_clients_twenty_requests_each_and_the_memory_stays_flat() {
+    const CLIENTS: usize = 32;
+    const ROUNDS: usize = 20;
+    let srv = Server::start(tiny(), &["--parallel", "4", "-c", "128", "--temp", "0"]);
+    let pid = srv.child.id();
+    let want = completion(&srv, "the cat sat", 4);
+    let one = |k: usize| -> Result<(), String> {
+        let (path, body) = match k % 3 {
+            0 => (
+                "/v1/completions",
+                json!({"prompt": "the cat sat", "max_tokens": 4, "temperature": 0}),
+            ),
+            1 => (
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "hi"}],
+                   "max_tokens": 4, "stream": true}),
+            ),
+            _ => (
+                "/api/generate",
+                json!({"prompt": "the cat sat", "raw": true,
+                   "options": {"num_predict": 4, "temperature": 0}}),
+            ),
+        };
+        let (status, b) = srv.http("POST", path, &[], body.to_string().as_bytes());
+        let b = String::from_utf8_lossy(&b).into_owned();
+        let complete = match k % 3 {
+            0 => {
+                serde_json::from_str::<Value>(&b)
+                    .ok()
+                    .and_then(|v| v["choices"][0]["text"].as_str().map(|t| t == want))
+                    == Some(true)
+            }
+            1 => b.ends_with("data: [DONE]\n\n"),
+            _ => b
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<Value>(l).ok())
+                .is_some_and(|v| v["done"] == true),
+        };
+        if status == 200 && complete {
+            Ok(())
+        } else {
+            Err(format!("{path}: {status} {b:?}"))
+        }
+    };
+    let round = |r: usize| -> Vec<String> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..CLIENTS)
+                .map(|c| s.spawn(move || one(r * CLIENTS + c)))
+                .collect();
+            hs.into_iter()
+                .filter_map(|h| h.join().unwrap().err())
+                .collect()
+        })
+    };
+    // Warm-up: the first rounds reach every allocator arena and tokio worker.
+    let mut failed = round(0);
+    failed.extend(round(1));
+    let warm = rss(pid);
+    for r in 2..ROUNDS {
+        failed.extend(round(r));
+    }
+    let end = rss(pid);
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    // 576 requests after warm-up: a leak of even 16 KiB per request shows.
+    const BOUND: u64 = 8 << 20;
+    assert!(
+        end <= warm + BOUND,
+        "the resident set grew from {warm} to {end} bytes after warm-up"
+    );
+    eprintln!(
+        "rss after warm-up {warm}, after {} requests {end}",
+        CLIENTS * ROUNDS
+    );
+}
+
 /// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build).
 fn jarvis() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");
