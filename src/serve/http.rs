@@ -324,74 +324,93 @@ fn usage(r: &Report) -> Value {
     })
 }
 
-/// A streamed body: each event becomes zero or more chunks through `fmt`; `end` is written
-/// after the last.
-fn stream_body(
+/// A streamed reply in either dialect. OpenAI: server-sent events (`data: {..}` then
+/// `data: [DONE]`), opened with `first` when given; Ollama: NDJSON. `text` writes a piece of
+/// text, `done` the end (from the report) and a failure is the dialect's error object. A
+/// client that goes away drops the receiver, which frees its sequence at the next step.
+fn streamed_reply(
     rx: UnboundedReceiver<Event>,
-    content_type: &'static str,
-    fmt: impl FnMut(Event) -> Vec<String> + Send + 'static,
+    d: Dialect,
+    first: Option<Value>,
+    text: impl Fn(&str) -> Value + Send + 'static,
+    done: impl Fn(&Report) -> Vec<Value> + Send + 'static,
 ) -> Response {
-    let s = futures_util::stream::unfold((rx, fmt, false), |(mut rx, mut fmt, done)| async move {
-        if done {
-            return None;
-        }
-        let ev = rx.recv().await;
-        let finished = !matches!(ev, Some(Event::Text(_)));
-        let chunks = match ev {
-            Some(ev) => fmt(ev),
-            None => fmt(Event::Failed("the engine dropped the request".into())),
+    let frame = move |v: &Value| match d {
+        Dialect::OpenAi => format!("data: {v}\n\n"),
+        Dialect::Ollama => format!("{v}\n"),
+    };
+    let mut start = first.map(|v| frame(&v)).unwrap_or_default();
+    // The job's events up to its last (a channel closed early reads as a failure).
+    let events = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let ev = rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Event::Failed("the engine dropped the request".into()));
+        let more = matches!(ev, Event::Text(_));
+        Some((ev, more.then_some(rx)))
+    });
+    let s = futures_util::StreamExt::map(events, move |ev| {
+        let (values, last) = match ev {
+            Event::Text(t) => (vec![text(&t)], false),
+            Event::Done(r) => (done(&r), true),
+            Event::Failed(e) => {
+                let e = ApiError::status(500, e);
+                let v = match d {
+                    Dialect::OpenAi => e.openai(),
+                    Dialect::Ollama => e.ollama(),
+                };
+                (vec![v], true)
+            }
         };
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(chunks.concat())),
-            (rx, fmt, finished),
-        ))
+        let mut out = std::mem::take(&mut start);
+        for v in &values {
+            out.push_str(&frame(v));
+        }
+        if last && d == Dialect::OpenAi {
+            out.push_str("data: [DONE]\n\n");
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(out))
     });
     let mut r = Response::new(Body::from_stream(s));
+    let ct = match d {
+        Dialect::OpenAi => "text/event-stream",
+        Dialect::Ollama => "application/x-ndjson",
+    };
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
-fn sse(v: &Value) -> String {
-    format!("data: {v}\n\n")
-}
-
+/// OpenAI's streamed reply: `chunk(delta, finish_reason)` writes one chunk; the first has an
+/// empty delta (the role, for chat), the last the finish reason, then the usage chunk when
+/// `stream_options.include_usage` asked for it.
 fn openai_stream(
     rx: UnboundedReceiver<Event>,
     include_usage: bool,
-    mut chunk: impl FnMut(Option<&str>, Option<&str>) -> Value + Send + 'static,
+    chunk: impl Fn(Option<&str>, Option<&str>) -> Value + Send + Sync + 'static,
 ) -> Response {
-    let mut first = true;
-    stream_body(rx, "text/event-stream", move |ev| {
-        let mut out = Vec::new();
-        if std::mem::take(&mut first) {
-            out.push(sse(&chunk(Some(""), None)));
-        }
-        match ev {
-            Event::Text(t) => out.push(sse(&chunk(Some(&t), None))),
-            Event::Done(r) => {
-                let mut c = chunk(None, Some(r.finish.reason()));
-                if include_usage {
-                    c["usage"] = Value::Null;
-                }
-                out.push(sse(&c));
-                if include_usage {
-                    let mut u = chunk(None, None);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage(&r);
-                    out.push(sse(&u));
-                }
-                out.push("data: [DONE]\n\n".into());
+    let chunk = Arc::new(chunk);
+    let c = chunk.clone();
+    streamed_reply(
+        rx,
+        Dialect::OpenAi,
+        Some(chunk(Some(""), None)),
+        move |t| c(Some(t), None),
+        move |r| {
+            let mut last = chunk(None, Some(r.finish.reason()));
+            if !include_usage {
+                return vec![last];
             }
-            Event::Failed(e) => {
-                out.push(sse(&ApiError::status(500, e).openai()));
-                out.push("data: [DONE]\n\n".into());
-            }
-        }
-        out
-    })
+            last["usage"] = Value::Null;
+            let mut u = chunk(None, None);
+            u["choices"] = json!([]);
+            u["usage"] = usage(r);
+            vec![last, u]
+        },
+    )
 }
 
 fn stream_flags(m: &Map<String, Value>, default: bool) -> ApiResult<(bool, bool)> {
@@ -629,25 +648,26 @@ fn ollama_context(app: &Server, m: &Map<String, Value>) -> ApiResult<Option<Vec<
     }
 }
 
+/// Ollama's streamed reply: `piece(text)` is the (key, value) a line carries, `done` the last
+/// line.
 fn ollama_stream(
     rx: UnboundedReceiver<Event>,
     model: String,
     piece: impl Fn(&str) -> (&'static str, Value) + Send + 'static,
     done: impl Fn(&Report, &str) -> Value + Send + 'static,
 ) -> Response {
-    stream_body(rx, "application/x-ndjson", move |ev| {
-        let line = match ev {
-            Event::Text(t) => {
-                let (k, v) = piece(&t);
-                let mut o = json!({"model": model, "created_at": rfc3339(now_s()), "done": false});
-                o[k] = v;
-                o
-            }
-            Event::Done(r) => done(&r, ""),
-            Event::Failed(e) => ApiError::status(500, e).ollama(),
-        };
-        vec![format!("{line}\n")]
-    })
+    streamed_reply(
+        rx,
+        Dialect::Ollama,
+        None,
+        move |t| {
+            let (k, v) = piece(t);
+            let mut o = json!({"model": model, "created_at": rfc3339(now_s()), "done": false});
+            o[k] = v;
+            o
+        },
+        move |r| vec![done(r, "")],
+    )
 }
 
 async fn ollama_generate(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {

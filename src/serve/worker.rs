@@ -213,6 +213,7 @@ pub fn run_llama(
         }
     };
     let mut batch = LlamaBatch::new(n_batch as usize, n_seq as i32);
+    let n_vocab = llama.n_vocab();
     let mut slots: Vec<Option<Slot>> = (0..n_seq).map(|_| None).collect();
     // What each free sequence's cache still holds, and when it was last used.
     let mut held = Held::new(n_seq);
@@ -338,8 +339,13 @@ pub fn run_llama(
             if s.prompt_done.is_none() {
                 s.prompt_done = Some(Instant::now());
             }
-            let tok = s.sampler.sample(&ctx, at);
-            let id = tok.0 as u32;
+            // Greedy without penalties is the first largest logit, as llama.cpp's greedy
+            // sampler picks it (without its candidates array).
+            let id = if crate::engine::llama::plain_greedy(&s.job.sampler) {
+                crate::sample::argmax(&ctx.get_logits_ith(at)[..n_vocab]) as u32
+            } else {
+                s.sampler.sample(&ctx, at).0 as u32
+            };
             let finish = if llama.is_eog(id) {
                 Some(Finish::Eos)
             } else {
