@@ -49,6 +49,11 @@ fn error_response(d: Dialect, e: &ApiError) -> Response {
     )
 }
 
+/// A handler's result as a response: the dialect's error object for an error.
+fn answer(d: Dialect, r: ApiResult<Response>) -> Response {
+    r.unwrap_or_else(|e| error_response(d, &e))
+}
+
 fn dialect_of(path: &str) -> Dialect {
     if path.starts_with("/api/") {
         Dialect::Ollama
@@ -440,10 +445,7 @@ fn completion_id(prefix: &str) -> String {
 }
 
 async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match chat_completions_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::OpenAi, &e),
-    }
+    answer(Dialect::OpenAi, chat_completions_inner(&app, body).await)
 }
 
 async fn chat_completions_inner(
@@ -482,10 +484,7 @@ async fn chat_completions_inner(
 }
 
 async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match completions_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::OpenAi, &e),
-    }
+    answer(Dialect::OpenAi, completions_inner(&app, body).await)
 }
 
 async fn completions_inner(
@@ -671,10 +670,7 @@ fn ollama_stream(
 }
 
 async fn ollama_generate(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match ollama_generate_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, ollama_generate_inner(&app, body).await)
 }
 
 async fn ollama_generate_inner(
@@ -749,10 +745,7 @@ async fn ollama_generate_inner(
 }
 
 async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match ollama_chat_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, ollama_chat_inner(&app, body).await)
 }
 
 async fn ollama_chat_inner(
@@ -829,10 +822,7 @@ async fn ollama_show(State(app): State<App>, body: Result<Bytes, BytesRejection>
             "modified_at": rfc3339(now_s()),
         }))
     })();
-    match r {
-        Ok(v) => json_response(200, &v),
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, r.map(|v| json_response(200, &v)))
 }
 
 /// Serves `app` on `listener` until Ctrl-C (or SIGTERM).
