@@ -504,6 +504,28 @@ fn bad_requests_get_their_status_and_error_object_and_the_server_keeps_serving()
             "options",
         ),
         bad(
+            "ollama context not token ids",
+            "/api/generate",
+            br#"{"model":"tiny","prompt":"hi","context":[1,"x"]}"#.to_vec(),
+            400,
+            "context",
+        ),
+        bad(
+            "ollama context id past the vocabulary",
+            "/api/generate",
+            br#"{"model":"tiny","prompt":"hi","context":[1,99999999]}"#.to_vec(),
+            400,
+            "context",
+        ),
+        bad(
+            "ollama keep_alive not a duration",
+            "/api/chat",
+            br#"{"model":"tiny","messages":[{"role":"user","content":"hi"}],"keep_alive":"soon"}"#
+                .to_vec(),
+            400,
+            "keep_alive",
+        ),
+        bad(
             "ollama unknown model",
             "/api/show",
             br#"{"model":"llama9"}"#.to_vec(),

@@ -846,6 +846,37 @@ pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Resu
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Map, Value};
+
+    fn ka(v: Value) -> Result<Option<f64>, String> {
+        let mut m = Map::new();
+        m.insert("keep_alive".into(), v);
+        super::keep_alive(&m).map_err(|e| e.message)
+    }
+
+    /// Ollama's keep_alive as Go's time.ParseDuration reads it, or seconds.
+    #[test]
+    fn keep_alive_durations() {
+        assert_eq!(ka(json!("5m")), Ok(Some(300.0)));
+        assert_eq!(ka(json!("1h30m")), Ok(Some(5400.0)));
+        assert_eq!(ka(json!("1.5s")), Ok(Some(1.5)));
+        assert_eq!(ka(json!("-1m")), Ok(Some(-60.0)));
+        assert_eq!(ka(json!("0")), Ok(Some(0.0)));
+        assert_eq!(ka(json!(300)), Ok(Some(300.0)));
+        assert_eq!(ka(json!(-1)), Ok(Some(-1.0)));
+        assert_eq!(ka(Value::Null), Ok(None));
+        for bad in [
+            json!("5 minutes"),
+            json!("m"),
+            json!(""),
+            json!(true),
+            json!([1]),
+        ] {
+            let e = ka(bad.clone()).unwrap_err();
+            assert!(e.contains("keep_alive"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
