@@ -1,9 +1,13 @@
 //! `jq-run serve` throughput against an anchor on the same model and flags: a batched
 //! multi-sequence decode loop written straight on the bindings (what llama-server does per
 //! step, without HTTP). Prints a table: requests/s, generated tokens/s and mean time to the
-//! first token at 1, 4 and 16 concurrent clients (`--parallel` = clients).
+//! first token at 1, 4 and 16 concurrent clients (`--parallel` = clients), and CPU time per
+//! generated token (the anchor's process, the server's process: with `-t 1` a figure that the
+//! machine's other load changes far less than the wall clock). Each side runs
+//! `JQ_BENCH_REPEAT` times, alternating, and the best run of each is kept.
 //!
-//! cargo bench --bench serve  [JQ_BENCH_THREADS=1, JQ_BENCH_TOKENS=32, JQ_BENCH_ROUNDS=2]
+//! cargo bench --bench serve  [JQ_BENCH_THREADS=1, JQ_BENCH_TOKENS=32, JQ_BENCH_ROUNDS=2,
+//! JQ_BENCH_REPEAT=3, JQ_BENCH_CLIENTS=1,4,16]
 
 use jq::engine::llama::Llama;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -40,6 +44,36 @@ struct Figures {
     tokens: usize,
     wall: Duration,
     first: Duration,
+    /// CPU time of the process doing the work over the run.
+    cpu: Duration,
+}
+
+/// This process's CPU time.
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Another process's CPU time (user + system, /proc clock ticks).
+fn pid_cpu(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<u64> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(f.iter().sum::<u64>() * 1000 / hz)
 }
 
 /// `clients` sequences decoded together, `rounds` times: prompts in one batch, then one
@@ -57,7 +91,12 @@ fn anchor(l: &Llama, clients: usize, rounds: usize, n: usize, threads: i32) -> F
     let mut ctx = l.model.new_context(backend, params).unwrap();
     let v = l.n_vocab();
     let mut batch = LlamaBatch::new(512, 1);
+    // One decode before timing, as the server's start-up does (weights' pages mapped, the
+    // graph's buffers allocated).
+    batch.add(l.model.vocab().bos(), 0, &[0], true).unwrap();
+    ctx.decode(&mut batch).unwrap();
     let (mut tokens, mut first) = (0, Duration::ZERO);
+    let c0 = process_cpu();
     let t0 = Instant::now();
     for _ in 0..rounds {
         ctx.clear_kv_cache();
@@ -107,6 +146,7 @@ fn anchor(l: &Llama, clients: usize, rounds: usize, n: usize, threads: i32) -> F
         tokens,
         wall: t0.elapsed(),
         first: first / (clients * rounds) as u32,
+        cpu: process_cpu() - c0,
     }
 }
 
@@ -171,6 +211,7 @@ fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usi
         }
     };
     std::thread::spawn(move || for _ in err.lines() {});
+    let c0 = pid_cpu(child.id());
     let t0 = Instant::now();
     let per: Vec<(usize, Duration)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..clients)
@@ -186,6 +227,7 @@ fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usi
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let wall = t0.elapsed();
+    let cpu = pid_cpu(child.id()) - c0;
     let _ = child.kill();
     let _ = child.wait();
     Figures {
@@ -193,6 +235,7 @@ fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usi
         tokens: per.iter().map(|p| p.0).sum(),
         wall,
         first: per.iter().map(|p| p.1).sum::<Duration>() / per.len() as u32,
+        cpu,
     }
 }
 
@@ -211,22 +254,41 @@ fn main() {
         env("JQ_BENCH_TOKENS", 32),
         env("JQ_BENCH_ROUNDS", 2),
     );
+    let repeat = env("JQ_BENCH_REPEAT", 3).max(1);
+    let levels: Vec<usize> = std::env::var("JQ_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,4,16".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
     let model = Llama::load(&path).unwrap();
     println!(
-        "gemma-3-270m-q4_k_m, {n} tokens per request, {rounds} requests per client, -t {threads}, -c {N_CTX} per sequence"
+        "gemma-3-270m-q4_k_m, {n} tokens per request, {rounds} requests per client, -t {threads}, -c {N_CTX} per sequence, best of {repeat}"
     );
     println!(
-        "{:>7}  {:>22}  {:>22}  {:>15}  {:>12}  {:>10}",
+        "{:>7}  {:>22}  {:>22}  {:>11}  {:>11}  {:>10}  {:>20}",
         "clients",
         "anchor req/s  tok/s",
         "serve req/s  tok/s",
         "tok/s ratio",
         "anchor TTFT",
-        "serve TTFT"
+        "serve TTFT",
+        "CPU ms/token a / s"
     );
-    for clients in [1, 4, 16] {
-        let a = anchor(&model, clients, rounds, n, threads as i32);
-        let s = server(&path, clients, rounds, n, threads);
+    // The best of `repeat` runs: least wall time, least TTFT, least CPU, each on its own.
+    let best = |runs: Vec<Figures>| Figures {
+        requests: runs[0].requests,
+        tokens: runs[0].tokens,
+        wall: runs.iter().map(|f| f.wall).min().unwrap(),
+        first: runs.iter().map(|f| f.first).min().unwrap(),
+        cpu: runs.iter().map(|f| f.cpu).min().unwrap(),
+    };
+    for clients in levels {
+        let (mut av, mut sv) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            av.push(anchor(&model, clients, rounds, n, threads as i32));
+            sv.push(server(&path, clients, rounds, n, threads));
+        }
+        let (a, s) = (best(av), best(sv));
         let rate = |f: &Figures| {
             (
                 f.requests as f64 / f.wall.as_secs_f64(),
@@ -235,11 +297,14 @@ fn main() {
         };
         let (ar, at) = rate(&a);
         let (sr, st) = rate(&s);
+        let per = |f: &Figures| f.cpu.as_secs_f64() * 1e3 / f.tokens.max(1) as f64;
         println!(
-            "{clients:>7}  {ar:>10.2} {at:>11.1}  {sr:>10.2} {st:>11.1}  {:>15.2}  {:>9.1} ms  {:>7.1} ms",
+            "{clients:>7}  {ar:>10.2} {at:>11.1}  {sr:>10.2} {st:>11.1}  {:>11.2}  {:>8.1} ms  {:>7.1} ms  {:>9.2} / {:>7.2}",
             st / at,
             a.first.as_secs_f64() * 1e3,
-            s.first.as_secs_f64() * 1e3
+            s.first.as_secs_f64() * 1e3,
+            per(&a),
+            per(&s)
         );
     }
 }

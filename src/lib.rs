@@ -18,5 +18,6 @@ pub mod sample;
 pub mod serve;
 pub mod synth;
 pub mod synth_blocks;
+pub mod term;
 pub mod train;
 pub mod validate;

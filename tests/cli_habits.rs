@@ -386,3 +386,85 @@ print(json.dumps(ok))
     }
     assert_eq!(v["status"], 0, "{v}");
 }
+
+/// `jq-run ARGS` under a pseudo-terminal (Python's `pty`, stdout and stderr both on it) with
+/// `env` added: everything it wrote.
+fn on_a_tty(args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+"#;
+    let mut c = Command::new("python3");
+    c.args(["-c", script, env!("CARGO_BIN_EXE_jq-run")])
+        .args(args)
+        .env_remove("NO_COLOR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// `--color auto|always|never`: auto colours only a terminal (and not with NO_COLOR set);
+/// the error prefix is ECMA-48 bold red (`ESC[1m ESC[31m ... ESC[0m`).
+#[test]
+fn colour_only_on_a_terminal_unless_asked() {
+    let red = "\x1b[31m";
+    let missing = dir().join("missing.gguf");
+    let m = missing.to_str().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // Piped: no colour by default or with never; always colours.
+    for (args, coloured) in [
+        (vec![m], false),
+        (vec![m, "--color", "never"], false),
+        (vec![m, "--color", "auto"], false),
+        (vec![m, "--color", "always"], true),
+    ] {
+        let o = run(&args, None);
+        fails(&o, "error:");
+        let e = text(&o.stderr);
+        assert_eq!(e.contains(red), coloured, "{args:?}: {e:?}");
+        assert_eq!(e.contains('\x1b'), coloured, "{args:?}: {e:?}");
+        if coloured {
+            assert!(e.contains("\x1b[1m\x1b[31merror:\x1b[0m"), "{e:?}");
+        }
+    }
+    // On a terminal: auto colours, unless NO_COLOR is set; never does not.
+    let e = text(&on_a_tty(&[m], &[]));
+    assert!(e.contains("\x1b[1m\x1b[31merror:\x1b[0m"), "{e:?}");
+    let e = text(&on_a_tty(&[m], &[("NO_COLOR", "1")]));
+    assert!(e.contains("error:") && !e.contains('\x1b'), "{e:?}");
+    let e = text(&on_a_tty(&[m, "--color", "never"], &[]));
+    assert!(e.contains("error:") && !e.contains('\x1b'), "{e:?}");
+    // The sampler's seed line is a dimmed status line on a terminal.
+    let e = text(&on_a_tty(
+        &[
+            tiny().to_str().unwrap(),
+            "-p",
+            "the cat",
+            "-n",
+            "2",
+            "--temp",
+            "1",
+            "-t",
+            "1",
+        ],
+        &[],
+    ));
+    assert!(e.contains("\x1b[2mseed "), "{e:?}");
+    fails(&run(&[m, "--color", "sometimes"], None), "--color");
+}

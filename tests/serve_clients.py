@@ -3,7 +3,9 @@
 Usage: python3 serve_clients.py BASE_URL API_KEY CASES_JSON
 CASES_JSON is a list of [api, call, kwargs]: api is "openai" or "ollama", call the client
 method (chat, completions, models, generate, ochat, list, show). Prints one JSON list with each
-call's result as the client parsed it (streams: the list of chunks).
+call's result as the client parsed it (streams: the list of chunks). A kwargs value
+{"$from": [N, key, ...]} is replaced by that part of call N's result (e.g. an Ollama reply's
+`context`, sent back to continue the conversation).
 """
 
 import json
@@ -23,12 +25,27 @@ def dump(x):
     return x
 
 
+def resolve(x, out):
+    if isinstance(x, dict):
+        if set(x) == {"$from"}:
+            n, *path = x["$from"]
+            v = out[n]["ok"]
+            for k in path:
+                v = v[k]
+            return v
+        return {k: resolve(v, out) for k, v in x.items()}
+    if isinstance(x, list):
+        return [resolve(v, out) for v in x]
+    return x
+
+
 def main():
     base, key, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     oa = openai.OpenAI(base_url=base + "/v1", api_key=key or "none", max_retries=0)
     ol = ollama.Client(host=base, headers={"Authorization": "Bearer " + key} if key else None)
     out = []
     for api, call, kw in cases:
+        kw = resolve(kw, out)
         try:
             if api == "openai":
                 if call == "chat":

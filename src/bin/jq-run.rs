@@ -13,6 +13,7 @@ use jq::engine::{peak_rss, LLAMA_ARCHS};
 use jq::gguf::GgufModel;
 use jq::models::jarvis::LayerMetrics;
 use jq::sample::SamplerConfig;
+use jq::term::{err as paint, STATUS};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -129,6 +130,10 @@ pub struct ModelArgs {
     /// they are kept quiet and only the error line of a failed load is shown.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Colour the chat's prompt, status lines and errors: auto (only on a terminal, and not
+    /// with NO_COLOR set), always or never.
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub color: jq::term::ColorWhen,
 }
 
 /// `jq-run MODEL [flags]`: generate text (or chat) once.
@@ -278,7 +283,7 @@ impl ModelArgs {
                 & 0xFFFF_FFFF;
             // Under greedy decoding the seed changes nothing: not worth a line.
             if !self.greedy() {
-                eprintln!("seed {s}");
+                eprintln!("{}", paint(STATUS, &format!("seed {s}")));
             }
             s
         })
@@ -728,7 +733,7 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
     // On a terminal: line editing and history, and Ctrl-C stops the reply (at the prompt it
     // ends the chat). Piped input is read line by line, bounded, as before.
     let mut editor = if term {
-        eprintln!("chat: type a message; /exit, Ctrl-D or Ctrl-C at the prompt ends; Ctrl-C stops a reply.");
+        eprintln!("{}", paint(STATUS, "chat: type a message; /exit, Ctrl-D or Ctrl-C at the prompt ends; Ctrl-C stops a reply."));
         interrupt::install();
         Some(rustyline::DefaultEditor::new().context("setting up line editing on the terminal")?)
     } else {
@@ -737,10 +742,11 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
     let mut line_no = 0u64;
+    let prompt = jq::term::paint(jq::term::Stream::Stdout, jq::term::PROMPT, "> ");
     loop {
         line_no += 1;
         let read = match editor.as_mut() {
-            Some(ed) => match ed.readline("> ") {
+            Some(ed) => match ed.readline(&prompt) {
                 Ok(l) if l.len() > limit => guard::Line::TooLong(limit),
                 Ok(l) => {
                     let _ = ed.add_history_entry(l.as_str());
@@ -805,7 +811,10 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
                 .position(|(r, _)| r == "user")
                 .map_or(turns.len() - 1, |p| p + n_fixed + 1);
             turns.drain(n_fixed..drop_to);
-            eprintln!("(context full: dropped the oldest exchange)");
+            eprintln!(
+                "{}",
+                paint(STATUS, "(context full: dropped the oldest exchange)")
+            );
             sess.clear();
             text = template.apply(&turns, true)?;
             tokens = llama.tokenize_chat(&text);
@@ -824,11 +833,11 @@ fn chat(cli: &Cli, file: &GgufModel, llama: &Llama, sess: &mut Session) -> Resul
         cached = text + &reply;
         turns.push(("assistant".into(), reply));
         if stop == Stop::ContextFull {
-            eprintln!("(context full)");
+            eprintln!("{}", paint(STATUS, "(context full)"));
             cached.clear();
         }
         if stop == Stop::Caller {
-            eprintln!("(stopped)");
+            eprintln!("{}", paint(STATUS, "(stopped)"));
         }
     }
     Ok(())
@@ -961,6 +970,7 @@ fn main() -> ExitCode {
     let top = Top::parse_from(rewrite_llama_flags(std::env::args_os()));
     let res = match top.cmd {
         Some(Cmd::Serve(mut s)) => {
+            jq::term::set(s.m.color);
             s.m.resolve_model();
             if s.m.verbose {
                 jq::engine::logs::set_verbose(true);
@@ -969,6 +979,7 @@ fn main() -> ExitCode {
         }
         None => {
             let mut cli = top.run;
+            jq::term::set(cli.m.color);
             cli.m.resolve_model();
             if cli.verbose {
                 jq::engine::logs::set_verbose(true);
@@ -984,7 +995,11 @@ fn main() -> ExitCode {
         // A reader that went away (`jq-run ... | head`) ends the program quietly, as cat does.
         Err(e) if jq::errors::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jq-run: error: {}", jq::errors::one_line(&e));
+            eprintln!(
+                "jq-run: {} {}",
+                paint(jq::term::ERROR, "error:"),
+                jq::errors::one_line(&e)
+            );
             ExitCode::FAILURE
         }
     }
@@ -1168,9 +1183,11 @@ impl jq::serve::worker::OneSeq for StreamSeq {
     fn n_ctx(&self) -> usize {
         self.1
     }
-    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        self.0.clear();
-        self.0.eval(prompt, false)
+    fn keep(&mut self, n: usize) -> usize {
+        self.0.keep_seq(0, n)
+    }
+    fn start(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.eval(tokens, false)
     }
     fn push(&mut self, id: u32) -> Result<Vec<f32>> {
         self.0.eval(&[id], false)
@@ -1297,7 +1314,7 @@ fn serve(s: &ServeCli) -> Result<()> {
                 model: &j.model,
                 gen: None,
             };
-            worker::run_one(&mut seq, &*tk, jobs_rx);
+            worker::run_one(&mut seq, &*tk, &worker::jq_sampler, jobs_rx);
         });
         (
             Vocab::Jarvis(tok),
@@ -1340,10 +1357,12 @@ fn serve(s: &ServeCli) -> Result<()> {
             };
             eprintln!("{}", st.plan());
             let _ = ready_tx.send(Ok(()));
+            // llama.cpp's sampler chain, as the llama.cpp engine samples.
+            let chain = worker::llama_chain(v.n_vocab());
             if parallel > 1 {
-                worker::run_stream(&mut st, &*v, n_ctx as usize, jobs_rx);
+                worker::run_stream(&mut st, &*v, n_ctx as usize, &chain, jobs_rx);
             } else {
-                worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, jobs_rx);
+                worker::run_one(&mut StreamSeq(st, n_ctx as usize), &*v, &chain, jobs_rx);
             }
         });
         let tt = m
@@ -1411,7 +1430,7 @@ fn serve(s: &ServeCli) -> Result<()> {
     };
     drop(file);
     if s.api_key.is_none() && !is_loopback(&s.host) {
-        eprintln!("serve: warning: listening on {} without --api-key: anyone who can reach it can use the model", s.host);
+        eprintln!("serve: {} listening on {} without --api-key: anyone who can reach it can use the model", paint(jq::term::WARNING, "warning:"), s.host);
     }
     let app = Arc::new(Server {
         info,

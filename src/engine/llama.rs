@@ -20,6 +20,8 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -124,6 +126,69 @@ pub fn sampler_chain(s: &SamplerConfig, n_vocab: usize) -> LlamaSampler {
         chain.push(LlamaSampler::dist(s.seed as u32));
     }
     LlamaSampler::chain_simple(chain)
+}
+
+/// Whether [`sampler_chain`] for `s` is llama.cpp's greedy sampler alone (no penalties):
+/// then the pick is the first largest logit, which callers may take without the chain (it
+/// keeps no state) and without building its 12-bytes-per-token candidates array.
+pub fn plain_greedy(s: &SamplerConfig) -> bool {
+    s.temperature <= 0.0
+        && s.repeat_penalty == 1.0
+        && s.frequency_penalty == 0.0
+        && s.presence_penalty == 0.0
+}
+
+/// llama.cpp's sampler chain ([`sampler_chain`]) over logits that jq computed (the
+/// `--stream-layers` executor): the candidates array `llama_sampler_sample` builds from a
+/// context's logits (every id in order, unsorted), the same chain applied to it and the chosen
+/// token accepted, so the same flags and seed pick the same tokens as the llama.cpp engine.
+pub struct ChainSampler {
+    chain: LlamaSampler,
+    cur: Vec<LlamaTokenData>,
+    greedy: bool,
+}
+
+impl std::fmt::Debug for ChainSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSampler").finish_non_exhaustive()
+    }
+}
+
+impl ChainSampler {
+    /// The chain for `s`, with `history` (the prompt) accepted as [`Session::eval`] does.
+    pub fn new(s: &SamplerConfig, n_vocab: usize, history: &[u32]) -> ChainSampler {
+        let mut chain = sampler_chain(s, n_vocab);
+        chain.accept_many(history.iter().map(|&t| LlamaToken(t as i32)));
+        ChainSampler {
+            chain,
+            cur: Vec::new(),
+            greedy: plain_greedy(s),
+        }
+    }
+
+    /// Picks (and accepts) the next token from one position's logits.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.greedy {
+            return crate::sample::argmax(logits) as u32;
+        }
+        let mut cur = std::mem::take(&mut self.cur);
+        cur.clear();
+        cur.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+        );
+        let mut arr = LlamaTokenDataArray::new(cur, false);
+        arr.apply_sampler(&mut self.chain);
+        let tok = arr
+            .selected_token()
+            .or_else(|| arr.data.first().map(LlamaTokenData::id))
+            .unwrap_or(LlamaToken(0));
+        self.chain.accept(tok);
+        self.cur = arr.data;
+        tok.0 as u32
+    }
 }
 
 impl Llama {
@@ -259,12 +324,22 @@ impl Llama {
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         super::logs::take_errors();
-        self.model.new_context(backend()?, params).map_err(|e| {
+        let mut ctx = self.model.new_context(backend()?, params).map_err(|e| {
             anyhow!(
                 "creating a llama.cpp context of {n_seq} x {n_ctx_seq} positions: {}",
                 llama_error(e)
             )
-        })
+        })?;
+        // As llama-server's start-up: one decode before the first request, so the weights'
+        // pages are mapped and the graph's buffers allocated then, not in its first token.
+        let mut batch = LlamaBatch::new(1, 1);
+        let bos = self.model.vocab().bos();
+        let tok = if bos.0 >= 0 { bos } else { LlamaToken(0) };
+        batch.add(tok, 0, &[0], true)?;
+        ctx.decode(&mut batch)
+            .map_err(|e| anyhow!("llama.cpp decode (warm-up): {e}"))?;
+        ctx.clear_kv_cache();
+        Ok(ctx)
     }
 
     /// llama.cpp's tokenizer without the weights (a vocab-only load reads no tensor data).

@@ -49,6 +49,11 @@ fn error_response(d: Dialect, e: &ApiError) -> Response {
     )
 }
 
+/// A handler's result as a response: the dialect's error object for an error.
+fn answer(d: Dialect, r: ApiResult<Response>) -> Response {
+    r.unwrap_or_else(|e| error_response(d, &e))
+}
+
 fn dialect_of(path: &str) -> Dialect {
     if path.starts_with("/api/") {
         Dialect::Ollama
@@ -319,77 +324,98 @@ fn usage(r: &Report) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.generated_tokens,
         "total_tokens": r.prompt_tokens + r.generated_tokens,
+        // As OpenAI and llama-server: prompt tokens whose cache was reused.
+        "prompt_tokens_details": {"cached_tokens": r.cached_tokens},
     })
 }
 
-/// A streamed body: each event becomes zero or more chunks through `fmt`; `end` is written
-/// after the last.
-fn stream_body(
+/// A streamed reply in either dialect. OpenAI: server-sent events (`data: {..}` then
+/// `data: [DONE]`), opened with `first` when given; Ollama: NDJSON. `text` writes a piece of
+/// text, `done` the end (from the report) and a failure is the dialect's error object. A
+/// client that goes away drops the receiver, which frees its sequence at the next step.
+fn streamed_reply(
     rx: UnboundedReceiver<Event>,
-    content_type: &'static str,
-    fmt: impl FnMut(Event) -> Vec<String> + Send + 'static,
+    d: Dialect,
+    first: Option<Value>,
+    text: impl Fn(&str) -> Value + Send + 'static,
+    done: impl Fn(&Report) -> Vec<Value> + Send + 'static,
 ) -> Response {
-    let s = futures_util::stream::unfold((rx, fmt, false), |(mut rx, mut fmt, done)| async move {
-        if done {
-            return None;
-        }
-        let ev = rx.recv().await;
-        let finished = !matches!(ev, Some(Event::Text(_)));
-        let chunks = match ev {
-            Some(ev) => fmt(ev),
-            None => fmt(Event::Failed("the engine dropped the request".into())),
+    let frame = move |v: &Value| match d {
+        Dialect::OpenAi => format!("data: {v}\n\n"),
+        Dialect::Ollama => format!("{v}\n"),
+    };
+    let mut start = first.map(|v| frame(&v)).unwrap_or_default();
+    // The job's events up to its last (a channel closed early reads as a failure).
+    let events = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let ev = rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Event::Failed("the engine dropped the request".into()));
+        let more = matches!(ev, Event::Text(_));
+        Some((ev, more.then_some(rx)))
+    });
+    let s = futures_util::StreamExt::map(events, move |ev| {
+        let (values, last) = match ev {
+            Event::Text(t) => (vec![text(&t)], false),
+            Event::Done(r) => (done(&r), true),
+            Event::Failed(e) => {
+                let e = ApiError::status(500, e);
+                let v = match d {
+                    Dialect::OpenAi => e.openai(),
+                    Dialect::Ollama => e.ollama(),
+                };
+                (vec![v], true)
+            }
         };
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(chunks.concat())),
-            (rx, fmt, finished),
-        ))
+        let mut out = std::mem::take(&mut start);
+        for v in &values {
+            out.push_str(&frame(v));
+        }
+        if last && d == Dialect::OpenAi {
+            out.push_str("data: [DONE]\n\n");
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(out))
     });
     let mut r = Response::new(Body::from_stream(s));
+    let ct = match d {
+        Dialect::OpenAi => "text/event-stream",
+        Dialect::Ollama => "application/x-ndjson",
+    };
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
-fn sse(v: &Value) -> String {
-    format!("data: {v}\n\n")
-}
-
+/// OpenAI's streamed reply: `chunk(delta, finish_reason)` writes one chunk; the first has an
+/// empty delta (the role, for chat), the last the finish reason, then the usage chunk when
+/// `stream_options.include_usage` asked for it.
 fn openai_stream(
     rx: UnboundedReceiver<Event>,
     include_usage: bool,
-    mut chunk: impl FnMut(Option<&str>, Option<&str>) -> Value + Send + 'static,
+    chunk: impl Fn(Option<&str>, Option<&str>) -> Value + Send + Sync + 'static,
 ) -> Response {
-    let mut first = true;
-    stream_body(rx, "text/event-stream", move |ev| {
-        let mut out = Vec::new();
-        if std::mem::take(&mut first) {
-            out.push(sse(&chunk(Some(""), None)));
-        }
-        match ev {
-            Event::Text(t) => out.push(sse(&chunk(Some(&t), None))),
-            Event::Done(r) => {
-                let mut c = chunk(None, Some(r.finish.reason()));
-                if include_usage {
-                    c["usage"] = Value::Null;
-                }
-                out.push(sse(&c));
-                if include_usage {
-                    let mut u = chunk(None, None);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage(&r);
-                    out.push(sse(&u));
-                }
-                out.push("data: [DONE]\n\n".into());
+    let chunk = Arc::new(chunk);
+    let c = chunk.clone();
+    streamed_reply(
+        rx,
+        Dialect::OpenAi,
+        Some(chunk(Some(""), None)),
+        move |t| c(Some(t), None),
+        move |r| {
+            let mut last = chunk(None, Some(r.finish.reason()));
+            if !include_usage {
+                return vec![last];
             }
-            Event::Failed(e) => {
-                out.push(sse(&ApiError::status(500, e).openai()));
-                out.push("data: [DONE]\n\n".into());
-            }
-        }
-        out
-    })
+            last["usage"] = Value::Null;
+            let mut u = chunk(None, None);
+            u["choices"] = json!([]);
+            u["usage"] = usage(r);
+            vec![last, u]
+        },
+    )
 }
 
 fn stream_flags(m: &Map<String, Value>, default: bool) -> ApiResult<(bool, bool)> {
@@ -419,10 +445,7 @@ fn completion_id(prefix: &str) -> String {
 }
 
 async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match chat_completions_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::OpenAi, &e),
-    }
+    answer(Dialect::OpenAi, chat_completions_inner(&app, body).await)
 }
 
 async fn chat_completions_inner(
@@ -461,10 +484,7 @@ async fn chat_completions_inner(
 }
 
 async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match completions_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::OpenAi, &e),
-    }
+    answer(Dialect::OpenAi, completions_inner(&app, body).await)
 }
 
 async fn completions_inner(
@@ -539,38 +559,118 @@ fn ollama_done(model: &str, r: &Report, extra: (&str, Value)) -> Value {
         "model": model, "created_at": rfc3339(now_s()), "done": true,
         "done_reason": r.finish.reason(),
         "total_duration": ns(r.prompt_time + r.decode_time), "load_duration": 0,
-        "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": ns(r.prompt_time),
+        // As Ollama: the prompt tokens evaluated, not those whose cache was reused.
+        "prompt_eval_count": r.prompt_tokens - r.cached_tokens,
+        "prompt_eval_duration": ns(r.prompt_time),
         "eval_count": r.generated_tokens, "eval_duration": ns(r.decode_time),
     });
     v[extra.0] = extra.1;
     v
 }
 
+/// Ollama's `keep_alive`: a duration ("5m", "1h30m", "30s", "0") or a number of seconds
+/// (negative: forever). Accepted and checked; the model stays loaded for the process's life.
+fn keep_alive(m: &Map<String, Value>) -> ApiResult<Option<f64>> {
+    let bad = || {
+        ApiError::bad(
+            "keep_alive",
+            "keep_alive must be a number of seconds or a duration such as \"5m\"",
+        )
+    };
+    match m.get("keep_alive") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if let Ok(x) = s.parse::<f64>() {
+                return Ok(Some(x));
+            }
+            // Go's time.ParseDuration units.
+            let (mut total, mut rest, neg) = match s.strip_prefix('-') {
+                Some(r) => (0.0, r, true),
+                None => (0.0, s, false),
+            };
+            if rest.is_empty() {
+                return Err(bad());
+            }
+            while !rest.is_empty() {
+                let n = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .ok_or_else(bad)?;
+                let x: f64 = rest[..n].parse().map_err(|_| bad())?;
+                let u = rest[n..]
+                    .find(|c: char| c.is_ascii_digit() || c == '.')
+                    .map_or(rest.len(), |k| n + k);
+                let scale = match &rest[n..u] {
+                    "ns" => 1e-9,
+                    "us" | "µs" => 1e-6,
+                    "ms" => 1e-3,
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return Err(bad()),
+                };
+                total += x * scale;
+                rest = &rest[u..];
+            }
+            Ok(Some(if neg { -total } else { total }))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Ollama's `context`: token ids an earlier `/api/generate` reply returned.
+fn ollama_context(app: &Server, m: &Map<String, Value>) -> ApiResult<Option<Vec<u32>>> {
+    let n_vocab = app.vocab.n_vocab() as u64;
+    match m.get("context") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&t| t < n_vocab)
+                    .map(|t| t as u32)
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "context",
+                            format!("context must hold token ids below {n_vocab}"),
+                        )
+                    })
+            })
+            .collect::<ApiResult<Vec<u32>>>()
+            .map(Some),
+        Some(_) => Err(ApiError::bad(
+            "context",
+            "context must be an array of token ids",
+        )),
+    }
+}
+
+/// Ollama's streamed reply: `piece(text)` is the (key, value) a line carries, `done` the last
+/// line.
 fn ollama_stream(
     rx: UnboundedReceiver<Event>,
     model: String,
     piece: impl Fn(&str) -> (&'static str, Value) + Send + 'static,
+    done: impl Fn(&Report, &str) -> Value + Send + 'static,
 ) -> Response {
-    stream_body(rx, "application/x-ndjson", move |ev| {
-        let line = match ev {
-            Event::Text(t) => {
-                let (k, v) = piece(&t);
-                let mut o = json!({"model": model, "created_at": rfc3339(now_s()), "done": false});
-                o[k] = v;
-                o
-            }
-            Event::Done(r) => ollama_done(&model, &r, piece("")),
-            Event::Failed(e) => ApiError::status(500, e).ollama(),
-        };
-        vec![format!("{line}\n")]
-    })
+    streamed_reply(
+        rx,
+        Dialect::Ollama,
+        None,
+        move |t| {
+            let (k, v) = piece(t);
+            let mut o = json!({"model": model, "created_at": rfc3339(now_s()), "done": false});
+            o[k] = v;
+            o
+        },
+        move |r| vec![done(r, "")],
+    )
 }
 
 async fn ollama_generate(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match ollama_generate_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, ollama_generate_inner(&app, body).await)
 }
 
 async fn ollama_generate_inner(
@@ -584,12 +684,16 @@ async fn ollama_generate_inner(
     let raw = api::boolean(&m, "raw")?.unwrap_or(false);
     let system = api::string(&m, "system")?;
     let stream = api::boolean(&m, "stream")?.unwrap_or(true);
+    let unload = keep_alive(&m)? == Some(0.0);
+    let context = ollama_context(app, &m)?;
     let model = app.info.name.clone();
     if prompt.is_empty() {
-        // Ollama's "load the model" request.
+        // Ollama's "load the model" request (or, with keep_alive 0, "unload": the model
+        // stays loaded here, one model per process).
+        let reason = if unload { "unload" } else { "load" };
         return Ok(json_response(
             200,
-            &json!({"model": model, "created_at": rfc3339(now_s()), "response": "", "done": true, "done_reason": "load"}),
+            &json!({"model": model, "created_at": rfc3339(now_s()), "response": "", "done": true, "done_reason": reason}),
         ));
     }
     // As Ollama: the prompt goes through the chat template unless raw (or there is none).
@@ -607,24 +711,41 @@ async fn ollama_generate_inner(
         }
         _ => (prompt.to_string(), false),
     };
-    let ids = tokenize(app, &text, chat, "prompt")?;
+    // A `context` from an earlier reply continues it: its tokens, then this prompt's (no
+    // second BOS), so the sequence that still holds them evaluates only the new ones.
+    let ids = match context {
+        Some(mut c) => {
+            c.extend(
+                app.vocab
+                    .tokenize_more(&text)
+                    .map_err(|e| ApiError::bad("prompt", format!("prompt: {e}")))?,
+            );
+            c
+        }
+        None => tokenize(app, &text, chat, "prompt")?,
+    };
     let g = prepare(app, &opts, &api::OLLAMA, ids, "prompt", "stop")?;
     let rx = submit(app, g)?;
+    let m2 = model.clone();
+    let with_context = move |r: &Report, text: &str| {
+        let mut v = ollama_done(&m2, r, ("response", json!(text)));
+        v["context"] = json!(r.context);
+        v
+    };
     if stream {
-        return Ok(ollama_stream(rx, model, |t| ("response", json!(t))));
+        return Ok(ollama_stream(
+            rx,
+            model,
+            |t| ("response", json!(t)),
+            with_context,
+        ));
     }
     let (text, r) = collect(rx).await?;
-    Ok(json_response(
-        200,
-        &ollama_done(&model, &r, ("response", json!(text))),
-    ))
+    Ok(json_response(200, &with_context(&r, &text)))
 }
 
 async fn ollama_chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    match ollama_chat_inner(&app, body).await {
-        Ok(r) => r,
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, ollama_chat_inner(&app, body).await)
 }
 
 async fn ollama_chat_inner(
@@ -642,8 +763,12 @@ async fn ollama_chat_inner(
     let rx = submit(app, g)?;
     let model = app.info.name.clone();
     let msg = |t: &str| ("message", json!({"role": "assistant", "content": t}));
+    keep_alive(&m)?;
     if stream {
-        return Ok(ollama_stream(rx, model, msg));
+        let m2 = model.clone();
+        return Ok(ollama_stream(rx, model, msg, move |r, t| {
+            ollama_done(&m2, r, msg(t))
+        }));
     }
     let (text, r) = collect(rx).await?;
     Ok(json_response(200, &ollama_done(&model, &r, msg(&text))))
@@ -697,10 +822,7 @@ async fn ollama_show(State(app): State<App>, body: Result<Bytes, BytesRejection>
             "modified_at": rfc3339(now_s()),
         }))
     })();
-    match r {
-        Ok(v) => json_response(200, &v),
-        Err(e) => error_response(Dialect::Ollama, &e),
-    }
+    answer(Dialect::Ollama, r.map(|v| json_response(200, &v)))
 }
 
 /// Serves `app` on `listener` until Ctrl-C (or SIGTERM).
@@ -724,6 +846,37 @@ pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Resu
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Map, Value};
+
+    fn ka(v: Value) -> Result<Option<f64>, String> {
+        let mut m = Map::new();
+        m.insert("keep_alive".into(), v);
+        super::keep_alive(&m).map_err(|e| e.message)
+    }
+
+    /// Ollama's keep_alive as Go's time.ParseDuration reads it, or seconds.
+    #[test]
+    fn keep_alive_durations() {
+        assert_eq!(ka(json!("5m")), Ok(Some(300.0)));
+        assert_eq!(ka(json!("1h30m")), Ok(Some(5400.0)));
+        assert_eq!(ka(json!("1.5s")), Ok(Some(1.5)));
+        assert_eq!(ka(json!("-1m")), Ok(Some(-60.0)));
+        assert_eq!(ka(json!("0")), Ok(Some(0.0)));
+        assert_eq!(ka(json!(300)), Ok(Some(300.0)));
+        assert_eq!(ka(json!(-1)), Ok(Some(-1.0)));
+        assert_eq!(ka(Value::Null), Ok(None));
+        for bad in [
+            json!("5 minutes"),
+            json!("m"),
+            json!(""),
+            json!(true),
+            json!([1]),
+        ] {
+            let e = ka(bad.clone()).unwrap_err();
+            assert!(e.contains("keep_alive"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

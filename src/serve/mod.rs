@@ -33,6 +33,21 @@ impl Vocab {
         }
     }
 
+    /// Text that continues tokens already given (Ollama's `context`): no BOS.
+    pub fn tokenize_more(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Vocab::Llama(l) => Ok(l.tokenize_with(text, false, true)),
+            Vocab::Jarvis(t) => Ok(t.encode(text)?),
+        }
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        match self {
+            Vocab::Llama(l) => l.n_vocab(),
+            Vocab::Jarvis(t) => t.vocab_size(),
+        }
+    }
+
     /// A formatted chat as tokens.
     pub fn tokenize_chat(&self, text: &str) -> Result<Vec<u32>> {
         match self {

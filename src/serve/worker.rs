@@ -4,6 +4,7 @@
 //! prompts as fits `n_batch`, so a request that arrives joins at the next step and a
 //! finished (or abandoned) one leaves it. The other engines run one sequence at a time.
 
+use crate::engine::llama::ChainSampler;
 use crate::sample::{Sampler, SamplerConfig};
 use anyhow::{anyhow, Result};
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -46,7 +47,13 @@ impl Finish {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were still held from an earlier request (not
+    /// evaluated again).
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
+    /// The prompt and the generated tokens (Ollama's `context`: sent back as the start of the
+    /// next prompt, it continues the conversation from the cache).
+    pub context: Vec<u32>,
     pub finish: Finish,
     pub prompt_time: Duration,
     pub decode_time: Duration,
@@ -169,12 +176,17 @@ struct Slot {
     sampler: llama_cpp_2::sampling::LlamaSampler,
     /// Prompt tokens not yet evaluated.
     pending: Vec<u32>,
+    /// The tokens this sequence's cache holds (or will, once `pending` is evaluated).
+    kv: Vec<u32>,
+    /// Prompt tokens reused from the sequence's previous request.
+    cached: usize,
     n_past: u32,
     /// The sampled token to evaluate in the next batch.
     next: Option<u32>,
     /// Its logits' index in the batch just decoded.
     logits_at: Option<i32>,
-    generated: usize,
+    /// The generated tokens (not an end-of-generation one).
+    generated: Vec<u32>,
     out: TextOut,
     start: Instant,
     prompt_done: Option<Instant>,
@@ -201,33 +213,61 @@ pub fn run_llama(
         }
     };
     let mut batch = LlamaBatch::new(n_batch as usize, n_seq as i32);
+    let n_vocab = llama.n_vocab();
     let mut slots: Vec<Option<Slot>> = (0..n_seq).map(|_| None).collect();
-    let admit = |job: Job| Slot {
-        sampler: {
-            let mut s = crate::engine::llama::sampler_chain(&job.sampler, llama.n_vocab());
-            s.accept_many(job.prompt.iter().map(|&t| LlamaToken(t as i32)));
-            s
-        },
-        pending: job.prompt.clone(),
-        out: TextOut::new(job.stop.clone()),
-        job,
-        n_past: 0,
-        next: None,
-        logits_at: None,
-        generated: 0,
-        start: Instant::now(),
-        prompt_done: None,
+    // What each free sequence's cache still holds, and when it was last used.
+    let mut held = Held::new(n_seq);
+    // A new request takes the free sequence holding the longest prefix of its prompt; the
+    // rest of the cache is dropped and only what follows is evaluated.
+    let admit = |ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+                 held: &mut Held,
+                 slots: &mut [Option<Slot>],
+                 job: Job| {
+        let i = held.pick(slots.iter().map(Option::is_none), &job.prompt);
+        let mut keep = reusable(&held.tokens[i], &job.prompt);
+        let seq = Some(i as u32);
+        if keep < held.tokens[i].len()
+            && !ctx
+                .clear_kv_cache_seq(seq, Some(keep as u32), None)
+                .unwrap_or(false)
+        {
+            keep = 0;
+        }
+        // A sliding-window cache may have dropped early positions: start afresh then.
+        if keep == 0 || ctx.kv_cache_seq_pos_min(i as i32) > 0 {
+            ctx.clear_kv_cache_seq(seq, None, None).ok();
+            keep = 0;
+        }
+        held.tokens[i].clear();
+        slots[i] = Some(Slot {
+            sampler: {
+                let mut s = crate::engine::llama::sampler_chain(&job.sampler, llama.n_vocab());
+                s.accept_many(job.prompt.iter().map(|&t| LlamaToken(t as i32)));
+                s
+            },
+            pending: job.prompt[keep..].to_vec(),
+            kv: job.prompt.clone(),
+            cached: keep,
+            out: TextOut::new(job.stop.clone()),
+            job,
+            n_past: keep as u32,
+            next: None,
+            logits_at: None,
+            generated: Vec::new(),
+            start: Instant::now(),
+            prompt_done: None,
+        });
     };
     loop {
         if slots.iter().all(Option::is_none) {
             match jobs.recv() {
-                Ok(j) => slots[0] = Some(admit(j)),
+                Ok(j) => admit(&mut ctx, &mut held, &mut slots, j),
                 Err(_) => return,
             }
         }
-        while let Some(free) = slots.iter().position(Option::is_none) {
+        while slots.iter().any(Option::is_none) {
             match jobs.try_recv() {
-                Ok(j) => slots[free] = Some(admit(j)),
+                Ok(j) => admit(&mut ctx, &mut held, &mut slots, j),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -299,12 +339,17 @@ pub fn run_llama(
             if s.prompt_done.is_none() {
                 s.prompt_done = Some(Instant::now());
             }
-            let tok = s.sampler.sample(&ctx, at);
-            let id = tok.0 as u32;
+            // Greedy without penalties is the first largest logit, as llama.cpp's greedy
+            // sampler picks it (without its candidates array).
+            let id = if crate::engine::llama::plain_greedy(&s.job.sampler) {
+                crate::sample::argmax(&ctx.get_logits_ith(at)[..n_vocab]) as u32
+            } else {
+                s.sampler.sample(&ctx, at).0 as u32
+            };
             let finish = if llama.is_eog(id) {
                 Some(Finish::Eos)
             } else {
-                s.generated += 1;
+                s.generated.push(id);
                 let (text, stopped) = s.out.push(&llama.piece(id));
                 if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
                     *slot = None;
@@ -313,10 +358,11 @@ pub fn run_llama(
                 }
                 if stopped {
                     Some(Finish::StopString)
-                } else if s.generated >= s.job.max_tokens || s.n_past >= n_ctx_seq {
+                } else if s.generated.len() >= s.job.max_tokens || s.n_past >= n_ctx_seq {
                     Some(Finish::Length)
                 } else {
                     s.next = Some(id);
+                    s.kv.push(id);
                     None
                 }
             };
@@ -326,56 +372,180 @@ pub fn run_llama(
                     &s.job,
                     &mut s.out,
                     f,
-                    s.generated,
+                    (&s.generated, s.cached),
                     pd - s.start,
                     pd.elapsed(),
                 );
+                // The cache keeps this conversation for a request that continues it.
+                held.release(i, std::mem::take(&mut s.kv));
                 *slot = None;
-                ctx.clear_kv_cache_seq(Some(i as u32), None, None).ok();
             }
         }
     }
 }
 
+/// What each free sequence's cache holds (prompt-prefix reuse) and when it was last used.
+struct Held {
+    tokens: Vec<Vec<u32>>,
+    used: Vec<u64>,
+    clock: u64,
+}
+
+impl Held {
+    fn new(n: usize) -> Held {
+        Held {
+            tokens: vec![Vec::new(); n],
+            used: vec![0; n],
+            clock: 0,
+        }
+    }
+
+    /// The free sequence for `prompt`: the one holding the longest prefix of it, else an
+    /// empty one, else the least recently used. `free` must name at least one.
+    fn pick(&mut self, free: impl Iterator<Item = bool>, prompt: &[u32]) -> usize {
+        let i = free
+            .enumerate()
+            .filter(|&(_, f)| f)
+            .map(|(i, _)| i)
+            .max_by_key(|&i| {
+                (
+                    reusable(&self.tokens[i], prompt),
+                    self.tokens[i].is_empty(),
+                    std::cmp::Reverse(self.used[i]),
+                )
+            })
+            .unwrap_or(0);
+        self.clock += 1;
+        self.used[i] = self.clock;
+        i
+    }
+
+    /// Sequence `i` is free again with `tokens` in its cache.
+    fn release(&mut self, i: usize, tokens: Vec<u32>) {
+        self.tokens[i] = tokens;
+    }
+}
+
+// ---------------------------------------------------------------- samplers over jq's logits
+
+/// A sampler over logits that jq computed: llama.cpp's chain ([`ChainSampler`], on the
+/// `--stream-layers` paths, so the same seed gives the llama.cpp engine's text) or jq's own
+/// (the native engine, as its CLI samples).
+pub trait PickToken {
+    /// Picks the next token from one position's logits (which it may change) and records it.
+    fn pick(&mut self, logits: &mut [f32]) -> u32;
+}
+
+impl PickToken for ChainSampler {
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        self.sample(logits)
+    }
+}
+
+/// jq's sampler with the history its penalties read.
+#[derive(Debug)]
+pub struct JqSampler {
+    sampler: Sampler,
+    history: Vec<u32>,
+}
+
+impl JqSampler {
+    pub fn new(cfg: &SamplerConfig, prompt: &[u32]) -> JqSampler {
+        JqSampler {
+            sampler: Sampler::new(cfg.clone()),
+            history: prompt.to_vec(),
+        }
+    }
+}
+
+impl PickToken for JqSampler {
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        let id = self.sampler.sample(logits, &self.history);
+        self.history.push(id);
+        id
+    }
+}
+
+/// Makes a job's sampler from its settings and prompt.
+pub type NewSampler<'a> = &'a dyn Fn(&SamplerConfig, &[u32]) -> Box<dyn PickToken>;
+
+/// llama.cpp's chain for a vocabulary of `n_vocab` tokens.
+pub fn llama_chain(n_vocab: usize) -> impl Fn(&SamplerConfig, &[u32]) -> Box<dyn PickToken> {
+    move |cfg, prompt| Box::new(ChainSampler::new(cfg, n_vocab, prompt))
+}
+
+/// jq's own sampler.
+pub fn jq_sampler(cfg: &SamplerConfig, prompt: &[u32]) -> Box<dyn PickToken> {
+    Box::new(JqSampler::new(cfg, prompt))
+}
+
 // ---------------------------------------------------------------- one sequence at a time
 
-/// An engine that evaluates one sequence: the prompt from position 0, then one token at a
-/// time, returning the last position's logits.
+/// An engine that evaluates one sequence: a prompt after the positions it kept, then one
+/// token at a time, returning the last position's logits.
 pub trait OneSeq {
     fn n_ctx(&self) -> usize;
-    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>>;
+    /// Keeps the first `n` cached positions and forgets the rest; returns how many it kept
+    /// (0 for an engine that starts every request afresh).
+    fn keep(&mut self, _n: usize) -> usize {
+        0
+    }
+    /// Evaluates `tokens` after the kept positions.
+    fn start(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     fn push(&mut self, id: u32) -> Result<Vec<f32>>;
 }
 
-/// Serves jobs one after the other (the rest wait in the queue), sampling with jq's sampler.
-pub fn run_one(engine: &mut dyn OneSeq, vocab: &dyn Pieces, jobs: Receiver<Job>) {
+/// How much of the cached `held` tokens a new `prompt` can reuse: their common prefix, less
+/// one when it is the whole prompt (its last position must be evaluated for logits).
+pub fn reusable(held: &[u32], prompt: &[u32]) -> usize {
+    let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
+}
+
+/// Serves jobs one after the other (the rest wait in the queue).
+pub fn run_one(
+    engine: &mut dyn OneSeq,
+    vocab: &dyn Pieces,
+    new_sampler: NewSampler<'_>,
+    jobs: Receiver<Job>,
+) {
+    // The tokens whose keys and values the engine holds (prompt-prefix reuse).
+    let mut held = Vec::new();
     while let Ok(job) = jobs.recv() {
         if job.events.is_closed() {
             continue;
         }
         let ev = job.events.clone();
-        if let Err(e) = one_job(engine, vocab, job) {
+        if let Err(e) = one_job(engine, vocab, new_sampler, &mut held, job) {
             let _ = ev.send(Event::Failed(format!("{e:#}")));
         }
     }
 }
 
-fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> {
+fn one_job(
+    engine: &mut dyn OneSeq,
+    vocab: &dyn Pieces,
+    new_sampler: NewSampler<'_>,
+    held: &mut Vec<u32>,
+    job: Job,
+) -> Result<()> {
     let t0 = Instant::now();
-    let mut logits = engine.start(&job.prompt)?;
+    let cached = engine.keep(reusable(held, &job.prompt));
+    held.clear();
+    let mut logits = engine.start(&job.prompt[cached..])?;
+    held.extend_from_slice(&job.prompt);
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
-    let mut sampler = Sampler::new(job.sampler.clone());
-    let mut history = job.prompt.clone();
+    let mut sampler = new_sampler(&job.sampler, &job.prompt);
     let mut out = TextOut::new(job.stop.clone());
-    let mut generated = 0;
+    let mut generated = Vec::new();
     let mut n_past = job.prompt.len();
     let finish = loop {
-        let id = sampler.sample(&mut logits, &history);
+        let id = sampler.pick(&mut logits);
         if vocab.is_eog(id) {
             break Finish::Eos;
         }
-        generated += 1;
+        generated.push(id);
         let (text, stopped) = out.push(&vocab.piece(id));
         if !text.is_empty() && job.events.send(Event::Text(text)).is_err() {
             return Ok(());
@@ -383,17 +553,30 @@ fn one_job(engine: &mut dyn OneSeq, vocab: &dyn Pieces, job: Job) -> Result<()> 
         if stopped {
             break Finish::StopString;
         }
-        if generated >= job.max_tokens || n_past >= engine.n_ctx() {
+        if generated.len() >= job.max_tokens || n_past >= engine.n_ctx() {
             break Finish::Length;
         }
         if job.events.is_closed() {
             return Ok(());
         }
-        history.push(id);
-        logits = engine.push(id)?;
+        logits = match engine.push(id) {
+            Ok(l) => l,
+            Err(e) => {
+                held.clear();
+                return Err(e);
+            }
+        };
+        held.push(id);
         n_past += 1;
     };
-    finish_job(&job, &mut out, finish, generated, prompt_time, t1.elapsed())
+    finish_job(
+        &job,
+        &mut out,
+        finish,
+        (&generated, cached),
+        prompt_time,
+        t1.elapsed(),
+    )
 }
 
 /// The end of a job: the held text (unless a stop string ended it), then its report.
@@ -401,7 +584,7 @@ fn finish_job(
     job: &Job,
     out: &mut TextOut,
     finish: Finish,
-    generated: usize,
+    (generated, cached): (&[u32], usize),
     prompt_time: Duration,
     decode_time: Duration,
 ) -> Result<()> {
@@ -412,7 +595,9 @@ fn finish_job(
     job.events
         .send(Event::Done(Report {
             prompt_tokens: job.prompt.len(),
-            generated_tokens: generated,
+            cached_tokens: cached,
+            generated_tokens: generated.len(),
+            context: job.prompt.iter().chain(generated).copied().collect(),
             finish,
             prompt_time,
             decode_time,
@@ -425,11 +610,15 @@ fn finish_job(
 /// One active request of [`run_stream`].
 struct StreamSlot {
     job: Job,
-    sampler: Sampler,
-    history: Vec<u32>,
+    sampler: Box<dyn PickToken>,
+    /// The tokens this sequence's cache holds (or will, once the prompt ran).
+    kv: Vec<u32>,
+    /// Prompt tokens reused from the sequence's previous request.
+    cached: usize,
     /// The last step's logits for this sequence (None until its prompt ran).
     logits: Option<Vec<f32>>,
-    generated: usize,
+    /// The generated tokens (not an end-of-generation one).
+    generated: Vec<u32>,
     out: TextOut,
     start: Instant,
     prompt_done: Option<Instant>,
@@ -440,35 +629,47 @@ struct StreamSlot {
 /// sequence (compute-bound: one sweep per micro-batch), then every active sequence's next
 /// token goes through one decode step together, so one pass over the streamed weights serves
 /// all of them. A request that arrives joins at the next step; one that ends or whose client
-/// went away frees its sequence. Sampling is jq's sampler, as on the one-sequence path.
+/// went away frees its sequence. Each sequence samples with its own `new_sampler`.
 pub fn run_stream(
     st: &mut crate::engine::stream::Streamer,
     vocab: &dyn Pieces,
     n_ctx: usize,
+    new_sampler: NewSampler<'_>,
     jobs: Receiver<Job>,
 ) {
     let n_seq = st.n_seq();
     let mut slots: Vec<Option<StreamSlot>> = (0..n_seq).map(|_| None).collect();
-    let admit = |job: Job| StreamSlot {
-        sampler: Sampler::new(job.sampler.clone()),
-        history: job.prompt.clone(),
-        out: TextOut::new(job.stop.clone()),
-        job,
-        logits: None,
-        generated: 0,
-        start: Instant::now(),
-        prompt_done: None,
+    let mut held = Held::new(n_seq);
+    // As on llama.cpp: the free sequence holding the longest prefix of the prompt.
+    let admit = |st: &mut crate::engine::stream::Streamer,
+                 held: &mut Held,
+                 slots: &mut [Option<StreamSlot>],
+                 job: Job| {
+        let i = held.pick(slots.iter().map(Option::is_none), &job.prompt);
+        let keep = st.keep_seq(i, reusable(&held.tokens[i], &job.prompt));
+        held.tokens[i].clear();
+        slots[i] = Some(StreamSlot {
+            sampler: new_sampler(&job.sampler, &job.prompt),
+            kv: job.prompt.clone(),
+            cached: keep,
+            out: TextOut::new(job.stop.clone()),
+            job,
+            logits: None,
+            generated: Vec::new(),
+            start: Instant::now(),
+            prompt_done: None,
+        });
     };
     loop {
         if slots.iter().all(Option::is_none) {
             match jobs.recv() {
-                Ok(j) => slots[0] = Some(admit(j)),
+                Ok(j) => admit(st, &mut held, &mut slots, j),
                 Err(_) => return,
             }
         }
-        while let Some(free) = slots.iter().position(Option::is_none) {
+        while slots.iter().any(Option::is_none) {
             match jobs.try_recv() {
-                Ok(j) => slots[free] = Some(admit(j)),
+                Ok(j) => admit(st, &mut held, &mut slots, j),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -483,8 +684,7 @@ pub fn run_stream(
             if s.logits.is_some() {
                 continue;
             }
-            st.clear_seq(i);
-            match st.eval_seq(i, &s.job.prompt, false) {
+            match st.eval_seq(i, &s.job.prompt[s.cached..], false) {
                 Ok(l) => {
                     s.logits = Some(l);
                     s.prompt_done = Some(Instant::now());
@@ -502,11 +702,11 @@ pub fn run_stream(
             let Some(mut logits) = s.logits.take() else {
                 continue;
             };
-            let id = s.sampler.sample(&mut logits, &s.history);
+            let id = s.sampler.pick(&mut logits);
             let finish = if vocab.is_eog(id) {
                 Some(Finish::Eos)
             } else {
-                s.generated += 1;
+                s.generated.push(id);
                 let (text, stopped) = s.out.push(&vocab.piece(id));
                 if !text.is_empty() && s.job.events.send(Event::Text(text)).is_err() {
                     *slot = None;
@@ -514,7 +714,7 @@ pub fn run_stream(
                 }
                 if stopped {
                     Some(Finish::StopString)
-                } else if s.generated >= s.job.max_tokens || st.n_past_of(i) >= n_ctx {
+                } else if s.generated.len() >= s.job.max_tokens || st.n_past_of(i) >= n_ctx {
                     Some(Finish::Length)
                 } else {
                     None
@@ -526,14 +726,15 @@ pub fn run_stream(
                     &s.job,
                     &mut s.out,
                     f,
-                    s.generated,
+                    (&s.generated, s.cached),
                     pd - s.start,
                     pd.elapsed(),
                 );
+                held.release(i, std::mem::take(&mut s.kv));
                 *slot = None;
                 continue;
             }
-            s.history.push(id);
+            s.kv.push(id);
             items.push((i, id));
         }
         if items.is_empty() {

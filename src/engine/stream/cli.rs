@@ -3,7 +3,7 @@
 use super::{plan_only, StreamOptions, Streamer};
 use crate::arch::Hparams;
 use crate::gguf::GgufModel;
-use crate::sample::{Sampler, SamplerConfig};
+use crate::sample::SamplerConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -108,8 +108,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             .with_context(|| format!("--dump-logits {}", p.display()))?;
     }
     let mut last = logits[logits.len() - v..].to_vec();
-    let mut sampler = Sampler::new(a.sampler.clone());
-    let mut history = ids.clone();
+    // llama.cpp's sampler chain over the streamed logits: the same flags and seed pick the
+    // same tokens as the llama.cpp engine.
+    let mut sampler = crate::engine::llama::ChainSampler::new(&a.sampler, v, &ids);
     let mut generated = Vec::new();
     let mut text = Vec::new();
     let td = Instant::now();
@@ -119,7 +120,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         if s.n_past() >= n_ctx as usize {
             break;
         }
-        let id = sampler.sample(&mut last, &history);
+        let id = sampler.sample(&last);
         let voc = voc.as_ref().context("vocabulary")?;
         if voc.vocab().is_eog(LlamaToken(id as i32)) {
             stop = "eos";
@@ -134,7 +135,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
         }
         text.extend_from_slice(&piece);
         generated.push(id);
-        history.push(id);
         if generated.len() < a.n_predict {
             last = s.eval(&[id], false)?;
         }

@@ -486,6 +486,19 @@ impl Streamer {
         self.n_past.iter_mut().for_each(|n| *n = 0);
     }
 
+    /// Keeps the first `n` cached positions of sequence `seq` and forgets the rest (a
+    /// continued conversation evaluates only what follows); returns how many it kept. The
+    /// forgotten cells are masked until new tokens overwrite them.
+    pub fn keep_seq(&mut self, seq: usize, n: usize) -> usize {
+        match self.n_past.get_mut(seq) {
+            Some(p) => {
+                *p = (*p).min(n);
+                *p
+            }
+            None => 0,
+        }
+    }
+
     /// Forgets sequence `seq`'s context.
     pub fn clear_seq(&mut self, seq: usize) {
         if let Some(n) = self.n_past.get_mut(seq) {
