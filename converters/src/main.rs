@@ -1,6 +1,7 @@
 //! `jq-convert`: turn checkpoints into GGUF, inspect GGUF files, re-quantize them.
 
 mod gemma3;
+mod imatrix;
 mod inspect;
 mod jarvis;
 mod modelfile;
@@ -182,7 +183,7 @@ enum Cmd {
     /// needs no flag, re-quantizing a quantized tensor needs --allow-requantize. The output
     /// appears only when the whole file was written.
     #[command(
-        after_help = "Types (case-insensitive): f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 mxfp4_moe q1_0 q2_0; aliases q3_k = q3_k_m, q4_k = q4_k_m, q5_k = q5_k_m. q2_k_s (needs an importance matrix) and nvfp4 (no mixture in the pinned llama.cpp) are refused.\n\nExamples:\n  jq-convert quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0 --pure\n  jq-convert quantize model-q4_k_m.gguf model-f16.gguf --type f16\n  jq-convert quantize model-q8_0.gguf model-q4_k_m.gguf --type Q4_K --allow-requantize\n  jq-convert quantize in.gguf out.gguf --type q5_k_m --output-tensor-type q8_0 --tensor-type 'attn_v=q8_0'"
+        after_help = "Types (case-insensitive): f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 mxfp4_moe q1_0 q2_0; aliases q3_k = q3_k_m, q4_k = q4_k_m, q5_k = q5_k_m. q2_k_s needs --imatrix; nvfp4 (no mixture in the pinned llama.cpp) is refused.\n\nExamples:\n  jq-convert quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0 --pure\n  jq-convert quantize model-q4_k_m.gguf model-f16.gguf --type f16\n  jq-convert quantize model-q8_0.gguf model-q4_k_m.gguf --type Q4_K --allow-requantize\n  jq-convert quantize in.gguf out.gguf --type q5_k_m --output-tensor-type q8_0 --tensor-type 'attn_v=q8_0'\n  jq-convert quantize model-f16.gguf model-q2_k_s.gguf --type q2_k_s --imatrix imatrix.gguf"
     )]
     Quantize {
         /// Input GGUF (any decodable tensor types).
@@ -208,6 +209,10 @@ enum Cmd {
         /// repeatable), as llama-quantize --tensor-type.
         #[arg(long = "tensor-type")]
         tensor_type: Vec<String>,
+        /// Importance matrix (llama-imatrix's GGUF, or its legacy .dat) weighting the encoders'
+        /// error, as llama-quantize --imatrix; needed by q2_k_s.
+        #[arg(long, value_name = "FILE")]
+        imatrix: Option<PathBuf>,
     },
 }
 
@@ -463,9 +468,13 @@ fn run(cli: Cli) -> Result<()> {
             output_tensor_type,
             token_embedding_type,
             tensor_type,
+            imatrix,
         } => {
             input_file("the input", &input)?;
             refuse_aliases(&[("the output", &output)], &[("the input", &input)])?;
+            if let Some(m) = &imatrix {
+                refuse_aliases(&[("the output", &output)], &[("--imatrix", m)])?;
+            }
             let ty = quantize::parse_file_type(&ty).map_err(|e| anyhow!("--type: {e}"))?;
             let tensor_flag = |flag: &str, v: Option<String>| {
                 v.map(|v| quantize::parse_tensor_type(&v).map_err(|e| anyhow!("{flag}: {e}")))
@@ -491,6 +500,10 @@ fn run(cli: Cli) -> Result<()> {
                 output_tensor_type,
                 token_embedding_type,
                 tensor_types,
+                imatrix: match &imatrix {
+                    Some(p) => Some((imatrix::Imatrix::load(p)?, p.to_string_lossy().into_owned())),
+                    None => None,
+                },
                 progress: std::io::stderr().is_terminal(),
             };
             let t = std::time::Instant::now();
