@@ -24,9 +24,13 @@
 //!   tokenizer_config.json's `eos_token` (1), and llama.cpp treats `<end_of_turn>` as
 //!   end-of-generation by its text.
 //! - llama.cpp's built-in gemma chat template leaves BOS to the tokenizer (`add_bos_token`).
-//! - `general.name` is the directory name in title case; gguf-py's heuristics may also split a
-//!   real repository name into `general.basename`/`finetune`/`size_label`, which we do not
-//!   (only `size_label`, from the parameter count, as gguf-py computes it).
+//! - `general.name` is the model card's `name`/`model_name`, else the directory name in title
+//!   case; gguf-py's heuristics may also split a real repository name (or config.json's
+//!   `_name_or_path`) into `general.basename`/`finetune`/`size_label`, which we do not (only
+//!   `size_label`, from the parameter count, as gguf-py computes it). The rest of the model
+//!   card (license, tags, languages, base models, datasets, ...) is written as gguf-py's
+//!   metadata code writes it (`crate::model_card`).
+//! - A -0.0 weight stays -0.0 (no shift is added outside the norms).
 
 use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
@@ -632,9 +636,14 @@ const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_UNUSED: i32 = 5;
 const TYPE_BYTE: i32 = 6;
 
+/// The converter's `does_token_look_special`: added tokens that some checkpoints leave
+/// non-special but that ought to be control tokens (deepseek's full-width `<｜...｜>`, gemma's
+/// `<unusedN>`).
 fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<\u{ff5c}") && t.ends_with("\u{ff5c}>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
 /// `added_tokens_decoder` of tokenizer_config.json, or else `added_tokens` of tokenizer.json:
@@ -821,9 +830,23 @@ fn metadata(
             }
         }
     }
-    w.add("general.name", name_from_dir(dir))?;
+    let card = crate::model_card::load(dir)?;
+    let (card_name, card_size) = card
+        .as_ref()
+        .map(crate::model_card::name_and_size)
+        .unwrap_or_default();
+    w.add(
+        "general.name",
+        card_name.unwrap_or_else(|| name_from_dir(dir)).as_str(),
+    )?;
     let params: u64 = plan.iter().map(|t| t.ne.iter().product::<u64>()).sum();
-    w.add("general.size_label", size_label(params))?;
+    w.add(
+        "general.size_label",
+        card_size.unwrap_or_else(|| size_label(params)).as_str(),
+    )?;
+    if let Some(c) = &card {
+        crate::model_card::write(w, c, params as i64)?;
+    }
     let k = |s: &str| format!("{ARCH}.{s}");
     w.add(k("block_count"), c.n_layers as u32)?;
     w.add(k("context_length"), c.max_positions as u32)?;
@@ -956,26 +979,29 @@ const TASK_ELEMS: usize = 1 << 15;
 /// infinite (checked in the same pass, so the check costs almost nothing).
 fn decode_into(dtype: Dtype, src: &[u8], shift: f32, dst: &mut [f32]) -> bool {
     let mut bad = false;
+    // Without a shift the value is kept as it is: `-0.0 + 0.0` would be +0.0, and the
+    // converter keeps every -0.0 of the checkpoint.
+    let shifted = |v: f32| if shift == 0.0 { v } else { v + shift };
     match dtype {
         Dtype::BF16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 let v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
         Dtype::F16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 let v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
         _ => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
     }

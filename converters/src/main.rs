@@ -4,6 +4,7 @@ mod gemma3;
 mod imatrix;
 mod inspect;
 mod jarvis;
+mod model_card;
 mod modelfile;
 mod progress;
 mod quantize;
