@@ -799,16 +799,75 @@ fn token_id(v: &Vocab, tok_config: Option<&Json>, key: &str) -> Option<u32> {
     v.tokens.iter().position(|t| t == text).map(|i| i as u32)
 }
 
-/// Writes every metadata key llama.cpp reads for `gemma3`.
-fn metadata(
-    w: &mut GgufWriter,
-    ck: &Checkpoint,
-    target: GgmlType,
-    plan: &[PlannedTensor],
-) -> Result<()> {
+/// The plan of `--type` FILE_TYPE: llama.cpp's converter in the checkpoint's own dtype, then
+/// `llama_tensor_get_type` for every tensor (norms and other 1-D tensors stay F32).
+fn mixture_plan(ck: &Checkpoint, ft: crate::quantize::FileType) -> Result<Vec<PlannedTensor>> {
+    let mut own = None;
+    for t in ck.plan(GgmlType::F32).iter().filter(|p| p.ne.len() >= 2) {
+        let d = ck.weights.get(&t.hf).expect("validated").dtype;
+        let ty = match d {
+            Dtype::BF16 => GgmlType::BF16,
+            Dtype::F16 => GgmlType::F16,
+            other => bail!(
+                "--type {}: tensor '{}' is {other:?}; a quantization mixture is made from a bf16 or f16 checkpoint (llama.cpp's converter in that dtype, then llama-quantize): convert with --type f16 and run `jq-convert quantize`",
+                ft.name,
+                t.hf
+            ),
+        };
+        match own {
+            None => own = Some(ty),
+            Some(o) if o != ty => bail!(
+                "--type {}: the checkpoint mixes {o} and {ty} weights ('{}'); a quantization mixture needs one dtype",
+                ft.name,
+                t.hf
+            ),
+            Some(_) => {}
+        }
+    }
+    let mut plan = ck.plan(own.unwrap_or(GgmlType::F16));
+    let infos: Vec<jq::gguf::TensorInfo> = plan
+        .iter()
+        .map(|p| jq::gguf::TensorInfo {
+            name: p.gguf.clone(),
+            ty: p.ty,
+            ne: p.ne.clone(),
+            offset: 0,
+            size: 0,
+        })
+        .collect();
+    let refs: Vec<&jq::gguf::TensorInfo> = infos.iter().collect();
+    let c = &ck.cfg;
+    let hp = crate::quantize::Hparams {
+        arch: ARCH.into(),
+        n_layer: c.n_layers as i32,
+        n_gqa: c.n_heads.checked_div(c.n_kv_heads).unwrap_or(0) as u32,
+        n_expert: 0,
+    };
+    let qopts = crate::quantize::Options {
+        file_type: ft,
+        allow_requantize: false,
+        pure: false,
+        output_tensor_type: None,
+        token_embedding_type: None,
+        tensor_types: Vec::new(),
+        imatrix: None,
+        progress: false,
+    };
+    let mut fallbacks = Vec::new();
+    let types = crate::quantize::plan_tensor_types(&refs, &hp, &qopts, &mut fallbacks)?;
+    for f in &fallbacks {
+        eprintln!("warning: {f}");
+    }
+    for (p, t) in plan.iter_mut().zip(types) {
+        p.ty = t;
+    }
+    Ok(plan)
+}
+
+/// Writes every metadata key llama.cpp reads for `gemma3`; `ftype` is `general.file_type`.
+fn metadata(w: &mut GgufWriter, ck: &Checkpoint, ftype: u32, plan: &[PlannedTensor]) -> Result<()> {
     let c = &ck.cfg;
     let dir = &ck.dir;
-    let ftype = FileType::for_type(target).ok_or_else(|| anyhow!("unsupported type {target}"))?;
     let gen = read_json_if(&dir.join("generation_config.json"))?;
     let tok_config = read_json_if(&dir.join("tokenizer_config.json"))?;
     let tok_json = read_json_if(&dir.join("tokenizer.json"))?;
@@ -863,7 +922,7 @@ fn metadata(
     w.add(k("attention.layer_norm_rms_epsilon"), c.rms_eps as f32)?;
     w.add(k("attention.key_length"), c.head_dim as u32)?;
     w.add(k("attention.value_length"), c.head_dim as u32)?;
-    w.add("general.file_type", ftype as u32)?;
+    w.add("general.file_type", ftype)?;
     if let Some(s) = c.final_logit_softcapping {
         w.add(k("final_logit_softcapping"), s as f32)?;
     }
@@ -966,6 +1025,10 @@ pub fn attention_scale_warning(c: &TextConfig) -> Option<String> {
 
 pub struct Options {
     pub ty: GgmlType,
+    /// A llama-quantize file type (`q4_k_m`, ...): the checkpoint is converted in its own dtype
+    /// (bf16 or f16, as llama.cpp's converter would write it) and every tensor then gets the
+    /// type `llama_model_quantize` would give it, in the same single pass. `ty` is ignored.
+    pub mixture: Option<crate::quantize::FileType>,
     pub progress: bool,
 }
 
@@ -1126,9 +1189,16 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(Summary, At
     if let Some(wn) = attention_scale_warning(&ck.cfg) {
         eprintln!("\n{}\n{wn}\n{}\n", "!".repeat(78), "!".repeat(78));
     }
-    let plan = ck.plan(opts.ty);
+    let (plan, ftype) = match opts.mixture {
+        None => {
+            let ftype = FileType::for_type(opts.ty)
+                .ok_or_else(|| anyhow!("unsupported type {}", opts.ty))?;
+            (ck.plan(opts.ty), ftype as u32)
+        }
+        Some(ft) => (mixture_plan(ck, ft)?, ft.ftype),
+    };
     let mut w = GgufWriter::new();
-    metadata(&mut w, ck, opts.ty, &plan)?;
+    metadata(&mut w, ck, ftype, &plan)?;
     for p in &plan {
         w.add_tensor(&p.gguf, p.ty, &p.ne)?;
     }

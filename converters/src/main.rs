@@ -67,6 +67,20 @@ enum HfType {
     Q4_0,
 }
 
+/// `hf-to-gguf --type`: one of the converter's own types, or a llama-quantize file type.
+#[derive(Clone, Copy, Debug)]
+enum HfTarget {
+    Plain(HfType),
+    Mixture(quantize::FileType),
+}
+
+fn parse_hf_type(s: &str) -> std::result::Result<HfTarget, String> {
+    if let Ok(t) = <HfType as ValueEnum>::from_str(s, true) {
+        return Ok(HfTarget::Plain(t));
+    }
+    quantize::parse_file_type(s).map(HfTarget::Mixture)
+}
+
 impl From<HfType> for GgmlType {
     fn from(t: HfType) -> GgmlType {
         match t {
@@ -137,14 +151,17 @@ enum Cmd {
     /// tokenizer.json, chat_template.jinja/.json and generation_config.json. Streams one tensor
     /// at a time; nothing is written under the output name unless the whole conversion succeeds.
     #[command(
-        after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3-1b-q8_0.gguf\n  jq-convert hf-to-gguf gemma-3-27b-it --type q4_0 -o gemma3-27b.gguf --modelfile Modelfile --threads 16\n  ollama create gemma3 -f Modelfile"
+        after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3-1b-q8_0.gguf\n  jq-convert hf-to-gguf gemma-3-27b-it --type q4_0 -o gemma3-27b.gguf --modelfile Modelfile --threads 16\n  jq-convert hf-to-gguf gemma-3-270m-it --type q4_k_m -o gemma3-270m-q4_k_m.gguf\n  ollama create gemma3 -f Modelfile"
     )]
     HfToGguf {
         /// The checkpoint directory.
         model_dir: PathBuf,
-        /// Type of the 2-D weights.
-        #[arg(long = "type", value_enum)]
-        ty: HfType,
+        /// Type of the 2-D weights: f32, f16, bf16, q8_0 or q4_0 (as llama.cpp's converter
+        /// writes them; q4_0 keeps the tied embedding at Q8_0), or any file type of `quantize`
+        /// (q4_k_m, q5_k_m, q6_k, iq4_xs, ...: llama-quantize's mixture, in one pass, the same
+        /// bytes as the converter in the checkpoint's bf16/f16 followed by llama-quantize).
+        #[arg(long = "type", value_parser = parse_hf_type)]
+        ty: HfTarget,
         /// Output GGUF (default: MODEL_DIR/<dir name>-<type>.gguf).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -382,7 +399,11 @@ fn run(cli: Cli) -> Result<()> {
             num_ctx,
             threads,
         } => {
-            let ty = GgmlType::from(ty);
+            let (ty, mixture) = match ty {
+                HfTarget::Plain(t) => (GgmlType::from(t), None),
+                HfTarget::Mixture(f) => (GgmlType::F16, Some(f)),
+            };
+            let type_name = mixture.map_or_else(|| ty.name().to_string(), |f| f.name.to_string());
             let ck = gemma3::Checkpoint::open(&model_dir)
                 .with_context(|| format!("reading {}", model_dir.display()))?;
             let output = output.unwrap_or_else(|| {
@@ -391,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
                     .ok()
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or_else(|| "model".into());
-                model_dir.join(format!("{stem}-{}.gguf", ty.name()))
+                model_dir.join(format!("{stem}-{type_name}.gguf"))
             });
             let mut outputs: Vec<(&str, &Path)> = vec![("-o", &output)];
             if let Some(mf) = &modelfile {
@@ -420,6 +441,7 @@ fn run(cli: Cli) -> Result<()> {
             let t = std::time::Instant::now();
             let opts = gemma3::Options {
                 ty,
+                mixture,
                 progress: std::io::stderr().is_terminal(),
             };
             let (s, gguf) = pool.install(|| gemma3::write(&ck, &output, &opts))?;
@@ -432,7 +454,7 @@ fn run(cli: Cli) -> Result<()> {
                 ck.embedding_rows,
                 s.tensors,
                 ck.weights.n_shards(),
-                ty,
+                type_name.to_ascii_uppercase(),
                 s.bytes as f64 / 1048576.0,
                 t.elapsed().as_secs_f64()
             );

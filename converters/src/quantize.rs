@@ -359,17 +359,18 @@ fn is_attn_v(c: Category) -> bool {
 }
 
 /// `ggml_is_quantized`.
-fn is_quantized(t: GgmlType) -> bool {
+pub fn is_quantized(t: GgmlType) -> bool {
     t.block_size() > 1
 }
 
 /// The hyper-parameters `llama_tensor_get_type` reads, as llama.cpp's loader reads them.
-#[derive(Debug, Default)]
-struct Hparams {
-    arch: String,
-    n_layer: i32,
-    n_gqa: u32,
-    n_expert: u32,
+#[derive(Debug, Default, Clone)]
+pub struct Hparams {
+    pub arch: String,
+    pub n_layer: i32,
+    /// head_count / head_count_kv of the first layer.
+    pub n_gqa: u32,
+    pub n_expert: u32,
 }
 
 fn meta_u32(file: &GgufModel, key: &str) -> Option<u32> {
@@ -805,6 +806,17 @@ fn plan_types(
     } else {
         hparams(file)?
     };
+    plan_tensor_types(&infos, &hp, opts, fallbacks)
+}
+
+/// The output type of each of `infos` (a model's tensors, any order) under `opts`, with the
+/// model's hyper-parameters `hp`: what `llama_model_quantize` would give them.
+pub fn plan_tensor_types(
+    infos: &[&TensorInfo],
+    hp: &Hparams,
+    opts: &Options,
+    fallbacks: &mut Vec<String>,
+) -> Result<Vec<GgmlType>> {
     let mut qs = State {
         has_tied_embeddings: !infos.iter().any(|t| category(&t.name) == Category::Output),
         n_attention_wv: infos
@@ -818,7 +830,7 @@ fn plan_types(
     let mut types = vec![GgmlType::F32; infos.len()];
     let mut fb = vec![Vec::new(); infos.len()];
     for i in order {
-        types[i] = tensor_type(&mut qs, &hp, opts, infos[i], &mut fb[i])?;
+        types[i] = tensor_type(&mut qs, hp, opts, infos[i], &mut fb[i])?;
     }
     fallbacks.extend(fb.into_iter().flatten());
     Ok(types)
