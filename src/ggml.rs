@@ -254,3 +254,78 @@ pub fn llama_quantize_opts(
         sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
     }
 }
+
+/// A value `llama-quantize --override-kv` (and its `--imatrix` bookkeeping) sets.
+#[derive(Debug, Clone)]
+pub enum KvOverride {
+    Int(i64),
+    Str(String),
+}
+
+/// `llama_model_quantize` with importance weights per tensor name (`params.imatrix`, what
+/// llama-quantize builds from an imatrix file) and metadata overrides (`params.kv_overrides`).
+pub fn llama_quantize_imatrix(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    imatrix: &[(String, Vec<f32>)],
+    kv: &[(String, KvOverride)],
+    nthread: i32,
+) -> u32 {
+    let i = CString::new(input.to_str().expect("utf-8 path")).expect("no NUL");
+    let o = CString::new(output.to_str().expect("utf-8 path")).expect("no NUL");
+    let names: Vec<CString> = imatrix
+        .iter()
+        .map(|(n, _)| CString::new(n.as_str()).expect("no NUL"))
+        .collect();
+    let mut data: Vec<sys::llama_model_imatrix_data> = names
+        .iter()
+        .zip(imatrix)
+        .map(|(n, (_, w))| sys::llama_model_imatrix_data {
+            name: n.as_ptr(),
+            data: w.as_ptr(),
+            size: w.len(),
+        })
+        .collect();
+    data.push(sys::llama_model_imatrix_data {
+        name: std::ptr::null(),
+        data: std::ptr::null(),
+        size: 0,
+    });
+    let fill = |dst: &mut [c_char; 128], s: &str| {
+        for (d, &b) in dst.iter_mut().zip(s.as_bytes().iter().take(127)) {
+            *d = b as c_char;
+        }
+    };
+    // SAFETY: an all-zero override is llama.cpp's terminator (empty key), and every field is
+    // plain data for which zero is valid.
+    let mut ovr: Vec<sys::llama_model_kv_override> =
+        vec![unsafe { std::mem::zeroed() }; kv.len() + 1];
+    for (o, (k, v)) in ovr.iter_mut().zip(kv) {
+        fill(&mut o.key, k);
+        match v {
+            KvOverride::Int(x) => {
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_INT;
+                o.__bindgen_anon_1.val_i64 = *x;
+            }
+            KvOverride::Str(s) => {
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
+                // SAFETY: writing the string member of a zeroed plain-data union.
+                fill(unsafe { &mut o.__bindgen_anon_1.val_str }, s);
+            }
+        }
+    }
+    // SAFETY: the paths, the imatrix array (null-name terminated, its names and data owned by
+    // `names` / `imatrix`) and the override array (empty-key terminated) all outlive the call.
+    unsafe {
+        sys::llama_backend_init();
+        let mut p = sys::llama_model_quantize_default_params();
+        p.ftype = ftype;
+        p.nthread = nthread;
+        p.imatrix = data.as_ptr();
+        if !kv.is_empty() {
+            p.kv_overrides = ovr.as_ptr();
+        }
+        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
+    }
+}

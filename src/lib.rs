@@ -13,6 +13,7 @@ pub mod models;
 pub mod npy;
 pub mod npz;
 pub mod output;
+pub mod perplexity;
 pub mod quant;
 pub mod sample;
 pub mod serve;

@@ -25,9 +25,13 @@
 //!   tokenizer_config.json's `eos_token` (1), and llama.cpp treats `<end_of_turn>` as
 //!   end-of-generation by its text.
 //! - llama.cpp's built-in gemma chat template leaves BOS to the tokenizer (`add_bos_token`).
-//! - `general.name` is the directory name in title case; gguf-py's heuristics may also split a
-//!   real repository name into `general.basename`/`finetune`/`size_label`, which we do not
-//!   (only `size_label`, from the parameter count, as gguf-py computes it).
+//! - `general.name` is the model card's `name`/`model_name`, else the directory name in title
+//!   case; gguf-py's heuristics may also split a real repository name (or config.json's
+//!   `_name_or_path`) into `general.basename`/`finetune`/`size_label`, which we do not (only
+//!   `size_label`, from the parameter count, as gguf-py computes it). The rest of the model
+//!   card (license, tags, languages, base models, datasets, ...) is written as gguf-py's
+//!   metadata code writes it (`crate::model_card`).
+//! - A -0.0 weight stays -0.0 (no shift is added outside the norms).
 
 use crate::sentencepiece::{ModelProto, PieceType};
 use crate::shards::{TensorEntry, Weights};
@@ -595,9 +599,14 @@ const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_UNUSED: i32 = 5;
 const TYPE_BYTE: i32 = 6;
 
+/// The converter's `does_token_look_special`: added tokens that some checkpoints leave
+/// non-special but that ought to be control tokens (deepseek's full-width `<｜...｜>`, gemma's
+/// `<unusedN>`).
 fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<\u{ff5c}") && t.ends_with("\u{ff5c}>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
 /// `added_tokens_decoder` of tokenizer_config.json, or else `added_tokens` of tokenizer.json:
@@ -753,16 +762,75 @@ fn token_id(v: &Vocab, tok_config: Option<&Json>, key: &str) -> Option<u32> {
     v.tokens.iter().position(|t| t == text).map(|i| i as u32)
 }
 
-/// Writes every metadata key llama.cpp reads for `gemma3`.
-fn metadata(
-    w: &mut GgufWriter,
-    ck: &Checkpoint,
-    target: GgmlType,
-    plan: &[PlannedTensor],
-) -> Result<()> {
+/// The plan of `--type` FILE_TYPE: llama.cpp's converter in the checkpoint's own dtype, then
+/// `llama_tensor_get_type` for every tensor (norms and other 1-D tensors stay F32).
+fn mixture_plan(ck: &Checkpoint, ft: crate::quantize::FileType) -> Result<Vec<PlannedTensor>> {
+    let mut own = None;
+    for t in ck.plan(GgmlType::F32).iter().filter(|p| p.ne.len() >= 2) {
+        let d = ck.weights.get(&t.hf).expect("validated").dtype;
+        let ty = match d {
+            Dtype::BF16 => GgmlType::BF16,
+            Dtype::F16 => GgmlType::F16,
+            other => bail!(
+                "--type {}: tensor '{}' is {other:?}; a quantization mixture is made from a bf16 or f16 checkpoint (llama.cpp's converter in that dtype, then llama-quantize): convert with --type f16 and run `jq-convert quantize`",
+                ft.name,
+                t.hf
+            ),
+        };
+        match own {
+            None => own = Some(ty),
+            Some(o) if o != ty => bail!(
+                "--type {}: the checkpoint mixes {o} and {ty} weights ('{}'); a quantization mixture needs one dtype",
+                ft.name,
+                t.hf
+            ),
+            Some(_) => {}
+        }
+    }
+    let mut plan = ck.plan(own.unwrap_or(GgmlType::F16));
+    let infos: Vec<jq::gguf::TensorInfo> = plan
+        .iter()
+        .map(|p| jq::gguf::TensorInfo {
+            name: p.gguf.clone(),
+            ty: p.ty,
+            ne: p.ne.clone(),
+            offset: 0,
+            size: 0,
+        })
+        .collect();
+    let refs: Vec<&jq::gguf::TensorInfo> = infos.iter().collect();
+    let c = &ck.cfg;
+    let hp = crate::quantize::Hparams {
+        arch: ARCH.into(),
+        n_layer: c.n_layers as i32,
+        n_gqa: c.n_heads.checked_div(c.n_kv_heads).unwrap_or(0) as u32,
+        n_expert: 0,
+    };
+    let qopts = crate::quantize::Options {
+        file_type: ft,
+        allow_requantize: false,
+        pure: false,
+        output_tensor_type: None,
+        token_embedding_type: None,
+        tensor_types: Vec::new(),
+        imatrix: None,
+        progress: false,
+    };
+    let mut fallbacks = Vec::new();
+    let types = crate::quantize::plan_tensor_types(&refs, &hp, &qopts, &mut fallbacks)?;
+    for f in &fallbacks {
+        eprintln!("warning: {f}");
+    }
+    for (p, t) in plan.iter_mut().zip(types) {
+        p.ty = t;
+    }
+    Ok(plan)
+}
+
+/// Writes every metadata key llama.cpp reads for `gemma3`; `ftype` is `general.file_type`.
+fn metadata(w: &mut GgufWriter, ck: &Checkpoint, ftype: u32, plan: &[PlannedTensor]) -> Result<()> {
     let c = &ck.cfg;
     let dir = &ck.dir;
-    let ftype = FileType::for_type(target).ok_or_else(|| anyhow!("unsupported type {target}"))?;
     let gen = read_json_if(&dir.join("generation_config.json"))?;
     let tok_config = read_json_if(&dir.join("tokenizer_config.json"))?;
     let tok_json = read_json_if(&dir.join("tokenizer.json"))?;
@@ -784,9 +852,23 @@ fn metadata(
             }
         }
     }
-    w.add("general.name", name_from_dir(dir))?;
+    let card = crate::model_card::load(dir)?;
+    let (card_name, card_size) = card
+        .as_ref()
+        .map(crate::model_card::name_and_size)
+        .unwrap_or_default();
+    w.add(
+        "general.name",
+        card_name.unwrap_or_else(|| name_from_dir(dir)).as_str(),
+    )?;
     let params: u64 = plan.iter().map(|t| t.ne.iter().product::<u64>()).sum();
-    w.add("general.size_label", size_label(params))?;
+    w.add(
+        "general.size_label",
+        card_size.unwrap_or_else(|| size_label(params)).as_str(),
+    )?;
+    if let Some(c) = &card {
+        crate::model_card::write(w, c, params as i64)?;
+    }
     let k = |s: &str| format!("{ARCH}.{s}");
     w.add(k(keys::BLOCK_COUNT), c.n_layers as u32)?;
     w.add(k(keys::CONTEXT_LENGTH), c.max_positions as u32)?;
@@ -803,7 +885,7 @@ fn metadata(
     w.add(k(keys::RMS_EPS), c.rms_eps as f32)?;
     w.add(k(keys::KEY_LENGTH), c.head_dim as u32)?;
     w.add(k(keys::VALUE_LENGTH), c.head_dim as u32)?;
-    w.add("general.file_type", ftype as u32)?;
+    w.add("general.file_type", ftype)?;
     if let Some(s) = c.final_logit_softcapping {
         w.add(k(keys::FINAL_LOGIT_SOFTCAPPING), s as f32)?;
     }
@@ -906,6 +988,10 @@ pub fn attention_scale_warning(c: &TextConfig) -> Option<String> {
 
 pub struct Options {
     pub ty: GgmlType,
+    /// A llama-quantize file type (`q4_k_m`, ...): the checkpoint is converted in its own dtype
+    /// (bf16 or f16, as llama.cpp's converter would write it) and every tensor then gets the
+    /// type `llama_model_quantize` would give it, in the same single pass. `ty` is ignored.
+    pub mixture: Option<crate::quantize::FileType>,
     pub progress: bool,
 }
 
@@ -919,26 +1005,29 @@ const TASK_ELEMS: usize = 1 << 15;
 /// infinite (checked in the same pass, so the check costs almost nothing).
 fn decode_into(dtype: Dtype, src: &[u8], shift: f32, dst: &mut [f32]) -> bool {
     let mut bad = false;
+    // Without a shift the value is kept as it is: `-0.0 + 0.0` would be +0.0, and the
+    // converter keeps every -0.0 of the checkpoint.
+    let shifted = |v: f32| if shift == 0.0 { v } else { v + shift };
     match dtype {
         Dtype::BF16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 let v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
         Dtype::F16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 let v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
         _ => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 bad |= !v.is_finite();
-                *o = v + shift;
+                *o = shifted(v);
             }
         }
     }
@@ -1063,9 +1152,16 @@ pub fn write(ck: &Checkpoint, out: &Path, opts: &Options) -> Result<(Summary, At
     if let Some(wn) = attention_scale_warning(&ck.cfg) {
         eprintln!("\n{}\n{wn}\n{}\n", "!".repeat(78), "!".repeat(78));
     }
-    let plan = ck.plan(opts.ty);
+    let (plan, ftype) = match opts.mixture {
+        None => {
+            let ftype = FileType::for_type(opts.ty)
+                .ok_or_else(|| anyhow!("unsupported type {}", opts.ty))?;
+            (ck.plan(opts.ty), ftype as u32)
+        }
+        Some(ft) => (mixture_plan(ck, ft)?, ft.ftype),
+    };
     let mut w = GgufWriter::new();
-    metadata(&mut w, ck, opts.ty, &plan)?;
+    metadata(&mut w, ck, ftype, &plan)?;
     for p in &plan {
         w.add_tensor(&p.gguf, p.ty, &p.ne)?;
     }

@@ -1,8 +1,10 @@
 //! `jq-convert`: turn checkpoints into GGUF, inspect GGUF files, re-quantize them.
 
 mod gemma3;
+mod imatrix;
 mod inspect;
 mod jarvis;
+mod model_card;
 mod modelfile;
 mod progress;
 mod quantize;
@@ -63,6 +65,20 @@ enum HfType {
     /// Q4_0 weights; the tied token embedding (also the output projection) stays Q8_0.
     #[value(name = "q4_0")]
     Q4_0,
+}
+
+/// `hf-to-gguf --type`: one of the converter's own types, or a llama-quantize file type.
+#[derive(Clone, Copy, Debug)]
+enum HfTarget {
+    Plain(HfType),
+    Mixture(quantize::FileType),
+}
+
+fn parse_hf_type(s: &str) -> std::result::Result<HfTarget, String> {
+    if let Ok(t) = <HfType as ValueEnum>::from_str(s, true) {
+        return Ok(HfTarget::Plain(t));
+    }
+    quantize::parse_file_type(s).map(HfTarget::Mixture)
 }
 
 impl From<HfType> for GgmlType {
@@ -135,14 +151,17 @@ enum Cmd {
     /// tokenizer.json, chat_template.jinja/.json and generation_config.json. Streams one tensor
     /// at a time; nothing is written under the output name unless the whole conversion succeeds.
     #[command(
-        after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3-1b-q8_0.gguf\n  jq-convert hf-to-gguf gemma-3-27b-it --type q4_0 -o gemma3-27b.gguf --modelfile Modelfile --threads 16\n  ollama create gemma3 -f Modelfile"
+        after_help = "Examples:\n  jq-convert hf-to-gguf gemma-3-1b-it --type q8_0 -o gemma3-1b-q8_0.gguf\n  jq-convert hf-to-gguf gemma-3-27b-it --type q4_0 -o gemma3-27b.gguf --modelfile Modelfile --threads 16\n  jq-convert hf-to-gguf gemma-3-270m-it --type q4_k_m -o gemma3-270m-q4_k_m.gguf\n  ollama create gemma3 -f Modelfile"
     )]
     HfToGguf {
         /// The checkpoint directory.
         model_dir: PathBuf,
-        /// Type of the 2-D weights.
-        #[arg(long = "type", value_enum)]
-        ty: HfType,
+        /// Type of the 2-D weights: f32, f16, bf16, q8_0 or q4_0 (as llama.cpp's converter
+        /// writes them; q4_0 keeps the tied embedding at Q8_0), or any file type of `quantize`
+        /// (q4_k_m, q5_k_m, q6_k, iq4_xs, ...: llama-quantize's mixture, in one pass, the same
+        /// bytes as the converter in the checkpoint's bf16/f16 followed by llama-quantize).
+        #[arg(long = "type", value_parser = parse_hf_type)]
+        ty: HfTarget,
         /// Output GGUF (default: MODEL_DIR/<dir name>-<type>.gguf).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -182,7 +201,7 @@ enum Cmd {
     /// needs no flag, re-quantizing a quantized tensor needs --allow-requantize. The output
     /// appears only when the whole file was written.
     #[command(
-        after_help = "Types (case-insensitive): f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 mxfp4_moe q1_0 q2_0; aliases q3_k = q3_k_m, q4_k = q4_k_m, q5_k = q5_k_m. q2_k_s (needs an importance matrix) and nvfp4 (no mixture in the pinned llama.cpp) are refused.\n\nExamples:\n  jq-convert quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0 --pure\n  jq-convert quantize model-q4_k_m.gguf model-f16.gguf --type f16\n  jq-convert quantize model-q8_0.gguf model-q4_k_m.gguf --type Q4_K --allow-requantize\n  jq-convert quantize in.gguf out.gguf --type q5_k_m --output-tensor-type q8_0 --tensor-type 'attn_v=q8_0'"
+        after_help = "Types (case-insensitive): f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k iq4_nl iq4_xs tq1_0 tq2_0 mxfp4_moe q1_0 q2_0; aliases q3_k = q3_k_m, q4_k = q4_k_m, q5_k = q5_k_m. q2_k_s needs --imatrix; nvfp4 (no mixture in the pinned llama.cpp) is refused.\n\nExamples:\n  jq-convert quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m\n  jq-convert quantize model-f32.gguf model-q4_0.gguf --type q4_0 --pure\n  jq-convert quantize model-q4_k_m.gguf model-f16.gguf --type f16\n  jq-convert quantize model-q8_0.gguf model-q4_k_m.gguf --type Q4_K --allow-requantize\n  jq-convert quantize in.gguf out.gguf --type q5_k_m --output-tensor-type q8_0 --tensor-type 'attn_v=q8_0'\n  jq-convert quantize model-f16.gguf model-q2_k_s.gguf --type q2_k_s --imatrix imatrix.gguf"
     )]
     Quantize {
         /// Input GGUF (any decodable tensor types).
@@ -208,6 +227,10 @@ enum Cmd {
         /// repeatable), as llama-quantize --tensor-type.
         #[arg(long = "tensor-type")]
         tensor_type: Vec<String>,
+        /// Importance matrix (llama-imatrix's GGUF, or its legacy .dat) weighting the encoders'
+        /// error, as llama-quantize --imatrix; needed by q2_k_s.
+        #[arg(long, value_name = "FILE")]
+        imatrix: Option<PathBuf>,
     },
 }
 
@@ -376,7 +399,11 @@ fn run(cli: Cli) -> Result<()> {
             num_ctx,
             threads,
         } => {
-            let ty = GgmlType::from(ty);
+            let (ty, mixture) = match ty {
+                HfTarget::Plain(t) => (GgmlType::from(t), None),
+                HfTarget::Mixture(f) => (GgmlType::F16, Some(f)),
+            };
+            let type_name = mixture.map_or_else(|| ty.name().to_string(), |f| f.name.to_string());
             let ck = gemma3::Checkpoint::open(&model_dir)
                 .with_context(|| format!("reading {}", model_dir.display()))?;
             let output = output.unwrap_or_else(|| {
@@ -385,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
                     .ok()
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or_else(|| "model".into());
-                model_dir.join(format!("{stem}-{}.gguf", ty.name()))
+                model_dir.join(format!("{stem}-{type_name}.gguf"))
             });
             let mut outputs: Vec<(&str, &Path)> = vec![("-o", &output)];
             if let Some(mf) = &modelfile {
@@ -414,6 +441,7 @@ fn run(cli: Cli) -> Result<()> {
             let t = std::time::Instant::now();
             let opts = gemma3::Options {
                 ty,
+                mixture,
                 progress: std::io::stderr().is_terminal(),
             };
             let (s, gguf) = pool.install(|| gemma3::write(&ck, &output, &opts))?;
@@ -426,7 +454,7 @@ fn run(cli: Cli) -> Result<()> {
                 ck.embedding_rows,
                 s.tensors,
                 ck.weights.n_shards(),
-                ty,
+                type_name.to_ascii_uppercase(),
                 s.bytes as f64 / 1048576.0,
                 t.elapsed().as_secs_f64()
             );
@@ -463,9 +491,13 @@ fn run(cli: Cli) -> Result<()> {
             output_tensor_type,
             token_embedding_type,
             tensor_type,
+            imatrix,
         } => {
             input_file("the input", &input)?;
             refuse_aliases(&[("the output", &output)], &[("the input", &input)])?;
+            if let Some(m) = &imatrix {
+                refuse_aliases(&[("the output", &output)], &[("--imatrix", m)])?;
+            }
             let ty = quantize::parse_file_type(&ty).map_err(|e| anyhow!("--type: {e}"))?;
             let tensor_flag = |flag: &str, v: Option<String>| {
                 v.map(|v| quantize::parse_tensor_type(&v).map_err(|e| anyhow!("{flag}: {e}")))
@@ -491,6 +523,10 @@ fn run(cli: Cli) -> Result<()> {
                 output_tensor_type,
                 token_embedding_type,
                 tensor_types,
+                imatrix: match &imatrix {
+                    Some(p) => Some((imatrix::Imatrix::load(p)?, p.to_string_lossy().into_owned())),
+                    None => None,
+                },
                 progress: std::io::stderr().is_terminal(),
             };
             let t = std::time::Instant::now();

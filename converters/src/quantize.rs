@@ -234,9 +234,6 @@ pub fn parse_file_type(s: &str) -> Result<FileType, String> {
         .iter()
         .find(|(a, _)| *a == lower)
         .map_or(lower.as_str(), |(_, t)| t);
-    if name == "q2_k_s" {
-        return Err("q2_k_s needs an importance matrix (as in llama.cpp), and --imatrix is not supported yet".into());
-    }
     if name == "nvfp4" {
         return Err("nvfp4: the pinned llama.cpp has no default tensor type for this file type (llama_model_quantize rejects it), so there is no mixture to follow; use a per-tensor type instead".into());
     }
@@ -245,11 +242,7 @@ pub fn parse_file_type(s: &str) -> Result<FileType, String> {
         .copied()
         .find(|f| f.name == name)
         .ok_or_else(|| {
-            let names: Vec<_> = FILE_TYPES
-                .iter()
-                .map(|f| f.name)
-                .filter(|n| *n != "q2_k_s")
-                .collect();
+            let names: Vec<_> = FILE_TYPES.iter().map(|f| f.name).collect();
             format!(
                 "unknown type '{s}' (one of: {}; aliases q3_k, q4_k, q5_k)",
                 names.join(", ")
@@ -275,7 +268,37 @@ pub struct Options {
     pub token_embedding_type: Option<GgmlType>,
     /// `--tensor-type PATTERN=TYPE`, in order; the first regex that matches a name wins.
     pub tensor_types: Vec<(regex::Regex, GgmlType)>,
+    /// `--imatrix FILE`: the weights and the path as given (recorded in the metadata).
+    pub imatrix: Option<(crate::imatrix::Imatrix, String)>,
     pub progress: bool,
+}
+
+/// Keys llama-quantize records when it was given an importance matrix.
+const IMATRIX_FILE: &str = "quantize.imatrix.file";
+const IMATRIX_DATASET: &str = "quantize.imatrix.dataset";
+const IMATRIX_N_ENTRIES: &str = "quantize.imatrix.entries_count";
+const IMATRIX_N_CHUNKS: &str = "quantize.imatrix.chunks_count";
+
+/// The metadata llama-quantize adds for `--imatrix` (as its `--override-kv` entries: strings
+/// cut to 127 bytes, counts as u32).
+fn imatrix_keys(
+    m: &crate::imatrix::Imatrix,
+    file: &str,
+) -> Vec<(&'static str, jq::gguf::MetaValue)> {
+    use jq::gguf::MetaValue;
+    let cut = |s: &str| {
+        let b = s.as_bytes();
+        MetaValue::String(b[..b.len().min(127)].to_vec())
+    };
+    let mut v = vec![(IMATRIX_FILE, cut(file))];
+    if let Some(d) = m.datasets.first() {
+        v.push((IMATRIX_DATASET, cut(d)));
+    }
+    v.push((IMATRIX_N_ENTRIES, MetaValue::U32(m.weights.len() as u32)));
+    if m.chunk_count > 0 {
+        v.push((IMATRIX_N_CHUNKS, MetaValue::U32(m.chunk_count as u32)));
+    }
+    v
 }
 
 /// What happened to each tensor.
@@ -336,17 +359,18 @@ fn is_attn_v(c: Category) -> bool {
 }
 
 /// `ggml_is_quantized`.
-fn is_quantized(t: GgmlType) -> bool {
+pub fn is_quantized(t: GgmlType) -> bool {
     t.block_size() > 1
 }
 
 /// The hyper-parameters `llama_tensor_get_type` reads, as llama.cpp's loader reads them.
-#[derive(Debug, Default)]
-struct Hparams {
-    arch: String,
-    n_layer: i32,
-    n_gqa: u32,
-    n_expert: u32,
+#[derive(Debug, Default, Clone)]
+pub struct Hparams {
+    pub arch: String,
+    pub n_layer: i32,
+    /// head_count / head_count_kv of the first layer.
+    pub n_gqa: u32,
+    pub n_expert: u32,
 }
 
 fn meta_u32(file: &GgufModel, key: &str) -> Option<u32> {
@@ -422,6 +446,7 @@ fn mixture_type(
 ) -> Result<GgmlType> {
     use GgmlType as G;
     let ft = opts.file_type.name;
+    let has_imatrix = opts.imatrix.is_some();
     let falcon = hp.arch == "falcon";
     let name = t.name.as_str();
     let ne0 = t.ne.first().copied().unwrap_or(1);
@@ -451,6 +476,7 @@ fn mixture_type(
     } else if is_attn_v(cat) {
         match ft {
             "q2_k" => new_type = if hp.n_gqa >= 4 { G::Q4_K } else { G::Q3_K },
+            "q2_k_s" if hp.n_gqa >= 4 => new_type = G::Q4_K,
             "q3_k_m" => {
                 new_type = if qs.i_attention_wv < 2 {
                     G::Q5_K
@@ -482,6 +508,7 @@ fn mixture_type(
         let (i_layer, n_layer) = layer_info(hp, qs.i_ffn_down, name)?;
         match ft {
             "q2_k" => new_type = G::Q3_K,
+            "q2_k_s" if i_layer < n_layer / 8 => new_type = G::Q4_K,
             "q3_k_m" => {
                 new_type = if i_layer < n_layer / 16 {
                     G::Q5_K
@@ -505,9 +532,12 @@ fn mixture_type(
                     new_type = G::Q6_K;
                 }
             }
-            "iq4_nl" | "iq4_xs" if i_layer < n_layer / 8 => new_type = G::Q5_K,
+            "iq4_nl" | "iq4_xs" if i_layer < n_layer / 8 && !has_imatrix => new_type = G::Q5_K,
             "q5_k_m" if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
             "q4_k_s" if !falcon && i_layer < n_layer / 8 => new_type = G::Q5_K,
+            // Only with an imatrix (so that a run without one stays as it always was).
+            "q4_0" if has_imatrix && i_layer < n_layer / 8 => new_type = G::Q4_1,
+            "q5_0" if has_imatrix && i_layer < n_layer / 8 => new_type = G::Q5_1,
             _ => {}
         }
         qs.i_ffn_down += 1;
@@ -652,12 +682,60 @@ fn check_conversion(t: &TensorInfo, ty: GgmlType, opts: &Options) -> Result<()> 
     Ok(())
 }
 
+/// The importance weights llama_model_quantize passes for tensor `t` (re-encoded as `ty`):
+/// the entry of the same name when it holds `ne0 x ne2` values; a size mismatch is an error
+/// except on token_embd; a Q2_K tensor of a Q2_K_S file must have one.
+fn tensor_weights<'a>(
+    t: &TensorInfo,
+    ty: GgmlType,
+    opts: &'a Options,
+) -> Result<Option<&'a [f32]>> {
+    let cat = category(&t.name);
+    let requires = opts.file_type.name == "q2_k_s"
+        && ty == GgmlType::Q2_K
+        && !matches!(cat, Category::TokenEmbd | Category::Output);
+    let mut found = None;
+    if let Some((m, file)) = &opts.imatrix {
+        if let Some(w) = m.weights.get(&t.name) {
+            let want = t.ne.first().copied().unwrap_or(1) * t.ne.get(2).copied().unwrap_or(1);
+            if w.len() as u64 == want {
+                found = Some(w.as_slice());
+            } else if cat != Category::TokenEmbd {
+                bail!(
+                    "--imatrix {file}: the entry for '{}' holds {} values, the tensor needs {want}",
+                    t.name,
+                    w.len()
+                );
+            }
+        }
+    }
+    if found.is_none() && requires {
+        match &opts.imatrix {
+            Some((_, file)) => bail!(
+                "--imatrix {file}: no importance data for tensor '{}', which q2_k_s stores as Q2_K (llama.cpp refuses: the result would be garbage)",
+                t.name
+            ),
+            None => bail!(
+                "--type q2_k_s needs an importance matrix (--imatrix FILE), as in llama.cpp: tensor '{}' would be Q2_K",
+                t.name
+            ),
+        }
+    }
+    Ok(found)
+}
+
 /// Elements decoded and encoded per slab: buffers are reused, so memory stays bounded and
 /// no page is touched twice.
 const SLAB_ELEMENTS: usize = 1 << 20;
 
-/// Re-encodes a tensor slab by slab (whole rows). F32 sources are read in place.
-fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()> {
+/// Re-encodes a tensor slab by slab (whole rows). F32 sources are read in place. With
+/// importance weights (`ne0` per expert), a slab never crosses an expert's rows.
+fn encode(
+    view: TensorView<'_>,
+    ty: GgmlType,
+    weights: Option<&[f32]>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let ne0 = view.info.ne.first().copied().unwrap_or(1) as usize;
     let nrows = (view.info.n_elements() as usize) / ne0.max(1);
     let src_row = view.ty().row_bytes(ne0 as u64).context("source row size")? as usize;
@@ -666,8 +744,14 @@ fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()>
     let mut f32buf = Vec::new();
     let mut outbuf = vec![0u8; rows_per_slab.min(nrows) * dst_row];
     let ctx = || format!("re-encoding tensor '{}' as {ty}", view.name());
-    for r0 in (0..nrows).step_by(rows_per_slab) {
-        let r1 = (r0 + rows_per_slab).min(nrows);
+    let rows_per_expert = view.info.ne.get(1).copied().unwrap_or(1).max(1) as usize;
+    let mut r0 = 0;
+    while r0 < nrows {
+        let mut r1 = (r0 + rows_per_slab).min(nrows);
+        let expert = r0 / rows_per_expert;
+        if weights.is_some() {
+            r1 = r1.min((expert + 1) * rows_per_expert);
+        }
         let n = (r1 - r0) * ne0;
         let src = &view.data[r0 * src_row..r1 * src_row];
         let x: &[f32] = match bytemuck::try_cast_slice(src) {
@@ -679,8 +763,15 @@ fn encode(view: TensorView<'_>, ty: GgmlType, out: &mut dyn Write) -> Result<()>
             }
         };
         let dst = &mut outbuf[..(r1 - r0) * dst_row];
-        quant::quantize(ty, x, dst).with_context(ctx)?;
+        match weights {
+            Some(w) => {
+                let w = &w[expert * ne0..(expert + 1) * ne0];
+                quant::imatrix::quantize_weighted(ty, x, ne0, w, dst).with_context(ctx)?
+            }
+            None => quant::quantize(ty, x, dst).with_context(ctx)?,
+        }
         out.write_all(dst)?;
+        r0 = r1;
     }
     Ok(())
 }
@@ -715,6 +806,17 @@ fn plan_types(
     } else {
         hparams(file)?
     };
+    plan_tensor_types(&infos, &hp, opts, fallbacks)
+}
+
+/// The output type of each of `infos` (a model's tensors, any order) under `opts`, with the
+/// model's hyper-parameters `hp`: what `llama_model_quantize` would give them.
+pub fn plan_tensor_types(
+    infos: &[&TensorInfo],
+    hp: &Hparams,
+    opts: &Options,
+    fallbacks: &mut Vec<String>,
+) -> Result<Vec<GgmlType>> {
     let mut qs = State {
         has_tied_embeddings: !infos.iter().any(|t| category(&t.name) == Category::Output),
         n_attention_wv: infos
@@ -728,7 +830,7 @@ fn plan_types(
     let mut types = vec![GgmlType::F32; infos.len()];
     let mut fb = vec![Vec::new(); infos.len()];
     for i in order {
-        types[i] = tensor_type(&mut qs, &hp, opts, infos[i], &mut fb[i])?;
+        types[i] = tensor_type(&mut qs, hp, opts, infos[i], &mut fb[i])?;
     }
     fallbacks.extend(fb.into_iter().flatten());
     Ok(types)
@@ -738,19 +840,33 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     // A split set is read as one model; the output is one file (no split keys).
     let file = GgufModel::open(input).with_context(|| format!("reading {}", input.display()))?;
     let mut w = GgufWriter::new();
+    // Set after the copy, as llama.cpp's gguf_set_val (remove the key, append it) leaves them.
+    let extra = match &opts.imatrix {
+        Some((m, f)) => imatrix_keys(m, f),
+        None => Vec::new(),
+    };
     for (k, v) in file.metadata() {
-        if !DROP_KEYS.contains(&k) {
+        if !DROP_KEYS.contains(&k) && !extra.iter().any(|(e, _)| *e == k) {
             w.add(k, v.to_owned_value())
                 .with_context(|| format!("copying metadata key '{k}'"))?;
         }
     }
     w.add("general.quantization_version", QUANTIZATION_VERSION)?;
     w.add("general.file_type", opts.file_type.ftype)?;
+    for (k, v) in extra {
+        w.add(k, v)?;
+    }
 
     let mut summary = Summary::default();
     let plan = plan_types(&file, opts, &mut summary.fallbacks)?;
+    let mut weights: Vec<Option<&[f32]>> = Vec::with_capacity(plan.len());
     for (t, &ty) in file.tensor_infos().zip(&plan) {
         check_conversion(t, ty, opts)?;
+        weights.push(if ty == t.ty {
+            None
+        } else {
+            tensor_weights(t, ty, opts)?
+        });
         w.add_tensor(&t.name, ty, &t.ne)
             .with_context(|| format!("planning tensor '{}'", t.name))?;
         if ty == t.ty {
@@ -772,7 +888,7 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
         let res = if plan[i] == view.ty() {
             out.write_all(view.data).map_err(anyhow::Error::from)
         } else {
-            encode(view, plan[i], out)
+            encode(view, plan[i], weights[i], out)
         };
         pb.inc(view.info.size);
         res.map_err(|e| jq::gguf::GgufError::Plan(format!("{e:#}")))

@@ -11,11 +11,9 @@
 mod common;
 
 use jq::ggml;
-use jq::gguf::{GgufFile, GgufWriter};
+use jq::gguf::GgufFile;
 use jq::quant::GgmlType;
 use jq::synth::{write_gpt2, Gpt2Dims};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,93 +49,6 @@ fn jq_convert() -> Command {
     Command::new(env!("CARGO_BIN_EXE_jq-convert"))
 }
 
-/// Writes an 11-layer llama with 256-wide rows, 4 query heads sharing one KV head.
-fn write_wide_llama(path: &Path) {
-    let (embd, ff, vocab, n_layer) = (256u64, 256u64, 320u64, 11u32);
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", "llama").unwrap();
-    w.add("general.name", "wide llama").unwrap();
-    w.add("llama.block_count", n_layer).unwrap();
-    w.add("llama.context_length", 64u32).unwrap();
-    w.add("llama.embedding_length", embd as u32).unwrap();
-    w.add("llama.feed_forward_length", ff as u32).unwrap();
-    w.add("llama.attention.head_count", 4u32).unwrap();
-    w.add("llama.attention.head_count_kv", 1u32).unwrap();
-    w.add("llama.rope.freq_base", 10000.0f32).unwrap();
-    w.add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
-        .unwrap();
-    w.add("llama.vocab_size", vocab as u32).unwrap();
-    w.add("llama.rope.dimension_count", 64u32).unwrap();
-    w.add("general.file_type", 0u32).unwrap();
-    let mut shapes: Vec<(String, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), vec![embd, vocab]),
-        ("output_norm.weight".into(), vec![embd]),
-        ("output.weight".into(), vec![embd, vocab]),
-    ];
-    for i in 0..n_layer {
-        for (n, ne) in [
-            ("attn_norm.weight", vec![embd]),
-            ("attn_q.weight", vec![embd, embd]),
-            ("attn_k.weight", vec![embd, 64]),
-            ("attn_v.weight", vec![embd, 64]),
-            ("attn_output.weight", vec![embd, embd]),
-            ("ffn_norm.weight", vec![embd]),
-            ("ffn_gate.weight", vec![embd, ff]),
-            ("ffn_up.weight", vec![embd, ff]),
-            ("ffn_down.weight", vec![ff, embd]),
-        ] {
-            shapes.push((format!("blk.{i}.{n}"), ne));
-        }
-    }
-    for (n, ne) in &shapes {
-        w.add_tensor(n, GgmlType::F32, ne).unwrap();
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
-    let normal = Normal::new(0.0f32, 0.02).unwrap();
-    w.write_file(path, |i, _, out| {
-        let n: u64 = shapes[i].1.iter().product();
-        let v: Vec<f32> = if shapes[i].1.len() == 1 {
-            (0..n).map(|_| 1.0 + normal.sample(&mut rng)).collect()
-        } else {
-            (0..n).map(|_| normal.sample(&mut rng)).collect()
-        };
-        out.write_all(bytemuck::cast_slice(&v))
-            .map_err(|e| jq::gguf::GgufError::Plan(e.to_string()))
-    })
-    .unwrap();
-}
-
-/// Same metadata (order and values) and the same tensors by name: type, shape, bytes.
-fn assert_same(ours: &Path, theirs: &Path, label: &str) {
-    let a = GgufFile::open(ours).unwrap();
-    let b = GgufFile::open(theirs).unwrap();
-    let ka: Vec<_> = a
-        .metadata()
-        .map(|(k, v)| (k.to_string(), v.to_owned_value()))
-        .collect();
-    let kb: Vec<_> = b
-        .metadata()
-        .map(|(k, v)| (k.to_string(), v.to_owned_value()))
-        .collect();
-    assert_eq!(ka, kb, "{label}: metadata differs");
-    assert_eq!(a.tensor_infos().len(), b.tensor_infos().len(), "{label}");
-    for t in a.tensors() {
-        let u = b.tensor(t.name()).unwrap();
-        assert_eq!(
-            (t.ty(), &t.info.ne),
-            (u.ty(), &u.info.ne),
-            "{label}: type or shape of {}",
-            t.name()
-        );
-        assert!(
-            t.data == u.data,
-            "{label}: bytes of {} ({}) differ",
-            t.name(),
-            t.ty()
-        );
-    }
-}
-
 fn run_ours(input: &Path, output: &Path, ty: &str, extra: &[&str]) {
     let out = jq_convert()
         .args([
@@ -168,7 +79,7 @@ fn compare_all(input: &Path, dir: &Path, label: &str, types: &[(&str, u32)]) {
             0,
             "{label} {ty}: llama.cpp failed"
         );
-        assert_same(&ours, &theirs, &format!("{label} {ty}"));
+        common::assert_same(&ours, &theirs, &format!("{label} {ty}"));
         std::fs::remove_file(&ours).unwrap();
         std::fs::remove_file(&theirs).unwrap();
     }
@@ -182,7 +93,7 @@ fn root() -> PathBuf {
 fn wide_llama_every_type() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("wide-llama.gguf");
-    write_wide_llama(&input);
+    common::write_wide_llama(&input);
     compare_all(&input, dir.path(), "wide llama", TYPES);
     // Spot checks of the rules on llama.cpp's own output (so the comparison above cannot pass
     // on a file where every tensor got the same type).
@@ -252,7 +163,7 @@ fn committed_fixtures() {
 fn requantize_and_upcast() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("wide-llama.gguf");
-    write_wide_llama(&input);
+    common::write_wide_llama(&input);
     let q4 = dir.path().join("q4_k_m.gguf");
     run_ours(&input, &q4, "q4_k_m", &[]);
     // Upcast needs no flag; its bytes equal llama.cpp's own upcast of the same file.
@@ -264,7 +175,7 @@ fn requantize_and_upcast() {
         ggml::llama_quantize_opts(&q4, &theirs, 1, false, true, 2),
         0
     );
-    assert_same(&ours, &theirs, "Q4_K_M -> f16");
+    common::assert_same(&ours, &theirs, "Q4_K_M -> f16");
     // So does a re-quantization with the flag (Q4_K_M -> Q5_K_M, every source type decoded).
     let ours = dir.path().join("q5-ours.gguf");
     run_ours(&q4, &ours, "q5_k_m", &["--allow-requantize"]);
@@ -273,7 +184,7 @@ fn requantize_and_upcast() {
         ggml::llama_quantize_opts(&q4, &theirs, 17, false, true, 2),
         0
     );
-    assert_same(&ours, &theirs, "Q4_K_M -> Q5_K_M");
+    common::assert_same(&ours, &theirs, "Q4_K_M -> Q5_K_M");
     // Re-quantizing needs the flag, and then matches llama.cpp with allow_requantize.
     let out = jq_convert()
         .args([
@@ -299,11 +210,7 @@ fn type_names_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let gpt2 = dir.path().join("tiny-gpt2.gguf");
     common::write_tiny_gpt2(&gpt2);
-    for (ty, needle) in [
-        ("q2_k_s", "needs an importance matrix"),
-        ("iq2_xxs", "unknown type 'iq2_xxs'"),
-        ("nvfp4", "nvfp4"),
-    ] {
+    for (ty, needle) in [("iq2_xxs", "unknown type 'iq2_xxs'"), ("nvfp4", "nvfp4")] {
         let out = jq_convert()
             .args([
                 "quantize",

@@ -217,6 +217,9 @@ enum Cmd {
     /// An OpenAI- and Ollama-compatible HTTP server on the model.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeCli),
+    /// Perplexity of a text as llama-perplexity computes it; --kl-base compares with a base model.
+    #[command(after_help = jq::perplexity::EXAMPLES)]
+    Perplexity(jq::perplexity::Cli),
 }
 
 const SERVE_EXAMPLES: &str = "Examples:
@@ -977,6 +980,7 @@ fn main() -> ExitCode {
             }
             serve(&s)
         }
+        Some(Cmd::Perplexity(p)) => jq::perplexity::main(&p),
         None => {
             let mut cli = top.run;
             jq::term::set(cli.m.color);

@@ -229,6 +229,73 @@ fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
+    if n <= LANE_MAX_N {
+        // LANES candidate scales at a time, one per SIMD lane, each lane summing over the
+        // elements in ggml's order (bit-identical). A candidate depends on `min` as left by the
+        // ones before it, so the group is speculative: lanes are accepted in ggml's order with
+        // its strict `<`, and after an accepted one the search restarts at the next candidate
+        // with the new `min` (improvements are few, so most groups run through).
+        let mut is0 = 0;
+        while is0 <= nstep {
+            let base_min = min;
+            let mut isc = [0f32; LANES];
+            for (k, v) in isc.iter_mut().enumerate() {
+                *v = (rmin + rdelta * (is0 + k as i32) as f32 + nmaxf) / (max - base_min);
+            }
+            let mut ls = [[0u8; LANES]; LANE_MAX_N];
+            let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            for i in 0..n {
+                let (xi, w) = (x[i], weights[i]);
+                let xm = xi - base_min;
+                for k in 0..LANES {
+                    let l = nearest_int(isc[k] * xm).clamp(0, nmax);
+                    ls[i][k] = l as u8;
+                    let lf = l as f32;
+                    sum_l[k] += w * lf;
+                    sum_l2[k] += w * lf * lf;
+                    sum_xl[k] += w * lf * xi;
+                }
+            }
+            let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+            for k in 0..LANES {
+                let d = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+                ok[k] = d > 0.0;
+                sc[k] = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / d;
+                mn[k] = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / d;
+                if mn[k] > 0.0 {
+                    mn[k] = 0.0;
+                    sc[k] = sum_xl[k] / sum_l2[k];
+                }
+            }
+            let mut err = [0f32; LANES];
+            for i in 0..n {
+                let (xi, w) = (x[i], weights[i]);
+                for k in 0..LANES {
+                    let diff = sc[k] * f32::from(ls[i][k]) + mn[k] - xi;
+                    let diff = if use_mad { diff.abs() } else { diff * diff };
+                    err[k] += w * diff;
+                }
+            }
+            let mut next = is0 + LANES as i32;
+            for k in 0..LANES {
+                if is0 + k as i32 > nstep {
+                    break;
+                }
+                if ok[k] && err[k] < best_error {
+                    for i in 0..n {
+                        l_out[i] = ls[i][k];
+                    }
+                    best_error = err[k];
+                    scale = sc[k];
+                    min = mn[k];
+                    next = is0 + k as i32 + 1;
+                    break;
+                }
+            }
+            is0 = next;
+        }
+        return (scale, -min);
+    }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
         let mut sum_l = 0.0f32;
@@ -267,6 +334,11 @@ fn make_qkx2_quants(
     }
     (scale, -min)
 }
+
+/// Candidate scales searched side by side by [`make_qkx2_quants`] (one AVX2 register of f32).
+const LANES: usize = 8;
+/// The longest sub-block searched that way (Q4_K/Q5_K use 32).
+const LANE_MAX_N: usize = 32;
 
 /// `get_scale_min_k4`.
 #[inline]

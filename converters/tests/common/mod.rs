@@ -73,3 +73,94 @@ pub fn root() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// Writes an 11-layer llama with 256-wide rows, 4 query heads sharing one KV head.
+pub fn write_wide_llama(path: &Path) {
+    let (embd, ff, vocab, n_layer) = (256u64, 256u64, 320u64, 11u32);
+    let mut w = jq::gguf::GgufWriter::new();
+    w.add("general.architecture", "llama").unwrap();
+    w.add("general.name", "wide llama").unwrap();
+    w.add("llama.block_count", n_layer).unwrap();
+    w.add("llama.context_length", 64u32).unwrap();
+    w.add("llama.embedding_length", embd as u32).unwrap();
+    w.add("llama.feed_forward_length", ff as u32).unwrap();
+    w.add("llama.attention.head_count", 4u32).unwrap();
+    w.add("llama.attention.head_count_kv", 1u32).unwrap();
+    w.add("llama.rope.freq_base", 10000.0f32).unwrap();
+    w.add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
+        .unwrap();
+    w.add("llama.vocab_size", vocab as u32).unwrap();
+    w.add("llama.rope.dimension_count", 64u32).unwrap();
+    w.add("general.file_type", 0u32).unwrap();
+    let mut shapes: Vec<(String, Vec<u64>)> = vec![
+        ("token_embd.weight".into(), vec![embd, vocab]),
+        ("output_norm.weight".into(), vec![embd]),
+        ("output.weight".into(), vec![embd, vocab]),
+    ];
+    for i in 0..n_layer {
+        for (n, ne) in [
+            ("attn_norm.weight", vec![embd]),
+            ("attn_q.weight", vec![embd, embd]),
+            ("attn_k.weight", vec![embd, 64]),
+            ("attn_v.weight", vec![embd, 64]),
+            ("attn_output.weight", vec![embd, embd]),
+            ("ffn_norm.weight", vec![embd]),
+            ("ffn_gate.weight", vec![embd, ff]),
+            ("ffn_up.weight", vec![embd, ff]),
+            ("ffn_down.weight", vec![ff, embd]),
+        ] {
+            shapes.push((format!("blk.{i}.{n}"), ne));
+        }
+    }
+    for (n, ne) in &shapes {
+        w.add_tensor(n, jq::quant::GgmlType::F32, ne).unwrap();
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(14);
+    let normal = rand_distr::Normal::new(0.0f32, 0.02).unwrap();
+    w.write_file(path, |i, _, out| {
+        let n: u64 = shapes[i].1.iter().product();
+        let v: Vec<f32> = if shapes[i].1.len() == 1 {
+            (0..n)
+                .map(|_| 1.0 + rand_distr::Distribution::sample(&normal, &mut rng))
+                .collect()
+        } else {
+            (0..n)
+                .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+                .collect()
+        };
+        out.write_all(bytemuck::cast_slice(&v))
+            .map_err(|e| jq::gguf::GgufError::Plan(e.to_string()))
+    })
+    .unwrap();
+}
+
+/// Same metadata (order and values) and the same tensors by name: type, shape, bytes.
+pub fn assert_same(ours: &Path, theirs: &Path, label: &str) {
+    let a = jq::gguf::GgufFile::open(ours).unwrap();
+    let b = jq::gguf::GgufFile::open(theirs).unwrap();
+    let ka: Vec<_> = a
+        .metadata()
+        .map(|(k, v)| (k.to_string(), v.to_owned_value()))
+        .collect();
+    let kb: Vec<_> = b
+        .metadata()
+        .map(|(k, v)| (k.to_string(), v.to_owned_value()))
+        .collect();
+    assert_eq!(ka, kb, "{label}: metadata differs");
+    assert_eq!(a.tensor_infos().len(), b.tensor_infos().len(), "{label}");
+    for t in a.tensors() {
+        let u = b.tensor(t.name()).unwrap();
+        assert_eq!(
+            (t.ty(), &t.info.ne),
+            (u.ty(), &u.info.ne),
+            "{label}: type or shape of {}",
+            t.name()
+        );
+        assert!(
+            t.data == u.data,
+            "{label}: bytes of {} ({}) differ",
+            t.name(),
+            t.ty()
+        );
+    }
+}
