@@ -97,6 +97,29 @@ pub struct Placement {
     pub extra_bufts: bool,
 }
 
+/// Local GPUs as devices of an explicit placement, in llama.cpp's order.
+pub fn gpu_devices() -> Vec<(super::placement::Device, llama_cpp_sys_2::ggml_backend_dev_t)> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    if backend().is_err() {
+        return Vec::new();
+    }
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+        .map(|d| {
+            (
+                super::placement::Device {
+                    name: d.name,
+                    endpoint: None,
+                    free: d.memory_free as u64,
+                },
+                // SAFETY: the index comes from ggml's own device list.
+                unsafe { llama_cpp_sys_2::ggml_backend_dev_get(d.index) },
+            )
+        })
+        .collect()
+}
+
 /// A model loaded by llama.cpp.
 #[derive(Debug)]
 pub struct Llama {
@@ -168,6 +191,12 @@ impl Llama {
         }
         let mut devs = p.devices.clone();
         devs.push(std::ptr::null_mut());
+        let devices = if p.devices.is_empty() {
+            // llama.cpp's own choice of devices
+            std::ptr::null_mut()
+        } else {
+            devs.as_mut_ptr()
+        };
         // llama.cpp reads llama_max_devices() shares.
         // SAFETY: a plain query.
         let mut split = vec![0f32; unsafe { sys::llama_max_devices() }.max(p.split.len())];
@@ -175,7 +204,7 @@ impl Llama {
         // SAFETY: returns a plain struct of defaults.
         let mut params = unsafe { sys::llama_model_default_params() };
         params.n_gpu_layers = i32::try_from(p.n_gpu_layers).unwrap_or(i32::MAX);
-        params.devices = devs.as_mut_ptr();
+        params.devices = devices;
         params.tensor_split = if p.split.is_empty() {
             std::ptr::null()
         } else {
