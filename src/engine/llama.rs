@@ -561,11 +561,9 @@ impl Session<'_> {
                     )
                     .context("filling the batch")?;
             }
-            let busy = super::rpc::Busy::enter();
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| anyhow!("llama.cpp decode failed at position {}: {e}", self.n_past))?;
-            drop(busy);
             if all_logits {
                 for i in 0..chunk.len() {
                     out.extend_from_slice(&self.ctx.get_logits_ith(i as i32)[..v]);
@@ -620,11 +618,9 @@ impl Session<'_> {
             self.batch
                 .add(tok, self.n_past as i32, &[0], true)
                 .context("filling the batch")?;
-            let busy = super::rpc::Busy::enter();
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| anyhow!("llama.cpp decode failed at position {}: {e}", self.n_past))?;
-            drop(busy);
             self.n_past += 1;
             self.last_logits_index = 0;
             self.decode_tokens += 1;

@@ -9,7 +9,7 @@
 //! process, and its sockets block without a time-out. So before ggml sees a server, [`hello`]
 //! checks it from Rust (connect and HELLO, each bounded by a time-out); [`AbortHook`] turns a
 //! later abort into one line naming the server and exit status 1; and [`Watchdog`] ends a run
-//! whose decode step stalls, naming the server whose reply it waits for.
+//! that waits too long for a reply, naming the server it waits for.
 //!
 //! ggml RPC has no authentication and no encryption: anyone who can reach a server's port can
 //! run graphs on it and read or write its buffers.
@@ -17,9 +17,8 @@
 use std::ffi::{c_char, CStr, CString};
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use llama_cpp_sys_2::{ggml_backend_dev_t, ggml_backend_reg_t};
@@ -213,24 +212,9 @@ pub struct RemoteDevice {
     pub dev: ggml_backend_dev_t,
 }
 
-/// The threads of this process (Linux `/proc/self/task`).
-fn threads() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn gettid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
-}
-
-/// Servers ggml-rpc is connected to, with the thread that talks to each (ggml starts one
-/// dispatcher thread per server, inside the first call that names it).
-static CONNECTED: Mutex<Vec<(Endpoint, Option<i32>)>> = Mutex::new(Vec::new());
+/// Servers handed to ggml-rpc, with the addresses they resolve to (to recognise their
+/// sockets in /proc).
+static CONNECTED: Mutex<Vec<(Endpoint, Vec<SocketAddr>)>> = Mutex::new(Vec::new());
 
 /// Hands the servers to ggml-rpc (each already passed [`check_server`]) and lists their
 /// devices. ggml aborts here if a server vanished since the check; with [`AbortHook`]
@@ -240,26 +224,16 @@ pub fn connect(endpoints: &[Endpoint]) -> Result<Vec<RemoteDevice>, String> {
     let mut out = Vec::new();
     for e in endpoints {
         let c = CString::new(e.to_string()).map_err(|_| format!("{e}: holds a NUL byte"))?;
-        let before = threads();
+        let addrs = (e.host.as_str(), e.port)
+            .to_socket_addrs()
+            .map(|a| a.collect())
+            .unwrap_or_default();
         CONNECTED
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((e.clone(), None));
+            .push((e.clone(), addrs));
         // SAFETY: a valid C string; ggml copies it. The returned registry lives for the program.
         let reg = unsafe { ffi::ggml_backend_rpc_add_server(c.as_ptr()) };
-        let new: Vec<i32> = threads()
-            .into_iter()
-            .filter(|t| !before.contains(t))
-            .collect();
-        if let [tid] = new[..] {
-            if let Some(last) = CONNECTED
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .last_mut()
-            {
-                last.1 = Some(tid);
-            }
-        }
         if reg.is_null() {
             return Err(format!("RPC server {e}: serves no device"));
         }
@@ -287,21 +261,94 @@ pub fn connect(endpoints: &[Endpoint]) -> Result<Vec<RemoteDevice>, String> {
     Ok(out)
 }
 
-/// The server a failure is about: the one whose dispatcher thread is `tid`, else the ones that
-/// no longer accept a connection, else all of them.
-fn culprit(tid: Option<i32>) -> String {
+/// This process's TCP sockets: (inode, TCP state, peer address), from /proc/net/tcp{,6}.
+fn tcp_sockets() -> Vec<(u64, u8, SocketAddr)> {
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(st), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let Some((ip, port)) = rem.split_once(':') else {
+                continue;
+            };
+            let (Ok(port), Ok(st), Ok(inode)) = (
+                u16::from_str_radix(port, 16),
+                u8::from_str_radix(st, 16),
+                inode.parse::<u64>(),
+            ) else {
+                continue;
+            };
+            // The kernel prints each 32-bit word of the address in host (little-endian) order.
+            let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+                .filter_map(|i| u32::from_str_radix(&ip[8 * i..8 * i + 8], 16).ok())
+                .map(u32::to_le_bytes)
+                .collect();
+            let addr: std::net::IpAddr = if v6 && words.len() == 4 {
+                let mut b = [0u8; 16];
+                for (i, w) in words.iter().enumerate() {
+                    b[4 * i..4 * i + 4].copy_from_slice(w);
+                }
+                let a6 = std::net::Ipv6Addr::from(b);
+                a6.to_ipv4_mapped().map_or(a6.into(), Into::into)
+            } else if let [w] = words[..] {
+                std::net::Ipv4Addr::from(w).into()
+            } else {
+                continue;
+            };
+            out.push((inode, st, SocketAddr::new(addr, port)));
+        }
+    }
+    out
+}
+
+/// The socket inode behind file descriptor `fd` of this process.
+fn socket_inode(fd: &str) -> Option<u64> {
+    let l = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    l.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The server whose address is `a`.
+fn server_at(list: &[(Endpoint, Vec<SocketAddr>)], a: SocketAddr) -> Option<String> {
+    list.iter()
+        .find(|(_, addrs)| addrs.contains(&a))
+        .map(|(e, _)| e.to_string())
+}
+
+/// The servers a failure is about: those whose connection the peer closed (TCP CLOSE_WAIT)
+/// or reset, else those that no longer accept a connection, else all of them.
+fn culprit() -> String {
     let list = CONNECTED.lock().map(|l| l.clone()).unwrap_or_default();
-    if let Some(e) = tid.and_then(|t| list.iter().find(|(_, x)| *x == Some(t))) {
-        return e.0.to_string();
+    let mine: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| socket_inode(e.ok()?.file_name().to_str()?))
+                .collect()
+        })
+        .unwrap_or_default();
+    // 8: CLOSE_WAIT, 7: CLOSE
+    let mut closed: Vec<String> = tcp_sockets()
+        .into_iter()
+        .filter(|(inode, st, _)| mine.contains(inode) && matches!(st, 7 | 8))
+        .filter_map(|(_, _, a)| server_at(&list, a))
+        .collect();
+    closed.dedup();
+    if !closed.is_empty() {
+        return closed.join(", ");
     }
     let down: Vec<String> = list
         .iter()
-        .filter(|(e, _)| {
-            !(e.host.as_str(), e.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+        .filter(|(_, addrs)| {
+            !addrs
+                .iter()
+                .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
         })
         .map(|(e, _)| e.to_string())
         .collect();
@@ -341,7 +388,14 @@ impl AbortHook {
                     .trim()
                     .to_string()
             };
-            let who = culprit(Some(gettid()));
+            // ggml writes "file.cpp:LINE: message": the message is what says something.
+            let text = match text.find(".cpp:") {
+                Some(i) => text[i + 5..]
+                    .split_once(": ")
+                    .map_or(text.clone(), |(_, m)| m.to_string()),
+                None => text,
+            };
+            let who = culprit();
             die(&format!(
                 "RPC server {who}: the connection failed or the reply was malformed (ggml: {text})"
             ));
@@ -352,72 +406,78 @@ impl AbortHook {
     }
 }
 
-/// Milliseconds since [`Watchdog::start`] at which the current decode began; 0: idle.
-static BUSY_SINCE: AtomicU64 = AtomicU64::new(0);
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-fn now_ms() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// Marks a decode call in progress (a no-op cost when no watchdog runs).
-#[derive(Debug)]
-pub struct Busy;
-
-impl Busy {
-    pub fn enter() -> Busy {
-        if EPOCH.get().is_some() {
-            BUSY_SINCE.store(now_ms(), Ordering::SeqCst);
-        }
-        Busy
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        BUSY_SINCE.store(0, Ordering::SeqCst);
-    }
-}
-
-/// Ends the run with one line when a decode call takes longer than the time-out: ggml's
-/// sockets block forever on a server that stopped answering.
+/// Ends the run with one line when ggml waits longer than the time-out for a server's reply:
+/// ggml's sockets block forever on a server that stopped answering. A server's dispatcher
+/// thread that sits in a socket read without receiving a byte for the whole time-out is
+/// stalled (an idle dispatcher waits on its queue, not on the socket); a slow remote
+/// computation longer than the time-out reads the same, hence a generous default.
 #[derive(Debug)]
 pub struct Watchdog;
 
-/// Whether thread `tid` of this process sits in a socket read (Linux syscall numbers on
-/// x86-64: read, poll, recvfrom, recvmsg, ppoll).
-fn waits_on_socket(tid: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
-        return false;
-    };
-    let nr: i64 = s.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(-1);
-    matches!(nr, 0 | 7 | 45 | 47 | 271)
+/// The file descriptor thread `tid` of this process reads from, when it sits in a socket
+/// read (Linux x86-64 syscall numbers: read, recvfrom, recvmsg; the first argument is the fd).
+fn reading_fd(tid: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let mut f = s.split_whitespace();
+    let nr: i64 = f.next()?.parse().ok()?;
+    if !matches!(nr, 0 | 45 | 47) {
+        return None;
+    }
+    let fd = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some(fd.to_string())
+}
+
+/// How often thread `tid` has blocked and woken up so far (`voluntary_ctxt_switches`): a
+/// thread that stays in one socket read does not change it; one that receives does.
+fn wakeups(tid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Watchdog {
     pub fn start(timeout: Duration) -> Watchdog {
-        EPOCH.get_or_init(Instant::now);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let since = BUSY_SINCE.load(Ordering::SeqCst);
-            if since == 0 || now_ms().saturating_sub(since) < timeout.as_millis() as u64 {
-                continue;
+        std::thread::spawn(move || {
+            // per thread reading a server's socket: its wake-ups, and since when it waits
+            // without one
+            let mut seen: Vec<(String, Option<u64>, Instant)> = Vec::new();
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let list = CONNECTED.lock().map(|l| l.clone()).unwrap_or_default();
+                let socks = tcp_sockets();
+                let now = Instant::now();
+                let tids: Vec<String> = std::fs::read_dir("/proc/self/task")
+                    .map(|d| {
+                        d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                seen.retain(|x| tids.contains(&x.0));
+                for tid in tids {
+                    let server = reading_fd(&tid)
+                        .and_then(|fd| socket_inode(&fd))
+                        .and_then(|ino| socks.iter().find(|s| s.0 == ino))
+                        .and_then(|s| server_at(&list, s.2));
+                    let Some(server) = server else {
+                        seen.retain(|x| x.0 != tid);
+                        continue;
+                    };
+                    let w = wakeups(&tid);
+                    match seen.iter_mut().find(|x| x.0 == tid) {
+                        Some(slot) if slot.1 == w => {
+                            if now.duration_since(slot.2) >= timeout {
+                                die(&format!(
+                                    "RPC server {server}: no reply within {:.0} s (stalled or unreachable; --rpc-timeout sets the limit)",
+                                    timeout.as_secs_f64()
+                                ));
+                            }
+                        }
+                        Some(slot) => *slot = (tid, w, now),
+                        None => seen.push((tid, w, now)),
+                    }
+                }
             }
-            let list = CONNECTED.lock().map(|l| l.clone()).unwrap_or_default();
-            let waiting: Vec<String> = list
-                .iter()
-                .filter(|(_, t)| t.is_some_and(waits_on_socket))
-                .map(|(e, _)| e.to_string())
-                .collect();
-            let who = if waiting.is_empty() {
-                culprit(None)
-            } else {
-                waiting.join(", ")
-            };
-            die(&format!(
-                "RPC server {who}: no reply within {:.0} s (stalled or unreachable; --rpc-timeout sets the limit)",
-                timeout.as_secs_f64()
-            ));
         });
         Watchdog
     }
