@@ -440,6 +440,7 @@ fn load_llama(
     }
     rpc::AbortHook::install();
     let remote = rpc::connect(&endpoints).map_err(|e| anyhow!("--rpc: {e}"))?;
+    rpc::Watchdog::start(timeout);
     let mut devices: Vec<placement::Device> = Vec::new();
     let mut handles = Vec::new();
     for r in &remote {
@@ -475,7 +476,6 @@ fn load_llama(
             extra_bufts: !m.no_repack,
         },
     )?;
-    rpc::Watchdog::start(timeout);
     Ok((llama, p.n_gpu_layers))
 }
 

@@ -323,9 +323,23 @@ fn server_at(list: &[(Endpoint, Vec<SocketAddr>)], a: SocketAddr) -> Option<Stri
         .map(|(e, _)| e.to_string())
 }
 
-/// The servers a failure is about: those whose connection the peer closed (TCP CLOSE_WAIT)
-/// or reset, else those that no longer accept a connection, else all of them.
+/// Threads the watchdog saw reading a server's socket: (thread id, server).
+static READERS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The servers a failure is about: the one the failing thread was seen talking to (ggml runs
+/// one dispatcher thread per server and aborts on it), else those whose connection the peer
+/// closed (TCP CLOSE_WAIT, then CLOSE), else those that no longer accept a connection, else
+/// all of them.
 fn culprit() -> String {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() }.to_string();
+    if let Some((_, server)) = READERS
+        .lock()
+        .ok()
+        .and_then(|r| r.iter().find(|x| x.0 == me).cloned())
+    {
+        return server;
+    }
     let list = CONNECTED.lock().map(|l| l.clone()).unwrap_or_default();
     let mine: Vec<u64> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
@@ -333,15 +347,18 @@ fn culprit() -> String {
                 .collect()
         })
         .unwrap_or_default();
-    // 8: CLOSE_WAIT, 7: CLOSE
-    let mut closed: Vec<String> = tcp_sockets()
-        .into_iter()
-        .filter(|(inode, st, _)| mine.contains(inode) && matches!(st, 7 | 8))
-        .filter_map(|(_, _, a)| server_at(&list, a))
-        .collect();
-    closed.dedup();
-    if !closed.is_empty() {
-        return closed.join(", ");
+    let socks = tcp_sockets();
+    // 8: CLOSE_WAIT (the server closed), 7: CLOSE (reset)
+    for state in [8, 7] {
+        let mut closed: Vec<String> = socks
+            .iter()
+            .filter(|(inode, st, _)| mine.contains(inode) && *st == state)
+            .filter_map(|(_, _, a)| server_at(&list, *a))
+            .collect();
+        closed.dedup();
+        if !closed.is_empty() {
+            return closed.join(", ");
+        }
     }
     let down: Vec<String> = list
         .iter()
@@ -443,7 +460,7 @@ impl Watchdog {
             // without one
             let mut seen: Vec<(String, Option<u64>, Instant)> = Vec::new();
             loop {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(50));
                 let list = CONNECTED.lock().map(|l| l.clone()).unwrap_or_default();
                 let socks = tcp_sockets();
                 let now = Instant::now();
@@ -463,6 +480,10 @@ impl Watchdog {
                         seen.retain(|x| x.0 != tid);
                         continue;
                     };
+                    if let Ok(mut r) = READERS.lock() {
+                        r.retain(|x| x.0 != tid);
+                        r.push((tid.clone(), server.clone()));
+                    }
                     let w = wakeups(&tid);
                     match seen.iter_mut().find(|x| x.0 == tid) {
                         Some(slot) if slot.1 == w => {
