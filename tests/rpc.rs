@@ -238,7 +238,17 @@ fn split_three_ways(model: &Path, prompt: &[u32], placement: &[&str], a: &Server
     let dump = dir.path().join("prompt.npy");
     let m = model.to_str().unwrap();
     let pt = ids_csv(prompt);
-    let mut args = vec![m, "--prompt-tokens", &pt, "-n", "20", "--temp", "0", "-c", "128"];
+    let mut args = vec![
+        m,
+        "--prompt-tokens",
+        &pt,
+        "-n",
+        "20",
+        "--temp",
+        "0",
+        "-c",
+        "128",
+    ];
     args.extend_from_slice(&["--rpc", &servers, "--no-repack", "--json", "-v"]);
     let d = dump.to_str().unwrap();
     args.extend_from_slice(&["--dump-logits", d]);
@@ -254,7 +264,10 @@ fn split_three_ways(model: &Path, prompt: &[u32], placement: &[&str], a: &Server
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
-    assert_eq!(got, ref_ids, "greedy tokens over RPC differ from the local run");
+    assert_eq!(
+        got, ref_ids,
+        "greedy tokens over RPC differ from the local run"
+    );
     assert_eq!(read_npy(&dump), ref_prompt, "prompt logits over RPC differ");
     // The logits after each generated token: the prompt and the tokens evaluated again.
     let mut all = prompt.to_vec();
@@ -278,13 +291,20 @@ fn split_three_ways(model: &Path, prompt: &[u32], placement: &[&str], a: &Server
     let dev = llama_cpp_assignment(&err);
     assert!(!dev.is_empty(), "no assignment lines: {err}");
     let n_layer = dev.len() - 1;
-    for (who, name) in [("local CPU", "CPU"), (&a.endpoint()[..], "RPC0"), (&b.endpoint()[..], "RPC1")] {
+    for (who, name) in [
+        ("local CPU", "CPU"),
+        (&a.endpoint()[..], "RPC0"),
+        (&b.endpoint()[..], "RPC1"),
+    ] {
         let ours = plan_layers(&err, who);
         let theirs: Vec<u32> = (0..n_layer as u32)
             .filter(|&il| dev[il as usize] == name)
             .collect();
         assert_eq!(ours, theirs, "layers of {who}");
-        assert!(!theirs.is_empty(), "{who} holds no layer: three ways means each holds some");
+        assert!(
+            !theirs.is_empty(),
+            "{who} holds no layer: three ways means each holds some"
+        );
     }
     // Budgets given as HOST:PORT=SIZE bound what llama.cpp allocated there.
     if let Some(i) = placement.iter().position(|x| *x == "--vram-budget") {
@@ -296,7 +316,10 @@ fn split_three_ways(model: &Path, prompt: &[u32], placement: &[&str], a: &Server
             let budget = jq::engine::plan::parse_size(size).unwrap() as f64;
             let used = llama_cpp_bytes_on(&err, k);
             assert!(used > 0.0, "nothing allocated on {k}: {err}");
-            assert!(used <= budget, "{k}: {used} bytes allocated, budget {budget}");
+            assert!(
+                used <= budget,
+                "{k}: {used} bytes allocated, budget {budget}"
+            );
         }
     }
 }
@@ -326,7 +349,10 @@ fn declarations_and_protocol_match_the_pinned_ggml_rpc() {
         macro_value("RPC_PROTO_PATCH_VERSION"),
     );
     assert_eq!(v, rpc::PROTO_VERSION);
-    assert_eq!(macro_value("GGML_RPC_MAX_SERVERS") as usize, rpc::MAX_SERVERS);
+    assert_eq!(
+        macro_value("GGML_RPC_MAX_SERVERS") as usize,
+        rpc::MAX_SERVERS
+    );
     // RPC_CMD_HELLO's place in the command enum, and the HELLO messages' layout.
     let cpp = std::fs::read_to_string(src.join("ggml/src/ggml-rpc/ggml-rpc.cpp")).unwrap();
     let e = &cpp[cpp.find("enum rpc_cmd {").unwrap()..];
@@ -346,10 +372,7 @@ fn declarations_and_protocol_match_the_pinned_ggml_rpc() {
         "{rsp}"
     );
     let transport = std::fs::read_to_string(src.join("ggml/src/ggml-rpc/transport.h")).unwrap();
-    assert!(transport.contains(&format!(
-        "RPC_CONN_CAPS_SIZE = {};",
-        rpc::CONN_CAPS_SIZE
-    )));
+    assert!(transport.contains(&format!("RPC_CONN_CAPS_SIZE = {};", rpc::CONN_CAPS_SIZE)));
 }
 
 #[test]
@@ -357,13 +380,8 @@ fn rpc_end_to_end() {
     let a = Server::start();
     let b = Server::start();
     // Interoperability: the version our server announces is the pinned header's.
-    let header =
-        std::fs::read_to_string(llama_cpp_src().join("ggml/include/ggml-rpc.h")).unwrap();
-    let announced = rpc::hello(
-        &a.endpoint().parse().unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let header = std::fs::read_to_string(llama_cpp_src().join("ggml/include/ggml-rpc.h")).unwrap();
+    let announced = rpc::hello(&a.endpoint().parse().unwrap(), Duration::from_secs(10)).unwrap();
     assert!(header.contains(&format!("RPC_PROTO_MAJOR_VERSION    {}", announced.0)));
     assert!(header.contains(&format!("RPC_PROTO_MINOR_VERSION    {}", announced.1)));
     assert!(header.contains(&format!("RPC_PROTO_PATCH_VERSION    {}", announced.2)));
@@ -406,10 +424,32 @@ fn failures(a: &Server, b: &Server) {
 
     // A budget too small for the layers given to a server: refused before loading.
     let tight = format!("{}=1MiB", b.endpoint());
-    let o = run(&[m, "--prompt-tokens", "1,2", "-n", "1", "-v", "--rpc", &servers, "-ngl", "7", "--tensor-split", "1,1", "--vram-budget", &tight]);
+    let o = run(&[
+        m,
+        "--prompt-tokens",
+        "1,2",
+        "-n",
+        "1",
+        "-v",
+        "--rpc",
+        &servers,
+        "-ngl",
+        "7",
+        "--tensor-split",
+        "1,1",
+        "--vram-budget",
+        &tight,
+    ]);
     let last = one_line(&o);
-    assert!(last.contains(&b.endpoint()) && last.contains("budget"), "{last}");
-    assert!(!stderr(&o).contains("load_tensors"), "llama.cpp loaded: {}", stderr(&o));
+    assert!(
+        last.contains(&b.endpoint()) && last.contains("budget"),
+        "{last}"
+    );
+    assert!(
+        !stderr(&o).contains("load_tensors"),
+        "llama.cpp loaded: {}",
+        stderr(&o)
+    );
 
     // A closed port, and a port that accepts but never answers HELLO.
     let closed = format!("127.0.0.1:{}", free_port());
@@ -418,7 +458,15 @@ fn failures(a: &Server, b: &Server) {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let s_ep = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
     let t0 = Instant::now();
-    let o = run(&[m, "--prompt-tokens", "1", "--rpc", &s_ep, "--rpc-timeout", "1"]);
+    let o = run(&[
+        m,
+        "--prompt-tokens",
+        "1",
+        "--rpc",
+        &s_ep,
+        "--rpc-timeout",
+        "1",
+    ]);
     assert!(one_line(&o).contains(&format!("RPC server {s_ep}: no HELLO reply within 1.0 s")));
     assert!(t0.elapsed() < Duration::from_secs(30));
     drop(silent);
@@ -426,7 +474,17 @@ fn failures(a: &Server, b: &Server) {
     // A server stopped mid-generation (SIGSTOP: it keeps the connection and never answers).
     let mid_run = |act: &dyn Fn(), timeout: &str| -> (Output, Duration) {
         let mut c = jq_run()
-            .args([m, "--prompt-tokens", "1,2", "-n", "-1", "-c", "512", "--temp", "0"])
+            .args([
+                m,
+                "--prompt-tokens",
+                "1,2",
+                "-n",
+                "-1",
+                "-c",
+                "512",
+                "--temp",
+                "0",
+            ])
             .args(["--rpc", &servers, "-ngl", "5", "--tensor-split", "1,1"])
             .args(["--rpc-timeout", timeout])
             .stdin(Stdio::null())
@@ -448,18 +506,27 @@ fn failures(a: &Server, b: &Server) {
     };
     let pid = b.serving_pid();
     // SAFETY: signals to a process this test started (the server's serving process).
-    let (o, took) = mid_run(&|| unsafe { assert_eq!(libc::kill(pid, libc::SIGSTOP), 0) }, "2");
+    let (o, took) = mid_run(
+        &|| unsafe { assert_eq!(libc::kill(pid, libc::SIGSTOP), 0) },
+        "2",
+    );
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let last = one_line(&o);
-    assert!(last.contains(&format!("RPC server {}: no reply within 2 s", b.endpoint())), "{last}");
+    assert!(
+        last.contains(&format!("RPC server {}: no reply within 2 s", b.endpoint())),
+        "{last}"
+    );
     assert!(took < Duration::from_secs(20), "took {took:?}");
 
     // A server killed mid-generation: the error names it, well within the time-out.
-    let (o, took) = mid_run(&|| {
-        // SAFETY: as above.
-        unsafe { assert_eq!(libc::kill(a.serving_pid(), libc::SIGKILL), 0) }
-    }, "30");
+    let (o, took) = mid_run(
+        &|| {
+            // SAFETY: as above.
+            unsafe { assert_eq!(libc::kill(a.serving_pid(), libc::SIGKILL), 0) }
+        },
+        "30",
+    );
     let last = one_line(&o);
     // The killed server is named (the other may be named with it when both of the client's
     // connections look closed by the time the abort is handled).
@@ -491,8 +558,13 @@ fn garbage(s: &Server) {
     };
     for i in 0..40 {
         let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        let mut bytes = if i % 2 == 0 { hello.clone() } else { Vec::new() };
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut bytes = if i % 2 == 0 {
+            hello.clone()
+        } else {
+            Vec::new()
+        };
         let n = (next() % 600) as usize;
         bytes.extend((0..n).map(|_| next() as u8));
         let _ = c.write_all(&bytes);
@@ -514,7 +586,11 @@ fn garbage(s: &Server) {
             c.read_exact(&mut r).unwrap();
             r.split_off(r.len().min(8))
         };
-        call(rpc::CMD_HELLO, &[0u8; rpc::CONN_CAPS_SIZE], 4 + rpc::CONN_CAPS_SIZE);
+        call(
+            rpc::CMD_HELLO,
+            &[0u8; rpc::CONN_CAPS_SIZE],
+            4 + rpc::CONN_CAPS_SIZE,
+        );
         // RPC_CMD_ALLOC_BUFFER (0): device 0, 1024 bytes -> remote_ptr, remote_size
         let mut req = 0u32.to_le_bytes().to_vec();
         req.extend_from_slice(&1024u64.to_le_bytes());
@@ -537,7 +613,10 @@ fn garbage(s: &Server) {
         call(6, &t, 0);
     }
     s.wait_for("serving again", restarts + 1);
-    assert_eq!(rpc::hello(&ep, Duration::from_secs(10)).unwrap(), rpc::PROTO_VERSION);
+    assert_eq!(
+        rpc::hello(&ep, Duration::from_secs(10)).unwrap(),
+        rpc::PROTO_VERSION
+    );
     // The next client is served correctly: a whole model on that server, against the local run.
     let m = llama3();
     let prompt = [1u32, 5, 9];

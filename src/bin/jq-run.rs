@@ -432,7 +432,10 @@ fn load_llama(
     };
     let endpoints = rpc::parse_endpoints(list).map_err(|e| anyhow!("--rpc: {e}"))?;
     if !(m.rpc_timeout.is_finite() && m.rpc_timeout > 0.0) {
-        bail!("--rpc-timeout {}: give a number of seconds above 0", m.rpc_timeout);
+        bail!(
+            "--rpc-timeout {}: give a number of seconds above 0",
+            m.rpc_timeout
+        );
     }
     let timeout = Duration::from_secs_f64(m.rpc_timeout);
     for e in &endpoints {
@@ -1642,7 +1645,10 @@ fn rpc_server(s: &RpcServerCli) -> Result<()> {
     let names = rpc::local_device_names();
     for d in &s.device {
         if !names.contains(d) {
-            bail!("--device {d}: no such device here (devices: {})", names.join(", "));
+            bail!(
+                "--device {d}: no such device here (devices: {})",
+                names.join(", ")
+            );
         }
     }
     if !is_loopback(&s.host) {
@@ -1658,7 +1664,10 @@ fn rpc_server(s: &RpcServerCli) -> Result<()> {
     );
     let exe = std::env::current_exe().context("finding this program to start the server")?;
     let served = if s.device.is_empty() {
-        let gpus: Vec<String> = jq::engine::llama::gpus().into_iter().map(|g| g.name).collect();
+        let gpus: Vec<String> = jq::engine::llama::gpus()
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
         if gpus.is_empty() {
             "CPU".to_string()
         } else {
@@ -1713,7 +1722,10 @@ fn rpc_server(s: &RpcServerCli) -> Result<()> {
                 child.id()
             );
         } else {
-            eprintln!("rpc-server: serving again on {ep} (restart {restarts}, pid {})", child.id());
+            eprintln!(
+                "rpc-server: serving again on {ep} (restart {restarts}, pid {})",
+                child.id()
+            );
         }
         let st = child.wait().context("waiting for the serving process")?;
         if st.signal().is_none() {

@@ -98,7 +98,10 @@ pub struct Placement {
 }
 
 /// Local GPUs as devices of an explicit placement, in llama.cpp's order.
-pub fn gpu_devices() -> Vec<(super::placement::Device, llama_cpp_sys_2::ggml_backend_dev_t)> {
+pub fn gpu_devices() -> Vec<(
+    super::placement::Device,
+    llama_cpp_sys_2::ggml_backend_dev_t,
+)> {
     use llama_cpp_2::LlamaBackendDeviceType as T;
     if backend().is_err() {
         return Vec::new();

@@ -55,7 +55,9 @@ impl std::str::FromStr for Budgets {
                     b.keyed.push((k, super::plan::parse_size(v)?));
                 }
                 None if b.one.is_none() => b.one = Some(super::plan::parse_size(part)?),
-                None => return Err(format!("'{s}': more than one budget without a KEY= (use local=SIZE,HOST:PORT=SIZE)")),
+                None => return Err(format!(
+                    "'{s}': more than one budget without a KEY= (use local=SIZE,HOST:PORT=SIZE)"
+                )),
             }
         }
         Ok(b)
@@ -105,12 +107,7 @@ impl Budgets {
         let local = get("local").or(self.one);
         let per = devices
             .iter()
-            .map(|d| {
-                d.endpoint
-                    .as_deref()
-                    .and_then(get)
-                    .or_else(|| get(&d.name))
-            })
+            .map(|d| d.endpoint.as_deref().and_then(get).or_else(|| get(&d.name)))
             .collect();
         Ok((local, per))
     }
@@ -166,7 +163,13 @@ pub struct MultiPlan {
     pub n_layer: u32,
 }
 
-fn usage_of(m: &ModelShape, layers: &[Option<usize>], d: Option<usize>, n_ctx: u32, n_ubatch: u32) -> Usage {
+fn usage_of(
+    m: &ModelShape,
+    layers: &[Option<usize>],
+    d: Option<usize>,
+    n_ctx: u32,
+    n_ubatch: u32,
+) -> Usage {
     let n = m.n_layer as usize;
     let mine = |il: usize| layers[il] == d;
     let with_output = mine(n);
@@ -177,7 +180,10 @@ fn usage_of(m: &ModelShape, layers: &[Option<usize>], d: Option<usize>, n_ctx: u
     }
     if d.is_none() {
         // The CPU also keeps the token embedding and whatever is not a layer.
-        let on_devices: u64 = (0..n).filter(|&il| layers[il].is_some()).map(|il| m.layer_bytes[il]).sum();
+        let on_devices: u64 = (0..n)
+            .filter(|&il| layers[il].is_some())
+            .map(|il| m.layer_bytes[il])
+            .sum();
         u.weights = m.total_bytes.saturating_sub(on_devices);
         u.compute = m.compute_bytes(n_ctx, n_ubatch, with_output);
     } else {
@@ -215,7 +221,9 @@ fn network(m: &ModelShape, layers: &[Option<usize>], devices: &[Device], n_ctx: 
 }
 
 fn range_text(layers: &[Option<usize>], d: Option<usize>, n_layer: u32) -> String {
-    let idx: Vec<usize> = (0..n_layer as usize).filter(|&il| layers[il] == d).collect();
+    let idx: Vec<usize> = (0..n_layer as usize)
+        .filter(|&il| layers[il] == d)
+        .collect();
     let mut s = match (idx.first(), idx.last()) {
         (Some(a), Some(b)) if a == b => format!("layer {a}"),
         (Some(a), Some(b)) => format!("layers {a}-{b}"),
@@ -230,7 +238,9 @@ fn range_text(layers: &[Option<usize>], d: Option<usize>, n_layer: u32) -> Strin
 impl MultiPlan {
     /// The layers (`0..n_layer`) device `d` holds (`None`: the CPU).
     pub fn layers_on(&self, d: Option<usize>) -> Vec<u32> {
-        (0..self.n_layer).filter(|&il| self.layers[il as usize] == d).collect()
+        (0..self.n_layer)
+            .filter(|&il| self.layers[il as usize] == d)
+            .collect()
     }
 }
 
@@ -242,11 +252,18 @@ impl fmt::Display for MultiPlan {
             "plan: {}/{} layers{} on {} device(s) (llama.cpp split {}), the rest on the local CPU:",
             self.n_gpu_layers.min(self.n_layer),
             self.n_layer,
-            if self.n_gpu_layers > self.n_layer { " + output" } else { "" },
+            if self.n_gpu_layers > self.n_layer {
+                " + output"
+            } else {
+                ""
+            },
             self.devices.len(),
             split.join(",")
         )?;
-        let budget = |b: Option<u64>| b.map(|b| format!(" of a {} budget", fmt_size(b))).unwrap_or_default();
+        let budget = |b: Option<u64>| {
+            b.map(|b| format!(" of a {} budget", fmt_size(b)))
+                .unwrap_or_default()
+        };
         writeln!(
             f,
             "  local CPU: {} + token_embd: {}{}",
@@ -302,7 +319,11 @@ pub fn plan_multi(
                     "--tensor-split has {} shares for {} devices ({})",
                     s.len(),
                     devices.len(),
-                    devices.iter().map(Device::label).collect::<Vec<_>>().join(", ")
+                    devices
+                        .iter()
+                        .map(Device::label)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             if s.iter().any(|x| !x.is_finite() || *x < 0.0) || s.iter().sum::<f32>() <= 0.0 {
@@ -336,7 +357,11 @@ pub fn plan_multi(
     let check = |p: &MultiPlan| -> Result<(), String> {
         for (i, d) in devices.iter().enumerate() {
             if p.usage[i].total() > avail[i] {
-                let what = if per[i].is_some() { "its budget" } else { "its free memory" };
+                let what = if per[i].is_some() {
+                    "its budget"
+                } else {
+                    "its free memory"
+                };
                 return Err(format!(
                     "{} would hold {} and needs {}, more than {what} of {}",
                     d.label(),
@@ -445,9 +470,16 @@ mod tests {
         let (local, per) = b.resolve(&devs()).unwrap();
         assert_eq!(local, Some(1 << 30));
         assert_eq!(per, vec![None, Some(2 << 20)]);
-        let e = "h:9=1GiB".parse::<Budgets>().unwrap().resolve(&devs()).unwrap_err();
+        let e = "h:9=1GiB"
+            .parse::<Budgets>()
+            .unwrap()
+            .resolve(&devs())
+            .unwrap_err();
         assert!(e.contains("h:9") && e.contains("127.0.0.1:1"), "{e}");
-        assert_eq!("6GiB".parse::<Budgets>().unwrap().single().unwrap(), Some(6 << 30));
+        assert_eq!(
+            "6GiB".parse::<Budgets>().unwrap().single().unwrap(),
+            Some(6 << 30)
+        );
         assert!("a:1=1GiB".parse::<Budgets>().unwrap().single().is_err());
     }
 
@@ -463,7 +495,10 @@ mod tests {
         // a budget one byte short for server 2 is refused, naming it
         let b: Budgets = format!("127.0.0.1:2={}", need1 - 1).parse().unwrap();
         let e = plan_multi(&m, GpuLayers::N(5), Some(&[1.0, 1.0]), &devs(), &b, c, ub).unwrap_err();
-        assert!(e.contains("127.0.0.1:2") && e.contains("layers 2-3 + output"), "{e}");
+        assert!(
+            e.contains("127.0.0.1:2") && e.contains("layers 2-3 + output"),
+            "{e}"
+        );
         // auto keeps fewer layers on the devices until the budget holds
         let p = plan_multi(&m, GpuLayers::Auto, Some(&[1.0, 1.0]), &devs(), &b, c, ub).unwrap();
         assert!(p.usage[1].total() < need1);

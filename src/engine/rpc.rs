@@ -157,8 +157,10 @@ pub fn hello(e: &Endpoint, timeout: Duration) -> Result<(u8, u8, u8), String> {
             format!("RPC server {e}: {what}: {err}")
         }
     };
-    s.set_read_timeout(Some(timeout)).map_err(|x| io("setting a time-out", x))?;
-    s.set_write_timeout(Some(timeout)).map_err(|x| io("setting a time-out", x))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|x| io("setting a time-out", x))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|x| io("setting a time-out", x))?;
     let _ = s.set_nodelay(true);
     // | cmd (1) | request size (8, LE) | conn_caps (24): no capabilities, plain TCP |
     let mut req = vec![CMD_HELLO];
