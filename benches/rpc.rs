@@ -25,6 +25,7 @@ fn socket_bytes(ports: &[u16]) -> u64 {
         let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: a valid out-buffer of `len` bytes; fails harmlessly on non-sockets.

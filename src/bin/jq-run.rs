@@ -230,6 +230,8 @@ struct Top {
     run: Cli,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// An OpenAI- and Ollama-compatible HTTP server on the model.

@@ -55,9 +55,11 @@ impl std::str::FromStr for Budgets {
                     b.keyed.push((k, super::plan::parse_size(v)?));
                 }
                 None if b.one.is_none() => b.one = Some(super::plan::parse_size(part)?),
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "'{s}': more than one budget without a KEY= (use local=SIZE,HOST:PORT=SIZE)"
-                )),
+                ))
+                }
             }
         }
         Ok(b)
