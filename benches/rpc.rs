@@ -4,7 +4,7 @@
 //! the bytes that crossed the sockets per token (TCP_INFO of the client's connections), and the
 //! predicted decode rate over 1 GbE and 10 GbE links from those.
 //!
-//! `cargo bench --bench rpc` (JQ_BENCH_RPC=1b for the small model only).
+//! `cargo bench --bench rpc` (JQ_BENCH_RPC=1b or 4b for one model).
 
 use jq::engine::llama::{Llama, Placement};
 use jq::engine::rpc;
@@ -130,7 +130,7 @@ fn main() {
         exe.exists(),
         "build first: cargo build --release --workspace"
     );
-    let only_small = std::env::var("JQ_BENCH_RPC").is_ok_and(|v| v == "1b");
+    let only = std::env::var("JQ_BENCH_RPC").ok();
     let shapes = [
         (
             "1B-shaped (16 x 2048, FFN 8192, 32/8 heads of 64)",
@@ -146,13 +146,13 @@ fn main() {
             },
         ),
         (
-            "4B-shaped (36 x 2560, FFN 9728, 32/8 heads of 128)",
+            "4B-shaped (36 x 2560, FFN 9728, 20/4 heads of 128)",
             LlamaDims {
                 n_embd: 2560,
                 n_ff: 9728,
                 n_layer: 36,
-                n_head: 32,
-                n_head_kv: 8,
+                n_head: 20,
+                n_head_kv: 4,
                 head_dim: 128,
                 n_ctx: 4096,
                 rope_base: 1_000_000.0,
@@ -184,8 +184,8 @@ fn main() {
         "10GbE dec/s"
     );
     for (i, (name, d)) in shapes.iter().enumerate() {
-        if only_small && i > 0 {
-            break;
+        if only.as_deref().is_some_and(|o| o != ["1b", "4b"][i]) {
+            continue;
         }
         let p = dir.path().join(format!("m{i}.gguf"));
         jq::synth_blocks::write_llama_random(&p, *d, 32000, jq::synth_blocks::Mixture::Q4_0, 7)
