@@ -451,6 +451,21 @@ fn failures(a: &Server, b: &Server) {
         stderr(&o)
     );
 
+    // --stream-layers with --rpc is refused by name.
+    let o = run(&[
+        m,
+        "--prompt-tokens",
+        "1",
+        "--stream-layers",
+        "--rpc",
+        &servers,
+    ]);
+    assert!(one_line(&o).contains("--rpc is not implemented with --stream-layers"));
+    // The server's help says what ggml RPC lacks.
+    let h = run(&["rpc-server", "--help"]);
+    let h = String::from_utf8_lossy(&h.stdout);
+    assert!(h.contains("no authentication and no encryption"), "{h}");
+
     // A closed port, and a port that accepts but never answers HELLO.
     let closed = format!("127.0.0.1:{}", free_port());
     let o = run(&[m, "--prompt-tokens", "1", "--rpc", &closed]);
