@@ -491,14 +491,15 @@ mod tests {
         let (c, ub) = (64, 16);
         let all = Budgets::default();
         let p = plan_multi(&m, GpuLayers::N(5), Some(&[1.0, 1.0]), &devs(), &all, c, ub).unwrap();
-        assert_eq!(p.layers_on(Some(0)), vec![0, 1]);
-        assert_eq!(p.layers_on(Some(1)), vec![2, 3]);
+        // 5 slots (4 layers + output) at 1:1: slots 0-2 (fractions 0, .2, .4 < .5), then 3-4
+        assert_eq!(p.layers_on(Some(0)), vec![0, 1, 2]);
+        assert_eq!(p.layers_on(Some(1)), vec![3]);
         let need1 = p.usage[1].total();
         // a budget one byte short for server 2 is refused, naming it
         let b: Budgets = format!("127.0.0.1:2={}", need1 - 1).parse().unwrap();
         let e = plan_multi(&m, GpuLayers::N(5), Some(&[1.0, 1.0]), &devs(), &b, c, ub).unwrap_err();
         assert!(
-            e.contains("127.0.0.1:2") && e.contains("layers 2-3 + output"),
+            e.contains("127.0.0.1:2") && e.contains("layer 3 + output"),
             "{e}"
         );
         // auto keeps fewer layers on the devices until the budget holds
