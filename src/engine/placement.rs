@@ -285,7 +285,7 @@ impl fmt::Display for MultiPlan {
         }
         write!(
             f,
-            "  network per decoded token: ~{} of activations and logits, plus attention masks (up to {} at a full context)",
+            "  network per decoded token: ~{} of activations and logits, plus attention masks (up to {} at a full context) and ggml's graph and command messages (not estimated)",
             fmt_size(self.net_per_token),
             fmt_size(self.mask_per_token)
         )
