@@ -102,9 +102,32 @@ pub struct ModelArgs {
     #[arg(long = "n-gpu-layers", short = 'g', visible_alias = "gpu-layers", value_parser = clap::value_parser!(GpuLayers))]
     pub n_gpu_layers: Option<GpuLayers>,
     /// Device memory the run may use, e.g. 6GiB, 512MiB. Without a GPU it bounds the host
-    /// memory of the CPU path (weights + KV cache + compute buffers).
-    #[arg(long = "vram-budget", value_parser = plan::parse_size)]
-    pub vram_budget: Option<u64>,
+    /// memory of the CPU path (weights + KV cache + compute buffers). With --rpc, one budget
+    /// per device: local=SIZE (this machine's CPU), HOST:PORT=SIZE (each device of that
+    /// server), CUDA0=SIZE; the plan is refused before loading when a device's layers exceed
+    /// its budget.
+    #[arg(long = "vram-budget", value_name = "SIZE|KEY=SIZE,...", value_parser = clap::value_parser!(jq::engine::placement::Budgets))]
+    pub vram_budget: Option<jq::engine::placement::Budgets>,
+    /// Remote devices from ggml RPC servers (`jq-run rpc-server` or llama.cpp's rpc-server on
+    /// each machine): layers are split across the local CPU, these servers' devices and local
+    /// GPUs; only activations cross the network per token. Each server is checked (connect
+    /// and HELLO) before loading. ggml RPC has no authentication or encryption: use it on a
+    /// network you trust. llama.cpp engine only.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
+    pub rpc: Option<String>,
+    /// --rpc: shares of the offloaded layers per device (remote devices in --rpc order, then
+    /// local GPUs), e.g. 1,1 or 3,1; default: in proportion to each device's budget (or free
+    /// memory). --n-gpu-layers says how many layers leave the local CPU.
+    #[arg(long, value_delimiter = ',', requires = "rpc")]
+    pub tensor_split: Option<Vec<f32>>,
+    /// --rpc: seconds to wait for a server's HELLO at start and for a reply during a decode
+    /// step before the run ends with an error naming the server.
+    #[arg(long, default_value_t = 60.0, requires = "rpc")]
+    pub rpc_timeout: f64,
+    /// llama.cpp engine: keep weights in the plain CPU buffers (no repacked or AMX layouts),
+    /// as RPC servers hold them: local and remote runs then compute the same numbers.
+    #[arg(long)]
+    pub no_repack: bool,
     /// Run layer by layer (gemma3, llama, qwen2, qwen3), streaming the layers that do not fit
     /// --vram-budget through a ring of device buffers (see --prefetch, --direct-io, --profile,
     /// --plan-only). The device is the GPU in a `cuda` build on a machine with one (`-g 0`:
@@ -212,6 +235,8 @@ struct Top {
     run: Cli,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// An OpenAI- and Ollama-compatible HTTP server on the model.
@@ -220,6 +245,52 @@ enum Cmd {
     /// Perplexity of a text as llama-perplexity computes it; --kl-base compares with a base model.
     #[command(after_help = jq::perplexity::EXAMPLES)]
     Perplexity(jq::perplexity::Cli),
+    /// Serve this machine's ggml devices to `jq-run MODEL --rpc HOST:PORT` clients (ggml's RPC
+    /// protocol, also spoken by llama.cpp's tools). No authentication, no encryption.
+    #[command(name = "rpc-server", after_help = RPC_EXAMPLES)]
+    RpcServer(RpcServerCli),
+}
+
+const RPC_EXAMPLES: &str = "Examples:
+  jq-run rpc-server                              # the CPU on 127.0.0.1:50052
+  jq-run rpc-server --port 50053 --threads 8
+  jq-run rpc-server --host 192.168.1.20 --device CUDA0 --cache ~/.cache/jq/rpc
+  jq-run model.gguf --rpc 192.168.1.20:50052,192.168.1.21:50052 -ngl 99 --prompt hi
+
+SECURITY: ggml RPC has no authentication and no encryption. Anyone who can reach the port can
+run computations on this machine's devices and read or write their memory. The server binds
+loopback by default; bind another address only on a network you trust (a warning says so).
+
+The server takes no memory limit: clients budget each server with --vram-budget HOST:PORT=SIZE.
+ggml's serving loop runs in a child process that is restarted when it dies (ggml asserts on some
+malformed requests), so one bad client does not take the server down for the next.";
+
+/// `jq-run rpc-server [flags]`.
+#[derive(Args, Debug)]
+struct RpcServerCli {
+    /// Address to listen on (anything but loopback prints a warning: no authentication).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = jq::engine::rpc::DEFAULT_PORT)]
+    port: u16,
+    /// CPU threads of the CPU device (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Devices to serve, by ggml name (CPU, CUDA0, ...; comma-separated). Default: every GPU,
+    /// else the CPU.
+    #[arg(long, value_delimiter = ',')]
+    device: Vec<String>,
+    /// Folder where the server keeps large tensors by hash, so a client loading the same
+    /// model again sends hashes instead of the bytes.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Print ggml's own log lines (and its per-connection lines).
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// The supervised serving process itself (internal).
+    #[arg(long, hide = true)]
+    serve_child: bool,
 }
 
 const SERVE_EXAMPLES: &str = "Examples:
@@ -323,6 +394,102 @@ impl ModelArgs {
             None => Ok(trained.min(4096)),
         }
     }
+}
+
+impl ModelArgs {
+    /// `--vram-budget` as one size (per-device budgets need --rpc).
+    fn budget(&self) -> Result<Option<u64>> {
+        match &self.vram_budget {
+            None => Ok(None),
+            Some(b) => b.single().map_err(|e| anyhow!("{e}")),
+        }
+    }
+}
+
+/// Plans and loads a llama.cpp model: on this machine's devices ([`plan::plan`]) or, with
+/// --rpc, across the local CPU, the servers' devices and local GPUs under per-device budgets
+/// ([`jq::engine::placement::plan_multi`]). Prints the plan; returns the model and its
+/// offloaded layer count. `n_ctx` is every sequence's positions together.
+fn load_llama(
+    m: &ModelArgs,
+    file: &GgufModel,
+    arch: &str,
+    shape: &ModelShape,
+    n_ctx: u32,
+    n_batch: u32,
+) -> Result<(Llama, u32)> {
+    use jq::engine::llama::Placement;
+    use jq::engine::{placement, rpc};
+    let path = &m.model;
+    let want = m.n_gpu_layers.unwrap_or(GpuLayers::Auto);
+    let Some(list) = &m.rpc else {
+        let gpu = jq::engine::llama::gpus().into_iter().next();
+        let plan = plan::plan(shape, want, m.budget()?, gpu, n_ctx, n_batch)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        eprintln!("{arch}: {plan}");
+        let llama = if m.no_repack {
+            Llama::load_placed(
+                file.path(),
+                &Placement {
+                    n_gpu_layers: plan.n_gpu_layers,
+                    ..Placement::default()
+                },
+            )?
+        } else {
+            Llama::load_with(file.path(), plan.n_gpu_layers)?
+        };
+        return Ok((llama, plan.n_gpu_layers));
+    };
+    let endpoints = rpc::parse_endpoints(list).map_err(|e| anyhow!("--rpc: {e}"))?;
+    if !(m.rpc_timeout.is_finite() && m.rpc_timeout > 0.0) {
+        bail!(
+            "--rpc-timeout {}: give a number of seconds above 0",
+            m.rpc_timeout
+        );
+    }
+    let timeout = Duration::from_secs_f64(m.rpc_timeout);
+    for e in &endpoints {
+        rpc::check_server(e, timeout).map_err(|e| anyhow!("--rpc: {e}"))?;
+    }
+    rpc::AbortHook::install();
+    let remote = rpc::connect(&endpoints).map_err(|e| anyhow!("--rpc: {e}"))?;
+    rpc::Watchdog::start(timeout);
+    let mut devices: Vec<placement::Device> = Vec::new();
+    let mut handles = Vec::new();
+    for r in &remote {
+        devices.push(placement::Device {
+            name: r.name.clone(),
+            endpoint: Some(r.endpoint.to_string()),
+            free: r.free,
+        });
+        handles.push(r.dev);
+    }
+    for (d, h) in jq::engine::llama::gpu_devices() {
+        devices.push(d);
+        handles.push(h);
+    }
+    let budgets = m.vram_budget.clone().unwrap_or_default();
+    let p = placement::plan_multi(
+        shape,
+        want,
+        m.tensor_split.as_deref(),
+        &devices,
+        &budgets,
+        n_ctx,
+        n_batch,
+    )
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    eprintln!("{arch}: {p}");
+    let llama = Llama::load_placed(
+        file.path(),
+        &Placement {
+            n_gpu_layers: p.n_gpu_layers,
+            devices: handles,
+            split: p.split.clone(),
+            extra_bufts: !m.no_repack,
+        },
+    )?;
+    Ok((llama, p.n_gpu_layers))
 }
 
 /// `-n`: -1 is unbounded, below that is refused.
@@ -560,7 +727,7 @@ fn run_native(cli: &Cli, file: &GgufModel, t0: Instant) -> Result<()> {
             );
         }
     }
-    if let Some(b) = cli.vram_budget {
+    if let Some(b) = cli.budget()? {
         let c = &jarvis.model.cfg;
         let kv = (2 * c.n_layers * n_ctx as usize * c.d_model * 4) as u64;
         let need = file.total_bytes() + kv;
@@ -633,12 +800,7 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
         );
     }
     let n_batch = cli.batch_size.unwrap_or(512).clamp(1, n_ctx);
-    let gpu = jq::engine::llama::gpus().into_iter().next();
-    let want = cli.n_gpu_layers.unwrap_or(GpuLayers::Auto);
-    let plan = plan::plan(&shape, want, cli.vram_budget, gpu, n_ctx, n_batch)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    eprintln!("{arch}: {plan}");
-    let llama = Llama::load_with(file.path(), plan.n_gpu_layers)?;
+    let (llama, n_gpu_layers) = load_llama(cli, file, arch, &shape, n_ctx, n_batch)?;
     let threads = cli.threads() as i32;
     let seed = cli.seed();
     let mut sess = llama.session(n_ctx, n_batch, threads, &cli.sampler(seed))?;
@@ -694,7 +856,7 @@ fn run_llama(cli: &Cli, file: &GgufModel, arch: &str, t0: Instant) -> Result<()>
                 "decode_ms": sess.decode_time.as_secs_f64() * 1e3,
                 "prompt_tokens": ids.len(),
                 "generated_tokens": generated.len(),
-                "n_gpu_layers": plan.n_gpu_layers,
+                "n_gpu_layers": n_gpu_layers,
             });
             writeln!(out, "{v}")?;
         } else if cli.n_predict > 0 {
@@ -952,7 +1114,7 @@ fn run_stream(cli: &Cli) -> Result<()> {
         profile: cli.profile,
         plan_only: cli.plan_only,
         opts: StreamOptions {
-            budget: cli.vram_budget,
+            budget: cli.budget()?,
             n_slots: cli.prefetch,
             direct_io: cli.direct_io,
             cpu: matches!(cli.n_gpu_layers, Some(GpuLayers::N(0))),
@@ -972,6 +1134,12 @@ fn run_stream(cli: &Cli) -> Result<()> {
 fn main() -> ExitCode {
     let top = Top::parse_from(rewrite_llama_flags(std::env::args_os()));
     let res = match top.cmd {
+        Some(Cmd::RpcServer(s)) => {
+            if s.verbose {
+                jq::engine::logs::set_verbose(true);
+            }
+            rpc_server(&s)
+        }
         Some(Cmd::Serve(mut s)) => {
             jq::term::set(s.m.color);
             s.m.resolve_model();
@@ -1051,6 +1219,9 @@ mod guard {
                 if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
                     bail!("{m}: --n-gpu-layers: the native Jarvis engine runs on the CPU only");
                 }
+                if cli.rpc.is_some() || cli.no_repack {
+                    bail!("{m}: --rpc and --no-repack apply to the llama.cpp engine; the native Jarvis engine runs on this machine's CPU");
+                }
             }
             Engine::Llama => {
                 if cli.metrics {
@@ -1066,6 +1237,12 @@ mod guard {
                 }
                 if cli.chat {
                     bail!("{m}: --chat is not implemented with --stream-layers");
+                }
+                if cli.rpc.is_some() {
+                    bail!("{m}: --rpc is not implemented with --stream-layers (remote devices hold whole layers on the llama.cpp engine; run without --stream-layers)");
+                }
+                if cli.no_repack {
+                    bail!("{m}: --no-repack applies to the llama.cpp engine, not --stream-layers");
                 }
                 if matches!(cli.n_gpu_layers, Some(GpuLayers::N(n)) if n > 0) {
                     bail!("{m}: --n-gpu-layers places llama.cpp layers; with --stream-layers the budget (--vram-budget) decides, and only -g 0 (CPU) applies");
@@ -1270,6 +1447,9 @@ fn serve(s: &ServeCli) -> Result<()> {
         .map_err(|e| anyhow!("{}: {e}", path.display()))?
         .to_string();
     jq::validate::check(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if m.rpc.is_some() && (arch == "jarvis" || m.stream_layers) {
+        bail!("{}: --rpc places layers on the llama.cpp engine; not with --stream-layers or the native Jarvis engine", path.display());
+    }
     let default_max_tokens = n_predict(s.n_predict)?;
     let name = s.alias.clone().unwrap_or_else(|| {
         path.file_stem()
@@ -1336,7 +1516,7 @@ fn serve(s: &ServeCli) -> Result<()> {
         let voc = Arc::new(Llama::load_vocab(&first)?);
         let template = voc.template(m.chat_template.as_deref())?;
         let opts = jq::engine::stream::StreamOptions {
-            budget: m.vram_budget,
+            budget: m.budget()?,
             n_slots: m.prefetch,
             direct_io: m.direct_io,
             cpu: matches!(m.n_gpu_layers, Some(GpuLayers::N(0))),
@@ -1387,22 +1567,11 @@ fn serve(s: &ServeCli) -> Result<()> {
         let shape = ModelShape::from_gguf(&file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let n_ctx = m.n_ctx(shape.n_ctx_train)?;
         let n_batch = m.batch_size.unwrap_or(512).clamp(1, n_ctx);
-        let gpu = jq::engine::llama::gpus().into_iter().next();
         // The KV cache holds every sequence: it is planned as one context of N x -c.
         let total = n_ctx
             .checked_mul(s.parallel as u32)
             .context("--parallel x -c overflows")?;
-        let plan = plan::plan(
-            &shape,
-            m.n_gpu_layers.unwrap_or(GpuLayers::Auto),
-            m.vram_budget,
-            gpu,
-            total,
-            n_batch,
-        )
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        eprintln!("{arch}: {plan}");
-        let llama = Arc::new(Llama::load_with(&first, plan.n_gpu_layers)?);
+        let llama = Arc::new(load_llama(m, &file, &arch, &shape, total, n_batch)?.0);
         let template = llama.template(m.chat_template.as_deref())?;
         let (l, n_seq) = (llama.clone(), s.parallel);
         std::thread::spawn(move || {
@@ -1470,4 +1639,124 @@ fn serve(s: &ServeCli) -> Result<()> {
         );
         jq::serve::http::serve(l, app).await.context("serving")
     })
+}
+
+// ---------------------------------------------------------------- rpc-server
+
+/// `jq-run rpc-server`: a supervisor that runs ggml's serving loop in a child process (this
+/// program again, with the hidden --serve-child) and starts a new one whenever it dies.
+fn rpc_server(s: &RpcServerCli) -> Result<()> {
+    use jq::engine::rpc;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    if s.port == 0 {
+        bail!("--port 0: give a fixed port (clients name it in --rpc HOST:PORT)");
+    }
+    let ep = rpc::Endpoint {
+        host: s.host.clone(),
+        port: s.port,
+    };
+    let threads = s
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if s.serve_child {
+        let e = rpc::serve(&ep, &s.device, threads, s.cache.as_deref()).unwrap_err();
+        eprintln!("jq-run rpc-server: error: {e}");
+        std::process::exit(2);
+    }
+    if let Some(c) = &s.cache {
+        std::fs::create_dir_all(c).with_context(|| format!("--cache {}", c.display()))?;
+    }
+    let names = rpc::local_device_names();
+    for d in &s.device {
+        if !names.contains(d) {
+            bail!(
+                "--device {d}: no such device here (devices: {})",
+                names.join(", ")
+            );
+        }
+    }
+    if !is_loopback(&s.host) {
+        eprintln!(
+            "rpc-server: warning: listening on {}: ggml RPC has no authentication or encryption; anyone who can reach this port can use this machine's devices and read or write their memory",
+            s.host
+        );
+    }
+    // One clear line now rather than a child that cannot bind.
+    drop(
+        std::net::TcpListener::bind((s.host.as_str(), s.port))
+            .with_context(|| format!("--host {} --port {}: cannot listen", s.host, s.port))?,
+    );
+    let exe = std::env::current_exe().context("finding this program to start the server")?;
+    let served = if s.device.is_empty() {
+        let gpus: Vec<String> = jq::engine::llama::gpus()
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        if gpus.is_empty() {
+            "CPU".to_string()
+        } else {
+            gpus.join(", ")
+        }
+    } else {
+        s.device.join(", ")
+    };
+    let mut restarts = 0u64;
+    loop {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("rpc-server")
+            .args(["--host", &s.host, "--port", &s.port.to_string()])
+            .args(["--threads", &threads.to_string(), "--serve-child"]);
+        if !s.device.is_empty() {
+            cmd.args(["--device", &s.device.join(",")]);
+        }
+        if let Some(c) = &s.cache {
+            cmd.arg("--cache").arg(c);
+        }
+        if s.verbose {
+            cmd.arg("-v");
+        } else {
+            cmd.stdout(std::process::Stdio::null());
+        }
+        // SAFETY: prctl is async-signal-safe; the child dies with this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting the serving process")?;
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                bail!("{ep}: the serving process ended while starting ({st})");
+            }
+            if rpc::hello(&ep, Duration::from_secs(2)).is_ok() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                bail!("{ep}: the serving process did not answer HELLO within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (a, b, c) = rpc::PROTO_VERSION;
+        if restarts == 0 {
+            eprintln!(
+                "rpc-server: serving {served} on {ep} (ggml RPC protocol {a}.{b}.{c}, {threads} threads, pid {})",
+                child.id()
+            );
+        } else {
+            eprintln!(
+                "rpc-server: serving again on {ep} (restart {restarts}, pid {})",
+                child.id()
+            );
+        }
+        let st = child.wait().context("waiting for the serving process")?;
+        if st.signal().is_none() {
+            bail!("{ep}: the serving process ended ({st})");
+        }
+        restarts += 1;
+        eprintln!("rpc-server: the serving process died ({st}), most likely on a malformed request; restarting");
+    }
 }

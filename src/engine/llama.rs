@@ -90,6 +90,41 @@ pub fn gpus() -> Vec<super::plan::Gpu> {
         .collect()
 }
 
+/// An explicit device placement for [`Llama::load_placed`].
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub n_gpu_layers: u32,
+    pub devices: Vec<llama_cpp_sys_2::ggml_backend_dev_t>,
+    pub split: Vec<f32>,
+    pub extra_bufts: bool,
+}
+
+/// Local GPUs as devices of an explicit placement, in llama.cpp's order.
+pub fn gpu_devices() -> Vec<(
+    super::placement::Device,
+    llama_cpp_sys_2::ggml_backend_dev_t,
+)> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    if backend().is_err() {
+        return Vec::new();
+    }
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+        .map(|d| {
+            (
+                super::placement::Device {
+                    name: d.name,
+                    endpoint: None,
+                    free: d.memory_free as u64,
+                },
+                // SAFETY: the index comes from ggml's own device list.
+                unsafe { llama_cpp_sys_2::ggml_backend_dev_get(d.index) },
+            )
+        })
+        .collect()
+}
+
 /// A model loaded by llama.cpp.
 #[derive(Debug)]
 pub struct Llama {
@@ -209,6 +244,63 @@ impl Llama {
                 llama_error(e)
             )
         })?;
+        Ok(Llama { model })
+    }
+
+    /// Loads with an explicit placement: `devices` (llama.cpp's list; the CPU is implicit),
+    /// the last `n_gpu_layers` layers on them in `split` shares, and the CPU's extra buffer
+    /// types (repacked weights, AMX) only with `extra_bufts`. llama-cpp-2 exposes neither the
+    /// split nor the extra buffer types, so the raw parameters are filled here.
+    pub fn load_placed(path: &Path, p: &Placement) -> Result<Llama> {
+        use llama_cpp_sys_2 as sys;
+        backend()?;
+        if p.devices.len() >= 16 || p.split.len() > 16 {
+            bail!("more than 15 devices");
+        }
+        let mut devs = p.devices.clone();
+        devs.push(std::ptr::null_mut());
+        let devices = if p.devices.is_empty() {
+            // llama.cpp's own choice of devices
+            std::ptr::null_mut()
+        } else {
+            devs.as_mut_ptr()
+        };
+        // llama.cpp reads llama_max_devices() shares.
+        // SAFETY: a plain query.
+        let mut split = vec![0f32; unsafe { sys::llama_max_devices() }.max(p.split.len())];
+        split[..p.split.len()].copy_from_slice(&p.split);
+        // SAFETY: returns a plain struct of defaults.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = i32::try_from(p.n_gpu_layers).unwrap_or(i32::MAX);
+        params.devices = devices;
+        params.tensor_split = if p.split.is_empty() {
+            std::ptr::null()
+        } else {
+            split.as_ptr()
+        };
+        params.use_extra_bufts = p.extra_bufts;
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| anyhow!("{}: the path holds a NUL byte", path.display()))?;
+        super::logs::take_errors();
+        // SAFETY: `params` points at `devs` and `split`, which outlive the call (llama.cpp
+        // copies both); the path is a valid C string.
+        let raw = unsafe { sys::llama_model_load_from_file(c.as_ptr(), params) };
+        let Some(raw) = std::ptr::NonNull::new(raw) else {
+            bail!(
+                "llama.cpp could not load {}: {}",
+                path.display(),
+                llama_error("null result")
+            );
+        };
+        // llama-cpp-2 has no constructor from a raw model; `LlamaModel` (pinned =0.1.160) is
+        // one non-null pointer to it, owned (freed on drop).
+        const _: () = assert!(
+            std::mem::size_of::<LlamaModel>() == std::mem::size_of::<*mut sys::llama_model>()
+        );
+        // SAFETY: the sizes match (asserted) and the single field of `LlamaModel` is a
+        // `#[repr(transparent)]` NonNull<llama_model>, so the bit patterns agree; the model is
+        // handed over and freed once, by LlamaModel's Drop.
+        let model: LlamaModel = unsafe { std::mem::transmute(raw) };
         Ok(Llama { model })
     }
 

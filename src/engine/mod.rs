@@ -5,7 +5,9 @@ pub mod llama;
 mod llama_archs;
 pub mod logs;
 pub mod native;
+pub mod placement;
 pub mod plan;
+pub mod rpc;
 pub mod stream;
 
 pub use llama_archs::LLAMA_ARCHS;
