@@ -4,7 +4,6 @@
 mod common;
 
 use jq::ggml;
-use jq::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,34 +26,6 @@ fn run_ours(input: &Path, output: &Path, ty: &str, extra: &[&str]) {
     );
 }
 
-/// Same metadata (order and values) and the same tensors by name: type, shape, bytes.
-fn assert_same(ours: &Path, theirs: &Path, label: &str) {
-    let a = GgufFile::open(ours).unwrap();
-    let b = GgufFile::open(theirs).unwrap();
-    let meta = |f: &GgufFile| -> Vec<_> {
-        f.metadata()
-            .map(|(k, v)| (k.to_string(), v.to_owned_value()))
-            .collect()
-    };
-    assert_eq!(meta(&a), meta(&b), "{label}: metadata differs");
-    assert_eq!(a.tensor_infos().len(), b.tensor_infos().len(), "{label}");
-    for t in a.tensors() {
-        let u = b.tensor(t.name()).unwrap();
-        assert_eq!(
-            (t.ty(), &t.info.ne),
-            (u.ty(), &u.info.ne),
-            "{label}: {}",
-            t.name()
-        );
-        assert!(
-            t.data == u.data,
-            "{label}: bytes of {} ({}) differ",
-            t.name(),
-            t.ty()
-        );
-    }
-}
-
 /// The real Gemma 3 270M Q4_K_M (a Hugging Face file: Q5_0/Q8_0/Q4_K/Q6_K tensors, 640-wide
 /// rows that fall back): decoded to F16 as llama.cpp decodes it, then that F16 re-made into
 /// Q4_K_M as llama.cpp makes it.
@@ -70,14 +41,14 @@ fn real_gemma3_270m_q4_k_m() {
         ggml::llama_quantize_opts(&model, &theirs, 1, false, true, 2),
         0
     );
-    assert_same(&ours, &theirs, "gemma3 270m Q4_K_M -> f16");
+    common::assert_same(&ours, &theirs, "gemma3 270m Q4_K_M -> f16");
     std::fs::remove_file(&theirs).unwrap();
     let f16 = ours;
     let ours = dir.path().join("q4km-ours.gguf");
     run_ours(&f16, &ours, "q4_k_m", &[]);
     let theirs = dir.path().join("q4km-llama.gguf");
     assert_eq!(ggml::llama_quantize(&f16, &theirs, 15, false, 2), 0);
-    assert_same(&ours, &theirs, "gemma3 270m f16 -> Q4_K_M");
+    common::assert_same(&ours, &theirs, "gemma3 270m f16 -> Q4_K_M");
 }
 
 fn dirs_model(name: &str) -> PathBuf {
