@@ -252,9 +252,16 @@ impl fmt::Display for MultiPlan {
         writeln!(
             f,
             "plan: {}/{} layers{} on {} device(s) (llama.cpp split {}), the rest on the local CPU:",
-            self.n_gpu_layers.min(self.n_layer),
+            (0..self.n_layer as usize)
+                .filter(|&il| self.layers[il].is_some())
+                .count(),
             self.n_layer,
-            if self.n_gpu_layers > self.n_layer {
+            // llama.cpp's slot n_layer is the output layer.
+            if self
+                .layers
+                .get(self.n_layer as usize)
+                .is_some_and(Option::is_some)
+            {
                 " + output"
             } else {
                 ""

@@ -2,9 +2,12 @@
 //!
 //! The sizes come from the GGUF's own tensor table and metadata (exact for weights and the KV
 //! cache, an estimate for llama.cpp's compute buffers), so the plan is printed and checked
-//! before llama.cpp allocates anything. llama.cpp places the last `n_gpu_layers` repeating
-//! layers on the GPU, each with its KV cache, and the output layer too when `n_gpu_layers`
-//! exceeds the layer count; the token embedding always stays in host memory.
+//! before llama.cpp allocates anything. llama.cpp counts the output layer as slot `n_layer`
+//! after the repeating layers and offloads the last `n_gpu_layers` slots
+//! (`llama_model::load_tensors`: `i_gpu_start = n_layer + 1 - n_gpu_layers`, `dev_output =
+//! get_layer_buft_list(n_layer)`): `-ngl N` puts the output and the last N - 1 repeating layers
+//! (each with its KV cache) on the GPU, `-ngl n_layer + 1` everything; the token embedding
+//! always stays in host memory.
 //!
 //! With no GPU the CPU plays the device: the whole model, its KV cache and compute buffers must
 //! fit the budget (the CPU path), or the run is refused before loading.
@@ -273,7 +276,7 @@ impl fmt::Display for Plan {
                 self.n_layer, self.usage
             ),
             Some(g) => {
-                let out = if self.n_gpu_layers > self.n_layer {
+                let out = if self.n_gpu_layers >= 1 {
                     " + output"
                 } else {
                     ""
@@ -281,7 +284,7 @@ impl fmt::Display for Plan {
                 write!(
                     f,
                     "plan: {}/{} layers{out} on {} ({}, {} free): {}{budget}; the rest on the CPU",
-                    self.n_gpu_layers.min(self.n_layer),
+                    repeating_on_gpu(self.n_gpu_layers, self.n_layer),
                     self.n_layer,
                     g.name,
                     g.description,
@@ -293,11 +296,12 @@ impl fmt::Display for Plan {
     }
 }
 
-/// Device memory with the last `n` layers (and the output layer when `n > n_layer`) offloaded.
+/// Device memory with the last `n` of llama.cpp's `n_layer + 1` slots offloaded: the output
+/// layer from `n = 1`, then repeating layers from the last one backwards.
 pub fn gpu_usage(m: &ModelShape, n: u32, n_ctx: u32, n_ubatch: u32) -> Usage {
-    let n_off = n.min(m.n_layer);
+    let n_off = repeating_on_gpu(n, m.n_layer);
     let first = m.n_layer - n_off;
-    let with_output = n > m.n_layer;
+    let with_output = n >= 1;
     Usage {
         weights: m.layer_bytes[first as usize..].iter().sum::<u64>()
             + if with_output { m.output_bytes } else { 0 },
@@ -306,6 +310,11 @@ pub fn gpu_usage(m: &ModelShape, n: u32, n_ctx: u32, n_ubatch: u32) -> Usage {
             .sum(),
         compute: m.compute_bytes(n_ctx, n_ubatch, with_output),
     }
+}
+
+/// Repeating layers on the GPU for `--n-gpu-layers n` (the first offloaded slot is the output).
+fn repeating_on_gpu(n: u32, n_layer: u32) -> u32 {
+    n.min(n_layer + 1).saturating_sub(1)
 }
 
 /// Host memory of the CPU path: every tensor, every layer's KV cache, the compute buffer.
@@ -454,6 +463,22 @@ mod tests {
         assert!(e.contains("too small for even the CPU path"), "{e}");
         let e = plan(&m, GpuLayers::N(5), Some(too_small), Some(g), c, ub).unwrap_err();
         assert!(e.contains("--n-gpu-layers 5 needs"), "{e}");
+    }
+
+    /// llama.cpp's slots: -ngl 1 is the output alone, -ngl 2 the output and the last layer,
+    /// -ngl n_layer + 1 (or more) everything.
+    #[test]
+    fn output_is_the_first_slot_offloaded() {
+        let m = shape();
+        let w = |n| gpu_usage(&m, n, 64, 16).weights;
+        assert_eq!(w(0), 0);
+        assert_eq!(w(1), 500);
+        assert_eq!(w(2), 500 + 1000);
+        assert_eq!(w(4), 500 + 3000);
+        assert_eq!(w(5), 500 + 4000);
+        assert_eq!(w(99), 500 + 4000);
+        assert_eq!(gpu_usage(&m, 1, 64, 16).kv, 0);
+        assert_eq!(gpu_usage(&m, 2, 64, 16).kv, m.kv_bytes(3, 64, 16));
     }
 
     #[test]
