@@ -310,17 +310,9 @@ pub fn gemma3_header_with(
     w.add("tokenizer.ggml.add_space_prefix", false)?;
     w.add("tokenizer.chat_template", GEMMA3_CHAT_TEMPLATE)?;
 
-    let dim = |x| {
-        dim_size(
-            x,
-            [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab],
-        )
-    };
+    let sizes = [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab];
     // Tied: no `output.weight` (the head is the embedding).
-    let tensors = family_tensors(Family::Gemma3, d.n_layer, false, dim, ty_of);
-    for (name, ty, ne) in &tensors {
-        w.add_tensor(name, *ty, ne)?;
-    }
+    add_family_tensors(&mut w, Family::Gemma3, d.n_layer, false, sizes, ty_of)?;
     Ok(w)
 }
 
@@ -362,18 +354,20 @@ fn dim_size(x: Dim, [embd, head, head_kv, head_dim, ff, vocab]: [u64; 6]) -> u64
     }
 }
 
-/// The tensors of a `family` file from `jq::arch`'s tables, in their order: the embedding,
-/// every required layer tensor, the required globals and, when `untied`, `output.weight`;
-/// shapes from `dim`, 2-D weights typed by `ty_of`, 1-D ones F32.
-fn family_tensors(
+/// Adds the tensors of a `family` file from `jq::arch`'s tables to `w`, in their order: the
+/// embedding, every required layer tensor, the required globals and, when `untied`,
+/// `output.weight`; shapes from `sizes` (as [`dim_size`] reads them), 2-D weights typed by
+/// `ty_of`, 1-D ones F32.
+fn add_family_tensors(
+    w: &mut GgufWriter,
     family: Family,
     n_layer: u64,
     untied: bool,
-    dim: impl Fn(Dim) -> u64,
+    sizes: [u64; 6],
     ty_of: impl Fn(WeightSlot<'_>) -> GgmlType,
-) -> Vec<(String, GgmlType, Vec<u64>)> {
+) -> Result<()> {
     let typed = |s: &TensorSpec, layer: Option<u64>| {
-        let ne: Vec<u64> = s.dims.iter().map(|&x| dim(x)).collect();
+        let ne: Vec<u64> = s.dims.iter().map(|&x| dim_size(x, sizes)).collect();
         let ty = if ne.len() == 1 {
             GgmlType::F32
         } else {
@@ -397,7 +391,10 @@ fn family_tensors(
             tensors.push(typed(s, None));
         }
     }
-    tensors
+    for (name, ty, ne) in &tensors {
+        w.add_tensor(name, *ty, ne)?;
+    }
+    Ok(())
 }
 
 /// Writes a Gemma-3 shaped GGUF ([`gemma3_header`]) with deterministic random weights: norm
@@ -497,15 +494,7 @@ pub fn llama_header_with(
     w.add(keys::of(a, keys::ROPE_FREQ_BASE), d.rope_base)?;
     w.add(keys::of(a, keys::VOCAB_SIZE), n_vocab as u32)?;
     add_spm_vocab(&mut w, n_vocab)?;
-    let dim = |x| {
-        dim_size(
-            x,
-            [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab],
-        )
-    };
-    let tensors = family_tensors(Family::Llama, d.n_layer, true, dim, ty_of);
-    for (name, ty, ne) in &tensors {
-        w.add_tensor(name, *ty, ne)?;
-    }
+    let sizes = [d.n_embd, d.n_head, d.n_head_kv, d.head_dim, d.n_ff, n_vocab];
+    add_family_tensors(&mut w, Family::Llama, d.n_layer, true, sizes, ty_of)?;
     Ok(w)
 }
