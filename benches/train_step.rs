@@ -2,7 +2,9 @@
 //! d_ff 1024, final norm) at batch 16 x 128 tokens: jq-train's step (forward, backward, Adam
 //! with clipping and decay) at 1 and 2 threads, against the seed-style numpy trainer of
 //! make_jarvis.py and PyTorch CPU autograd doing the same step in the same run
-//! (fixtures/jarvis/bench_train.py). Median seconds per step; tokens/s; ratio to numpy.
+//! (fixtures/jarvis/bench_train.py). Median seconds per step (wall, and CPU of the whole
+//! process: all its threads, the figure a machine loaded by other work disturbs least);
+//! tokens/s; ratios to numpy's.
 //!
 //!   cargo bench --bench train_step            # JQ_BENCH_STEPS=3 by default
 //!   PYTHONPATH=/path/with/torch cargo bench --bench train_step
@@ -17,7 +19,8 @@ use std::time::Instant;
 const B: usize = 16;
 const T: usize = 128;
 
-fn ours(threads: usize, steps: usize) -> f64 {
+/// Median (wall, CPU) seconds per step.
+fn ours(threads: usize, steps: usize) -> (f64, f64) {
     let cfg = Config {
         vocab: 15000,
         d_model: 256,
@@ -61,20 +64,38 @@ fn ours(threads: usize, steps: usize) -> f64 {
             targets: ids(1),
             mask: vec![true; B * T],
         };
-        let mut times = Vec::new();
+        let mut wall = Vec::new();
+        let mut cpu = Vec::new();
         for _ in 0..=steps {
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), cpu_seconds());
             let _ = loss_and_grads(&p, &cfg, &batch, &mut g);
             st.update(&mut p, &g, &adam, 1e-3);
-            times.push(t0.elapsed().as_secs_f64());
+            wall.push(t0.elapsed().as_secs_f64());
+            cpu.push(cpu_seconds() - c0);
         }
-        times.remove(0);
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        (median(&mut wall[1..]), median(&mut cpu[1..]))
     })
 }
 
-fn python(imp: &str, threads: usize, steps: usize) -> Result<f64, String> {
+fn median(x: &mut [f64]) -> f64 {
+    x.sort_by(f64::total_cmp);
+    x[x.len() / 2]
+}
+
+/// User + system CPU seconds of this process (all threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is valid.
+    let ru = unsafe {
+        let mut ru = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Median (wall, CPU) seconds per step of the Python implementation `imp`.
+fn python(imp: &str, threads: usize, steps: usize) -> Result<(f64, f64), String> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/jarvis/bench_train.py"
@@ -88,10 +109,11 @@ fn python(imp: &str, threads: usize, steps: usize) -> Result<f64, String> {
         return Err(err.lines().last().unwrap_or("failed").to_string());
     }
     let out = String::from_utf8_lossy(&o.stdout);
-    out.split_whitespace()
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("unexpected output {out:?}"))
+    let field = |i: usize| out.split_whitespace().nth(i).and_then(|s| s.parse().ok());
+    match (field(2), field(4)) {
+        (Some(w), Some(c)) => Ok((w, c)),
+        _ => Err(format!("unexpected output {out:?}")),
+    }
 }
 
 fn main() {
@@ -104,13 +126,16 @@ fn main() {
     let tokens = (B * T) as f64;
     let numpy = python("numpy", 1, steps).expect("numpy anchor (run scripts/setup)");
     println!("Jarvis 12M training step, batch {B} x {T} tokens, median of {steps} steps");
-    println!("| implementation | threads | s/step | tokens/s | vs numpy (1 thread) |");
-    println!("|---|---|---|---|---|");
-    let row = |name: &str, th: usize, s: f64| {
+    println!(
+        "| implementation | threads | s/step | tokens/s | vs numpy (1 thread) | CPU s/step | CPU vs numpy |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let row = |name: &str, th: usize, (s, c): (f64, f64)| {
         println!(
-            "| {name} | {th} | {s:.3} | {:.0} | {:.2}x |",
+            "| {name} | {th} | {s:.3} | {:.0} | {:.2}x | {c:.3} | {:.2}x |",
             tokens / s,
-            numpy / s
+            numpy.0 / s,
+            numpy.1 / c
         );
     };
     row("numpy (make_jarvis.py)", 1, numpy);

@@ -7,6 +7,7 @@ pub mod arch;
 pub mod chat;
 pub mod engine;
 pub mod errors;
+pub mod fastmath;
 pub mod ggml;
 pub mod gguf;
 pub mod models;

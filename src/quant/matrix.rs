@@ -28,7 +28,50 @@ const TEAM_MIN_WEIGHTS: usize = 1 << 14;
 enum Input<'x> {
     F32(&'x [f32]),
     /// Quantized to Q8_0, and the integer kernels this CPU runs.
-    Q8(&'x [BlockQ8_0], Int8),
+    Q8(Q8<'x>, Int8),
+}
+
+/// An input quantized to Q8_0 (one block per 32 elements) and, for the VNNI kernels, what
+/// they precompute once per input block instead of once per weight row: the block scale as
+/// f32 and the offset correction of the unsigned weight bytes per i32 lane (see `Q8Buf`).
+#[derive(Clone, Copy)]
+struct Q8<'x> {
+    blocks: &'x [BlockQ8_0],
+    d: &'x [f32],
+    bias: &'x [[i32; 8]],
+}
+
+impl<'x> Q8<'x> {
+    fn range(&self, r: std::ops::Range<usize>) -> Q8<'x> {
+        let vnni = !self.d.is_empty();
+        Q8 {
+            blocks: &self.blocks[r.clone()],
+            d: if vnni { &self.d[r.clone()] } else { &[] },
+            bias: if vnni { &self.bias[r] } else { &[] },
+        }
+    }
+}
+
+/// The storage behind [`Q8`]. `vpdpbusd` multiplies unsigned bytes by signed ones, so the
+/// VNNI kernels feed it weights shifted to unsigned (Q4_0: the nibble q itself instead of
+/// q - 8; Q8_0: w + 128) and start each i32 lane's sum at `-offset * (sum of the lane's four
+/// input bytes)`, which makes every lane's integer exactly the signed product sum the AVX2
+/// kernel computes, so the results are bit-identical.
+#[derive(Default)]
+struct Q8Buf {
+    blocks: Vec<BlockQ8_0>,
+    d: Vec<f32>,
+    bias: Vec<[i32; 8]>,
+}
+
+impl Q8Buf {
+    fn view(&self) -> Q8<'_> {
+        Q8 {
+            blocks: &self.blocks,
+            d: &self.d,
+            bias: &self.bias,
+        }
+    }
 }
 
 /// Dot product of two f32 slices with independent accumulators (vectorises).
@@ -242,19 +285,7 @@ mod x86 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)))
     }
 
-    /// Sum of products of 32 signed bytes `w` and `x`, as 8 i32 lanes: |w| (unsigned) times
-    /// x with w's sign, four at a time into i32 with AVX-512 VNNI's `vpdpbusd` (the same
-    /// integers as the AVX2 form: no step of either can overflow).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    fn mul_sum_i8_vnni(w: __m256i, x: __m256i) -> __m256 {
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx))
-    }
-
-    /// The Q8_0/Q4_0 kernels, compiled once per instruction set (`avx2`: `maddubs` + `madd`;
-    /// `vnni`: `vpdpbusd`). Both give the same integers per block, so the same results.
+    /// The AVX2 Q8_0/Q4_0 kernels (`maddubs` + `madd` on |w| and x with w's sign).
     macro_rules! int8_kernels {
         ($name:ident, $feat:literal, $mul_sum_i8:ident) => {
             pub mod $name {
@@ -357,32 +388,132 @@ mod x86 {
         };
     }
     int8_kernels!(avx2, "avx2,fma", mul_sum_i8);
-    int8_kernels!(vnni, "avx2,fma,avx512vnni,avx512vl", mul_sum_i8_vnni);
-}
 
-#[inline]
-fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], level: Int8) -> f32 {
-    match level {
-        // SAFETY: the level is what `int8_level` detected on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Int8::Avx2 => unsafe { x86::avx2::dot_q8_0_q8_0(w, x) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Int8::Vnni => unsafe { x86::vnni::dot_q8_0_q8_0(w, x) },
-        _ => dot_q8_0_q8_0_ref(w, x),
+    /// The Q8_0/Q4_0 kernels with AVX-512 VNNI's `vpdpbusd` (unsigned weight bytes times
+    /// signed input bytes, four products into each i32 lane, added to the lane's start value):
+    /// weights enter unsigned (Q4_0 nibbles as stored, Q8_0 bytes + 128) and each lane starts
+    /// at the input's precomputed offset correction, so every lane holds exactly the integer
+    /// of the AVX2 kernel; the block scales are the same f32 products, accumulated in the same
+    /// order, so the results are bit-identical to [`super::avx2`]'s. The input block's f32
+    /// scale and lane offsets are computed once per input (`Q8Buf`), not once per weight row.
+    pub mod vnni {
+        use super::super::super::blocks::{BlockQ4_0, BlockQ8_0};
+        use super::super::Q8;
+        use super::hsum;
+        use std::arch::x86_64::*;
+
+        /// Q4_0 block `a` as 32 unsigned bytes: the 16 low nibbles, then the 16 high ones.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+        fn nibbles(a: &BlockQ4_0) -> __m256i {
+            // SAFETY: qs of Q4_0 is 16 bytes.
+            let q4 = unsafe { _mm_loadu_si128(a.qs.as_ptr().cast()) };
+            let low = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(q4, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q4, 4), low);
+            _mm256_set_m128i(hi, lo)
+        }
+
+        /// Q8_0 block `a` as 32 unsigned bytes `w + 128`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+        fn offset_bytes(a: &BlockQ8_0) -> __m256i {
+            // SAFETY: qs of Q8_0 is 32 bytes.
+            let q = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
+            _mm256_xor_si256(q, _mm256_set1_epi8(i8::MIN))
+        }
+
+        /// `acc += (da * d_i) * lanes(qa . x_i)` for input block `i`.
+        #[inline(always)]
+        unsafe fn step(acc: &mut __m256, qa: __m256i, da: __m256, x: &Q8<'_>, i: usize) {
+            // SAFETY (caller): `i` is in range of x's blocks, scales and offsets; qs is 32
+            // bytes, an offset entry 8 i32.
+            unsafe {
+                let qb = _mm256_loadu_si256(x.blocks[i].qs.as_ptr().cast());
+                let start = _mm256_loadu_si256(x.bias[i].as_ptr().cast());
+                let lanes = _mm256_dpbusd_epi32(start, qa, qb);
+                let d = _mm256_mul_ps(da, _mm256_set1_ps(x.d[i]));
+                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), *acc);
+            }
+        }
+
+        macro_rules! kernels {
+            ($single:ident, $x4:ident, $block:ty, $unpack:ident) => {
+                /// # Safety
+                /// AVX2, FMA, AVX-512 VNNI and VL present; `x` has `w.len()` blocks with
+                /// their scales and offsets.
+                #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+                pub unsafe fn $single(w: &[$block], x: Q8<'_>) -> f32 {
+                    assert!(
+                        x.blocks.len() == w.len()
+                            && x.d.len() == w.len()
+                            && x.bias.len() == w.len()
+                    );
+                    let mut acc = _mm256_setzero_ps();
+                    for (i, a) in w.iter().enumerate() {
+                        let qa = $unpack(a);
+                        let da = _mm256_set1_ps(a.d.to_f32());
+                        // SAFETY: i < w.len() = the input's length (asserted).
+                        unsafe { step(&mut acc, qa, da, &x, i) };
+                    }
+                    hsum(acc)
+                }
+
+                /// The single-input kernel for four inputs, each weight block unpacked once;
+                /// per input the same operations in the same order.
+                ///
+                /// # Safety
+                /// As the single-input kernel, for each input.
+                #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+                pub unsafe fn $x4(w: &[$block], x: [Q8<'_>; 4]) -> [f32; 4] {
+                    for x in &x {
+                        assert!(
+                            x.blocks.len() == w.len()
+                                && x.d.len() == w.len()
+                                && x.bias.len() == w.len()
+                        );
+                    }
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for (i, a) in w.iter().enumerate() {
+                        let qa = $unpack(a);
+                        let da = _mm256_set1_ps(a.d.to_f32());
+                        for (acc, x) in acc.iter_mut().zip(&x) {
+                            // SAFETY: i < w.len() = each input's length (asserted).
+                            unsafe { step(acc, qa, da, x, i) };
+                        }
+                    }
+                    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+                }
+            };
+        }
+        kernels!(dot_q4_0_q8_0, dot_q4_0_q8_0_x4, BlockQ4_0, nibbles);
+        kernels!(dot_q8_0_q8_0, dot_q8_0_q8_0_x4, BlockQ8_0, offset_bytes);
     }
 }
 
 #[inline]
-fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0], level: Int8) -> f32 {
+fn dot_q8_0(w: &[BlockQ8_0], x: &Q8<'_>, level: Int8) -> f32 {
     match level {
         // SAFETY: the level is what `int8_level` detected on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Int8::Avx2 => unsafe { x86::avx2::dot_q4_0_q8_0(w, x) },
-        // SAFETY: as above.
+        Int8::Avx2 => unsafe { x86::avx2::dot_q8_0_q8_0(w, x.blocks) },
+        // SAFETY: as above; a VNNI-level input carries its scales and offsets (`q8_input`).
         #[cfg(target_arch = "x86_64")]
-        Int8::Vnni => unsafe { x86::vnni::dot_q4_0_q8_0(w, x) },
-        _ => dot_q4_0_q8_0_ref(w, x),
+        Int8::Vnni => unsafe { x86::vnni::dot_q8_0_q8_0(w, *x) },
+        _ => dot_q8_0_q8_0_ref(w, x.blocks),
+    }
+}
+
+#[inline]
+fn dot_q4_0(w: &[BlockQ4_0], x: &Q8<'_>, level: Int8) -> f32 {
+    match level {
+        // SAFETY: the level is what `int8_level` detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2 => unsafe { x86::avx2::dot_q4_0_q8_0(w, x.blocks) },
+        // SAFETY: as above; a VNNI-level input carries its scales and offsets (`q8_input`).
+        #[cfg(target_arch = "x86_64")]
+        Int8::Vnni => unsafe { x86::vnni::dot_q4_0_q8_0(w, *x) },
+        _ => dot_q4_0_q8_0_ref(w, x.blocks),
     }
 }
 
@@ -484,28 +615,30 @@ impl<'a> Matrix<'a> {
         let b = self.row_bytes(r);
         #[cfg(target_arch = "x86_64")]
         if let [Input::Q8(x0, l), Input::Q8(x1, _), Input::Q8(x2, _), Input::Q8(x3, _)] = x {
-            let xs = [*x0, *x1, *x2, *x3];
             let n = self.cols / QK;
-            assert!(xs.iter().all(|x| x.len() == n));
+            assert!([x0, x1, x2, x3].iter().all(|x| x.blocks.len() == n));
             let w = b;
+            let blocks = [x0.blocks, x1.blocks, x2.blocks, x3.blocks];
+            let full = [*x0, *x1, *x2, *x3];
             // SAFETY (every call below): the level is what `int8_level` detected on this CPU
-            // (all inputs of one product share it); lengths checked above.
+            // (all inputs of one product share it; VNNI-level inputs carry their scales and
+            // offsets); lengths checked above and by the kernels.
             match (self.ty, l) {
                 (GgmlType::Q8_0, Int8::Avx2) => {
                     // SAFETY: see above.
-                    return unsafe { x86::avx2::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                    return unsafe { x86::avx2::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), blocks) };
                 }
                 (GgmlType::Q8_0, Int8::Vnni) => {
                     // SAFETY: see above.
-                    return unsafe { x86::vnni::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                    return unsafe { x86::vnni::dot_q8_0_q8_0_x4(bytemuck::cast_slice(w), full) };
                 }
                 (GgmlType::Q4_0, Int8::Avx2) => {
                     // SAFETY: see above.
-                    return unsafe { x86::avx2::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                    return unsafe { x86::avx2::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), blocks) };
                 }
                 (GgmlType::Q4_0, Int8::Vnni) => {
                     // SAFETY: see above.
-                    return unsafe { x86::vnni::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), xs) };
+                    return unsafe { x86::vnni::dot_q4_0_q8_0_x4(bytemuck::cast_slice(w), full) };
                 }
                 _ => {}
             }
@@ -546,10 +679,11 @@ impl<'a> Matrix<'a> {
     }
 
     /// `x` quantized to Q8_0 when this matrix's dot products want it (ggml's scheme for Q8_0
-    /// and Q4_0 weights), else nothing.
-    fn q8_input(&self, x: &[f32]) -> Vec<BlockQ8_0> {
+    /// and Q4_0 weights), with the VNNI kernels' per-block scales and lane offsets where those
+    /// kernels run; else nothing.
+    fn q8_input(&self, x: &[f32]) -> Q8Buf {
         if !self.quantized() {
-            return Vec::new();
+            return Q8Buf::default();
         }
         let mut blocks = vec![BlockQ8_0::zeroed(); x.len() / QK];
         for (xr, b) in x
@@ -558,10 +692,25 @@ impl<'a> Matrix<'a> {
         {
             super::Q8_0Codec::quantize_row_fast(xr, b);
         }
-        blocks
+        let (mut d, mut bias) = (Vec::new(), Vec::new());
+        if int8_level() == Int8::Vnni {
+            let offset = if self.ty == GgmlType::Q4_0 { 8 } else { 128 };
+            d = blocks.iter().map(|b| b.d.to_f32()).collect();
+            bias = blocks
+                .iter()
+                .map(|b| {
+                    let mut lanes = [0i32; 8];
+                    for (l, q) in lanes.iter_mut().zip(b.qs.chunks_exact(4)) {
+                        *l = -offset * q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    }
+                    lanes
+                })
+                .collect();
+        }
+        Q8Buf { blocks, d, bias }
     }
 
-    fn input<'x>(&self, x: &'x [f32], q8: &'x [BlockQ8_0]) -> Input<'x> {
+    fn input<'x>(&self, x: &'x [f32], q8: Q8<'x>) -> Input<'x> {
         if self.quantized() {
             Input::Q8(q8, int8_level())
         } else {
@@ -577,7 +726,7 @@ impl<'a> Matrix<'a> {
         assert_eq!(x.len(), self.cols);
         assert_eq!(y.len(), self.rows);
         let q8 = self.q8_input(x);
-        let x = &self.input(x, &q8);
+        let x = &self.input(x, q8.view());
         let out = y.as_mut_ptr() as usize;
         team.for_ranges(self.rows, &|r| {
             // SAFETY: `for_ranges` hands each member a disjoint range of 0..rows, and `y` has
@@ -598,34 +747,46 @@ impl<'a> Matrix<'a> {
         assert_eq!(ys.len(), n * self.rows);
         let per_row = self.cols / QK;
         let q8 = self.q8_input(xs);
+        let q8 = q8.view();
         let input = |t: usize| {
             let x = &xs[t * self.cols..(t + 1) * self.cols];
             if self.quantized() {
-                self.input(x, &q8[t * per_row..(t + 1) * per_row])
+                self.input(x, q8.range(t * per_row..(t + 1) * per_row))
             } else {
-                self.input(x, &[])
+                Input::F32(x)
             }
         };
         let out = ys.as_mut_ptr() as usize;
         let rows = self.rows;
         let inputs: Vec<Input<'_>> = (0..n).map(input).collect();
+        // Inputs in tiles of about 16 KiB, each tile against every row, so a tile stays in L1
+        // while the rows stream past (the weights of one product are small enough for L2).
+        let input_bytes = if self.quantized() {
+            per_row * (std::mem::size_of::<BlockQ8_0>() + 36)
+        } else {
+            self.cols * 4
+        };
+        let tile = (16384 / input_bytes.max(1)).clamp(4, 64) / 4 * 4;
         team.for_ranges(self.rows, &|r| {
             let put = |t: usize, row: usize, v: f32| {
                 // SAFETY: members own disjoint row ranges, so each (t, row) element is
                 // written by exactly one thread; the index is < n * rows = ys.len().
                 unsafe { *(out as *mut f32).add(t * rows + row) = v };
             };
-            for row in r {
-                let mut groups = inputs.chunks_exact(4);
-                for (g, x) in (&mut groups).enumerate() {
-                    let v = self.row_dot4(row, [&x[0], &x[1], &x[2], &x[3]]);
-                    for (j, v) in v.into_iter().enumerate() {
-                        put(4 * g + j, row, v);
+            for (k, inputs) in inputs.chunks(tile).enumerate() {
+                let t0 = k * tile;
+                for row in r.clone() {
+                    let mut groups = inputs.chunks_exact(4);
+                    for (g, x) in (&mut groups).enumerate() {
+                        let v = self.row_dot4(row, [&x[0], &x[1], &x[2], &x[3]]);
+                        for (j, v) in v.into_iter().enumerate() {
+                            put(t0 + 4 * g + j, row, v);
+                        }
                     }
-                }
-                let done = n - groups.remainder().len();
-                for (j, x) in groups.remainder().iter().enumerate() {
-                    put(done + j, row, self.row_dot(row, x));
+                    let done = inputs.len() - groups.remainder().len();
+                    for (j, x) in groups.remainder().iter().enumerate() {
+                        put(t0 + done + j, row, self.row_dot(row, x));
+                    }
                 }
             }
         });
@@ -637,7 +798,7 @@ impl<'a> Matrix<'a> {
         assert_eq!(x.len(), self.cols);
         assert_eq!(y.len(), self.rows);
         let q8 = self.q8_input(x);
-        let x = self.input(x, &q8);
+        let x = self.input(x, q8.view());
         for (r, o) in y.iter_mut().enumerate() {
             *o = self.row_dot(r, &x);
         }
@@ -657,33 +818,48 @@ mod tests {
             let n = 32 * (1 + seed as usize % 9);
             let w = crate::synth::weights(seed, n, 3.0);
             let x = crate::synth::weights(seed + 100, n, 1.0);
+            let w8b = super::super::quantize_to_vec(GgmlType::Q8_0, &w).unwrap();
+            let w4b = super::super::quantize_to_vec(GgmlType::Q4_0, &w).unwrap();
+            let w8: &[BlockQ8_0] = bytemuck::cast_slice(&w8b);
+            let w4: &[BlockQ4_0] = bytemuck::cast_slice(&w4b);
+            // The input as each matrix type prepares it (with the VNNI offsets where they run).
+            let x8 = Matrix::new(GgmlType::Q8_0, 1, n, &w8b)
+                .unwrap()
+                .q8_input(&x);
+            let x4 = Matrix::new(GgmlType::Q4_0, 1, n, &w4b)
+                .unwrap()
+                .q8_input(&x);
+            let (x8, x4) = (x8.view(), x4.view());
             let xq: Vec<BlockQ8_0> =
                 bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q8_0, &x).unwrap())
                     .to_vec();
-            let w8: Vec<BlockQ8_0> =
-                bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q8_0, &w).unwrap())
-                    .to_vec();
-            let w4: Vec<BlockQ4_0> =
-                bytemuck::cast_slice(&super::super::quantize_to_vec(GgmlType::Q4_0, &w).unwrap())
-                    .to_vec();
-            let (a, b) = (dot_q8_0(&w8, &xq, Int8::Avx2), dot_q8_0_q8_0_ref(&w8, &xq));
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(x8.blocks),
+                bytemuck::cast_slice::<_, u8>(&xq)
+            );
+            let (a, b) = (dot_q8_0(w8, &x8, Int8::Avx2), dot_q8_0_q8_0_ref(w8, &xq));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q8: {a} vs {b}");
-            let (a, b) = (dot_q4_0(&w4, &xq, Int8::Avx2), dot_q4_0_q8_0_ref(&w4, &xq));
+            let (a, b) = (dot_q4_0(w4, &x4, Int8::Avx2), dot_q4_0_q8_0_ref(w4, &xq));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "q4: {a} vs {b}");
-            // The VNNI kernels compute the same integers, so the same floats, bit for bit.
+            // The VNNI kernels compute the same integers, so the same floats, bit for bit,
+            // one input or four.
             if int8_level() == Int8::Vnni {
                 for (x, y) in [
-                    (
-                        dot_q8_0(&w8, &xq, Int8::Vnni),
-                        dot_q8_0(&w8, &xq, Int8::Avx2),
-                    ),
-                    (
-                        dot_q4_0(&w4, &xq, Int8::Vnni),
-                        dot_q4_0(&w4, &xq, Int8::Avx2),
-                    ),
+                    (dot_q8_0(w8, &x8, Int8::Vnni), dot_q8_0(w8, &x8, Int8::Avx2)),
+                    (dot_q4_0(w4, &x4, Int8::Vnni), dot_q4_0(w4, &x4, Int8::Avx2)),
                 ] {
                     assert_eq!(x.to_bits(), y.to_bits());
                 }
+                // SAFETY: VNNI detected; the inputs have the weights' length and offsets.
+                let (q8x4, q4x4) = unsafe {
+                    (
+                        x86::vnni::dot_q8_0_q8_0_x4(w8, [x8; 4]),
+                        x86::vnni::dot_q4_0_q8_0_x4(w4, [x4; 4]),
+                    )
+                };
+                let (a8, a4) = (dot_q8_0(w8, &x8, Int8::Avx2), dot_q4_0(w4, &x4, Int8::Avx2));
+                assert!(q8x4.iter().all(|v| v.to_bits() == a8.to_bits()));
+                assert!(q4x4.iter().all(|v| v.to_bits() == a4.to_bits()));
             }
         }
     }
@@ -692,7 +868,8 @@ mod tests {
     /// equals one `matvec` per input bit for bit, for every type and with 1 or 2 threads.
     #[test]
     fn matmul_equals_matvec_bit_for_bit() {
-        let (rows, cols, n) = (67, 128, 7);
+        // 70 inputs: several input tiles, each ending in a group of fewer than four.
+        let (rows, cols, n) = (67, 128, 70);
         let w = crate::synth::weights(11, rows * cols, 1.0);
         let xs = crate::synth::weights(12, n * cols, 1.0);
         for ty in [

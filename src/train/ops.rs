@@ -1,20 +1,19 @@
-//! Dense kernels of the trainer: matrix products (matrixmultiply's sgemm, parallel over fixed
-//! row blocks), LayerNorm and tanh-GELU forward and backward.
+//! Dense kernels of the trainer: matrix products (matrixmultiply's sgemm, parallel over one
+//! block of rows or columns per thread), LayerNorm and tanh-GELU forward and backward.
 //!
-//! Determinism: work is split into blocks whose size is a constant, never derived from the
-//! thread count, and every reduction runs in a fixed order inside its block (partial sums of
-//! blocks are added in block order). So the result of every kernel is the same bit for bit
-//! whatever `--threads` is.
+//! Determinism: every reduction runs in a fixed order that does not depend on the thread
+//! count: the row-wise kernels split into blocks of constant size (partial sums of blocks are
+//! added in block order), and a matrix product's split changes which thread computes an
+//! output element, never the order of its sum (see [`matmul`]). So the result of every kernel
+//! is the same bit for bit whatever `--threads` is.
 
+use crate::fastmath::exp_f32;
 use rayon::prelude::*;
 
-/// Rows of the output per parallel task when the output is tall (`m >= 2 * ROW_BLOCK`); else
-/// the output is split into blocks of `COL_BLOCK` columns. Large blocks matter: sgemm packs
-/// the shared operand again for every block.
-const ROW_BLOCK: usize = 512;
-const COL_BLOCK: usize = 512;
 /// Rows per task of the row-wise kernels (LayerNorm sums).
 const SUM_BLOCK: usize = 64;
+/// Below this many multiply-adds a product runs on the calling thread.
+const SERIAL_WORK: usize = 1 << 18;
 
 /// How a stored matrix is read: as stored (`[rows, cols]` row-major) or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +24,12 @@ pub enum Op {
 
 /// `c (m x n) = op(a) (m x k) @ op(b) (k x n)` (or `+=` with `accumulate`), row-major, each
 /// operand contiguous: `a` is stored `[m, k]` for `Op::N` and `[k, m]` for `Op::T`, likewise
-/// `b` is `[k, n]` or `[n, k]`. Parallel over fixed blocks of rows or of columns of `c`.
+/// `b` is `[k, n]` or `[n, k]`. Parallel over one block of rows (tall outputs) or of columns
+/// (wide ones) per thread: sgemm packs the shared operand once per call, so fewer, larger
+/// blocks pack less. The split does not change a single bit of the result: sgemm sums each
+/// output element over `k` in the same order whatever rows and columns it is given (the
+/// unit test `matmul_is_the_same_for_every_split` checks it), so the determinism across
+/// `--threads` holds although the blocks follow the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
@@ -38,22 +42,55 @@ pub fn matmul(
     c: &mut [f32],
     accumulate: bool,
 ) {
+    matmul_split(
+        m,
+        k,
+        n,
+        a,
+        ta,
+        b,
+        tb,
+        c,
+        accumulate,
+        rayon::current_num_threads(),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_split(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: Op,
+    b: &[f32],
+    tb: Op,
+    c: &mut [f32],
+    accumulate: bool,
+    parts: usize,
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if m == 0 || n == 0 {
         return;
     }
-    if m >= 2 * ROW_BLOCK || n <= COL_BLOCK {
+    if parts <= 1 || m * n * k.max(1) < SERIAL_WORK {
+        matmul_serial(m, k, n, a, ta, b, tb, c, accumulate);
+        return;
+    }
+    let (rsb, csb) = b_strides(tb, k, n);
+    if m >= n {
+        // Row blocks, a multiple of 16 rows (the sgemm kernel's tile height) each.
+        let rows_per = m.div_ceil(parts).next_multiple_of(16);
         c[..m * n]
-            .par_chunks_mut(ROW_BLOCK * n)
+            .par_chunks_mut(rows_per * n)
             .enumerate()
             .for_each(|(blk, cb)| {
-                let r0 = blk * ROW_BLOCK;
+                let r0 = blk * rows_per;
                 let rows = cb.len() / n;
                 let a_off = match ta {
                     Op::N => r0 * k,
                     Op::T => r0,
                 };
-                let (rsb, csb) = b_strides(tb, k, n);
                 gemm_raw(
                     rows,
                     k,
@@ -73,12 +110,12 @@ pub fn matmul(
         return;
     }
     // Column blocks: each task writes a disjoint set of columns of `c`.
+    let cols_per = n.div_ceil(parts).next_multiple_of(16);
     let out = SendPtr(c.as_mut_ptr());
     let len = c.len();
-    (0..n.div_ceil(COL_BLOCK)).into_par_iter().for_each(|blk| {
-        let c0 = blk * COL_BLOCK;
-        let cols = COL_BLOCK.min(n - c0);
-        let (rsb, csb) = b_strides(tb, k, n);
+    (0..n.div_ceil(cols_per)).into_par_iter().for_each(|blk| {
+        let c0 = blk * cols_per;
+        let cols = cols_per.min(n - c0);
         let out = &out;
         gemm_raw(
             m,
@@ -305,32 +342,36 @@ fn column_sums2(dy: &[f32], xhat: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
 const GELU_C: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_A: f32 = 0.044715;
 
-/// `gelu(u) = 0.5 u (1 + tanh(c (u + a u^3)))`; also returns the tanh values for the backward.
+/// `gelu(u) = 0.5 u (1 + tanh(c (u + a u^3)))`, computed as `u * sigmoid(2 c (u + a u^3))`
+/// (the same function: 1 + tanh(z) = 2 sigmoid(2z)) with the libm-free exp, so the loop
+/// vectorises; also returns the sigmoid values for the backward.
 pub fn gelu(u: &[f32], out: &mut [f32]) -> Vec<f32> {
-    let mut th = vec![0f32; u.len()];
+    let mut sig = vec![0f32; u.len()];
     out.par_chunks_mut(4096)
-        .zip(th.par_chunks_mut(4096))
+        .zip(sig.par_chunks_mut(4096))
         .zip(u.par_chunks(4096))
-        .for_each(|((o, t), u)| {
+        .for_each(|((o, sg), u)| {
             for i in 0..u.len() {
                 let x = u[i];
-                t[i] = (GELU_C * (x + GELU_A * x * x * x)).tanh();
-                o[i] = 0.5 * x * (1.0 + t[i]);
+                let s = 1.0 / (1.0 + exp_f32(-2.0 * GELU_C * (x + GELU_A * x * x * x)));
+                sg[i] = s;
+                o[i] = x * s;
             }
         });
-    th
+    sig
 }
 
-/// In place: `d <- d * gelu'(u)`.
-pub fn gelu_backward(d: &mut [f32], u: &[f32], th: &[f32]) {
+/// In place: `d <- d * gelu'(u)`, with `sig` from [`gelu`]:
+/// `gelu'(u) = s + 2 u s (1 - s) c (1 + 3 a u^2)`, `s = sigmoid(2 c (u + a u^3))`.
+pub fn gelu_backward(d: &mut [f32], u: &[f32], sig: &[f32]) {
     d.par_chunks_mut(4096)
         .zip(u.par_chunks(4096))
-        .zip(th.par_chunks(4096))
-        .for_each(|((d, u), t)| {
+        .zip(sig.par_chunks(4096))
+        .for_each(|((d, u), sg)| {
             for i in 0..d.len() {
                 let x = u[i];
-                let dt = (1.0 - t[i] * t[i]) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
-                d[i] *= 0.5 * (1.0 + t[i]) + 0.5 * x * dt;
+                let s = sg[i];
+                d[i] *= s + 2.0 * x * s * (1.0 - s) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
             }
         });
 }
@@ -368,6 +409,37 @@ mod tests {
             }
         }
         c
+    }
+
+    /// Every split (1 to 7 parts, rows and columns) gives the bits of one whole sgemm call.
+    #[test]
+    fn matmul_is_the_same_for_every_split() {
+        for (m, k, n) in [(300, 70, 45), (37, 300, 290), (129, 257, 131)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919 % 1013) as f32).sin())
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729 % 997) as f32).cos())
+                .collect();
+            for ta in [Op::N, Op::T] {
+                for tb in [Op::N, Op::T] {
+                    for acc in [false, true] {
+                        let init: Vec<f32> = (0..m * n).map(|i| (i as f32).sqrt()).collect();
+                        let mut whole = init.clone();
+                        matmul_serial(m, k, n, &a, ta, &b, tb, &mut whole, acc);
+                        for parts in 1..=7 {
+                            let mut c = init.clone();
+                            matmul_split(m, k, n, &a, ta, &b, tb, &mut c, acc, parts);
+                            let same = c
+                                .iter()
+                                .zip(&whole)
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "{m}x{k}x{n} {ta:?} {tb:?} acc {acc} parts {parts}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
