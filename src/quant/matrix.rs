@@ -31,45 +31,53 @@ enum Input<'x> {
     Q8(Q8<'x>, Int8),
 }
 
-/// An input quantized to Q8_0 (one block per 32 elements) and, for the VNNI kernels, what
-/// they precompute once per input block instead of once per weight row: the block scale as
-/// f32 and the offset correction of the unsigned weight bytes per i32 lane (see `Q8Buf`).
+/// An input quantized to Q8_0 (one block per 32 elements) and, for the VNNI kernels, the
+/// same blocks in the form they read ([`VnniBlock`], empty at other levels).
 #[derive(Clone, Copy)]
 struct Q8<'x> {
     blocks: &'x [BlockQ8_0],
-    d: &'x [f32],
-    bias: &'x [[i32; 8]],
+    vnni: &'x [VnniBlock],
 }
 
 impl<'x> Q8<'x> {
     fn range(&self, r: std::ops::Range<usize>) -> Q8<'x> {
-        let vnni = !self.d.is_empty();
         Q8 {
             blocks: &self.blocks[r.clone()],
-            d: if vnni { &self.d[r.clone()] } else { &[] },
-            bias: if vnni { &self.bias[r] } else { &[] },
+            vnni: if self.vnni.is_empty() {
+                &[]
+            } else {
+                &self.vnni[r]
+            },
         }
     }
 }
 
-/// The storage behind [`Q8`]. `vpdpbusd` multiplies unsigned bytes by signed ones, so the
-/// VNNI kernels feed it weights shifted to unsigned (Q4_0: the nibble q itself instead of
-/// q - 8; Q8_0: w + 128) and start each i32 lane's sum at `-offset * (sum of the lane's four
-/// input bytes)`, which makes every lane's integer exactly the signed product sum the AVX2
-/// kernel computes, so the results are bit-identical.
+/// One input block as the VNNI kernels read it, computed once per input instead of once per
+/// weight row. `vpdpbusd` multiplies unsigned bytes by signed ones, so those kernels feed it
+/// weights shifted to unsigned (Q4_0: the nibble q itself instead of q - 8; Q8_0: w + 128)
+/// and start each i32 lane's sum at `start` = `-offset * (sum of the lane's four input
+/// bytes)`, which makes every lane's integer exactly the signed product sum of the AVX2
+/// kernel, so the results are bit-identical. `d` is the block's f16 scale as f32.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct VnniBlock {
+    start: [i32; 8],
+    qs: [i8; 32],
+    d: f32,
+}
+
+/// The storage behind [`Q8`].
 #[derive(Default)]
 struct Q8Buf {
     blocks: Vec<BlockQ8_0>,
-    d: Vec<f32>,
-    bias: Vec<[i32; 8]>,
+    vnni: Vec<VnniBlock>,
 }
 
 impl Q8Buf {
     fn view(&self) -> Q8<'_> {
         Q8 {
             blocks: &self.blocks,
-            d: &self.d,
-            bias: &self.bias,
+            vnni: &self.vnni,
         }
     }
 }
@@ -395,10 +403,10 @@ mod x86 {
     /// at the input's precomputed offset correction, so every lane holds exactly the integer
     /// of the AVX2 kernel; the block scales are the same f32 products, accumulated in the same
     /// order, so the results are bit-identical to [`super::avx2`]'s. The input block's f32
-    /// scale and lane offsets are computed once per input (`Q8Buf`), not once per weight row.
+    /// scale and lane offsets are computed once per input ([`VnniBlock`]), not once per row.
     pub mod vnni {
         use super::super::super::blocks::{BlockQ4_0, BlockQ8_0};
-        use super::super::Q8;
+        use super::super::VnniBlock;
         use super::hsum;
         use std::arch::x86_64::*;
 
@@ -423,16 +431,15 @@ mod x86 {
             _mm256_xor_si256(q, _mm256_set1_epi8(i8::MIN))
         }
 
-        /// `acc += (da * d_i) * lanes(qa . x_i)` for input block `i`.
+        /// `acc += (da * x.d) * lanes(qa . x)` for input block `x`.
         #[inline(always)]
-        unsafe fn step(acc: &mut __m256, qa: __m256i, da: __m256, x: &Q8<'_>, i: usize) {
-            // SAFETY (caller): `i` is in range of x's blocks, scales and offsets; qs is 32
-            // bytes, an offset entry 8 i32.
+        unsafe fn step(acc: &mut __m256, qa: __m256i, da: __m256, x: &VnniBlock) {
+            // SAFETY (caller: the features are present): qs is 32 bytes, start 8 i32.
             unsafe {
-                let qb = _mm256_loadu_si256(x.blocks[i].qs.as_ptr().cast());
-                let start = _mm256_loadu_si256(x.bias[i].as_ptr().cast());
+                let qb = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                let start = _mm256_loadu_si256(x.start.as_ptr().cast());
                 let lanes = _mm256_dpbusd_epi32(start, qa, qb);
-                let d = _mm256_mul_ps(da, _mm256_set1_ps(x.d[i]));
+                let d = _mm256_mul_ps(da, _mm256_set1_ps(x.d));
                 *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), *acc);
             }
         }
@@ -440,21 +447,16 @@ mod x86 {
         macro_rules! kernels {
             ($single:ident, $x4:ident, $block:ty, $unpack:ident) => {
                 /// # Safety
-                /// AVX2, FMA, AVX-512 VNNI and VL present; `x` has `w.len()` blocks with
-                /// their scales and offsets.
+                /// AVX2, FMA, AVX-512 VNNI and VL present.
                 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-                pub unsafe fn $single(w: &[$block], x: Q8<'_>) -> f32 {
-                    assert!(
-                        x.blocks.len() == w.len()
-                            && x.d.len() == w.len()
-                            && x.bias.len() == w.len()
-                    );
+                pub unsafe fn $single(w: &[$block], x: &[VnniBlock]) -> f32 {
+                    assert_eq!(x.len(), w.len());
                     let mut acc = _mm256_setzero_ps();
-                    for (i, a) in w.iter().enumerate() {
+                    for (a, x) in w.iter().zip(x) {
                         let qa = $unpack(a);
                         let da = _mm256_set1_ps(a.d.to_f32());
-                        // SAFETY: i < w.len() = the input's length (asserted).
-                        unsafe { step(&mut acc, qa, da, &x, i) };
+                        // SAFETY: the features are present (this function's contract).
+                        unsafe { step(&mut acc, qa, da, x) };
                     }
                     hsum(acc)
                 }
@@ -463,23 +465,22 @@ mod x86 {
                 /// per input the same operations in the same order.
                 ///
                 /// # Safety
-                /// As the single-input kernel, for each input.
+                /// As the single-input kernel.
                 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-                pub unsafe fn $x4(w: &[$block], x: [Q8<'_>; 4]) -> [f32; 4] {
-                    for x in &x {
-                        assert!(
-                            x.blocks.len() == w.len()
-                                && x.d.len() == w.len()
-                                && x.bias.len() == w.len()
-                        );
-                    }
+                pub unsafe fn $x4(w: &[$block], x: [&[VnniBlock]; 4]) -> [f32; 4] {
+                    let [x0, x1, x2, x3] = x;
+                    let n = w.len();
+                    assert!(x0.len() == n && x1.len() == n && x2.len() == n && x3.len() == n);
                     let mut acc = [_mm256_setzero_ps(); 4];
                     for (i, a) in w.iter().enumerate() {
                         let qa = $unpack(a);
                         let da = _mm256_set1_ps(a.d.to_f32());
-                        for (acc, x) in acc.iter_mut().zip(&x) {
-                            // SAFETY: i < w.len() = each input's length (asserted).
-                            unsafe { step(acc, qa, da, x, i) };
+                        // SAFETY: the features are present; i < n = every input's length.
+                        unsafe {
+                            step(&mut acc[0], qa, da, x0.get_unchecked(i));
+                            step(&mut acc[1], qa, da, x1.get_unchecked(i));
+                            step(&mut acc[2], qa, da, x2.get_unchecked(i));
+                            step(&mut acc[3], qa, da, x3.get_unchecked(i));
                         }
                     }
                     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
@@ -499,7 +500,7 @@ fn dot_q8_0(w: &[BlockQ8_0], x: &Q8<'_>, level: Int8) -> f32 {
         Int8::Avx2 => unsafe { x86::avx2::dot_q8_0_q8_0(w, x.blocks) },
         // SAFETY: as above; a VNNI-level input carries its scales and offsets (`q8_input`).
         #[cfg(target_arch = "x86_64")]
-        Int8::Vnni => unsafe { x86::vnni::dot_q8_0_q8_0(w, *x) },
+        Int8::Vnni => unsafe { x86::vnni::dot_q8_0_q8_0(w, x.vnni) },
         _ => dot_q8_0_q8_0_ref(w, x.blocks),
     }
 }
@@ -512,7 +513,7 @@ fn dot_q4_0(w: &[BlockQ4_0], x: &Q8<'_>, level: Int8) -> f32 {
         Int8::Avx2 => unsafe { x86::avx2::dot_q4_0_q8_0(w, x.blocks) },
         // SAFETY: as above; a VNNI-level input carries its scales and offsets (`q8_input`).
         #[cfg(target_arch = "x86_64")]
-        Int8::Vnni => unsafe { x86::vnni::dot_q4_0_q8_0(w, *x) },
+        Int8::Vnni => unsafe { x86::vnni::dot_q4_0_q8_0(w, x.vnni) },
         _ => dot_q4_0_q8_0_ref(w, x.blocks),
     }
 }
@@ -619,7 +620,7 @@ impl<'a> Matrix<'a> {
             assert!([x0, x1, x2, x3].iter().all(|x| x.blocks.len() == n));
             let w = b;
             let blocks = [x0.blocks, x1.blocks, x2.blocks, x3.blocks];
-            let full = [*x0, *x1, *x2, *x3];
+            let full = [x0.vnni, x1.vnni, x2.vnni, x3.vnni];
             // SAFETY (every call below): the level is what `int8_level` detected on this CPU
             // (all inputs of one product share it; VNNI-level inputs carry their scales and
             // offsets); lengths checked above and by the kernels.
@@ -692,22 +693,25 @@ impl<'a> Matrix<'a> {
         {
             super::Q8_0Codec::quantize_row_fast(xr, b);
         }
-        let (mut d, mut bias) = (Vec::new(), Vec::new());
+        let mut vnni = Vec::new();
         if int8_level() == Int8::Vnni {
             let offset = if self.ty == GgmlType::Q4_0 { 8 } else { 128 };
-            d = blocks.iter().map(|b| b.d.to_f32()).collect();
-            bias = blocks
+            vnni = blocks
                 .iter()
                 .map(|b| {
-                    let mut lanes = [0i32; 8];
-                    for (l, q) in lanes.iter_mut().zip(b.qs.chunks_exact(4)) {
+                    let mut start = [0i32; 8];
+                    for (l, q) in start.iter_mut().zip(b.qs.chunks_exact(4)) {
                         *l = -offset * q.iter().map(|&v| i32::from(v)).sum::<i32>();
                     }
-                    lanes
+                    VnniBlock {
+                        start,
+                        qs: b.qs,
+                        d: b.d.to_f32(),
+                    }
                 })
                 .collect();
         }
-        Q8Buf { blocks, d, bias }
+        Q8Buf { blocks, vnni }
     }
 
     fn input<'x>(&self, x: &'x [f32], q8: Q8<'x>) -> Input<'x> {
@@ -762,7 +766,7 @@ impl<'a> Matrix<'a> {
         // Inputs in tiles of about 16 KiB, each tile against every row, so a tile stays in L1
         // while the rows stream past (the weights of one product are small enough for L2).
         let input_bytes = if self.quantized() {
-            per_row * (std::mem::size_of::<BlockQ8_0>() + 36)
+            per_row * std::mem::size_of::<VnniBlock>()
         } else {
             self.cols * 4
         };
@@ -853,8 +857,8 @@ mod tests {
                 // SAFETY: VNNI detected; the inputs have the weights' length and offsets.
                 let (q8x4, q4x4) = unsafe {
                     (
-                        x86::vnni::dot_q8_0_q8_0_x4(w8, [x8; 4]),
-                        x86::vnni::dot_q4_0_q8_0_x4(w4, [x4; 4]),
+                        x86::vnni::dot_q8_0_q8_0_x4(w8, [x8.vnni; 4]),
+                        x86::vnni::dot_q4_0_q8_0_x4(w4, [x4.vnni; 4]),
                     )
                 };
                 let (a8, a4) = (dot_q8_0(w8, &x8, Int8::Avx2), dot_q4_0(w4, &x4, Int8::Avx2));
