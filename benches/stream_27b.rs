@@ -16,7 +16,8 @@
 //! floor and host-layer runs; `JQ_BENCH_DIRECT_IO=1` (or `JQ_BENCH_DIRECT=1`) reads with
 //! O_DIRECT, no page cache: the case of a model larger than memory; `JQ_BENCH_NO_REPACK=1`
 //! keeps the weights in the file's layout instead of ggml's CPU_REPACK one;
-//! `JQ_BENCH_ROUNDS` repeats the `JQ_BENCH_PARALLEL` levels interleaved, default 1).
+//! `JQ_BENCH_ROUNDS` repeats the `JQ_BENCH_PARALLEL` levels interleaved, default 1;
+//! `JQ_BENCH_PARALLEL_ONLY=1` runs only those).
 
 use jq::engine::llama::Llama;
 use jq::engine::plan::{fmt_size, parse_size};
@@ -105,6 +106,11 @@ fn main() -> anyhow::Result<()> {
         repack: env("JQ_BENCH_NO_REPACK").is_none(),
         ..StreamOptions::default()
     };
+    if env("JQ_BENCH_PARALLEL_ONLY").is_some() {
+        let rows = parallel_levels(&path, &opts, n_decode, &prompt)?;
+        print_parallel(&rows, opts.direct_io);
+        return Ok(());
+    }
     let t = Instant::now();
     let mut s = Streamer::open(&path, &opts)?;
     let open_s = t.elapsed().as_secs_f64();
@@ -233,59 +239,7 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    // JQ_BENCH_PARALLEL=1,4,16: several sequences decoded together (one sweep of the streamed
-    // layers per step for all of them): aggregate tokens/s vs one sequence, same plan rules.
-    let mut par_rows = Vec::new();
-    if let Some(list) = env("JQ_BENCH_PARALLEL") {
-        let levels: Vec<usize> = list
-            .split(',')
-            .filter_map(|x| x.trim().parse::<usize>().ok())
-            .collect();
-        let rounds: usize = env("JQ_BENCH_ROUNDS").map_or(1, |v| v.parse().unwrap_or(1).max(1));
-        let mut runs: Vec<Vec<Par>> = vec![Vec::new(); levels.len()];
-        for round in 0..rounds {
-            for (li, &n) in levels.iter().enumerate() {
-                let r = parallel_run(&path, &opts, n, n_decode, &prompt)?;
-                println!(
-                    "round {round}, {n} sequence(s): {:.2} s/step, compute {:.2} s, wait {:.2} s, {} streamed per step ({:.2} sweeps), reader {:.2} GB/s, read overlapped with compute {:.0}%, load {}",
-                    r.step_s, r.compute_s, r.wait_s, fmt_size(r.bytes_per_step), r.sweeps, r.read_gbps, 100.0 * r.overlap, loadavg()
-                );
-                runs[li].push(r);
-            }
-        }
-        let med = |v: &mut Vec<f64>| -> f64 {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let mut base = None;
-        for (li, &n) in levels.iter().enumerate() {
-            let rs = &runs[li];
-            let mut agg: Vec<f64> = rs.iter().map(|r| n as f64 / r.step_s).collect();
-            let (lo, hi) = (
-                agg.iter().copied().fold(f64::MAX, f64::min),
-                agg.iter().copied().fold(0.0, f64::max),
-            );
-            let a = med(&mut agg);
-            let b = *base.get_or_insert(a);
-            let mut step: Vec<f64> = rs.iter().map(|r| r.step_s).collect();
-            let mut comp: Vec<f64> = rs.iter().map(|r| r.compute_s).collect();
-            let mut wait: Vec<f64> = rs.iter().map(|r| r.wait_s).collect();
-            let mut ov: Vec<f64> = rs.iter().map(|r| r.overlap).collect();
-            let r0 = &rs[0];
-            let (step, comp, wait) = (med(&mut step), med(&mut comp), med(&mut wait));
-            par_rows.push(format!(
-                "| {n} | {} / {} | {step:.2} | {comp:.2} | {wait:.2} | {} | {:.3} | {:.2} | {a:.2} ({lo:.2}-{hi:.2}) | {:.2}x | {:.0}% | {} |",
-                r0.streamed,
-                r0.resident,
-                fmt_size(r0.bytes_per_step),
-                r0.bytes_per_step as f64 / n as f64 / 1e9,
-                r0.sweeps,
-                a / b,
-                100.0 * med(&mut ov),
-                if wait > 0.1 * step { "I/O" } else { "compute" },
-            ));
-        }
-    }
+    let par_rows = parallel_levels(&path, &opts, n_decode, &prompt)?;
     if env("JQ_BENCH_NO_LLAMA").is_none() {
         let t = Instant::now();
         let llama = Llama::load(&path)?;
@@ -309,16 +263,87 @@ fn main() -> anyhow::Result<()> {
     for r in rows {
         println!("{r}");
     }
-    if !par_rows.is_empty() {
+    print_parallel(&par_rows, opts.direct_io);
+    Ok(())
+}
+
+/// `JQ_BENCH_PARALLEL` levels, `JQ_BENCH_ROUNDS` times interleaved: one table row per level.
+fn parallel_levels(
+    path: &std::path::Path,
+    opts: &StreamOptions,
+    n_decode: usize,
+    prompt: &[u32],
+) -> anyhow::Result<Vec<String>> {
+    // JQ_BENCH_PARALLEL=1,4,16: several sequences decoded together (one sweep of the streamed
+    // layers per step for all of them): aggregate tokens/s vs one sequence, same plan rules.
+    let mut par_rows = Vec::new();
+    if let Some(list) = env("JQ_BENCH_PARALLEL") {
+        let levels: Vec<usize> = list
+            .split(',')
+            .filter_map(|x| x.trim().parse::<usize>().ok())
+            .collect();
+        let rounds: usize = env("JQ_BENCH_ROUNDS").map_or(1, |v| v.parse().unwrap_or(1).max(1));
+        let mut runs: Vec<Vec<Par>> = vec![Vec::new(); levels.len()];
+        for round in 0..rounds {
+            for (li, &n) in levels.iter().enumerate() {
+                let r = parallel_run(path, opts, n, n_decode, prompt)?;
+                println!(
+                    "round {round}, {n} sequence(s): {:.2} s/step, compute {:.2} s, wait {:.2} s, {} streamed per step ({:.2} sweeps), reader {:.2} GB/s, busy {:.0}% of the step, {:.0}% of its reading during compute, load {}",
+                    r.step_s, r.compute_s, r.wait_s, fmt_size(r.bytes_per_step), r.sweeps, r.read_gbps, 100.0 * r.read_busy, 100.0 * r.overlap, loadavg()
+                );
+                runs[li].push(r);
+            }
+        }
+        // The median (of an even count: the mean of the middle two).
+        let med = |v: &mut Vec<f64>| -> f64 {
+            v.sort_by(f64::total_cmp);
+            let k = v.len();
+            (v[(k - 1) / 2] + v[k / 2]) / 2.0
+        };
+        let mut base = None;
+        for (li, &n) in levels.iter().enumerate() {
+            let rs = &runs[li];
+            let mut agg: Vec<f64> = rs.iter().map(|r| n as f64 / r.step_s).collect();
+            let (lo, hi) = (
+                agg.iter().copied().fold(f64::MAX, f64::min),
+                agg.iter().copied().fold(0.0, f64::max),
+            );
+            let a = med(&mut agg);
+            let b = *base.get_or_insert(a);
+            let mut step: Vec<f64> = rs.iter().map(|r| r.step_s).collect();
+            let mut comp: Vec<f64> = rs.iter().map(|r| r.compute_s).collect();
+            let mut wait: Vec<f64> = rs.iter().map(|r| r.wait_s).collect();
+            let mut ov: Vec<f64> = rs.iter().map(|r| r.overlap).collect();
+            let mut busy: Vec<f64> = rs.iter().map(|r| r.read_busy).collect();
+            let r0 = &rs[0];
+            let (step, comp, wait) = (med(&mut step), med(&mut comp), med(&mut wait));
+            par_rows.push(format!(
+                "| {n} | {} / {} | {step:.2} | {comp:.2} | {wait:.2} | {} | {:.3} | {:.2} | {a:.2} ({lo:.2}-{hi:.2}) | {:.2}x | {:.0}% | {:.0}% | {} |",
+                r0.streamed,
+                r0.resident,
+                fmt_size(r0.bytes_per_step),
+                r0.bytes_per_step as f64 / n as f64 / 1e9,
+                r0.sweeps,
+                a / b,
+                100.0 * med(&mut busy),
+                100.0 * med(&mut ov),
+                if wait > 0.1 * step { "I/O" } else { "compute" },
+            ));
+        }
+    }
+    Ok(par_rows)
+}
+
+fn print_parallel(rows: &[String], direct_io: bool) {
+    if !rows.is_empty() {
         println!(
-            "\nseveral sequences per step ({}; median of rounds, aggregate range in brackets):\n\n| sequences | streamed / resident layers | s/step | compute s | wait s | streamed per step | GB read per token | sweeps per step | aggregate tok/s | vs one sequence | read overlapped with compute | bound |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-            if opts.direct_io { "O_DIRECT, no page cache" } else { "through the memory map" }
+            "\nseveral sequences per step ({}; median of rounds, aggregate range in brackets):\n\n| sequences | streamed / resident layers | s/step | compute s | wait s | streamed per step | GB read per token | sweeps per step | aggregate tok/s | vs one sequence | reader busy (share of the step) | reading during compute (share of the reads) | bound |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            if direct_io { "O_DIRECT, no page cache" } else { "through the memory map" }
         );
-        for r in par_rows {
+        for r in rows {
             println!("{r}");
         }
     }
-    Ok(())
 }
 
 /// One `JQ_BENCH_PARALLEL` level's measurement.
@@ -333,6 +358,8 @@ struct Par {
     read_gbps: f64,
     /// Share of the reader's busy time (over the decode steps) during which a layer computed.
     overlap: f64,
+    /// The reader's busy time over the decode steps' wall time (1.0: it never idled).
+    read_busy: f64,
     streamed: usize,
     resident: usize,
 }
@@ -383,6 +410,7 @@ fn parallel_run(
             0.0
         },
         overlap: read_overlap(&s.events(), t0),
+        read_busy: read_s / dt,
         streamed: s.plan().streamed.len(),
         resident: s.plan().resident.len(),
     })
