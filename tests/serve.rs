@@ -1079,13 +1079,17 @@ fn prefix_reuse_past_the_sliding_window_gives_the_cold_reply() {
             v
         };
         let o = json!({"num_predict": n, "temperature": 0});
-        let r0 = gen(json!({"model": "tiny-gemma3", "prompt": p0_text, "raw": true, "stream": false, "options": o}));
+        let r0 = gen(
+            json!({"model": "tiny-gemma3", "prompt": p0_text, "raw": true, "stream": false, "options": o}),
+        );
         let c0 = ids(&r0["context"]);
         assert_eq!(c0[..p0.len()], p0[..], "{extra:?}");
         assert_eq!(c0[p0.len()..], greedy(&l, &p0, n)[..], "{extra:?}");
         let more = " and the dog sat on the mat";
-        let r1 = gen(json!({"model": "tiny-gemma3", "prompt": more, "raw": true, "stream": false, "options": o,
-                             "context": c0}));
+        let r1 = gen(
+            json!({"model": "tiny-gemma3", "prompt": more, "raw": true, "stream": false, "options": o,
+                             "context": c0}),
+        );
         let p1: Vec<u32> = c0
             .iter()
             .copied()

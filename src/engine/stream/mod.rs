@@ -676,8 +676,9 @@ impl Streamer {
         let mut stats = StepStats::new(items.len(), self.p.hp.n_layer);
         let mut logits = Vec::new();
         // Decode threads, not the batch's: the reader streams the next layers during every
-        // step and needs its core (two compute threads and the reader on two cores made a
-        // four-sequence step 1.8x slower than one thread, BENCHMARKS.md).
+        // step and needs its core (on 2 cores, two compute threads and the reader took 4.6 s
+        // of compute for a 4-sequence step of the 8B-shaped file, one thread 1.3-2.8 s;
+        // BENCHMARKS.md).
         if let Err(e) = self.step(
             self.threads.0,
             &tokens,
