@@ -4,10 +4,14 @@
 //! first token at 1, 4 and 16 concurrent clients (`--parallel` = clients), and CPU time per
 //! generated token (the anchor's process, the server's process: with `-t 1` a figure that the
 //! machine's other load changes far less than the wall clock). Each side runs
-//! `JQ_BENCH_REPEAT` times, alternating, and the best run of each is kept.
+//! `JQ_BENCH_REPEAT` times, interleaved (anchor, server, anchor, ...); the table gives the
+//! median and the range of each figure, the ratio of the medians and the median of the
+//! per-pair ratios, with the load average seen.
 //!
 //! cargo bench --bench serve  [JQ_BENCH_THREADS=1, JQ_BENCH_TOKENS=32, JQ_BENCH_ROUNDS=2,
-//! JQ_BENCH_REPEAT=3, JQ_BENCH_CLIENTS=1,4,16]
+//! JQ_BENCH_REPEAT=5, JQ_BENCH_CLIENTS=1,4,16, JQ_BENCH_SIDE=both|anchor|serve (one side
+//! only, for profiling), JQ_BENCH_SERVER_WRAP="perf record -e cpu-clock -g -o F --" (a command
+//! the server runs under)]
 
 use jq::engine::llama::Llama;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -184,7 +188,20 @@ fn request(addr: &str, prompt: &str, n: usize) -> (usize, Duration) {
 }
 
 fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usize) -> Figures {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jq-run"))
+    let wrap: Vec<String> = std::env::var("JQ_BENCH_SERVER_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|w| w.replace("{n}", &clients.to_string()))
+        .collect();
+    let mut cmd = match wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_jq-run"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_jq-run")),
+    };
+    let mut child = cmd
         .arg("serve")
         .arg(model)
         .args(["--port", "0", "-c", &N_CTX.to_string()])
@@ -228,7 +245,12 @@ fn server(model: &PathBuf, clients: usize, rounds: usize, n: usize, threads: usi
     });
     let wall = t0.elapsed();
     let cpu = pid_cpu(child.id()) - c0;
-    let _ = child.kill();
+    if wrap.is_empty() {
+        let _ = child.kill();
+    } else {
+        // SAFETY: a signal to our own child; the wrapper (perf) ends the server and writes.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
     let _ = child.wait();
     Figures {
         requests: per.len(),
@@ -254,7 +276,8 @@ fn main() {
         env("JQ_BENCH_TOKENS", 32),
         env("JQ_BENCH_ROUNDS", 2),
     );
-    let repeat = env("JQ_BENCH_REPEAT", 3).max(1);
+    let repeat = env("JQ_BENCH_REPEAT", 5).max(1);
+    let side = std::env::var("JQ_BENCH_SIDE").unwrap_or_else(|_| "both".into());
     let levels: Vec<usize> = std::env::var("JQ_BENCH_CLIENTS")
         .unwrap_or_else(|_| "1,4,16".into())
         .split(',')
@@ -262,49 +285,70 @@ fn main() {
         .collect();
     let model = Llama::load(&path).unwrap();
     println!(
-        "gemma-3-270m-q4_k_m, {n} tokens per request, {rounds} requests per client, -t {threads}, -c {N_CTX} per sequence, best of {repeat}"
+        "gemma-3-270m-q4_k_m, {n} tokens per request, {rounds} requests per client, -t {threads}, -c {N_CTX} per sequence, {repeat} interleaved runs per side; median [min-max]"
     );
-    println!(
-        "{:>7}  {:>22}  {:>22}  {:>11}  {:>11}  {:>10}  {:>20}",
-        "clients",
-        "anchor req/s  tok/s",
-        "serve req/s  tok/s",
-        "tok/s ratio",
-        "anchor TTFT",
-        "serve TTFT",
-        "CPU ms/token a / s"
-    );
-    // The best of `repeat` runs: least wall time, least TTFT, least CPU, each on its own.
-    let best = |runs: Vec<Figures>| Figures {
-        requests: runs[0].requests,
-        tokens: runs[0].tokens,
-        wall: runs.iter().map(|f| f.wall).min().unwrap(),
-        first: runs.iter().map(|f| f.first).min().unwrap(),
-        cpu: runs.iter().map(|f| f.cpu).min().unwrap(),
-    };
+    let rate = |f: &Figures| f.tokens as f64 / f.wall.as_secs_f64();
+    let per = |f: &Figures| f.cpu.as_secs_f64() * 1e3 / f.tokens.max(1) as f64;
+    let ttft = |f: &Figures| f.first.as_secs_f64() * 1e3;
+    let reqs = |f: &Figures| f.requests as f64 / f.wall.as_secs_f64();
+    let mut table = Vec::new();
     for clients in levels {
-        let (mut av, mut sv) = (Vec::new(), Vec::new());
+        let (mut av, mut sv, mut load) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..repeat {
-            av.push(anchor(&model, clients, rounds, n, threads as i32));
-            sv.push(server(&path, clients, rounds, n, threads));
+            load.push(loadavg());
+            if side != "serve" {
+                av.push(anchor(&model, clients, rounds, n, threads as i32));
+            }
+            if side != "anchor" {
+                sv.push(server(&path, clients, rounds, n, threads));
+            }
         }
-        let (a, s) = (best(av), best(sv));
-        let rate = |f: &Figures| {
-            (
-                f.requests as f64 / f.wall.as_secs_f64(),
-                f.tokens as f64 / f.wall.as_secs_f64(),
-            )
+        load.push(loadavg());
+        let stat = |v: &[Figures], f: &dyn Fn(&Figures) -> f64| -> (f64, f64, f64) {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            if x.is_empty() {
+                return (f64::NAN, f64::NAN, f64::NAN);
+            }
+            (x[x.len() / 2], x[0], x[x.len() - 1])
         };
-        let (ar, at) = rate(&a);
-        let (sr, st) = rate(&s);
-        let per = |f: &Figures| f.cpu.as_secs_f64() * 1e3 / f.tokens.max(1) as f64;
-        println!(
-            "{clients:>7}  {ar:>10.2} {at:>11.1}  {sr:>10.2} {st:>11.1}  {:>11.2}  {:>8.1} ms  {:>7.1} ms  {:>9.2} / {:>7.2}",
-            st / at,
-            a.first.as_secs_f64() * 1e3,
-            s.first.as_secs_f64() * 1e3,
-            per(&a),
-            per(&s)
+        let show = |(m, lo, hi): (f64, f64, f64), d: usize| format!("{m:.d$} [{lo:.d$}-{hi:.d$}]");
+        let (at, st) = (stat(&av, &rate), stat(&sv, &rate));
+        let mut pair: Vec<f64> = av.iter().zip(&sv).map(|(a, s)| rate(s) / rate(a)).collect();
+        pair.sort_by(f64::total_cmp);
+        let pm = pair.get(pair.len() / 2).copied().unwrap_or(f64::NAN);
+        let (afirst, sfirst) = (stat(&av, &ttft), stat(&sv, &ttft));
+        load.sort_by(f64::total_cmp);
+        let row = format!(
+            "| {clients} | {:.2} / {:.2} | {} | {} | {:.2} | {pm:.2} [{:.2}-{:.2}] | {} | {} | {:.2} | {} | {} | {:.1}-{:.1} |",
+            stat(&av, &reqs).0,
+            stat(&sv, &reqs).0,
+            show(at, 1),
+            show(st, 1),
+            st.0 / at.0,
+            pair.first().copied().unwrap_or(f64::NAN),
+            pair.last().copied().unwrap_or(f64::NAN),
+            show(afirst, 0),
+            show(sfirst, 0),
+            sfirst.0 / afirst.0,
+            show(stat(&av, &per), 2),
+            show(stat(&sv, &per), 2),
+            load[0],
+            load[load.len() - 1],
         );
+        println!("{row}");
+        table.push(row);
     }
+    println!("\n| clients | req/s anchor / serve | anchor tok/s | serve tok/s | ratio of medians | per-pair ratio | anchor TTFT ms | serve TTFT ms | TTFT ratio | anchor CPU ms/token | serve CPU ms/token | load average |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in table {
+        println!("{r}");
+    }
+}
+
+/// The 1-minute load average.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }

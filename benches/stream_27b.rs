@@ -13,11 +13,15 @@
 //! decoded together per step (aggregate tokens/s);
 //! `JQ_BENCH_BUDGET`, default 6GiB; `JQ_BENCH_THREADS` compute threads, default cores - 1 as
 //! `jq-run`; `JQ_BENCH_NO_LLAMA=1` skips the anchor; `JQ_BENCH_NO_EXTRA=1` skips the compute
-//! floor and host-layer runs; `JQ_BENCH_DIRECT=1` reads with O_DIRECT; `JQ_BENCH_NO_REPACK=1`
-//! keeps the weights in the file's layout instead of ggml's CPU_REPACK one).
+//! floor and host-layer runs; `JQ_BENCH_DIRECT_IO=1` (or `JQ_BENCH_DIRECT=1`) reads with
+//! O_DIRECT, no page cache: the case of a model larger than memory; `JQ_BENCH_NO_REPACK=1`
+//! keeps the weights in the file's layout instead of ggml's CPU_REPACK one;
+//! `JQ_BENCH_ROUNDS` repeats the `JQ_BENCH_PARALLEL` levels interleaved, default 1;
+//! `JQ_BENCH_PARALLEL_ONLY=1` runs only those).
 
 use jq::engine::llama::Llama;
 use jq::engine::plan::{fmt_size, parse_size};
+use jq::engine::stream::profile::{EvKind, Event};
 use jq::engine::stream::{HostLayers, StreamOptions, Streamer};
 use jq::synth::Gemma3Dims;
 use std::path::PathBuf;
@@ -94,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     let opts = StreamOptions {
         budget: Some(budget),
         n_slots: 2,
-        direct_io: env("JQ_BENCH_DIRECT").is_some(),
+        direct_io: env("JQ_BENCH_DIRECT_IO").is_some() || env("JQ_BENCH_DIRECT").is_some(),
         n_ctx: 256,
         n_ubatch: 128,
         threads: st_threads,
@@ -102,6 +106,11 @@ fn main() -> anyhow::Result<()> {
         repack: env("JQ_BENCH_NO_REPACK").is_none(),
         ..StreamOptions::default()
     };
+    if env("JQ_BENCH_PARALLEL_ONLY").is_some() {
+        let rows = parallel_levels(&path, &opts, n_decode, &prompt)?;
+        print_parallel(&rows, opts.direct_io);
+        return Ok(());
+    }
     let t = Instant::now();
     let mut s = Streamer::open(&path, &opts)?;
     let open_s = t.elapsed().as_secs_f64();
@@ -230,43 +239,7 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    // JQ_BENCH_PARALLEL=1,4,16: several sequences decoded together (one sweep of the streamed
-    // layers per step for all of them): aggregate tokens/s vs one sequence, same plan rules.
-    if let Some(list) = env("JQ_BENCH_PARALLEL") {
-        let mut base = None;
-        for n in list
-            .split(',')
-            .filter_map(|x| x.trim().parse::<usize>().ok())
-        {
-            let o = StreamOptions {
-                n_seq: n,
-                ..opts.clone()
-            };
-            let mut s = Streamer::open(&path, &o)?;
-            for q in 0..n {
-                s.eval_seq(q, &prompt[q % 8..q % 8 + 8], false)?;
-            }
-            let t = Instant::now();
-            for k in 0..n_decode {
-                let items: Vec<(usize, u32)> =
-                    (0..n).map(|q| (q, 300 + (k * n + q) as u32)).collect();
-                s.decode(&items)?;
-            }
-            let dt = t.elapsed().as_secs_f64();
-            let agg = (n * n_decode) as f64 / dt;
-            let b = *base.get_or_insert(agg);
-            let line = format!(
-                "| jq --stream-layers, {n} sequence(s) per step ({} streamed, {} resident) | {:.2} s/step | {agg:.2} tok/s aggregate | {:.2}x one sequence | {} |",
-                s.plan().streamed.len(),
-                s.plan().resident.len(),
-                dt / n_decode as f64,
-                agg / b,
-                fmt_size(s.device_bytes())
-            );
-            println!("{line}");
-            rows.push(line);
-        }
-    }
+    let par_rows = parallel_levels(&path, &opts, n_decode, &prompt)?;
     if env("JQ_BENCH_NO_LLAMA").is_none() {
         let t = Instant::now();
         let llama = Llama::load(&path)?;
@@ -290,5 +263,207 @@ fn main() -> anyhow::Result<()> {
     for r in rows {
         println!("{r}");
     }
+    print_parallel(&par_rows, opts.direct_io);
     Ok(())
+}
+
+/// `JQ_BENCH_PARALLEL` levels, `JQ_BENCH_ROUNDS` times interleaved: one table row per level.
+fn parallel_levels(
+    path: &std::path::Path,
+    opts: &StreamOptions,
+    n_decode: usize,
+    prompt: &[u32],
+) -> anyhow::Result<Vec<String>> {
+    // JQ_BENCH_PARALLEL=1,4,16: several sequences decoded together (one sweep of the streamed
+    // layers per step for all of them): aggregate tokens/s vs one sequence, same plan rules.
+    let mut par_rows = Vec::new();
+    if let Some(list) = env("JQ_BENCH_PARALLEL") {
+        let levels: Vec<usize> = list
+            .split(',')
+            .filter_map(|x| x.trim().parse::<usize>().ok())
+            .collect();
+        let rounds: usize = env("JQ_BENCH_ROUNDS").map_or(1, |v| v.parse().unwrap_or(1).max(1));
+        let mut runs: Vec<Vec<Par>> = vec![Vec::new(); levels.len()];
+        for round in 0..rounds {
+            for (li, &n) in levels.iter().enumerate() {
+                let r = parallel_run(path, opts, n, n_decode, prompt)?;
+                println!(
+                    "round {round}, {n} sequence(s): {:.2} s/step, compute {:.2} s, wait {:.2} s, {} streamed per step ({:.2} sweeps), reader {:.2} GB/s, busy {:.0}% of the step, {:.0}% of its reading during compute, load {}",
+                    r.step_s, r.compute_s, r.wait_s, fmt_size(r.bytes_per_step), r.sweeps, r.read_gbps, 100.0 * r.read_busy, 100.0 * r.overlap, loadavg()
+                );
+                runs[li].push(r);
+            }
+        }
+        // The median (of an even count: the mean of the middle two).
+        let med = |v: &mut Vec<f64>| -> f64 {
+            v.sort_by(f64::total_cmp);
+            let k = v.len();
+            (v[(k - 1) / 2] + v[k / 2]) / 2.0
+        };
+        let mut base = None;
+        for (li, &n) in levels.iter().enumerate() {
+            let rs = &runs[li];
+            let mut agg: Vec<f64> = rs.iter().map(|r| n as f64 / r.step_s).collect();
+            let (lo, hi) = (
+                agg.iter().copied().fold(f64::MAX, f64::min),
+                agg.iter().copied().fold(0.0, f64::max),
+            );
+            let a = med(&mut agg);
+            let b = *base.get_or_insert(a);
+            let mut step: Vec<f64> = rs.iter().map(|r| r.step_s).collect();
+            let mut comp: Vec<f64> = rs.iter().map(|r| r.compute_s).collect();
+            let mut wait: Vec<f64> = rs.iter().map(|r| r.wait_s).collect();
+            let mut ov: Vec<f64> = rs.iter().map(|r| r.overlap).collect();
+            let mut busy: Vec<f64> = rs.iter().map(|r| r.read_busy).collect();
+            let r0 = &rs[0];
+            let (step, comp, wait) = (med(&mut step), med(&mut comp), med(&mut wait));
+            par_rows.push(format!(
+                "| {n} | {} / {} | {step:.2} | {comp:.2} | {wait:.2} | {} | {:.3} | {:.2} | {a:.2} ({lo:.2}-{hi:.2}) | {:.2}x | {:.0}% | {:.0}% | {} |",
+                r0.streamed,
+                r0.resident,
+                fmt_size(r0.bytes_per_step),
+                r0.bytes_per_step as f64 / n as f64 / 1e9,
+                r0.sweeps,
+                a / b,
+                100.0 * med(&mut busy),
+                100.0 * med(&mut ov),
+                if wait > 0.1 * step { "I/O" } else { "compute" },
+            ));
+        }
+    }
+    Ok(par_rows)
+}
+
+fn print_parallel(rows: &[String], direct_io: bool) {
+    if !rows.is_empty() {
+        println!(
+            "\nseveral sequences per step ({}; median of rounds, aggregate range in brackets):\n\n| sequences | streamed / resident layers | s/step | compute s | wait s | streamed per step | GB read per token | sweeps per step | aggregate tok/s | vs one sequence | reader busy (share of the step) | reading during compute (share of the reads) | bound |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            if direct_io { "O_DIRECT, no page cache" } else { "through the memory map" }
+        );
+        for r in rows {
+            println!("{r}");
+        }
+    }
+}
+
+/// One `JQ_BENCH_PARALLEL` level's measurement.
+#[derive(Clone)]
+struct Par {
+    step_s: f64,
+    compute_s: f64,
+    wait_s: f64,
+    bytes_per_step: u64,
+    /// Streamed bytes per decode step over the plan's bytes per sweep (1.00: one sweep).
+    sweeps: f64,
+    read_gbps: f64,
+    /// Share of the reader's busy time (over the decode steps) during which a layer computed.
+    overlap: f64,
+    /// The reader's busy time over the decode steps' wall time (1.0: it never idled).
+    read_busy: f64,
+    streamed: usize,
+    resident: usize,
+}
+
+/// `n` sequences, each with a short prompt of its own, then `n_decode` steps of one token each
+/// for all of them (one `decode` call per step).
+fn parallel_run(
+    path: &std::path::Path,
+    opts: &StreamOptions,
+    n: usize,
+    n_decode: usize,
+    prompt: &[u32],
+) -> anyhow::Result<Par> {
+    let o = StreamOptions {
+        n_seq: n,
+        ..opts.clone()
+    };
+    let mut s = Streamer::open(path, &o)?;
+    for q in 0..n {
+        s.eval_seq(q, &prompt[q % 8..q % 8 + 8], false)?;
+    }
+    let first = s.steps().len();
+    let t0 = s.events().last().map_or(0.0, |e| e.t);
+    let t = Instant::now();
+    for k in 0..n_decode {
+        let items: Vec<(usize, u32)> = (0..n).map(|q| (q, 300 + (k * n + q) as u32)).collect();
+        let l = s.decode(&items)?;
+        anyhow::ensure!(l.len() == n, "{} logit rows for {n} sequences", l.len());
+    }
+    let dt = t.elapsed().as_secs_f64();
+    let steps = &s.steps()[first..];
+    anyhow::ensure!(steps.len() == n_decode, "one step per decode call");
+    let per = |f: fn(&jq::engine::stream::profile::StepStats) -> f64| {
+        steps.iter().map(f).sum::<f64>() / steps.len() as f64
+    };
+    let bytes: u64 = steps.iter().map(|x| x.bytes_streamed).sum::<u64>() / steps.len() as u64;
+    let plan_bytes = s.plan().streamed_bytes_per_token;
+    let read_s: f64 = steps.iter().map(|x| x.read_s).sum();
+    Ok(Par {
+        step_s: dt / n_decode as f64,
+        compute_s: per(|x| x.compute_s),
+        wait_s: per(|x| x.wait_s),
+        bytes_per_step: bytes,
+        sweeps: bytes as f64 / plan_bytes.max(1) as f64,
+        read_gbps: if read_s > 0.0 {
+            steps.iter().map(|x| x.bytes_streamed).sum::<u64>() as f64 / read_s / 1e9
+        } else {
+            0.0
+        },
+        overlap: read_overlap(&s.events(), t0),
+        read_busy: read_s / dt,
+        streamed: s.plan().streamed.len(),
+        resident: s.plan().resident.len(),
+    })
+}
+
+/// Of the reader's intervals (ReadStart..ReadEnd) after `t0`, the share of their time during
+/// which the executor was computing a layer (ComputeStart..ComputeEnd).
+fn read_overlap(ev: &[Event], t0: f64) -> f64 {
+    let mut reads = Vec::new();
+    let mut comps = Vec::new();
+    let mut open_r = None;
+    let mut open_c = None;
+    for e in ev.iter().filter(|e| e.t >= t0) {
+        match e.kind {
+            EvKind::ReadStart => open_r = Some(e.t),
+            EvKind::ReadEnd => {
+                if let Some(a) = open_r.take() {
+                    reads.push((a, e.t));
+                }
+            }
+            EvKind::ComputeStart => open_c = Some(e.t),
+            EvKind::ComputeEnd => {
+                if let Some(a) = open_c.take() {
+                    comps.push((a, e.t));
+                }
+            }
+            _ => {}
+        }
+    }
+    let total: f64 = reads.iter().map(|(a, b)| b - a).sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    // Both lists are in time order and the computes do not overlap one another.
+    let mut both = 0.0;
+    let mut j = 0;
+    for &(a, b) in &reads {
+        while j < comps.len() && comps[j].1 <= a {
+            j += 1;
+        }
+        let mut k = j;
+        while k < comps.len() && comps[k].0 < b {
+            both += b.min(comps[k].1) - a.max(comps[k].0);
+            k += 1;
+        }
+    }
+    both / total
+}
+
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }

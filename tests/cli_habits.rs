@@ -473,3 +473,37 @@ fn colour_only_on_a_terminal_unless_asked() {
     assert!(e.contains("\x1b[2mseed "), "{e:?}");
     fails(&run(&[m, "--color", "sometimes"], None), "--color");
 }
+
+/// clap's own help and usage errors follow `--color` too: piped they are plain unless
+/// `always`; on a terminal clap colours them unless `never`.
+#[test]
+fn clap_help_and_usage_errors_follow_color() {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for (args, coloured) in [
+        (vec!["--help"], false),
+        (vec!["--help", "--color", "never"], false),
+        (vec!["--help", "--color", "always"], true),
+        (vec!["--color=always", "--help"], true),
+        (vec!["serve", "--help", "--color", "always"], true),
+        (vec!["serve", "--color", "never", "--help"], false),
+    ] {
+        let o = run(&args, None);
+        let out = text(&ok(&o));
+        assert!(out.contains("Usage:"), "{args:?}: {out:?}");
+        assert_eq!(out.contains('\x1b'), coloured, "{args:?}: {out:?}");
+    }
+    // A usage error (clap's, on stderr).
+    let o = run(&["--no-such-flag", "--color", "always"], None);
+    fails(&o, "--no-such-flag");
+    assert!(text(&o.stderr).contains('\x1b'), "{:?}", text(&o.stderr));
+    let o = run(&["--no-such-flag"], None);
+    fails(&o, "--no-such-flag");
+    assert!(!text(&o.stderr).contains('\x1b'));
+    // On a terminal: clap's auto colours; never does not.
+    let t = text(&on_a_tty(&["--help"], &[]));
+    assert!(t.contains("Usage:") && t.contains('\x1b'), "{t:?}");
+    let t = text(&on_a_tty(&["--help", "--color", "never"], &[]));
+    assert!(t.contains("Usage:") && !t.contains('\x1b'), "{t:?}");
+    let t = text(&on_a_tty(&["--help"], &[("NO_COLOR", "1")]));
+    assert!(t.contains("Usage:") && !t.contains('\x1b'), "{t:?}");
+}

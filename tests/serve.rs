@@ -1042,3 +1042,73 @@ fn eight_clients(args: &[&str]) {
         }
     }
 }
+
+/// Prompt-prefix reuse past the sliding window: the tiny Gemma-3 fixture attends over a
+/// window of 8 positions on 5 of its 6 layers; a conversation of over 40 positions continued
+/// through Ollama's `context` (raw prompts) reuses all but one of them, and the reply still equals
+/// llama.cpp's greedy continuation of the whole prompt from a fresh context (the bindings).
+/// (llama.cpp's cache here is its default full-size SWA cache, which keeps every position,
+/// so `seq_pos_min` stays 0 and the full re-evaluation fallback is not taken.)
+#[test]
+fn prefix_reuse_past_the_sliding_window_gives_the_cold_reply() {
+    let m = tiny();
+    let l = Llama::load(m).unwrap();
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let p0_text = "the cat sat on the mat and the dog ran to the cat and the cat ran to the dog";
+    let p0 = l.tokenize_with(p0_text, l.model.vocab().should_add_bos(), true);
+    assert!(p0.len() > 2 * 8, "{} prompt tokens", p0.len());
+    let n = 16;
+    for extra in [
+        &["--parallel", "2"][..],
+        &["--stream-layers"][..],
+        &["--stream-layers", "--parallel", "2"][..],
+    ] {
+        let mut args = vec!["-c", "128"];
+        args.extend_from_slice(extra);
+        let srv = Server::start(m, &args);
+        let gen = |body: Value| -> Value {
+            let (status, b) = srv.http("POST", "/api/generate", &[], body.to_string().as_bytes());
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(status, 200, "{extra:?}: {v}");
+            v
+        };
+        let o = json!({"num_predict": n, "temperature": 0});
+        let r0 = gen(
+            json!({"model": "tiny-gemma3", "prompt": p0_text, "raw": true, "stream": false, "options": o}),
+        );
+        let c0 = ids(&r0["context"]);
+        assert_eq!(c0[..p0.len()], p0[..], "{extra:?}");
+        assert_eq!(c0[p0.len()..], greedy(&l, &p0, n)[..], "{extra:?}");
+        let more = " and the dog sat on the mat";
+        let r1 = gen(
+            json!({"model": "tiny-gemma3", "prompt": more, "raw": true, "stream": false, "options": o,
+                             "context": c0}),
+        );
+        let p1: Vec<u32> = c0
+            .iter()
+            .copied()
+            .chain(l.tokenize_with(more, false, true))
+            .collect();
+        assert!(c0.len() > 5 * 8, "{extra:?}: {} positions held", c0.len());
+        let c1 = ids(&r1["context"]);
+        assert_eq!(c1[..p1.len()], p1[..], "{extra:?}");
+        assert_eq!(
+            c1[p1.len()..],
+            greedy(&l, &p1, n)[..],
+            "{extra:?}: the cold reply"
+        );
+        // Only what follows the held positions was evaluated (the last context token was
+        // sampled, never evaluated).
+        assert_eq!(
+            r1["prompt_eval_count"].as_u64().unwrap() as usize,
+            p1.len() - (c0.len() - 1),
+            "{extra:?}"
+        );
+    }
+}

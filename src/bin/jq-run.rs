@@ -1131,8 +1131,42 @@ fn run_stream(cli: &Cli) -> Result<()> {
     })
 }
 
+/// clap's own colouring (help, usage, its errors) as `--color` asks: the flag is read from
+/// the words before clap parses them (the last one wins, as clap's would); an invalid value
+/// leaves clap's auto, and clap then refuses it by name.
+fn clap_color(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    let mut choice = clap::ColorChoice::Auto;
+    let mut words = args.iter().map(|a| a.to_str().unwrap_or(""));
+    while let Some(w) = words.next() {
+        if w == "--" {
+            break;
+        }
+        let v = match w.strip_prefix("--color") {
+            Some("") => words.next().unwrap_or(""),
+            Some(rest) => match rest.strip_prefix('=') {
+                Some(v) => v,
+                None => continue,
+            },
+            None => continue,
+        };
+        choice = match v {
+            "always" => clap::ColorChoice::Always,
+            "never" => clap::ColorChoice::Never,
+            _ => clap::ColorChoice::Auto,
+        };
+    }
+    choice
+}
+
 fn main() -> ExitCode {
-    let top = Top::parse_from(rewrite_llama_flags(std::env::args_os()));
+    let args = rewrite_llama_flags(std::env::args_os());
+    let matches = <Top as clap::CommandFactory>::command()
+        .color(clap_color(&args))
+        .get_matches_from(args);
+    let top = match <Top as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(t) => t,
+        Err(e) => e.exit(),
+    };
     let res = match top.cmd {
         Some(Cmd::RpcServer(s)) => {
             if s.verbose {

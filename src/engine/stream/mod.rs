@@ -601,7 +601,14 @@ impl Streamer {
             };
             let rows: Vec<(usize, usize)> = (at..at + chunk.len()).map(|p| (seq, p)).collect();
             let n_kv = graph::n_kv_cells((at + chunk.len()) as i64, self.p.n_cells) as usize;
+            // A prompt batch is compute-bound and the reader mostly waits: every core.
+            let n_threads = if chunk.len() > 1 {
+                self.threads.1
+            } else {
+                self.threads.0
+            };
             let r = self.step(
+                n_threads,
                 chunk,
                 &rows,
                 n_out,
@@ -668,7 +675,12 @@ impl Streamer {
         let t_step = Instant::now();
         let mut stats = StepStats::new(items.len(), self.p.hp.n_layer);
         let mut logits = Vec::new();
+        // Decode threads, not the batch's: the reader streams the next layers during every
+        // step and needs its core (on 2 cores, two compute threads and the reader took 4.6 s
+        // of compute for a 4-sequence step of the 8B-shaped file, one thread 1.3-2.8 s;
+        // BENCHMARKS.md).
         if let Err(e) = self.step(
+            self.threads.0,
             &tokens,
             &rows,
             items.len(),
@@ -712,10 +724,12 @@ impl Streamer {
     }
 
     /// One micro-batch through every layer: `tokens` at `rows` (sequence, position), the
-    /// attention over `n_kv` cells from `kv_base`, the last `n_out` rows' logits appended.
+    /// attention over `n_kv` cells from `kv_base`, the last `n_out` rows' logits appended,
+    /// computed by `n_threads` CPU threads.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
+        n_threads: usize,
         tokens: &[u32],
         rows: &[(usize, usize)],
         n_out: usize,
@@ -725,11 +739,7 @@ impl Streamer {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let t = tokens.len() as i64;
-        let n_threads = if t > 1 {
-            self.threads.1
-        } else {
-            self.threads.0
-        } as i32;
+        let n_threads = n_threads as i32;
         let host = self.host.as_ref().map(|h| &h.backend);
         for b in std::iter::once(&self.p.backend).chain(host) {
             if !b.gpu {
