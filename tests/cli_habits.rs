@@ -507,3 +507,24 @@ fn clap_help_and_usage_errors_follow_color() {
     let t = text(&on_a_tty(&["--help"], &[("NO_COLOR", "1")]));
     assert!(t.contains("Usage:") && !t.contains('\x1b'), "{t:?}");
 }
+
+/// A command line clap refuses exits 1 with clap's message on stderr and nothing on stdout, as
+/// every other error of the tools does (clap's default is 2); `--help` exits 0 on stdout.
+#[test]
+fn usage_errors_exit_one_and_help_exits_zero_in_every_binary() {
+    let jq_run = Path::new(env!("CARGO_BIN_EXE_jq-run"));
+    for exe in [
+        jq_run.to_path_buf(),
+        jq_run.with_file_name("jq-train"),
+        jq_run.with_file_name("jq-convert"),
+    ] {
+        let o = Command::new(&exe).arg("--no-such-flag").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", exe.display());
+        assert!(err.contains("--no-such-flag"), "{}: {err}", exe.display());
+        assert!(o.stdout.is_empty());
+        let o = Command::new(&exe).arg("--help").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", exe.display());
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
+    }
+}

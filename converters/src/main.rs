@@ -548,7 +548,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| jq::term::exit_on_clap_error(e));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that went away (`inspect ... | head`) ends the program quietly, as cat does.

@@ -1162,10 +1162,11 @@ fn main() -> ExitCode {
     let args = rewrite_llama_flags(std::env::args_os());
     let matches = <Top as clap::CommandFactory>::command()
         .color(clap_color(&args))
-        .get_matches_from(args);
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| jq::term::exit_on_clap_error(e));
     let top = match <Top as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(t) => t,
-        Err(e) => e.exit(),
+        Err(e) => jq::term::exit_on_clap_error(e),
     };
     let res = match top.cmd {
         Some(Cmd::RpcServer(s)) => {

@@ -145,7 +145,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| jq::term::exit_on_clap_error(e));
     if let Err(e) = run(args) {
         eprintln!("jq-train: {e:#}");
         std::process::exit(1);
