@@ -520,12 +520,22 @@ fn tokenizer_metadata(w: &mut GgufWriter, ck: &Checkpoint, target: Target) -> Re
     let id = |s: &str| ck.tokens.iter().position(|t| t == s).map(|i| i as u32);
     let (pad, unk, eos, bos) = (id("<pad>"), id("<unk>"), id("<eos>"), id("<bos>"));
     let special = |i: usize| [pad, eos, bos].contains(&Some(i as u32));
+    // For the Ollama target, a word the native decoder writes without a space before it (one
+    // punctuation or symbol character) is USER_DEFINED with its bare text: llama.cpp matches
+    // such tokens in the raw text before its WPM tokenizer runs (the ids are the same, since
+    // the native tokenizer makes every such character a word of its own) and writes their
+    // text as it is, where a NORMAL "▁." would print " .". So llama.cpp's (and Ollama's)
+    // per-token pieces give the native engine's text.
+    let attached =
+        |i: usize| target == Target::Ollama && jq::models::jarvis::attaches_left(&ck.tokens[i]);
     let types: Vec<i32> = (0..ck.tokens.len())
         .map(|i| {
             if Some(i as u32) == unk {
                 2 // UNKNOWN
             } else if special(i) {
                 3 // CONTROL
+            } else if attached(i) {
+                4 // USER_DEFINED
             } else {
                 1 // NORMAL
             }
@@ -543,7 +553,7 @@ fn tokenizer_metadata(w: &mut GgufWriter, ck: &Checkpoint, target: Target) -> Re
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    if special(i) || Some(i as u32) == unk {
+                    if special(i) || Some(i as u32) == unk || attached(i) {
                         t.clone()
                     } else {
                         format!("\u{2581}{t}")

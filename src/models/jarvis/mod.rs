@@ -10,4 +10,4 @@ mod tokenizer;
 pub use config::{keys, Config, Gelu};
 pub use generate::{Generator, Token};
 pub use model::{sinusoidal_table, LayerMetrics, Metrics, MetricsAcc, Model, State, StepError};
-pub use tokenizer::{pre_tokenize, TokenizeError, WordTokenizer};
+pub use tokenizer::{attaches_left, pre_tokenize, TokenizeError, WordTokenizer};

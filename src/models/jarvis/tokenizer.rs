@@ -49,6 +49,13 @@ fn is_ascii_symbol(c: char) -> bool {
         )
 }
 
+/// Whether the decoder writes this vocabulary word without a space before it: one punctuation
+/// or ASCII symbol character (every such character is a word of its own, see [`pre_tokenize`]).
+pub fn attaches_left(word: &str) -> bool {
+    let mut cs = word.chars();
+    matches!((cs.next(), cs.next()), (Some(c), None) if is_punct(c) || is_ascii_symbol(c))
+}
+
 fn is_accent_mark(c: char) -> bool {
     matches!(
         get_general_category(c),
@@ -179,11 +186,7 @@ impl WordTokenizer {
         if Some(id) == self.pad || Some(id) == self.bos || Some(id) == self.eos {
             return Ok(String::new());
         }
-        let is_p = {
-            let mut cs = t.chars();
-            matches!((cs.next(), cs.next()), (Some(c), None) if is_punct(c) || is_ascii_symbol(c))
-        };
-        Ok(if first || is_p {
+        Ok(if first || attaches_left(t) {
             t.clone()
         } else {
             format!(" {t}")
