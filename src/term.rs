@@ -68,6 +68,16 @@ pub fn err(style: Style, text: &str) -> String {
     paint(Stream::Stderr, style, text)
 }
 
+/// Ends the process for a command line clap refused or answered: `--help` and `--version` print
+/// to stdout and exit 0; a usage error prints clap's message to stderr and exits 1, as every
+/// other error of the tools does (clap's own `exit` uses 2).
+pub fn exit_on_clap_error(e: clap::Error) -> ! {
+    let code = if e.use_stderr() { 1 } else { 0 };
+    // Printing can only fail on a closed stream, when there is no one left to tell.
+    let _ = e.print();
+    std::process::exit(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,14 +90,4 @@ mod tests {
         assert_eq!(err(ERROR, "error:"), "error:");
         set(ColorWhen::Auto);
     }
-}
-
-/// Ends the process for a command line clap refused or answered: `--help` and `--version` print
-/// to stdout and exit 0; a usage error prints clap's message to stderr and exits 1, as every
-/// other error of the tools does (clap's own `exit` uses 2).
-pub fn exit_on_clap_error(e: clap::Error) -> ! {
-    let code = if e.use_stderr() { 1 } else { 0 };
-    // Printing can only fail on a closed stream, when there is no one left to tell.
-    let _ = e.print();
-    std::process::exit(code)
 }

@@ -432,9 +432,12 @@ mod x86 {
         }
 
         /// `acc += (da * x.d) * lanes(qa . x)` for input block `x`.
+        ///
+        /// # Safety
+        /// AVX2, FMA, AVX-512 VNNI and VL present.
         #[inline(always)]
         unsafe fn step(acc: &mut __m256, qa: __m256i, da: __m256, x: &VnniBlock) {
-            // SAFETY (caller: the features are present): qs is 32 bytes, start 8 i32.
+            // SAFETY: the caller guarantees the features; qs is 32 bytes, start 8 i32.
             unsafe {
                 let qb = _mm256_loadu_si256(x.qs.as_ptr().cast());
                 let start = _mm256_loadu_si256(x.start.as_ptr().cast());
