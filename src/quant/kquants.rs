@@ -76,6 +76,9 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<
         Some(w) => w[i],
         None => x[i] * x[i],
     };
+    if n <= LANE_MAX_N {
+        return make_qx_quants_lanes(nmax, max, x, l_out, weight);
+    }
     let mut iscale = -nmaxf / max;
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
@@ -111,6 +114,65 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
+    }
+    scale
+}
+
+/// Candidate scales of [`make_qx_quants`]: the first guess and the 18 tries, padded to a
+/// whole number of AVX-512 / AVX2 registers.
+const QX_LANES: usize = 24;
+
+/// [`make_qx_quants`] with every candidate scale in its own SIMD lane. Unlike
+/// `make_qkx2_quants`' search, no candidate depends on an earlier one (only the comparison with
+/// `best` does), so all 19 are summed side by side, each lane in ggml's element order with
+/// ggml's operations (`w*x*l`, `w*l*l` left to right), then compared in ggml's order: the same
+/// bits, and the codes are computed once, for the scale that won.
+#[inline]
+fn make_qx_quants_lanes(
+    nmax: i32,
+    max: f32,
+    x: &[f32],
+    l_out: &mut [i8],
+    weight: impl Fn(usize) -> f32,
+) -> f32 {
+    let n = x.len();
+    let nmaxf = nmax as f32;
+    let mut isc = [0f32; QX_LANES];
+    isc[0] = -nmaxf / max;
+    let mut k = 1;
+    for is in -9i32..=9 {
+        if is != 0 {
+            isc[k] = -(nmaxf + 0.1 * is as f32) / max;
+            k += 1;
+        }
+    }
+    let (mut sumlx, mut suml2) = ([0f32; QX_LANES], [0f32; QX_LANES]);
+    for i in 0..n {
+        let xi = x[i];
+        let w = weight(i);
+        let wx = w * xi;
+        for k in 0..QX_LANES {
+            let lf = nearest_int(isc[k] * xi).clamp(-nmax, nmax - 1) as f32;
+            sumlx[k] += wx * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut won = 0;
+    for k in 1..19 {
+        if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best * suml2[k] {
+            scale = sumlx[k] / suml2[k];
+            best = scale * sumlx[k];
+            won = k;
+        }
+    }
+    for i in 0..n {
+        l_out[i] = (nmax + nearest_int(isc[won] * x[i]).clamp(-nmax, nmax - 1)) as i8;
     }
     scale
 }
