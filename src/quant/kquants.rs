@@ -305,6 +305,36 @@ fn make_qkx2_quants(
                 *v = (rmin + rdelta * (is0 + k as i32) as f32 + nmaxf) / (max - base_min);
             }
             let mut ls = [[0u8; LANES]; LANE_MAX_N];
+            let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+            let mut err = [0f32; LANES];
+            #[cfg(target_arch = "x86_64")]
+            if super::fast::has_avx2() {
+                // SAFETY: AVX2 was just detected.
+                unsafe {
+                    avx2::qkx2_group(
+                        nmax, x, weights, base_min, sum_w, sum_x, &isc, use_mad, &mut ls, &mut sc,
+                        &mut mn, &mut ok, &mut err,
+                    )
+                };
+                let mut next = is0 + LANES as i32;
+                for k in 0..LANES {
+                    if is0 + k as i32 > nstep {
+                        break;
+                    }
+                    if ok[k] && err[k] < best_error {
+                        for i in 0..n {
+                            l_out[i] = ls[i][k];
+                        }
+                        best_error = err[k];
+                        scale = sc[k];
+                        min = mn[k];
+                        next = is0 + k as i32 + 1;
+                        break;
+                    }
+                }
+                is0 = next;
+                continue;
+            }
             let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
             for i in 0..n {
                 let (xi, w) = (x[i], weights[i]);
@@ -318,7 +348,6 @@ fn make_qkx2_quants(
                     sum_xl[k] += w * lf * xi;
                 }
             }
-            let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
             for k in 0..LANES {
                 let d = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
                 ok[k] = d > 0.0;
@@ -329,7 +358,6 @@ fn make_qkx2_quants(
                     sc[k] = sum_xl[k] / sum_l2[k];
                 }
             }
-            let mut err = [0f32; LANES];
             for i in 0..n {
                 let (xi, w) = (x[i], weights[i]);
                 for k in 0..LANES {
@@ -399,6 +427,104 @@ fn make_qkx2_quants(
 
 /// Candidate scales searched side by side by [`make_qkx2_quants`] (one AVX2 register of f32).
 const LANES: usize = 8;
+
+/// Explicit AVX2 forms of the lane searches: the portable loops above vectorise poorly (LLVM
+/// splits the accumulators into 128-bit halves and shuffles). Every lane does ggml's scalar
+/// operations in ggml's order with no fused multiply-add, so the bits are the scalar ones:
+/// `nearest_int` is the same add / mask / subtract on integer lanes.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{LANES, LANE_MAX_N};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nearest_int(v: __m256) -> __m256i {
+        let val = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+        _mm256_sub_epi32(
+            _mm256_and_si256(val, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        )
+    }
+
+    /// One group of `make_qkx2_quants` candidates (inverse scales `isc`, all against
+    /// `base_min`): the codes per element and lane, and each lane's scale, min, whether its
+    /// determinant is positive, and its error.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn qkx2_group(
+        nmax: i32,
+        x: &[f32],
+        weights: &[f32],
+        base_min: f32,
+        sum_w: f32,
+        sum_x: f32,
+        isc: &[f32; LANES],
+        use_mad: bool,
+        ls: &mut [[u8; LANES]; LANE_MAX_N],
+        sc_out: &mut [f32; LANES],
+        mn_out: &mut [f32; LANES],
+        ok_out: &mut [bool; LANES],
+        err_out: &mut [f32; LANES],
+    ) {
+        let n = x.len();
+        debug_assert!(n <= LANE_MAX_N && weights.len() >= n);
+        // SAFETY: 8 floats.
+        let isc = unsafe { _mm256_loadu_ps(isc.as_ptr()) };
+        let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+        let mut lf_all = [_mm256_setzero_ps(); LANE_MAX_N];
+        let (mut sum_l, mut sum_l2, mut sum_xl) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in 0..n {
+            let xi = _mm256_set1_ps(x[i]);
+            let w = _mm256_set1_ps(weights[i]);
+            let xm = _mm256_set1_ps(x[i] - base_min);
+            let l = _mm256_min_epi32(_mm256_max_epi32(nearest_int(_mm256_mul_ps(isc, xm)), zero), top);
+            // The codes as bytes, lane k at ls[i][k].
+            let b = _mm256_packus_epi16(_mm256_packs_epi32(l, l), zero);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: ls[i] is 8 bytes, the low half of the register.
+            unsafe { _mm_storel_epi64(ls[i].as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(b)) };
+            let lf = _mm256_cvtepi32_ps(l);
+            lf_all[i] = lf;
+            let wl = _mm256_mul_ps(w, lf);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xi));
+        }
+        let (sw, sx) = (_mm256_set1_ps(sum_w), _mm256_set1_ps(sum_x));
+        let d = _mm256_sub_ps(_mm256_mul_ps(sw, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        let ok = _mm256_cmp_ps::<_CMP_GT_OQ>(d, _mm256_setzero_ps());
+        let sc = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sw, sum_xl), _mm256_mul_ps(sx, sum_l)), d);
+        let mn = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sx), _mm256_mul_ps(sum_l, sum_xl)), d);
+        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, _mm256_setzero_ps());
+        let mn = _mm256_andnot_ps(pos, mn);
+        let sc = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), pos);
+        let mut err = _mm256_setzero_ps();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        for i in 0..n {
+            let xi = _mm256_set1_ps(x[i]);
+            let w = _mm256_set1_ps(weights[i]);
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(sc, lf_all[i]), mn), xi);
+            let diff = if use_mad {
+                _mm256_and_ps(diff, abs_mask)
+            } else {
+                _mm256_mul_ps(diff, diff)
+            };
+            err = _mm256_add_ps(err, _mm256_mul_ps(w, diff));
+        }
+        // SAFETY: each is 8 floats.
+        unsafe {
+            _mm256_storeu_ps(sc_out.as_mut_ptr(), sc);
+            _mm256_storeu_ps(mn_out.as_mut_ptr(), mn);
+            _mm256_storeu_ps(err_out.as_mut_ptr(), err);
+        }
+        let okm = _mm256_movemask_ps(ok);
+        for k in 0..LANES {
+            ok_out[k] = okm >> k & 1 != 0;
+        }
+    }
+}
 /// The longest sub-block searched that way (Q4_K/Q5_K use 32).
 const LANE_MAX_N: usize = 32;
 
