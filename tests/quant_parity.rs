@@ -247,6 +247,34 @@ fn encode_edge_blocks_matches_ggml() {
 }
 
 #[test]
+fn encode_portable_search_matches_ggml() {
+    // The searches' portable forms (what a CPU without AVX2 runs), on this thread only.
+    quant::kquants::portable_search_on_this_thread(true);
+    let types = [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ4_NL,
+    ];
+    let edge: Vec<f32> = edge_blocks().into_iter().flat_map(|(_, b)| b).collect();
+    let mut inputs = distributions();
+    inputs.push(("all edge blocks", edge));
+    for (name, x) in &inputs {
+        let x = &x[..x.len().min(8192)];
+        for ty in types {
+            let theirs = ggml::quantize_chunk(ty, x, 256);
+            let mut ours = vec![0u8; theirs.len()];
+            quant::quantize_with(Path::Fast, ty, x, &mut ours).unwrap();
+            assert_eq!(ours, theirs, "{ty} portable search, {name}");
+        }
+    }
+    quant::kquants::portable_search_on_this_thread(false);
+}
+
+#[test]
 fn type_capabilities() {
     for &t in GgmlType::ALL {
         let enc = ENCODE.contains(&t)

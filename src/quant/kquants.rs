@@ -17,6 +17,24 @@ use super::legacy::{f2h, h2f, quantize_iq4_impl};
 
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
+thread_local! {
+    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the scale searches on the calling thread use their portable (non-intrinsic) form, so
+/// that tests check the fallback a CPU without AVX2 runs against ggml too. Other threads
+/// (rayon's) are not affected.
+#[doc(hidden)]
+pub fn portable_search_on_this_thread(on: bool) {
+    PORTABLE_ONLY.with(|p| p.set(on));
+}
+
+/// Whether the explicit AVX2 search kernels may run.
+#[inline]
+fn search_avx2() -> bool {
+    super::fast::has_avx2() && !PORTABLE_ONLY.with(|p| p.get())
+}
+
 /// `nearest_int`: round to nearest even through the 1.5 * 2^23 trick. Out of its range
 /// (|x| > 4194303, NaN, inf) ggml's assert is compiled out and the bit trick answers garbage;
 /// this answers the same garbage.
@@ -308,7 +326,7 @@ fn make_qkx2_quants(
             let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
             let mut err = [0f32; LANES];
             #[cfg(target_arch = "x86_64")]
-            if super::fast::has_avx2() {
+            if search_avx2() {
                 // SAFETY: AVX2 was just detected.
                 unsafe {
                     avx2::qkx2_group(
