@@ -29,6 +29,19 @@ pub fn portable_search_on_this_thread(on: bool) {
     PORTABLE_ONLY.with(|p| p.set(on));
 }
 
+/// Whether the AVX-512 search kernels may run.
+#[inline]
+pub(crate) fn search_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && !PORTABLE_ONLY.with(|p| p.get())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the explicit AVX2 search kernels may run.
 #[inline]
 fn search_avx2() -> bool {
@@ -1201,5 +1214,66 @@ pub fn dequantize_iq4_xs(b: &BlockIq4Xs, y: &mut [f32]) {
             o[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
             o[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
         }
+    }
+}
+
+/// The IQ4_NL / IQ4_XS scale search (`quantize_row_iq4_nl_impl`'s tries) with its 16
+/// candidates (the first guess and the 15 tries) in the 16 lanes of one AVX-512 register.
+/// `best_index_int8` becomes a branch-free binary search over the table held in a register;
+/// the table is strictly increasing, so the largest `ml` with `values[ml] <= x` that ggml's
+/// search finds is unique and any search finds the same one. A NaN makes every "less than"
+/// false: ggml then ends at (14, 15) and picks 15, which the clamp to 14 and the ordered
+/// comparison reproduce. Sums are ggml's `w*q*x` and `w*q*q`, left to right, per lane.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `(sumqx, sumq2)` of each candidate inverse scale `ids[k]` over the 32 values of `xb`
+    /// with weights `w`, the codes picked from the sorted table `values`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn iq4_sums(
+        values: &[i8; 16],
+        xb: &[f32],
+        w: &[f32],
+        ids: &[f32; 16],
+    ) -> ([f32; 16], [f32; 16]) {
+        let n = xb.len().min(w.len());
+        let table: [f32; 16] = std::array::from_fn(|k| f32::from(values[k]));
+        // SAFETY: 16 floats each.
+        let (vals, ids) = unsafe { (_mm512_loadu_ps(table.as_ptr()), _mm512_loadu_ps(ids.as_ptr())) };
+        let v0 = _mm512_set1_ps(table[0]);
+        let v15 = _mm512_set1_ps(table[15]);
+        let (mut sumqx, mut sumq2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for j in 0..n {
+            let x = _mm512_set1_ps(xb[j]);
+            let al = _mm512_mul_ps(ids, x);
+            let mut ml = _mm512_setzero_si512();
+            for step in [8, 4, 2, 1] {
+                let cand = _mm512_add_epi32(ml, _mm512_set1_epi32(step));
+                let v = _mm512_permutexvar_ps(cand, vals);
+                let ge = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(al, v);
+                ml = _mm512_mask_mov_epi32(ml, ge, cand);
+            }
+            let ml = _mm512_min_epi32(ml, _mm512_set1_epi32(14));
+            let mu = _mm512_add_epi32(ml, _mm512_set1_epi32(1));
+            let lower = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+                _mm512_sub_ps(al, _mm512_permutexvar_ps(ml, vals)),
+                _mm512_sub_ps(_mm512_permutexvar_ps(mu, vals), al),
+            );
+            let mut l = _mm512_mask_mov_epi32(mu, lower, ml);
+            l = _mm512_mask_mov_epi32(l, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(al, v15), _mm512_set1_epi32(15));
+            l = _mm512_mask_mov_epi32(l, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(al, v0), _mm512_setzero_si512());
+            let q = _mm512_permutexvar_ps(l, vals);
+            let wq = _mm512_mul_ps(_mm512_set1_ps(w[j]), q);
+            sumqx = _mm512_add_ps(sumqx, _mm512_mul_ps(wq, x));
+            sumq2 = _mm512_add_ps(sumq2, _mm512_mul_ps(wq, q));
+        }
+        let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: 16 floats each.
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), sumqx);
+            _mm512_storeu_ps(b.as_mut_ptr(), sumq2);
+        }
+        (a, b)
     }
 }
