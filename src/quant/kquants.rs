@@ -235,6 +235,29 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
         sumlx += w * x[i] * lf;
         suml2 += w * lf * lf;
     }
+    #[cfg(target_arch = "x86_64")]
+    if n == 16 && search_avx512() {
+        // SAFETY: AVX-512F was just detected.
+        unsafe { avx512::q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2) };
+    } else {
+        q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2);
+    for l in l_out[..n].iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_q3_quants`' refinement: up to 5 passes of one-code-at-a-time improvements.
+fn q3_descent(nmax: i32, x: &[f32], l_out: &mut [i8], sums_lx: &mut f32, sums_l2: &mut f32) {
+    let n = x.len();
+    let (mut sumlx, mut suml2) = (*sums_lx, *sums_l2);
     for _ in 0..5 {
         let mut n_changed = 0;
         for i in 0..n {
@@ -261,14 +284,8 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
             break;
         }
     }
-    for l in l_out[..n].iter_mut() {
-        *l += nmax as i8;
-    }
-    if suml2 > 0.0 {
-        sumlx / suml2
-    } else {
-        0.0
-    }
+    *sums_lx = sumlx;
+    *sums_l2 = suml2;
 }
 
 /// `make_qkx2_quants`. Returns (scale, the_min).
@@ -1275,5 +1292,82 @@ pub(crate) mod avx512 {
             _mm512_storeu_ps(b.as_mut_ptr(), sumq2);
         }
         (a, b)
+    }
+
+    /// `make_q3_quants`' refinement on 16 codes (`l_out`, not yet offset by `nmax`), with the
+    /// running sums. Within a pass ggml visits the codes in order and only a code that changes
+    /// changes the state; so every remaining code is tried at once against the current state,
+    /// the first one that ggml would accept is applied, and the scan resumes after it: the
+    /// same changes in the same order, the same sums.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn q3_descent(
+        nmax: i32,
+        x: &[f32],
+        l_out: &mut [i8],
+        sums_lx: &mut f32,
+        sums_l2: &mut f32,
+    ) {
+        let (mut sumlx, mut suml2) = (*sums_lx, *sums_l2);
+        let mut l: [i32; 16] = std::array::from_fn(|i| i32::from(l_out[i]));
+        let xa: [f32; 16] = std::array::from_fn(|i| x[i]);
+        // SAFETY: 16 floats.
+        let xv = unsafe { _mm512_loadu_ps(xa.as_ptr()) };
+        let w = _mm512_mul_ps(xv, xv);
+        let wx = _mm512_mul_ps(w, xv);
+        let (lo, hi) = (_mm512_set1_epi32(-nmax), _mm512_set1_epi32(nmax - 1));
+        let zero = _mm512_setzero_ps();
+        for _ in 0..5 {
+            let mut n_changed = 0;
+            let mut from = 0u32;
+            while from < 16 {
+                // SAFETY: 16 integers.
+                let lv = unsafe { _mm512_loadu_si512(l.as_ptr() as *const __m512i) };
+                let li = _mm512_cvtepi32_ps(lv);
+                let slx = _mm512_sub_ps(_mm512_set1_ps(sumlx), _mm512_mul_ps(wx, li));
+                let sl2 = _mm512_sub_ps(_mm512_set1_ps(suml2), _mm512_mul_ps(_mm512_mul_ps(w, li), li));
+                let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(slx, zero);
+                let q = _mm512_div_ps(_mm512_mul_ps(xv, sl2), slx);
+                let val = _mm512_castps_si512(_mm512_add_ps(q, _mm512_set1_ps(12_582_912.0)));
+                let nl = _mm512_sub_epi32(
+                    _mm512_and_si512(val, _mm512_set1_epi32(0x007f_ffff)),
+                    _mm512_set1_epi32(0x0040_0000),
+                );
+                let nl = _mm512_min_epi32(_mm512_max_epi32(nl, lo), hi);
+                let changed = _mm512_cmpneq_epi32_mask(nl, lv);
+                let nlf = _mm512_cvtepi32_ps(nl);
+                let slx_n = _mm512_add_ps(slx, _mm512_mul_ps(wx, nlf));
+                let sl2_n = _mm512_add_ps(sl2, _mm512_mul_ps(_mm512_mul_ps(w, nlf), nlf));
+                let ok2 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sl2_n, zero);
+                let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(
+                    _mm512_mul_ps(_mm512_mul_ps(slx_n, slx_n), _mm512_set1_ps(suml2)),
+                    _mm512_mul_ps(_mm512_set1_ps(sumlx * sumlx), sl2_n),
+                );
+                let take = positive & changed & ok2 & better & (0xffffu16 << from);
+                if take == 0 {
+                    break;
+                }
+                let i = take.trailing_zeros() as usize;
+                let (mut a, mut b, mut c) = ([0f32; 16], [0f32; 16], [0i32; 16]);
+                // SAFETY: 16 lanes each.
+                unsafe {
+                    _mm512_storeu_ps(a.as_mut_ptr(), slx_n);
+                    _mm512_storeu_ps(b.as_mut_ptr(), sl2_n);
+                    _mm512_storeu_si512(c.as_mut_ptr() as *mut __m512i, nl);
+                }
+                l[i] = c[i];
+                sumlx = a[i];
+                suml2 = b[i];
+                n_changed += 1;
+                from = i as u32 + 1;
+            }
+            if n_changed == 0 {
+                break;
+            }
+        }
+        for i in 0..16 {
+            l_out[i] = l[i] as i8;
+        }
+        *sums_lx = sumlx;
+        *sums_l2 = suml2;
     }
 }
