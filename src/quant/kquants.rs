@@ -225,13 +225,14 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
         return 0.0;
     }
     let iscale = -(nmax as f32) / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1) as i8;
+    }
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-        l_out[i] = l as i8;
         let w = x[i] * x[i];
-        let lf = l as f32;
+        let lf = f32::from(l_out[i]);
         sumlx += w * x[i] * lf;
         suml2 += w * lf * lf;
     }
@@ -744,22 +745,17 @@ pub fn quantize_q3_k(x: &[f32], y: &mut BlockQ3K) {
             l[16 * j + ii] = (li + 4) as i8;
         }
     }
-    y.hmask = [0; 32];
+    // Codes are 0..=7 here: the high bit of code j goes to bit j / 32 of hmask[j % 32] (ggml's
+    // running m / hm counters), the low two bits stay. Branch-free so that it vectorises.
     let mut lu = [0u8; QK_K];
-    let mut m = 0;
-    let mut hm = 1u8;
-    for j in 0..QK_K {
-        let mut v = l[j];
-        if v > 3 {
-            y.hmask[m] |= hm;
-            v -= 4;
+    for m in 0..QK_K / 8 {
+        let mut h = 0u8;
+        for b in 0..8 {
+            let v = l[32 * b + m] as u8;
+            h |= u8::from(v > 3) << b;
+            lu[32 * b + m] = v & 3;
         }
-        lu[j] = v as u8;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
-        }
+        y.hmask[m] = h;
     }
     pack_2bit(&lu, &mut y.qs);
 }
