@@ -44,7 +44,7 @@ pub(crate) fn search_avx512() -> bool {
 
 /// Whether the explicit AVX2 search kernels may run.
 #[inline]
-fn search_avx2() -> bool {
+pub(crate) fn search_avx2() -> bool {
     super::fast::has_avx2() && !PORTABLE_ONLY.with(|p| p.get())
 }
 
@@ -340,6 +340,29 @@ fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
+    #[cfg(target_arch = "x86_64")]
+    if n <= LANE_MAX_N && search_avx2() {
+        let mut st = SearchState {
+            min,
+            scale,
+            best_error,
+        };
+        let (ax, aw) = (x, weights);
+        let ctx = SearchInput {
+            nmax,
+            max,
+            sum_w,
+            sum_x,
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+            qkx3: false,
+        };
+        // SAFETY: AVX2 was just detected.
+        unsafe { avx2_search(&ctx, ax, aw, l_out, &mut st) };
+        return (st.scale, -st.min);
+    }
     if n <= LANE_MAX_N {
         // LANES candidate scales at a time, one per SIMD lane, each lane summing over the
         // elements in ggml's order (bit-identical). A candidate depends on `min` as left by the
@@ -356,34 +379,6 @@ fn make_qkx2_quants(
             let mut ls = [[0u8; LANES]; LANE_MAX_N];
             let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
             let mut err = [0f32; LANES];
-            #[cfg(target_arch = "x86_64")]
-            if search_avx2() {
-                // SAFETY: AVX2 was just detected.
-                unsafe {
-                    avx2::qkx2_group(
-                        nmax, x, weights, base_min, sum_w, sum_x, &isc, use_mad, &mut ls, &mut sc,
-                        &mut mn, &mut ok, &mut err,
-                    )
-                };
-                let mut next = is0 + LANES as i32;
-                for k in 0..LANES {
-                    if is0 + k as i32 > nstep {
-                        break;
-                    }
-                    if ok[k] && err[k] < best_error {
-                        for i in 0..n {
-                            l_out[i] = ls[i][k];
-                        }
-                        best_error = err[k];
-                        scale = sc[k];
-                        min = mn[k];
-                        next = is0 + k as i32 + 1;
-                        break;
-                    }
-                }
-                is0 = next;
-                continue;
-            }
             let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
             for i in 0..n {
                 let (xi, w) = (x[i], weights[i]);
@@ -475,7 +470,77 @@ fn make_qkx2_quants(
 }
 
 /// Candidate scales searched side by side by [`make_qkx2_quants`] (one AVX2 register of f32).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
+
+/// The fixed inputs of a `make_qkx2_quants` / `make_qkx3_quants` candidate search.
+pub(crate) struct SearchInput {
+    pub nmax: i32,
+    pub max: f32,
+    pub sum_w: f32,
+    pub sum_x: f32,
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    /// Absolute instead of squared error (`make_qkx2_quants`' `use_mad`).
+    pub use_mad: bool,
+    /// `make_qkx3_quants`' codes: the scaled value is capped at `nmax` before rounding, and a
+    /// value that is not above 0 is 0.
+    pub qkx3: bool,
+}
+
+/// What the search improves: the current min, scale and error.
+pub(crate) struct SearchState {
+    pub min: f32,
+    pub scale: f32,
+    pub best_error: f32,
+}
+
+/// The candidate search for sub-blocks of up to `LANE_MAX_N` values, `LANES` candidates per AVX2
+/// group, speculative as described in `make_qkx2_quants` (restart after an accepted candidate,
+/// whose `min` the later ones use). `l_out` gets the codes of the last accepted candidate.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) fn avx2_search(
+    c: &SearchInput,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    st: &mut SearchState,
+) {
+    let n = x.len();
+    let nmaxf = c.nmax as f32;
+    let mut is0 = 0;
+    while is0 <= c.nstep {
+        let base_min = st.min;
+        let mut isc = [0f32; LANES];
+        for (k, v) in isc.iter_mut().enumerate() {
+            *v = (c.rmin + c.rdelta * (is0 + k as i32) as f32 + nmaxf) / (c.max - base_min);
+        }
+        let mut ls = [[0u8; LANES]; LANE_MAX_N];
+        let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        let mut err = [0f32; LANES];
+        avx2::qkx2_group(
+            c, x, weights, base_min, &isc, &mut ls, &mut sc, &mut mn, &mut ok, &mut err,
+        );
+        let mut next = is0 + LANES as i32;
+        for k in 0..LANES {
+            if is0 + k as i32 > c.nstep {
+                break;
+            }
+            if ok[k] && err[k] < st.best_error {
+                for i in 0..n {
+                    l_out[i] = ls[i][k];
+                }
+                st.best_error = err[k];
+                st.scale = sc[k];
+                st.min = mn[k];
+                next = is0 + k as i32 + 1;
+                break;
+            }
+        }
+        is0 = next;
+    }
+}
 
 /// Explicit AVX2 forms of the lane searches: the portable loops above vectorise poorly (LLVM
 /// splits the accumulators into 128-bit halves and shuffles). Every lane does ggml's scalar
@@ -502,14 +567,11 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub(super) fn qkx2_group(
-        nmax: i32,
+        c: &super::SearchInput,
         x: &[f32],
         weights: &[f32],
         base_min: f32,
-        sum_w: f32,
-        sum_x: f32,
         isc: &[f32; LANES],
-        use_mad: bool,
         ls: &mut [[u8; LANES]; LANE_MAX_N],
         sc_out: &mut [f32; LANES],
         mn_out: &mut [f32; LANES],
@@ -520,7 +582,9 @@ mod avx2 {
         debug_assert!(n <= LANE_MAX_N && weights.len() >= n);
         // SAFETY: 8 floats.
         let isc = unsafe { _mm256_loadu_ps(isc.as_ptr()) };
+        let (nmax, sum_w, sum_x, use_mad) = (c.nmax, c.sum_w, c.sum_x, c.use_mad);
         let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+        let (nmaxf, fzero) = (_mm256_set1_ps(nmax as f32), _mm256_setzero_ps());
         let mut lf_all = [_mm256_setzero_ps(); LANE_MAX_N];
         let (mut sum_l, mut sum_l2, mut sum_xl) =
             (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
@@ -528,7 +592,15 @@ mod avx2 {
             let xi = _mm256_set1_ps(x[i]);
             let w = _mm256_set1_ps(weights[i]);
             let xm = _mm256_set1_ps(x[i] - base_min);
-            let l = _mm256_min_epi32(_mm256_max_epi32(nearest_int(_mm256_mul_ps(isc, xm)), zero), top);
+            let v = _mm256_mul_ps(isc, xm);
+            let l = if c.qkx3 {
+                // `v > 0 ? nearest_int(v < nmax ? v : nmax) : 0` (min_ps(a, b) is `a < b ? a : b`).
+                let r = nearest_int(_mm256_min_ps(v, nmaxf));
+                let pos = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(v, fzero));
+                _mm256_and_si256(r, pos)
+            } else {
+                _mm256_min_epi32(_mm256_max_epi32(nearest_int(v), zero), top)
+            };
             // The codes as bytes, lane k at ls[i][k].
             let b = _mm256_packus_epi16(_mm256_packs_epi32(l, l), zero);
             let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -575,7 +647,7 @@ mod avx2 {
     }
 }
 /// The longest sub-block searched that way (Q4_K/Q5_K use 32).
-const LANE_MAX_N: usize = 32;
+pub(crate) const LANE_MAX_N: usize = 32;
 
 /// `get_scale_min_k4`.
 #[inline]
