@@ -273,15 +273,29 @@ fn encode_portable_search_matches_ggml() {
     }
     quant::kquants::portable_search_on_this_thread(false);
     // The imatrix searches too, on a one-thread pool whose only thread runs portable.
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     pool.install(|| {
         quant::kquants::portable_search_on_this_thread(true);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x9a7);
         let qw: Vec<f32> = (0..256)
-            .map(|i| if i == 5 { 0.0 } else { Uniform::new(0.0f32, 4.0).sample(&mut rng).powi(3) })
+            .map(|i| {
+                if i == 5 {
+                    0.0
+                } else {
+                    Uniform::new(0.0f32, 4.0).sample(&mut rng).powi(3)
+                }
+            })
             .collect();
         let mut types = types.to_vec();
-        types.extend([GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q4_0, GgmlType::Q5_0]);
+        types.extend([
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+        ]);
         for (name, x) in &inputs {
             let x = &x[..x.len().min(4096)];
             for &ty in &types {

@@ -588,7 +588,10 @@ impl GgufFile {
             return;
         };
         let base = map.as_ptr() as usize;
-        let (lo, hi) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        let (lo, hi) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
         if lo < base || hi > base + map.len() {
             return;
         }
@@ -600,7 +603,9 @@ impl GgufFile {
             // SAFETY: MADV_DONTNEED on a read-only file mapping only discards the cached copy
             // of the pages; the bytes are unchanged (re-read from the file on the next access),
             // so outstanding borrows of the map stay valid.
-            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 

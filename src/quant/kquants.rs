@@ -586,8 +586,11 @@ mod avx2 {
         let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
         let (nmaxf, fzero) = (_mm256_set1_ps(nmax as f32), _mm256_setzero_ps());
         let mut lf_all = [_mm256_setzero_ps(); LANE_MAX_N];
-        let (mut sum_l, mut sum_l2, mut sum_xl) =
-            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
         for i in 0..n {
             let xi = _mm256_set1_ps(x[i]);
             let w = _mm256_set1_ps(weights[i]);
@@ -605,7 +608,12 @@ mod avx2 {
             let b = _mm256_packus_epi16(_mm256_packs_epi32(l, l), zero);
             let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             // SAFETY: ls[i] is 8 bytes, the low half of the register.
-            unsafe { _mm_storel_epi64(ls[i].as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(b)) };
+            unsafe {
+                _mm_storel_epi64(
+                    ls[i].as_mut_ptr() as *mut __m128i,
+                    _mm256_castsi256_si128(b),
+                )
+            };
             let lf = _mm256_cvtepi32_ps(l);
             lf_all[i] = lf;
             let wl = _mm256_mul_ps(w, lf);
@@ -616,8 +624,14 @@ mod avx2 {
         let (sw, sx) = (_mm256_set1_ps(sum_w), _mm256_set1_ps(sum_x));
         let d = _mm256_sub_ps(_mm256_mul_ps(sw, sum_l2), _mm256_mul_ps(sum_l, sum_l));
         let ok = _mm256_cmp_ps::<_CMP_GT_OQ>(d, _mm256_setzero_ps());
-        let sc = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sw, sum_xl), _mm256_mul_ps(sx, sum_l)), d);
-        let mn = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sx), _mm256_mul_ps(sum_l, sum_xl)), d);
+        let sc = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(sw, sum_xl), _mm256_mul_ps(sx, sum_l)),
+            d,
+        );
+        let mn = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(sum_l2, sx), _mm256_mul_ps(sum_l, sum_xl)),
+            d,
+        );
         let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, _mm256_setzero_ps());
         let mn = _mm256_andnot_ps(pos, mn);
         let sc = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), pos);
@@ -1325,7 +1339,12 @@ pub(crate) mod avx512 {
         let n = xb.len().min(w.len());
         let table: [f32; 16] = std::array::from_fn(|k| f32::from(values[k]));
         // SAFETY: 16 floats each.
-        let (vals, ids) = unsafe { (_mm512_loadu_ps(table.as_ptr()), _mm512_loadu_ps(ids.as_ptr())) };
+        let (vals, ids) = unsafe {
+            (
+                _mm512_loadu_ps(table.as_ptr()),
+                _mm512_loadu_ps(ids.as_ptr()),
+            )
+        };
         let v0 = _mm512_set1_ps(table[0]);
         let v15 = _mm512_set1_ps(table[15]);
         let (mut sumqx, mut sumq2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -1346,8 +1365,16 @@ pub(crate) mod avx512 {
                 _mm512_sub_ps(_mm512_permutexvar_ps(mu, vals), al),
             );
             let mut l = _mm512_mask_mov_epi32(mu, lower, ml);
-            l = _mm512_mask_mov_epi32(l, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(al, v15), _mm512_set1_epi32(15));
-            l = _mm512_mask_mov_epi32(l, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(al, v0), _mm512_setzero_si512());
+            l = _mm512_mask_mov_epi32(
+                l,
+                _mm512_cmp_ps_mask::<_CMP_GE_OQ>(al, v15),
+                _mm512_set1_epi32(15),
+            );
+            l = _mm512_mask_mov_epi32(
+                l,
+                _mm512_cmp_ps_mask::<_CMP_LE_OQ>(al, v0),
+                _mm512_setzero_si512(),
+            );
             let q = _mm512_permutexvar_ps(l, vals);
             let wq = _mm512_mul_ps(_mm512_set1_ps(w[j]), q);
             sumqx = _mm512_add_ps(sumqx, _mm512_mul_ps(wq, x));
@@ -1392,7 +1419,10 @@ pub(crate) mod avx512 {
                 let lv = unsafe { _mm512_loadu_si512(l.as_ptr() as *const __m512i) };
                 let li = _mm512_cvtepi32_ps(lv);
                 let slx = _mm512_sub_ps(_mm512_set1_ps(sumlx), _mm512_mul_ps(wx, li));
-                let sl2 = _mm512_sub_ps(_mm512_set1_ps(suml2), _mm512_mul_ps(_mm512_mul_ps(w, li), li));
+                let sl2 = _mm512_sub_ps(
+                    _mm512_set1_ps(suml2),
+                    _mm512_mul_ps(_mm512_mul_ps(w, li), li),
+                );
                 let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(slx, zero);
                 let q = _mm512_div_ps(_mm512_mul_ps(xv, sl2), slx);
                 let val = _mm512_castps_si512(_mm512_add_ps(q, _mm512_set1_ps(12_582_912.0)));
