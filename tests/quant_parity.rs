@@ -247,6 +247,69 @@ fn encode_edge_blocks_matches_ggml() {
 }
 
 #[test]
+fn encode_portable_search_matches_ggml() {
+    // The searches' portable forms (what a CPU without AVX2 runs), on this thread only.
+    quant::kquants::portable_search_on_this_thread(true);
+    let types = [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ4_NL,
+    ];
+    let edge: Vec<f32> = edge_blocks().into_iter().flat_map(|(_, b)| b).collect();
+    let mut inputs = distributions();
+    inputs.push(("all edge blocks", edge));
+    for (name, x) in &inputs {
+        let x = &x[..x.len().min(8192)];
+        for ty in types {
+            let theirs = ggml::quantize_chunk(ty, x, 256);
+            let mut ours = vec![0u8; theirs.len()];
+            quant::quantize_with(Path::Fast, ty, x, &mut ours).unwrap();
+            assert_eq!(ours, theirs, "{ty} portable search, {name}");
+        }
+    }
+    quant::kquants::portable_search_on_this_thread(false);
+    // The imatrix searches too, on a one-thread pool whose only thread runs portable.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        quant::kquants::portable_search_on_this_thread(true);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9a7);
+        let qw: Vec<f32> = (0..256)
+            .map(|i| {
+                if i == 5 {
+                    0.0
+                } else {
+                    Uniform::new(0.0f32, 4.0).sample(&mut rng).powi(3)
+                }
+            })
+            .collect();
+        let mut types = types.to_vec();
+        types.extend([
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+        ]);
+        for (name, x) in &inputs {
+            let x = &x[..x.len().min(4096)];
+            for &ty in &types {
+                let theirs = ggml::quantize_chunk_imatrix(ty, x, 256, &qw);
+                let mut ours = vec![0u8; theirs.len()];
+                quant::imatrix::quantize_weighted(ty, x, 256, &qw, &mut ours).unwrap();
+                assert_eq!(ours, theirs, "{ty} portable imatrix search, {name}");
+            }
+        }
+        quant::kquants::portable_search_on_this_thread(false);
+    });
+}
+
+#[test]
 fn type_capabilities() {
     for &t in GgmlType::ALL {
         let enc = ENCODE.contains(&t)

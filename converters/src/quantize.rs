@@ -735,6 +735,7 @@ fn encode(
     ty: GgmlType,
     weights: Option<&[f32]>,
     out: &mut dyn Write,
+    release: &dyn Fn(&[u8]),
 ) -> Result<()> {
     let ne0 = view.info.ne.first().copied().unwrap_or(1) as usize;
     let nrows = (view.info.n_elements() as usize) / ne0.max(1);
@@ -771,7 +772,19 @@ fn encode(
             None => quant::quantize(ty, x, dst).with_context(ctx)?,
         }
         out.write_all(dst)?;
+        // The slab's input pages are done with: drop them so the mapped input does not stay
+        // resident (peak memory is a few slabs, not the input file).
+        release(src);
         r0 = r1;
+    }
+    Ok(())
+}
+
+/// Copies a tensor's bytes as they are, releasing the input pages as it goes.
+fn copy(data: &[u8], out: &mut dyn Write, release: &dyn Fn(&[u8])) -> Result<()> {
+    for part in data.chunks(SLAB_ELEMENTS * 4) {
+        out.write_all(part)?;
+        release(part);
     }
     Ok(())
 }
@@ -885,10 +898,11 @@ pub fn run(input: &Path, output: &Path, opts: &Options) -> Result<Summary> {
     w.write_file(output, |i, t, out| {
         let view = file.tensor_at(i);
         pb.set_message(t.name.clone());
+        let release = |b: &[u8]| file.release(b);
         let res = if plan[i] == view.ty() {
-            out.write_all(view.data).map_err(anyhow::Error::from)
+            copy(view.data, out, &release)
         } else {
-            encode(view, plan[i], weights[i], out)
+            encode(view, plan[i], weights[i], out, &release)
         };
         pb.inc(view.info.size);
         res.map_err(|e| jq::gguf::GgufError::Plan(format!("{e:#}")))

@@ -13,7 +13,7 @@
 use super::error::{GgufError, Result};
 use super::value::{decode_value, ArrayRef, Value, ValueType};
 use crate::quant::{dequantize, GgmlType};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -578,6 +578,37 @@ impl GgufFile {
         }
     }
 
+    /// Drops this process's resident copy of the whole pages of the map that lie inside
+    /// `bytes` (a slice of this file, e.g. a tensor's data already consumed), so a pass over a
+    /// large file does not keep it all resident. The map is read-only and file-backed: a later
+    /// read faults the same bytes back in. A slice that is not in the map, or a file held in
+    /// memory, is left alone.
+    pub fn release(&self, bytes: &[u8]) {
+        let Storage::Map(map) = &self.storage else {
+            return;
+        };
+        let base = map.as_ptr() as usize;
+        let (lo, hi) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        if lo < base || hi > base + map.len() {
+            return;
+        }
+        let page = page_size();
+        // Only whole pages inside the slice: a neighbour's pages stay.
+        let start = (lo - base).div_ceil(page) * page;
+        let end = (hi - base) / page * page;
+        if end > start {
+            // SAFETY: MADV_DONTNEED on a read-only file mapping only discards the cached copy
+            // of the pages; the bytes are unchanged (re-read from the file on the next access),
+            // so outstanding borrows of the map stay valid.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     pub fn index(&self) -> &GgufIndex {
         &self.index
     }
@@ -708,4 +739,10 @@ typed_getters! {
     get_u64 => U64: u64, "u64";
     get_i64 => I64: i64, "i64";
     get_f64 => F64: f64, "f64";
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }

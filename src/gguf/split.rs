@@ -287,6 +287,14 @@ impl GgufModel {
         Ok(self.parts[p].tensor_at(t))
     }
 
+    /// Drops the resident pages of `bytes` (a slice of one of the parts, e.g. a consumed
+    /// tensor's data): see [`GgufFile::release`].
+    pub fn release(&self, bytes: &[u8]) {
+        for p in &self.parts {
+            p.release(bytes);
+        }
+    }
+
     /// Which part holds `name` and where its bytes start in that file.
     pub fn location(&self, name: &str) -> Result<TensorLocation> {
         let &i = self

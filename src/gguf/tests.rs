@@ -297,3 +297,36 @@ proptest! {
         prop_assert_eq!(f.tensor("w").unwrap().data, &data[..]);
     }
 }
+
+#[test]
+fn release_keeps_the_bytes() {
+    // A tensor spanning many pages, released piece by piece (unaligned pieces, so partial
+    // pages at both ends), then read again: the same bytes, from a map and from memory.
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "test").unwrap();
+    w.add_tensor("big", GgmlType::F32, &[4096, 9]).unwrap();
+    w.add_tensor("small", GgmlType::F32, &[3]).unwrap();
+    let big: Vec<u8> = (0..4096 * 9 * 4).map(|i| (i * 7 % 251) as u8).collect();
+    let data = vec![big.clone(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]];
+    let bytes = write_bytes(&w, &data);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let mapped = GgufFile::open(&path).unwrap();
+    let owned = GgufFile::from_vec(bytes).unwrap();
+    for f in [&mapped, &owned] {
+        let t = f.tensor("big").unwrap();
+        for piece in t.data.chunks(10_007) {
+            f.release(piece);
+        }
+        // A slice from elsewhere is ignored.
+        f.release(&big);
+        assert_eq!(f.tensor("big").unwrap().data, &big[..]);
+        assert_eq!(f.tensor("small").unwrap().data, &data[1][..]);
+        f.release(f.bytes());
+        assert_eq!(f.tensor("big").unwrap().data, &big[..]);
+    }
+    let model = GgufModel::open(&path).unwrap();
+    model.release(model.tensor("big").unwrap().data);
+    assert_eq!(model.tensor("big").unwrap().data, &big[..]);
+}

@@ -13,7 +13,7 @@ use super::blocks::{
     BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, QK_K,
 };
-use super::kquants::{make_qx_quants, nearest_int, pack_2bit, scale_min_k4, GROUP_MAX_EPS};
+use super::kquants::{self, make_qx_quants, nearest_int, pack_2bit, scale_min_k4, GROUP_MAX_EPS};
 use super::legacy::{f2h, h2f, quantize_iq4_impl};
 use super::{quantize_with, CodecError, GgmlType, Path};
 use rayon::prelude::*;
@@ -84,6 +84,28 @@ fn make_qkx3_quants(
     }
     if nstep < 1 {
         return (scale, -min);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n <= kquants::LANE_MAX_N && kquants::search_avx2() {
+        let c = kquants::SearchInput {
+            nmax,
+            max,
+            sum_w,
+            sum_x,
+            rmin,
+            rdelta,
+            nstep,
+            use_mad: false,
+            qkx3: true,
+        };
+        let mut st = kquants::SearchState {
+            min,
+            scale,
+            best_error: best_mad,
+        };
+        // SAFETY: AVX2 was just detected.
+        unsafe { kquants::avx2_search(&c, x, weights, l_out, &mut st) };
+        return (st.scale, -st.min);
     }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);

@@ -17,6 +17,37 @@ use super::legacy::{f2h, h2f, quantize_iq4_impl};
 
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
+thread_local! {
+    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the scale searches on the calling thread use their portable (non-intrinsic) form, so
+/// that tests check the fallback a CPU without AVX2 runs against ggml too. Other threads
+/// (rayon's) are not affected.
+#[doc(hidden)]
+pub fn portable_search_on_this_thread(on: bool) {
+    PORTABLE_ONLY.with(|p| p.set(on));
+}
+
+/// Whether the AVX-512 search kernels may run.
+#[inline]
+pub(crate) fn search_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && !PORTABLE_ONLY.with(|p| p.get())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the explicit AVX2 search kernels may run.
+#[inline]
+pub(crate) fn search_avx2() -> bool {
+    super::fast::has_avx2() && !PORTABLE_ONLY.with(|p| p.get())
+}
+
 /// `nearest_int`: round to nearest even through the 1.5 * 2^23 trick. Out of its range
 /// (|x| > 4194303, NaN, inf) ggml's assert is compiled out and the bit trick answers garbage;
 /// this answers the same garbage.
@@ -76,6 +107,9 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<
         Some(w) => w[i],
         None => x[i] * x[i],
     };
+    if n <= LANE_MAX_N {
+        return make_qx_quants_lanes(nmax, max, x, l_out, weight);
+    }
     let mut iscale = -nmaxf / max;
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
@@ -115,6 +149,65 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], qw: Option<
     scale
 }
 
+/// Candidate scales of [`make_qx_quants`]: the first guess and the 18 tries, padded to a
+/// whole number of AVX-512 / AVX2 registers.
+const QX_LANES: usize = 24;
+
+/// [`make_qx_quants`] with every candidate scale in its own SIMD lane. Unlike
+/// `make_qkx2_quants`' search, no candidate depends on an earlier one (only the comparison with
+/// `best` does), so all 19 are summed side by side, each lane in ggml's element order with
+/// ggml's operations (`w*x*l`, `w*l*l` left to right), then compared in ggml's order: the same
+/// bits, and the codes are computed once, for the scale that won.
+#[inline]
+fn make_qx_quants_lanes(
+    nmax: i32,
+    max: f32,
+    x: &[f32],
+    l_out: &mut [i8],
+    weight: impl Fn(usize) -> f32,
+) -> f32 {
+    let n = x.len();
+    let nmaxf = nmax as f32;
+    let mut isc = [0f32; QX_LANES];
+    isc[0] = -nmaxf / max;
+    let mut k = 1;
+    for is in -9i32..=9 {
+        if is != 0 {
+            isc[k] = -(nmaxf + 0.1 * is as f32) / max;
+            k += 1;
+        }
+    }
+    let (mut sumlx, mut suml2) = ([0f32; QX_LANES], [0f32; QX_LANES]);
+    for i in 0..n {
+        let xi = x[i];
+        let w = weight(i);
+        let wx = w * xi;
+        for k in 0..QX_LANES {
+            let lf = nearest_int(isc[k] * xi).clamp(-nmax, nmax - 1) as f32;
+            sumlx[k] += wx * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut won = 0;
+    for k in 1..19 {
+        if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best * suml2[k] {
+            scale = sumlx[k] / suml2[k];
+            best = scale * sumlx[k];
+            won = k;
+        }
+    }
+    for i in 0..n {
+        l_out[i] = (nmax + nearest_int(isc[won] * x[i]).clamp(-nmax, nmax - 1)) as i8;
+    }
+    scale
+}
+
 /// `make_q3_quants` with `do_rmse`.
 fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
     let n = x.len();
@@ -132,16 +225,40 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
         return 0.0;
     }
     let iscale = -(nmax as f32) / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1) as i8;
+    }
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-        l_out[i] = l as i8;
         let w = x[i] * x[i];
-        let lf = l as f32;
+        let lf = f32::from(l_out[i]);
         sumlx += w * x[i] * lf;
         suml2 += w * lf * lf;
     }
+    #[cfg(target_arch = "x86_64")]
+    if n == 16 && search_avx512() {
+        // SAFETY: AVX-512F was just detected.
+        unsafe { avx512::q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2) };
+    } else {
+        q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    q3_descent(nmax, x, l_out, &mut sumlx, &mut suml2);
+    for l in l_out[..n].iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_q3_quants`' refinement: up to 5 passes of one-code-at-a-time improvements.
+fn q3_descent(nmax: i32, x: &[f32], l_out: &mut [i8], sums_lx: &mut f32, sums_l2: &mut f32) {
+    let n = x.len();
+    let (mut sumlx, mut suml2) = (*sums_lx, *sums_l2);
     for _ in 0..5 {
         let mut n_changed = 0;
         for i in 0..n {
@@ -168,14 +285,8 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
             break;
         }
     }
-    for l in l_out[..n].iter_mut() {
-        *l += nmax as i8;
-    }
-    if suml2 > 0.0 {
-        sumlx / suml2
-    } else {
-        0.0
-    }
+    *sums_lx = sumlx;
+    *sums_l2 = suml2;
 }
 
 /// `make_qkx2_quants`. Returns (scale, the_min).
@@ -229,6 +340,29 @@ fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
+    #[cfg(target_arch = "x86_64")]
+    if n <= LANE_MAX_N && search_avx2() {
+        let mut st = SearchState {
+            min,
+            scale,
+            best_error,
+        };
+        let (ax, aw) = (x, weights);
+        let ctx = SearchInput {
+            nmax,
+            max,
+            sum_w,
+            sum_x,
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+            qkx3: false,
+        };
+        // SAFETY: AVX2 was just detected.
+        unsafe { avx2_search(&ctx, ax, aw, l_out, &mut st) };
+        return (st.scale, -st.min);
+    }
     if n <= LANE_MAX_N {
         // LANES candidate scales at a time, one per SIMD lane, each lane summing over the
         // elements in ggml's order (bit-identical). A candidate depends on `min` as left by the
@@ -243,6 +377,8 @@ fn make_qkx2_quants(
                 *v = (rmin + rdelta * (is0 + k as i32) as f32 + nmaxf) / (max - base_min);
             }
             let mut ls = [[0u8; LANES]; LANE_MAX_N];
+            let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+            let mut err = [0f32; LANES];
             let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
             for i in 0..n {
                 let (xi, w) = (x[i], weights[i]);
@@ -256,7 +392,6 @@ fn make_qkx2_quants(
                     sum_xl[k] += w * lf * xi;
                 }
             }
-            let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
             for k in 0..LANES {
                 let d = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
                 ok[k] = d > 0.0;
@@ -267,7 +402,6 @@ fn make_qkx2_quants(
                     sc[k] = sum_xl[k] / sum_l2[k];
                 }
             }
-            let mut err = [0f32; LANES];
             for i in 0..n {
                 let (xi, w) = (x[i], weights[i]);
                 for k in 0..LANES {
@@ -336,9 +470,198 @@ fn make_qkx2_quants(
 }
 
 /// Candidate scales searched side by side by [`make_qkx2_quants`] (one AVX2 register of f32).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
+
+/// The fixed inputs of a `make_qkx2_quants` / `make_qkx3_quants` candidate search.
+pub(crate) struct SearchInput {
+    pub nmax: i32,
+    pub max: f32,
+    pub sum_w: f32,
+    pub sum_x: f32,
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    /// Absolute instead of squared error (`make_qkx2_quants`' `use_mad`).
+    pub use_mad: bool,
+    /// `make_qkx3_quants`' codes: the scaled value is capped at `nmax` before rounding, and a
+    /// value that is not above 0 is 0.
+    pub qkx3: bool,
+}
+
+/// What the search improves: the current min, scale and error.
+pub(crate) struct SearchState {
+    pub min: f32,
+    pub scale: f32,
+    pub best_error: f32,
+}
+
+/// The candidate search for sub-blocks of up to `LANE_MAX_N` values, `LANES` candidates per AVX2
+/// group, speculative as described in `make_qkx2_quants` (restart after an accepted candidate,
+/// whose `min` the later ones use). `l_out` gets the codes of the last accepted candidate.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) fn avx2_search(
+    c: &SearchInput,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    st: &mut SearchState,
+) {
+    let n = x.len();
+    let nmaxf = c.nmax as f32;
+    let mut is0 = 0;
+    while is0 <= c.nstep {
+        let base_min = st.min;
+        let mut isc = [0f32; LANES];
+        for (k, v) in isc.iter_mut().enumerate() {
+            *v = (c.rmin + c.rdelta * (is0 + k as i32) as f32 + nmaxf) / (c.max - base_min);
+        }
+        let mut ls = [[0u8; LANES]; LANE_MAX_N];
+        let (mut sc, mut mn, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        let mut err = [0f32; LANES];
+        avx2::qkx2_group(
+            c, x, weights, base_min, &isc, &mut ls, &mut sc, &mut mn, &mut ok, &mut err,
+        );
+        let mut next = is0 + LANES as i32;
+        for k in 0..LANES {
+            if is0 + k as i32 > c.nstep {
+                break;
+            }
+            if ok[k] && err[k] < st.best_error {
+                for i in 0..n {
+                    l_out[i] = ls[i][k];
+                }
+                st.best_error = err[k];
+                st.scale = sc[k];
+                st.min = mn[k];
+                next = is0 + k as i32 + 1;
+                break;
+            }
+        }
+        is0 = next;
+    }
+}
+
+/// Explicit AVX2 forms of the lane searches: the portable loops above vectorise poorly (LLVM
+/// splits the accumulators into 128-bit halves and shuffles). Every lane does ggml's scalar
+/// operations in ggml's order with no fused multiply-add, so the bits are the scalar ones:
+/// `nearest_int` is the same add / mask / subtract on integer lanes.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{LANES, LANE_MAX_N};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nearest_int(v: __m256) -> __m256i {
+        let val = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+        _mm256_sub_epi32(
+            _mm256_and_si256(val, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        )
+    }
+
+    /// One group of `make_qkx2_quants` candidates (inverse scales `isc`, all against
+    /// `base_min`): the codes per element and lane, and each lane's scale, min, whether its
+    /// determinant is positive, and its error.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn qkx2_group(
+        c: &super::SearchInput,
+        x: &[f32],
+        weights: &[f32],
+        base_min: f32,
+        isc: &[f32; LANES],
+        ls: &mut [[u8; LANES]; LANE_MAX_N],
+        sc_out: &mut [f32; LANES],
+        mn_out: &mut [f32; LANES],
+        ok_out: &mut [bool; LANES],
+        err_out: &mut [f32; LANES],
+    ) {
+        let n = x.len();
+        debug_assert!(n <= LANE_MAX_N && weights.len() >= n);
+        // SAFETY: 8 floats.
+        let isc = unsafe { _mm256_loadu_ps(isc.as_ptr()) };
+        let (nmax, sum_w, sum_x, use_mad) = (c.nmax, c.sum_w, c.sum_x, c.use_mad);
+        let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+        let (nmaxf, fzero) = (_mm256_set1_ps(nmax as f32), _mm256_setzero_ps());
+        let mut lf_all = [_mm256_setzero_ps(); LANE_MAX_N];
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        for i in 0..n {
+            let xi = _mm256_set1_ps(x[i]);
+            let w = _mm256_set1_ps(weights[i]);
+            let xm = _mm256_set1_ps(x[i] - base_min);
+            let v = _mm256_mul_ps(isc, xm);
+            let l = if c.qkx3 {
+                // `v > 0 ? nearest_int(v < nmax ? v : nmax) : 0` (min_ps(a, b) is `a < b ? a : b`).
+                let r = nearest_int(_mm256_min_ps(v, nmaxf));
+                let pos = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(v, fzero));
+                _mm256_and_si256(r, pos)
+            } else {
+                _mm256_min_epi32(_mm256_max_epi32(nearest_int(v), zero), top)
+            };
+            // The codes as bytes, lane k at ls[i][k].
+            let b = _mm256_packus_epi16(_mm256_packs_epi32(l, l), zero);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: ls[i] is 8 bytes, the low half of the register.
+            unsafe {
+                _mm_storel_epi64(
+                    ls[i].as_mut_ptr() as *mut __m128i,
+                    _mm256_castsi256_si128(b),
+                )
+            };
+            let lf = _mm256_cvtepi32_ps(l);
+            lf_all[i] = lf;
+            let wl = _mm256_mul_ps(w, lf);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xi));
+        }
+        let (sw, sx) = (_mm256_set1_ps(sum_w), _mm256_set1_ps(sum_x));
+        let d = _mm256_sub_ps(_mm256_mul_ps(sw, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        let ok = _mm256_cmp_ps::<_CMP_GT_OQ>(d, _mm256_setzero_ps());
+        let sc = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(sw, sum_xl), _mm256_mul_ps(sx, sum_l)),
+            d,
+        );
+        let mn = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(sum_l2, sx), _mm256_mul_ps(sum_l, sum_xl)),
+            d,
+        );
+        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, _mm256_setzero_ps());
+        let mn = _mm256_andnot_ps(pos, mn);
+        let sc = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), pos);
+        let mut err = _mm256_setzero_ps();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        for i in 0..n {
+            let xi = _mm256_set1_ps(x[i]);
+            let w = _mm256_set1_ps(weights[i]);
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(sc, lf_all[i]), mn), xi);
+            let diff = if use_mad {
+                _mm256_and_ps(diff, abs_mask)
+            } else {
+                _mm256_mul_ps(diff, diff)
+            };
+            err = _mm256_add_ps(err, _mm256_mul_ps(w, diff));
+        }
+        // SAFETY: each is 8 floats.
+        unsafe {
+            _mm256_storeu_ps(sc_out.as_mut_ptr(), sc);
+            _mm256_storeu_ps(mn_out.as_mut_ptr(), mn);
+            _mm256_storeu_ps(err_out.as_mut_ptr(), err);
+        }
+        let okm = _mm256_movemask_ps(ok);
+        for k in 0..LANES {
+            ok_out[k] = okm >> k & 1 != 0;
+        }
+    }
+}
 /// The longest sub-block searched that way (Q4_K/Q5_K use 32).
-const LANE_MAX_N: usize = 32;
+pub(crate) const LANE_MAX_N: usize = 32;
 
 /// `get_scale_min_k4`.
 #[inline]
@@ -508,22 +831,17 @@ pub fn quantize_q3_k(x: &[f32], y: &mut BlockQ3K) {
             l[16 * j + ii] = (li + 4) as i8;
         }
     }
-    y.hmask = [0; 32];
+    // Codes are 0..=7 here: the high bit of code j goes to bit j / 32 of hmask[j % 32] (ggml's
+    // running m / hm counters), the low two bits stay. Branch-free so that it vectorises.
     let mut lu = [0u8; QK_K];
-    let mut m = 0;
-    let mut hm = 1u8;
-    for j in 0..QK_K {
-        let mut v = l[j];
-        if v > 3 {
-            y.hmask[m] |= hm;
-            v -= 4;
+    for m in 0..QK_K / 8 {
+        let mut h = 0u8;
+        for b in 0..8 {
+            let v = l[32 * b + m] as u8;
+            h |= u8::from(v > 3) << b;
+            lu[32 * b + m] = v & 3;
         }
-        lu[j] = v as u8;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
-        }
+        y.hmask[m] = h;
     }
     pack_2bit(&lu, &mut y.qs);
 }
@@ -995,5 +1313,159 @@ pub fn dequantize_iq4_xs(b: &BlockIq4Xs, y: &mut [f32]) {
             o[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
             o[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
         }
+    }
+}
+
+/// The IQ4_NL / IQ4_XS scale search (`quantize_row_iq4_nl_impl`'s tries) with its 16
+/// candidates (the first guess and the 15 tries) in the 16 lanes of one AVX-512 register.
+/// `best_index_int8` becomes a branch-free binary search over the table held in a register;
+/// the table is strictly increasing, so the largest `ml` with `values[ml] <= x` that ggml's
+/// search finds is unique and any search finds the same one. A NaN makes every "less than"
+/// false: ggml then ends at (14, 15) and picks 15, which the clamp to 14 and the ordered
+/// comparison reproduce. Sums are ggml's `w*q*x` and `w*q*q`, left to right, per lane.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `(sumqx, sumq2)` of each candidate inverse scale `ids[k]` over the 32 values of `xb`
+    /// with weights `w`, the codes picked from the sorted table `values`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn iq4_sums(
+        values: &[i8; 16],
+        xb: &[f32],
+        w: &[f32],
+        ids: &[f32; 16],
+    ) -> ([f32; 16], [f32; 16]) {
+        let n = xb.len().min(w.len());
+        let table: [f32; 16] = std::array::from_fn(|k| f32::from(values[k]));
+        // SAFETY: 16 floats each.
+        let (vals, ids) = unsafe {
+            (
+                _mm512_loadu_ps(table.as_ptr()),
+                _mm512_loadu_ps(ids.as_ptr()),
+            )
+        };
+        let v0 = _mm512_set1_ps(table[0]);
+        let v15 = _mm512_set1_ps(table[15]);
+        let (mut sumqx, mut sumq2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for j in 0..n {
+            let x = _mm512_set1_ps(xb[j]);
+            let al = _mm512_mul_ps(ids, x);
+            let mut ml = _mm512_setzero_si512();
+            for step in [8, 4, 2, 1] {
+                let cand = _mm512_add_epi32(ml, _mm512_set1_epi32(step));
+                let v = _mm512_permutexvar_ps(cand, vals);
+                let ge = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(al, v);
+                ml = _mm512_mask_mov_epi32(ml, ge, cand);
+            }
+            let ml = _mm512_min_epi32(ml, _mm512_set1_epi32(14));
+            let mu = _mm512_add_epi32(ml, _mm512_set1_epi32(1));
+            let lower = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+                _mm512_sub_ps(al, _mm512_permutexvar_ps(ml, vals)),
+                _mm512_sub_ps(_mm512_permutexvar_ps(mu, vals), al),
+            );
+            let mut l = _mm512_mask_mov_epi32(mu, lower, ml);
+            l = _mm512_mask_mov_epi32(
+                l,
+                _mm512_cmp_ps_mask::<_CMP_GE_OQ>(al, v15),
+                _mm512_set1_epi32(15),
+            );
+            l = _mm512_mask_mov_epi32(
+                l,
+                _mm512_cmp_ps_mask::<_CMP_LE_OQ>(al, v0),
+                _mm512_setzero_si512(),
+            );
+            let q = _mm512_permutexvar_ps(l, vals);
+            let wq = _mm512_mul_ps(_mm512_set1_ps(w[j]), q);
+            sumqx = _mm512_add_ps(sumqx, _mm512_mul_ps(wq, x));
+            sumq2 = _mm512_add_ps(sumq2, _mm512_mul_ps(wq, q));
+        }
+        let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: 16 floats each.
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), sumqx);
+            _mm512_storeu_ps(b.as_mut_ptr(), sumq2);
+        }
+        (a, b)
+    }
+
+    /// `make_q3_quants`' refinement on 16 codes (`l_out`, not yet offset by `nmax`), with the
+    /// running sums. Within a pass ggml visits the codes in order and only a code that changes
+    /// changes the state; so every remaining code is tried at once against the current state,
+    /// the first one that ggml would accept is applied, and the scan resumes after it: the
+    /// same changes in the same order, the same sums.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn q3_descent(
+        nmax: i32,
+        x: &[f32],
+        l_out: &mut [i8],
+        sums_lx: &mut f32,
+        sums_l2: &mut f32,
+    ) {
+        let (mut sumlx, mut suml2) = (*sums_lx, *sums_l2);
+        let mut l: [i32; 16] = std::array::from_fn(|i| i32::from(l_out[i]));
+        let xa: [f32; 16] = std::array::from_fn(|i| x[i]);
+        // SAFETY: 16 floats.
+        let xv = unsafe { _mm512_loadu_ps(xa.as_ptr()) };
+        let w = _mm512_mul_ps(xv, xv);
+        let wx = _mm512_mul_ps(w, xv);
+        let (lo, hi) = (_mm512_set1_epi32(-nmax), _mm512_set1_epi32(nmax - 1));
+        let zero = _mm512_setzero_ps();
+        for _ in 0..5 {
+            let mut n_changed = 0;
+            let mut from = 0u32;
+            while from < 16 {
+                // SAFETY: 16 integers.
+                let lv = unsafe { _mm512_loadu_si512(l.as_ptr() as *const __m512i) };
+                let li = _mm512_cvtepi32_ps(lv);
+                let slx = _mm512_sub_ps(_mm512_set1_ps(sumlx), _mm512_mul_ps(wx, li));
+                let sl2 = _mm512_sub_ps(
+                    _mm512_set1_ps(suml2),
+                    _mm512_mul_ps(_mm512_mul_ps(w, li), li),
+                );
+                let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(slx, zero);
+                let q = _mm512_div_ps(_mm512_mul_ps(xv, sl2), slx);
+                let val = _mm512_castps_si512(_mm512_add_ps(q, _mm512_set1_ps(12_582_912.0)));
+                let nl = _mm512_sub_epi32(
+                    _mm512_and_si512(val, _mm512_set1_epi32(0x007f_ffff)),
+                    _mm512_set1_epi32(0x0040_0000),
+                );
+                let nl = _mm512_min_epi32(_mm512_max_epi32(nl, lo), hi);
+                let changed = _mm512_cmpneq_epi32_mask(nl, lv);
+                let nlf = _mm512_cvtepi32_ps(nl);
+                let slx_n = _mm512_add_ps(slx, _mm512_mul_ps(wx, nlf));
+                let sl2_n = _mm512_add_ps(sl2, _mm512_mul_ps(_mm512_mul_ps(w, nlf), nlf));
+                let ok2 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sl2_n, zero);
+                let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(
+                    _mm512_mul_ps(_mm512_mul_ps(slx_n, slx_n), _mm512_set1_ps(suml2)),
+                    _mm512_mul_ps(_mm512_set1_ps(sumlx * sumlx), sl2_n),
+                );
+                let take = positive & changed & ok2 & better & (0xffffu16 << from);
+                if take == 0 {
+                    break;
+                }
+                let i = take.trailing_zeros() as usize;
+                let (mut a, mut b, mut c) = ([0f32; 16], [0f32; 16], [0i32; 16]);
+                // SAFETY: 16 lanes each.
+                unsafe {
+                    _mm512_storeu_ps(a.as_mut_ptr(), slx_n);
+                    _mm512_storeu_ps(b.as_mut_ptr(), sl2_n);
+                    _mm512_storeu_si512(c.as_mut_ptr() as *mut __m512i, nl);
+                }
+                l[i] = c[i];
+                sumlx = a[i];
+                suml2 = b[i];
+                n_changed += 1;
+                from = i as u32 + 1;
+            }
+            if n_changed == 0 {
+                break;
+            }
+        }
+        for i in 0..16 {
+            l_out[i] = l[i] as i8;
+        }
+        *sums_lx = sumlx;
+        *sums_l2 = suml2;
     }
 }

@@ -435,6 +435,33 @@ pub(crate) fn quantize_iq4_impl(
         }
         let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
         let mut id = 1.0 / d;
+        #[cfg(target_arch = "x86_64")]
+        if ntry == 7 && super::kquants::search_avx512() {
+            // The first guess and the 15 tries side by side. The first guess's codes are not
+            // kept: with tries, every code is recomputed from the final scale below.
+            let mut ids = [0f32; 16];
+            ids[0] = id;
+            for (k, itry) in (-ntry..=ntry).enumerate() {
+                ids[k + 1] = (itry as f32 + v0) / max;
+            }
+            // SAFETY: AVX-512F was just detected.
+            let (sqx, sq2) = unsafe { super::kquants::avx512::iq4_sums(values, xb, &weight, &ids) };
+            d = if sq2[0] > 0.0 { sqx[0] / sq2[0] } else { 0.0 };
+            let mut best = d * sqx[0];
+            for k in 1..16 {
+                if sq2[k] > 0.0 && sqx[k] * sqx[k] > best * sq2[k] {
+                    d = sqx[k] / sq2[k];
+                    best = d * sqx[k];
+                }
+            }
+            scales[ib] = d;
+            let abs_d = d.abs();
+            if abs_d > amax_scale {
+                amax_scale = abs_d;
+                max_scale = d;
+            }
+            continue;
+        }
         let mut sumqx = 0.0f32;
         let mut sumq2 = 0.0f32;
         for j in 0..32 {
