@@ -127,10 +127,37 @@ fn main() {
     println!("Jarvis 12M, prompt {prompt_n} tokens, {decode} greedy tokens, {threads} threads, median of {RUNS}");
     println!("| type | file MiB | native prompt tok/s | native decode tok/s | llama.cpp prompt tok/s | llama.cpp decode tok/s | prompt ratio | decode ratio | jq-run peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut natives = Vec::new();
-    for ty in ["f32", "f16", "q8_0", "q4_0"] {
-        let native = convert(dir.path(), ty, "native");
-        let gpt2 = convert(dir.path(), ty, "ollama");
+    let files: Vec<(&str, PathBuf, PathBuf)> = ["f32", "f16", "q8_0", "q4_0"]
+        .into_iter()
+        .map(|ty| {
+            let native = convert(dir.path(), ty, "native");
+            let gpt2 = convert(dir.path(), ty, "ollama");
+            (ty, native, gpt2)
+        })
+        .collect();
+    // Whole processes first, spawn to exit, before this process has started any engine of
+    // its own (whose idle threads would share the cores with the children): the numpy script
+    // loads the npz checkpoint and runs its loop; jq-run loads the GGUF, prefills and decodes.
+    let numpy = process_secs(|| {
+        let mut c = Command::new("python3");
+        c.arg(root().join("fixtures/jarvis/bench_numpy.py"))
+            .arg(dir.path())
+            .args([prompt_n.to_string(), decode.to_string()]);
+        c
+    });
+    let processes: Vec<(&str, f64)> = files
+        .iter()
+        .map(|(ty, native, _)| {
+            let s = process_secs(|| {
+                let mut c = jq_run(native, &prompt_list, decode);
+                c.args(["-t", &threads.to_string()]);
+                c
+            });
+            (*ty, s)
+        })
+        .collect();
+    for (ty, native, gpt2) in &files {
+        let (ty, native, gpt2) = (*ty, native.clone(), gpt2.clone());
         let f = GgufModel::open(&native).unwrap();
         let j = Jarvis::load(&f).unwrap();
         let opts = RunOptions {
@@ -182,7 +209,6 @@ fn main() {
             nd / ld
         );
         eprintln!("  {ty}: native and llama.cpp greedy ids agree on the first {same} of {decode}");
-        natives.push((ty, native));
     }
     let o = Command::new("python3")
         .arg(root().join("fixtures/jarvis/bench_numpy.py"))
@@ -194,27 +220,13 @@ fn main() {
         "numpy reference generation loop: {}",
         String::from_utf8_lossy(&o.stdout).trim()
     );
-    // Whole processes, spawn to exit: the numpy script loads the npz checkpoint and runs its
-    // loop; jq-run loads the GGUF, prefills and decodes.
-    let numpy = process_secs(|| {
-        let mut c = Command::new("python3");
-        c.arg(root().join("fixtures/jarvis/bench_numpy.py"))
-            .arg(dir.path())
-            .args([prompt_n.to_string(), decode.to_string()]);
-        c
-    });
     println!(
         "\nWhole process, {prompt_n}-token prompt + {decode} greedy tokens (median of {RUNS}):"
     );
     println!("| run | wall s | vs numpy |");
     println!("|---|---|---|");
     println!("| numpy loop (bench_numpy.py, float64, BLAS threads 1) | {numpy:.3} | 1.0x |");
-    for (ty, native) in &natives {
-        let s = process_secs(|| {
-            let mut c = jq_run(native, &prompt_list, decode);
-            c.args(["-t", &threads.to_string()]);
-            c
-        });
+    for (ty, s) in processes {
         println!("| jq-run native {ty} | {s:.3} | {:.0}x |", numpy / s);
     }
 }
