@@ -175,6 +175,15 @@ fn text_of(l: &Llama, ids: &[u32]) -> String {
     String::from_utf8_lossy(&ids.iter().flat_map(|&t| l.piece(t)).collect::<Vec<u8>>()).into_owned()
 }
 
+/// A JSON array of token ids.
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn ok(v: &Value) -> &Value {
     v.get("ok")
         .unwrap_or_else(|| panic!("client call failed: {v}"))
@@ -742,13 +751,6 @@ fn a_continued_conversation_evaluates_only_its_new_tokens() {
         .unwrap();
     let u1 = "Name a colour.";
     let u2 = "Another one.";
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let count = |v: &Value| v.as_u64().unwrap() as usize;
     for extra in [
         &["--parallel", "2"][..],
@@ -1053,13 +1055,6 @@ fn eight_clients(args: &[&str]) {
 fn prefix_reuse_past_the_sliding_window_gives_the_cold_reply() {
     let m = tiny();
     let l = Llama::load(m).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let p0_text = "the cat sat on the mat and the dog ran to the cat and the cat ran to the dog";
     let p0 = l.tokenize_with(p0_text, l.model.vocab().should_add_bos(), true);
     assert!(p0.len() > 2 * 8, "{} prompt tokens", p0.len());

@@ -805,6 +805,8 @@ fn mixture_plan(ck: &Checkpoint, ft: crate::quantize::FileType) -> Result<Vec<Pl
         n_layer: c.n_layers as i32,
         n_gqa: c.n_heads.checked_div(c.n_kv_heads).unwrap_or(0) as u32,
         n_expert: 0,
+        // llama.cpp types no gemma3 model LLM_TYPE_70B.
+        type_70b: false,
     };
     let qopts = crate::quantize::Options {
         file_type: ft,

@@ -371,6 +371,22 @@ pub struct Hparams {
     /// head_count / head_count_kv of the first layer.
     pub n_gqa: u32,
     pub n_expert: u32,
+    /// llama.cpp's loader gives the model `LLM_TYPE_70B` (the only model type
+    /// `llama_tensor_get_type` looks at): see [`is_type_70b`].
+    pub type_70b: bool,
+}
+
+/// Whether llama.cpp's `load_arch_hparams` of the pinned version types this model
+/// `LLM_TYPE_70B`: llama with 80 layers and grouped-query attention (80 layers with as many
+/// KV heads as heads is the 65B) unless it has 8 experts (then 8x7B / 8x22B by layer count),
+/// qwen2, deci and olmo with 80 layers, jais2 with 68 (src/models/<arch>.cpp).
+fn is_type_70b(arch: &str, n_layer: i32, n_head: u32, n_head_kv: u32, n_expert: u32) -> bool {
+    match arch {
+        "llama" => n_expert != 8 && n_layer == 80 && n_head != n_head_kv,
+        "qwen2" | "deci" | "olmo" => n_layer == 80,
+        "jais2" => n_layer == 68,
+        _ => false,
+    }
 }
 
 fn meta_u32(file: &GgufModel, key: &str) -> Option<u32> {
@@ -392,11 +408,13 @@ fn hparams(file: &GgufModel) -> Result<Hparams> {
     let n_head_kv = meta_u32(file, &format!("{arch}.attention.head_count_kv")).unwrap_or(n_head);
     let n_gqa = n_head.checked_div(n_head_kv).unwrap_or(0);
     let n_expert = meta_u32(file, &format!("{arch}.expert_count")).unwrap_or(0);
+    let type_70b = is_type_70b(&arch, n_layer, n_head, n_head_kv, n_expert);
     Ok(Hparams {
         arch,
         n_layer,
         n_gqa,
         n_expert,
+        type_70b,
     })
 }
 
@@ -492,8 +510,10 @@ fn mixture_type(
             "q4_k_s" if qs.i_attention_wv < 4 => new_type = G::Q5_K,
             _ => {}
         }
-        // (llama.cpp also bumps Q3_K/Q4_K to Q5_K for LLM_TYPE_70B, a 80-layer llama; a model
-        // of that size is detected from its layer count and width, which this tool does not do.)
+        // The 70B's eight heads share one attn_v, which is therefore small: more bits.
+        if hp.type_70b && matches!(new_type, G::Q3_K | G::Q4_K) {
+            new_type = G::Q5_K;
+        }
         if hp.n_expert == 8 {
             new_type = G::Q8_0;
         }

@@ -116,6 +116,32 @@ fn wide_llama_every_type() {
     );
 }
 
+/// An 80-layer llama with grouped-query attention is llama.cpp's `LLM_TYPE_70B`, whose attn_v
+/// gets Q5_K where the file type would give Q3_K or Q4_K.
+#[test]
+fn eighty_layer_llama_is_the_70b_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("llama-80.gguf");
+    common::write_wide_llama_layers(&input, 80);
+    compare_all(
+        &input,
+        dir.path(),
+        "80-layer llama",
+        &[("q4_k_m", 15), ("q3_k_s", 11)],
+    );
+    // On llama.cpp's own output: the bump happened (Q4_K_M's plain attn_v layers are Q5_K).
+    let theirs = dir.path().join("theirs.gguf");
+    assert_eq!(ggml::llama_quantize(&input, &theirs, 15, false, 2), 0);
+    let f = GgufFile::open(&theirs).unwrap();
+    let v: Vec<GgmlType> = (0..80)
+        .map(|i| f.tensor(&format!("blk.{i}.attn_v.weight")).unwrap().ty())
+        .collect();
+    assert!(
+        v.contains(&GgmlType::Q5_K) && !v.contains(&GgmlType::Q4_K),
+        "{v:?}"
+    );
+}
+
 #[test]
 fn wide_gpt2_mixed_sources() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,7 +76,12 @@ pub fn root() -> PathBuf {
 
 /// Writes an 11-layer llama with 256-wide rows, 4 query heads sharing one KV head.
 pub fn write_wide_llama(path: &Path) {
-    let (embd, ff, vocab, n_layer) = (256u64, 256u64, 320u64, 11u32);
+    write_wide_llama_layers(path, 11);
+}
+
+/// [`write_wide_llama`] with `n_layer` layers.
+pub fn write_wide_llama_layers(path: &Path, n_layer: u32) {
+    let (embd, ff, vocab) = (256u64, 256u64, 320u64);
     let mut w = jq::gguf::GgufWriter::new();
     w.add("general.architecture", "llama").unwrap();
     w.add("general.name", "wide llama").unwrap();
