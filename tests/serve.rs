@@ -928,15 +928,17 @@ fn thirty_two_clients_twenty_requests_each_and_the_memory_stays_flat() {
     );
 }
 
-/// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build).
-fn jarvis() -> PathBuf {
+/// The Jarvis fixture converted by `jq-convert` (built beside `jq-run` by the workspace build),
+/// in a temporary directory that goes away with the returned guard.
+fn jarvis() -> (tempfile::TempDir, PathBuf) {
     let exe = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");
     assert!(
         exe.exists(),
         "{} is missing: cargo build --release --workspace",
         exe.display()
     );
-    let out = std::env::temp_dir().join(format!("jq-serve-jarvis-{}.gguf", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("jarvis.gguf");
     let npz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jarvis/tiny-norm/model.npz");
     let o = Command::new(exe)
         .arg("npz-to-gguf")
@@ -946,12 +948,12 @@ fn jarvis() -> PathBuf {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    (dir, out)
 }
 
 #[test]
 fn greedy_server_output_equals_the_cli_on_the_native_engine() {
-    let m = jarvis();
+    let (_dir, m) = jarvis();
     let want = cli_text(&m, &[], "the cat", 8);
     let srv = Server::start(&m, &[]);
     assert_eq!(completion(&srv, "the cat", 8), want);
