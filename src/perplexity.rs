@@ -284,6 +284,34 @@ impl<'m> ChunkEval<'m> {
     }
 }
 
+/// What scores a chunk: the logits of positions `first..` of `tokens` evaluated from an empty
+/// cache, `(tokens.len() - first) x n_vocab`.
+pub trait Scorer {
+    fn logits_from(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f32>>;
+}
+
+impl Scorer for ChunkEval<'_> {
+    fn logits_from(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f32>> {
+        ChunkEval::logits_from(self, tokens, first)
+    }
+}
+
+/// A Jarvis model on the native engine: each chunk is one prefill from an empty state with
+/// every position's logits kept.
+#[derive(Debug)]
+pub struct JarvisScorer<'a>(pub &'a crate::engine::native::Jarvis<'a>);
+
+impl Scorer for JarvisScorer<'_> {
+    fn logits_from(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f32>> {
+        let m = &self.0.model;
+        let mut st = m.new_state();
+        let mut all = Vec::with_capacity(tokens.len() * m.cfg.vocab);
+        m.prefill(&mut st, tokens, None, Some(&mut all))
+            .map_err(|e| anyhow!("the native engine: {e}"))?;
+        Ok(all.split_off(first * m.cfg.vocab))
+    }
+}
+
 /// One chunk's figures, running over every chunk so far (as llama-perplexity prints them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkReport {
@@ -314,7 +342,7 @@ pub fn evaluate(
     chunking: Chunking,
     n_batch: u32,
     threads: i32,
-    mut on_chunk: impl FnMut(&ChunkReport) -> Result<()>,
+    on_chunk: impl FnMut(&ChunkReport) -> Result<()>,
 ) -> Result<Report> {
     let n_ctx = chunking.n_ctx as u32;
     let vocab = model.model.vocab();
@@ -324,15 +352,36 @@ pub fn evaluate(
         Some(b) => Some(ChunkEval::new(b, n_ctx, n_batch, threads)?),
         None => None,
     };
-    let v = model.n_vocab();
+    evaluate_with(
+        &mut eval,
+        base_eval.as_mut().map(|e| e as &mut dyn Scorer),
+        model.n_vocab(),
+        bos,
+        tokens,
+        chunking,
+        on_chunk,
+    )
+}
+
+/// [`evaluate`] with any scorers of `v`-token vocabularies; `bos` replaces the first token of
+/// every chunk when given.
+pub fn evaluate_with(
+    eval: &mut dyn Scorer,
+    mut base_eval: Option<&mut dyn Scorer>,
+    v: usize,
+    bos: Option<u32>,
+    tokens: &[u32],
+    chunking: Chunking,
+    mut on_chunk: impl FnMut(&ChunkReport) -> Result<()>,
+) -> Result<Report> {
     let first = chunking.first;
     let mut sums = NllSums::default();
-    let mut kl = base.map(|_| KlSums::default());
+    let mut kl = base_eval.as_ref().map(|_| KlSums::default());
     let mut chunks = Vec::with_capacity(chunking.n_chunk);
     for i in 0..chunking.n_chunk {
         let input = chunking.chunk_input(tokens, i, bos);
         let logits = eval.logits_from(&input, first)?;
-        let base_logits = match &mut base_eval {
+        let base_logits = match base_eval.as_mut() {
             Some(e) => Some(
                 e.logits_from(&input, first)
                     .context("evaluating the --kl-base model")?,
@@ -417,6 +466,7 @@ pub const EXAMPLES: &str = "Examples:
   jq-run perplexity gemma3-q4_k_m.gguf -f wiki.test.raw -c 256 --chunks 20
   jq-run perplexity gemma3-q4_k_m.gguf -f wiki.test.raw --kl-base gemma3-f16.gguf
   jq-run perplexity -m model.gguf -f text.txt --json
+  jq-run perplexity jarvis.gguf -f corpus.txt -c 64        # Jarvis: the native engine
 
 stdout: one line per chunk ([chunk] running PPL, the chunk's own PPL, and with --kl-base the
 running mean KL divergence, top-1 agreement and logit RMS error), then the final estimate;
@@ -444,7 +494,7 @@ fn open_checked(path: &Path, what: &str, n_gpu_layers: u32) -> Result<Llama> {
         .to_string();
     if !crate::engine::LLAMA_ARCHS.contains(&arch.as_str()) {
         bail!(
-            "{what} {}: architecture '{arch}' is not supported by perplexity, which runs on llama.cpp ({})",
+            "{what} {}: architecture '{arch}' is not supported by perplexity (llama.cpp runs {}; the native engine runs jarvis)",
             path.display(),
             crate::engine::LLAMA_ARCHS.join(", ")
         );
@@ -468,6 +518,9 @@ pub fn main(cli: &Cli) -> Result<()> {
     }
     let text = String::from_utf8(text)
         .map_err(|e| anyhow!("-f {}: not UTF-8 text: {e}", cli.file.display()))?;
+    if is_jarvis(path) {
+        return main_jarvis(cli, &text);
+    }
     let model = open_checked(path, "the model", cli.n_gpu_layers)?;
     let trained = model.n_ctx_train();
     if trained > 0 && cli.ctx_size > trained {
@@ -499,14 +552,7 @@ pub fn main(cli: &Cli) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         as i32;
-    eprintln!(
-        "perplexity: {} tokens, {} chunks of {}, scoring positions {}..{} of each",
-        tokens.len(),
-        chunking.n_chunk,
-        chunking.n_ctx,
-        chunking.first + 1,
-        chunking.n_ctx - 1
-    );
+    announce(&tokens, &chunking);
     let mut out = std::io::stdout().lock();
     let json = cli.json;
     let report = evaluate(
@@ -516,39 +562,143 @@ pub fn main(cli: &Cli) -> Result<()> {
         chunking,
         n_batch,
         threads,
-        |r| {
-            if !json {
-                write!(
-                    out,
-                    "[{}] ppl {:.4} (chunk {:.4})",
-                    r.chunk, r.ppl, r.chunk_ppl
-                )?;
-                if let Some(k) = &r.kl {
-                    write!(
-                        out,
-                        "  kld {:.6}  same-top {:.3}%  logit-rms {:.5}",
-                        k.mean_kld(),
-                        100.0 * k.same_top(),
-                        k.logit_rms()
-                    )?;
-                }
-                writeln!(out)?;
-                out.flush()?;
-            }
-            Ok(())
-        },
+        |r| print_chunk(&mut out, json, r),
     )?;
+    print_report(&mut out, json, &report)
+}
+
+fn announce(tokens: &[u32], chunking: &Chunking) {
+    eprintln!(
+        "perplexity: {} tokens, {} chunks of {}, scoring positions {}..{} of each",
+        tokens.len(),
+        chunking.n_chunk,
+        chunking.n_ctx,
+        chunking.first + 1,
+        chunking.n_ctx - 1
+    );
+}
+
+/// Whether `path` is a GGUF file of the native engine's architecture (anything else, a
+/// missing or unreadable file included, goes the llama.cpp way, which reports it).
+fn is_jarvis(path: &Path) -> bool {
+    crate::gguf::GgufModel::open(path).is_ok_and(|f| {
+        f.get_str("general.architecture")
+            .is_ok_and(|a| a == crate::models::jarvis::keys::ARCH)
+    })
+}
+
+/// Opens and checks a Jarvis file for chunks of `n_ctx` tokens.
+fn open_jarvis(path: &Path, what: &str, n_ctx: usize) -> Result<crate::gguf::GgufModel> {
+    let file = crate::gguf::GgufModel::open(path)
+        .map_err(|e| anyhow!("{what} {}: not a readable GGUF file: {e}", path.display()))?;
+    crate::validate::check(&file).map_err(|e| anyhow!("{what} {}: {e}", path.display()))?;
+    let trained = file
+        .get_u32(crate::models::jarvis::keys::CONTEXT_LENGTH)
+        .map_err(|e| anyhow!("{what} {}: {e}", path.display()))? as usize;
+    if n_ctx > trained {
+        bail!(
+            "-c/--ctx-size {n_ctx} is larger than the model's trained context of {trained} tokens"
+        );
+    }
+    Ok(file)
+}
+
+/// The native engine's path: Jarvis's word tokenizer (no BOS: the model has none), every chunk
+/// one prefill.
+fn main_jarvis(cli: &Cli, text: &str) -> Result<()> {
+    use crate::engine::native::Jarvis;
+    let n_ctx = cli.ctx_size as usize;
+    let file = open_jarvis(cli.model(), "the model", n_ctx)?;
+    let model = Jarvis::load_with_ctx(&file, n_ctx)?;
+    let base_file = match &cli.kl_base {
+        Some(b) => {
+            if !is_jarvis(b) {
+                bail!(
+                    "--kl-base {}: not a Jarvis model (the model is one; both must be)",
+                    b.display()
+                );
+            }
+            Some(open_jarvis(b, "--kl-base", n_ctx)?)
+        }
+        None => None,
+    };
+    let base = match &base_file {
+        Some(f) => {
+            let j = Jarvis::load_with_ctx(f, n_ctx)?;
+            if j.tokenizer.tokens() != model.tokenizer.tokens() {
+                bail!(
+                    "--kl-base {}: its vocabulary differs from the model's",
+                    f.path().display()
+                );
+            }
+            Some(j)
+        }
+        None => None,
+    };
+    if let Some(t) = cli.threads {
+        // The native engine's team has rayon's thread count; an error means a pool exists.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
+    }
+    let tokens = model
+        .tokenizer
+        .encode(text)
+        .map_err(|e| anyhow!("-f {}: {e}", cli.file.display()))?;
+    let chunking = Chunking::new(tokens.len(), n_ctx, cli.chunks)?;
+    announce(&tokens, &chunking);
+    let mut out = std::io::stdout().lock();
+    let json = cli.json;
+    let mut eval = JarvisScorer(&model);
+    let mut base_eval = base.as_ref().map(JarvisScorer);
+    let report = evaluate_with(
+        &mut eval,
+        base_eval.as_mut().map(|e| e as &mut dyn Scorer),
+        model.model.cfg.vocab,
+        None,
+        &tokens,
+        chunking,
+        |r| print_chunk(&mut out, json, r),
+    )?;
+    print_report(&mut out, json, &report)
+}
+
+fn print_chunk(out: &mut impl Write, json: bool, r: &ChunkReport) -> Result<()> {
     if json {
-        writeln!(out, "{}", report_json(&report))?;
-    } else {
-        writeln!(
+        return Ok(());
+    }
+    write!(
+        out,
+        "[{}] ppl {:.4} (chunk {:.4})",
+        r.chunk, r.ppl, r.chunk_ppl
+    )?;
+    if let Some(k) = &r.kl {
+        write!(
             out,
-            "Final estimate: PPL = {:.4} +/- {:.5}",
-            report.nll.ppl(),
-            report.nll.ppl_err()
+            "  kld {:.6}  same-top {:.3}%  logit-rms {:.5}",
+            k.mean_kld(),
+            100.0 * k.same_top(),
+            k.logit_rms()
         )?;
-        if let Some(k) = &report.kl {
-            writeln!(
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_report(out: &mut impl Write, json: bool, report: &Report) -> Result<()> {
+    if json {
+        writeln!(out, "{}", report_json(report))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Final estimate: PPL = {:.4} +/- {:.5}",
+        report.nll.ppl(),
+        report.nll.ppl_err()
+    )?;
+    if let Some(k) = &report.kl {
+        writeln!(
                 out,
                 "PPL(base) = {:.4}  ln(PPL/PPL(base)) = {:.6}\nMean KLD = {:.6} +/- {:.6}  max {:.6}\nSame top = {:.3}%\nLogit error: RMS {:.6}, max {:.6}",
                 k.base_nll.ppl(),
@@ -560,7 +710,6 @@ pub fn main(cli: &Cli) -> Result<()> {
                 k.logit_rms(),
                 k.logit_max
             )?;
-        }
     }
     Ok(())
 }

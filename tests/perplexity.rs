@@ -169,3 +169,117 @@ fn bad_input_is_one_line() {
     refused(&["perplexity", m, "-f", t, "-c", "1024"], "trained context");
     assert!(Path::new(&root().join(t)).is_file());
 }
+
+/// The native engine's path: a Jarvis model scored against numpy. The reference tokenizes with
+/// fixtures/jarvis/jarvis_ref.py (the spec's word tokenizer, written independently), computes
+/// every chunk's logits with its float64 forward pass from the committed weights, and does its
+/// own chunking and scoring by llama-perplexity's method (no BOS: the model has none).
+#[test]
+fn jarvis_on_the_native_engine_matches_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("jarvis.gguf");
+    let convert = Path::new(env!("CARGO_BIN_EXE_jq-run")).with_file_name("jq-convert");
+    let o = Command::new(convert)
+        .arg("npz-to-gguf")
+        .arg(root().join("fixtures/jarvis/tiny-norm/model.npz"))
+        .args(["--type", "f32", "-o"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (text, n_ctx) = ("fixtures/jarvis/corpus.txt", 32);
+    let code = format!(
+        "import sys, json, numpy as np\n\
+         sys.path.insert(0, 'fixtures/jarvis')\n\
+         import jarvis_ref as r\n\
+         W, c, t = r.load_model('fixtures/jarvis/tiny-norm')\n\
+         s = open({text:?}, encoding='utf-8').read()\n\
+         s = s[:-1] if s.endswith('\\n') else s\n\
+         ids = t.encode(s)\n\
+         n = {n_ctx}; first = n // 2\n\
+         nll = []; chunks = []\n\
+         for k in range(len(ids) // n):\n\
+         \x20   x = ids[k * n:(k + 1) * n]\n\
+         \x20   L, _ = r.forward(W, c, x, with_metrics=False)\n\
+         \x20   for j in range(first, n - 1):\n\
+         \x20       z = L[j]; m = z.max()\n\
+         \x20       nll.append(m + np.log(np.exp(z - m).sum()) - z[x[j + 1]])\n\
+         \x20   chunks.append(float(np.exp(np.mean(nll))))\n\
+         a = np.array(nll); ppl = float(np.exp(a.mean()))\n\
+         err = ppl * float(np.sqrt(a.var() / (len(a) - 1)))\n\
+         print(json.dumps({{'n_tokens': len(ids), 'scored': len(a), 'ppl': ppl, 'ppl_err': err, 'chunks': chunks}}))\n"
+    );
+    let py = Command::new("python3")
+        .current_dir(root())
+        .args(["-c", &code])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let want: Value = serde_json::from_slice(&py.stdout).unwrap();
+    let out = jq_run(&[
+        "perplexity",
+        model.to_str().unwrap(),
+        "-f",
+        text,
+        "-c",
+        &n_ctx.to_string(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["n_tokens"], want["n_tokens"]);
+    assert_eq!(got["scored"], want["scored"]);
+    close("jarvis ppl", &got["ppl"], &want["ppl"]);
+    close("jarvis ppl_err", &got["ppl_err"], &want["ppl_err"]);
+    let (gc, wc) = (
+        got["chunks"].as_array().unwrap(),
+        want["chunks"].as_array().unwrap(),
+    );
+    assert_eq!(gc.len(), wc.len());
+    assert!(gc.len() >= 10);
+    for (g, w) in gc.iter().zip(wc) {
+        close("jarvis running ppl", &g["ppl"], w);
+    }
+    // Against itself as the base: zero divergence, full top-1 agreement; a llama.cpp model as
+    // the base is refused by name.
+    let out = jq_run(&[
+        "perplexity",
+        model.to_str().unwrap(),
+        "-f",
+        text,
+        "-c",
+        &n_ctx.to_string(),
+        "--kl-base",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["kl"]["kld"].as_f64(), Some(0.0));
+    assert_eq!(got["kl"]["same_top"].as_f64(), Some(1.0));
+    refused(
+        &[
+            "perplexity",
+            model.to_str().unwrap(),
+            "-f",
+            text,
+            "-c",
+            "32",
+            "--kl-base",
+            "fixtures/families/llama3/llama3-f32.gguf",
+        ],
+        "not a Jarvis model",
+    );
+}
