@@ -25,12 +25,12 @@
 //!   tokenizer_config.json's `eos_token` (1), and llama.cpp treats `<end_of_turn>` as
 //!   end-of-generation by its text.
 //! - llama.cpp's built-in gemma chat template leaves BOS to the tokenizer (`add_bos_token`).
-//! - `general.name` is the model card's `name`/`model_name`, else the directory name in title
-//!   case; gguf-py's heuristics may also split a real repository name (or config.json's
-//!   `_name_or_path`) into `general.basename`/`finetune`/`size_label`, which we do not (only
-//!   `size_label`, from the parameter count, as gguf-py computes it). The rest of the model
-//!   card (license, tags, languages, base models, datasets, ...) is written as gguf-py's
-//!   metadata code writes it (`crate::model_card`).
+//! - `general.name`/`organization`/`basename`/`finetune`/`version`/`size_label` are settled as
+//!   gguf-py's `Metadata.load` and the converter's fallbacks do (`crate::model_card::Names`):
+//!   the model card's keys, then config.json's `_name_or_path` and the directory name split by
+//!   `get_model_id_components`, then the directory name and the parameter count's label. The
+//!   rest of the model card (license, tags, languages, base models, datasets, ...) is written
+//!   as gguf-py's metadata code writes it (`crate::model_card`).
 //! - A -0.0 weight stays -0.0 (no shift is added outside the norms).
 
 use crate::sentencepiece::{ModelProto, PieceType};
@@ -735,25 +735,6 @@ fn size_label(n: u64) -> String {
     )
 }
 
-/// "tiny-causal" -> "Tiny Causal", as gguf-py names a model after its directory.
-fn name_from_dir(dir: &Path) -> String {
-    let base = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
-    base.split(['-', '_'])
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn token_id(v: &Vocab, tok_config: Option<&Json>, key: &str) -> Option<u32> {
     let entry = tok_config?.get(key)?;
     let text = entry
@@ -855,19 +836,31 @@ fn metadata(w: &mut GgufWriter, ck: &Checkpoint, ftype: u32, plan: &[PlannedTens
         }
     }
     let card = crate::model_card::load(dir)?;
-    let (card_name, card_size) = card
-        .as_ref()
-        .map(crate::model_card::name_and_size)
-        .unwrap_or_default();
-    w.add(
-        "general.name",
-        card_name.unwrap_or_else(|| name_from_dir(dir)).as_str(),
-    )?;
     let params: u64 = plan.iter().map(|t| t.ne.iter().product::<u64>()).sum();
-    w.add(
-        "general.size_label",
-        card_size.unwrap_or_else(|| size_label(params)).as_str(),
-    )?;
+    // As Python's `Path.name` of the directory given (convert_hf_to_gguf.py's `dir_model`).
+    let dir_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let names = crate::model_card::Names::settle(
+        card.as_ref(),
+        config_json.get("_name_or_path").and_then(Json::as_str),
+        &dir_name,
+        params as i64,
+        || size_label(params),
+    );
+    for (key, v) in [
+        ("general.name", &names.name),
+        ("general.organization", &names.organization),
+        ("general.basename", &names.basename),
+        ("general.finetune", &names.finetune),
+        ("general.version", &names.version),
+        ("general.size_label", &names.size_label),
+    ] {
+        if let Some(v) = v {
+            w.add(key, v.as_str())?;
+        }
+    }
     if let Some(c) = &card {
         crate::model_card::write(w, c, params as i64)?;
     }

@@ -53,7 +53,7 @@ fn get<'a>(card: &'a Yaml, key: &str) -> Option<&'a Yaml> {
 }
 
 /// The first of `keys` that the card has, as a string.
-fn first_str(card: &Yaml, keys: &[&str]) -> Option<String> {
+pub fn first_str(card: &Yaml, keys: &[&str]) -> Option<String> {
     keys.iter()
         .find_map(|k| get(card, k))
         .and_then(|v| v.as_str().map(str::to_string))
@@ -360,9 +360,9 @@ fn entries<'a>(card: &'a Yaml, keys: &[&str]) -> Option<Vec<&'a Yaml>> {
     })
 }
 
-/// Writes the card's metadata. `total_params` is the model's parameter count (for the size
-/// heuristics of base-model ids). The name and size label are the caller's (see
-/// [`name_and_size`]).
+/// Writes the card's metadata but the name-like keys (name, organization, basename,
+/// finetune, version, size label: [`Names`] settles them and the caller writes them).
+/// `total_params` is the model's parameter count (for the size heuristics of base-model ids).
 pub fn write(w: &mut GgufWriter, card: &Yaml, total_params: i64) -> Result<()> {
     let s = |keys: &[&str]| first_str(card, keys);
     for (key, keys) in [
@@ -370,17 +370,7 @@ pub fn write(w: &mut GgufWriter, card: &Yaml, total_params: i64) -> Result<()> {
             "general.author",
             &["author", "model_author", "model_creator"][..],
         ),
-        ("general.version", &["version", "model_version"]),
-        (
-            "general.organization",
-            &["organization", "model_organization"],
-        ),
         ("general.description", &["description", "model_description"]),
-        ("general.finetune", &["finetune", "model_finetune"]),
-        (
-            "general.basename",
-            &["basename", "model_basename", "model_type"],
-        ),
     ] {
         if let Some(v) = s(keys) {
             w.add(key, v.as_str())?;
@@ -449,13 +439,67 @@ pub fn write(w: &mut GgufWriter, card: &Yaml, total_params: i64) -> Result<()> {
     Ok(())
 }
 
-/// The card's own name (`name`, else `model_name`) and size label, which gguf-py prefers over
-/// the directory's.
-pub fn name_and_size(card: &Yaml) -> (Option<String>, Option<String>) {
-    (
-        first_str(card, &["name", "model_name"]),
-        first_str(card, &["size_label", "model_size_label"]),
-    )
+/// The model's `general.name`, `organization`, `basename`, `finetune`, `version` and
+/// `size_label` as gguf-py's `Metadata.load` + convert_hf_to_gguf.py's `prepare_metadata` settle
+/// them: the card's own keys first; then, for what is still unset, config.json's
+/// `_name_or_path` when it is a model id (at most one '/'), then the directory's name, both
+/// through `get_model_id_components` (name and organization in title case); then the directory
+/// name as it is for the name, and the parameter count's label for the size.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub name: Option<String>,
+    pub organization: Option<String>,
+    pub basename: Option<String>,
+    pub finetune: Option<String>,
+    pub version: Option<String>,
+    pub size_label: Option<String>,
+}
+
+impl Names {
+    /// `dir_name` is the checkpoint directory's last component ("" for none, as Python's
+    /// `Path.name`); `size_from_params` the label of the parameter count.
+    pub fn settle(
+        card: Option<&Yaml>,
+        name_or_path: Option<&str>,
+        dir_name: &str,
+        total_params: i64,
+        size_from_params: impl FnOnce() -> String,
+    ) -> Names {
+        let cs = |keys: &[&str]| card.and_then(|c| first_str(c, keys));
+        let mut n = Names {
+            name: cs(&["name", "model_name"]),
+            organization: cs(&["organization", "model_organization"]),
+            basename: cs(&["basename", "model_basename", "model_type"]),
+            finetune: cs(&["finetune", "model_finetune"]),
+            version: cs(&["version", "model_version"]),
+            size_label: cs(&["size_label", "model_size_label"]),
+        };
+        let ids = name_or_path
+            .filter(|id| id.matches('/').count() <= 1)
+            .into_iter()
+            .chain(std::iter::once(dir_name));
+        for id in ids {
+            let p = model_id_components(id, total_params);
+            let fill = |slot: &mut Option<String>, v: Option<String>| {
+                if slot.is_none() {
+                    *slot = v;
+                }
+            };
+            fill(&mut n.name, p.name.as_deref().map(id_to_title));
+            fill(&mut n.organization, p.org.as_deref().map(id_to_title));
+            fill(&mut n.basename, p.basename);
+            fill(&mut n.finetune, p.finetune);
+            fill(&mut n.version, p.version);
+            fill(&mut n.size_label, p.size_label);
+        }
+        if n.name.is_none() {
+            n.name = Some(dir_name.to_string());
+        }
+        if n.size_label.is_none() && total_params > 0 {
+            n.size_label = Some(size_from_params());
+        }
+        n
+    }
 }
 
 #[cfg(test)]

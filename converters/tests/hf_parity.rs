@@ -142,3 +142,78 @@ fn model_card_negative_zero_and_special_tokens() {
         assert_eq!(tokens.get(id).unwrap().as_str(), Some(text));
     }
 }
+
+/// The name keys of a checkpoint without a card, from its directory name and config.json's
+/// `_name_or_path`, against gguf-py itself (installed by scripts/setup): `Metadata.load` on the
+/// same directory, then convert_hf_to_gguf.py's two fallbacks (the directory name for a missing
+/// name, `gguf.size_label` of the parameter count for a missing size label), the keys taken
+/// from a GGUFWriter after `set_gguf_meta_model`.
+#[test]
+fn name_keys_from_directory_and_name_or_path_as_gguf_py() {
+    const KEYS: [&str; 6] = [
+        "general.name",
+        "general.organization",
+        "general.basename",
+        "general.finetune",
+        "general.version",
+        "general.size_label",
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, Option<&str>); 6] = [
+        ("gemma-3-270m-it", None),
+        ("Qwen2.5-7B-Instruct-v0.3", None),
+        ("ck", Some("google/gemma-3-1b-pt")),
+        ("ck2", Some("/home/someone/models/gemma-3-4b-it")),
+        ("tiny-causal-q4_k", Some("meta-llama/Llama-3.1-8B-Instruct")),
+        ("model", Some("Some Model Name")),
+    ];
+    for (i, (dir_name, name_or_path)) in cases.into_iter().enumerate() {
+        let ck = tmp.path().join(format!("{i}")).join(dir_name);
+        copy_dir(&common::root().join("fixtures/gemma3/tiny-causal"), &ck);
+        if let Some(id) = name_or_path {
+            let p = ck.join("config.json");
+            let mut c: Json = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            c["_name_or_path"] = Json::String(id.into());
+            std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+        }
+        let ours = convert(&ck, "f32", &tmp.path().join(format!("{i}.gguf")));
+        let params: u64 = ours
+            .tensors()
+            .map(|t| t.info.ne.iter().product::<u64>())
+            .sum();
+        let code = format!(
+            "import json, gguf\n\
+             from pathlib import Path\n\
+             from gguf.metadata import Metadata\n\
+             d = Path({dir:?}); p = {params}\n\
+             m = Metadata.load(None, d, None, p)\n\
+             if m.name is None: m.name = d.name\n\
+             if m.size_label is None and p > 0: m.size_label = gguf.size_label(p, p, 0, 0)\n\
+             w = gguf.GGUFWriter(None, arch='gemma3')\n\
+             m.set_gguf_meta_model(w)\n\
+             keys = {keys:?}\n\
+             print(json.dumps({{k: v.value for k, v in w.kv_data[0].items() if k in keys}}))\n",
+            dir = ck.to_str().unwrap(),
+            keys = KEYS,
+        );
+        let py = Command::new("python3")
+            .args(["-c", &code])
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let want: serde_json::Map<String, Json> = serde_json::from_slice(&py.stdout).unwrap();
+        assert!(want.contains_key("general.name"), "{dir_name}: {want:?}");
+        for k in KEYS {
+            let got = ours.get(k).map(as_json);
+            assert_eq!(
+                got.as_ref(),
+                want.get(k),
+                "{dir_name} / {name_or_path:?}: {k}"
+            );
+        }
+    }
+}
