@@ -481,25 +481,34 @@ impl Cli {
     }
 }
 
-/// Opens and checks a model as jq-run does before llama.cpp sees it.
-fn open_checked(path: &Path, what: &str, n_gpu_layers: u32) -> Result<Llama> {
+/// Opens and checks a GGUF file as jq-run does before any engine sees it; `what` names it in
+/// errors ("the model", "--kl-base").
+fn open_gguf(path: &Path, what: &str) -> Result<crate::gguf::GgufModel> {
     if !path.is_file() {
         bail!("{what} {}: no such file", path.display());
     }
     let file = crate::gguf::GgufModel::open(path)
         .map_err(|e| anyhow!("{what} {}: not a readable GGUF file: {e}", path.display()))?;
-    let arch = file
-        .get_str("general.architecture")
-        .map_err(|e| anyhow!("{what} {}: {e}", path.display()))?
-        .to_string();
+    crate::validate::check(&file).map_err(|e| anyhow!("{what} {}: {e}", path.display()))?;
+    Ok(file)
+}
+
+fn arch(file: &crate::gguf::GgufModel, what: &str) -> Result<String> {
+    file.get_str("general.architecture")
+        .map(str::to_string)
+        .map_err(|e| anyhow!("{what} {}: {e}", file.path().display()))
+}
+
+/// Loads an opened file into llama.cpp, refusing an architecture it does not run.
+fn llama_from(file: crate::gguf::GgufModel, what: &str, n_gpu_layers: u32) -> Result<Llama> {
+    let arch = arch(&file, what)?;
     if !crate::engine::LLAMA_ARCHS.contains(&arch.as_str()) {
         bail!(
             "{what} {}: architecture '{arch}' is not supported by perplexity (llama.cpp runs {}; the native engine runs jarvis)",
-            path.display(),
+            file.path().display(),
             crate::engine::LLAMA_ARCHS.join(", ")
         );
     }
-    crate::validate::check(&file).map_err(|e| anyhow!("{what} {}: {e}", path.display()))?;
     let first = file.path().to_path_buf();
     drop(file);
     Llama::load_with(&first, n_gpu_layers)
@@ -518,10 +527,11 @@ pub fn main(cli: &Cli) -> Result<()> {
     }
     let text = String::from_utf8(text)
         .map_err(|e| anyhow!("-f {}: not UTF-8 text: {e}", cli.file.display()))?;
-    if is_jarvis(path) {
-        return main_jarvis(cli, &text);
+    let file = open_gguf(path, "the model")?;
+    if arch(&file, "the model")? == crate::models::jarvis::keys::ARCH {
+        return main_jarvis(cli, &text, file);
     }
-    let model = open_checked(path, "the model", cli.n_gpu_layers)?;
+    let model = llama_from(file, "the model", cli.n_gpu_layers)?;
     let trained = model.n_ctx_train();
     if trained > 0 && cli.ctx_size > trained {
         bail!(
@@ -531,7 +541,7 @@ pub fn main(cli: &Cli) -> Result<()> {
     }
     let base = match &cli.kl_base {
         Some(b) => {
-            let l = open_checked(b, "--kl-base", cli.n_gpu_layers)?;
+            let l = llama_from(open_gguf(b, "--kl-base")?, "--kl-base", cli.n_gpu_layers)?;
             if l.n_vocab() != model.n_vocab() {
                 bail!(
                     "--kl-base {}: its vocabulary has {} tokens, the model's {}",
@@ -578,47 +588,37 @@ fn announce(tokens: &[u32], chunking: &Chunking) {
     );
 }
 
-/// Whether `path` is a GGUF file of the native engine's architecture (anything else, a
-/// missing or unreadable file included, goes the llama.cpp way, which reports it).
-fn is_jarvis(path: &Path) -> bool {
-    crate::gguf::GgufModel::open(path).is_ok_and(|f| {
-        f.get_str("general.architecture")
-            .is_ok_and(|a| a == crate::models::jarvis::keys::ARCH)
-    })
-}
-
-/// Opens and checks a Jarvis file for chunks of `n_ctx` tokens.
-fn open_jarvis(path: &Path, what: &str, n_ctx: usize) -> Result<crate::gguf::GgufModel> {
-    let file = crate::gguf::GgufModel::open(path)
-        .map_err(|e| anyhow!("{what} {}: not a readable GGUF file: {e}", path.display()))?;
-    crate::validate::check(&file).map_err(|e| anyhow!("{what} {}: {e}", path.display()))?;
+/// Refuses a Jarvis file whose trained context is shorter than the chunks.
+fn check_jarvis_ctx(file: &crate::gguf::GgufModel, what: &str, n_ctx: usize) -> Result<()> {
     let trained = file
         .get_u32(crate::models::jarvis::keys::CONTEXT_LENGTH)
-        .map_err(|e| anyhow!("{what} {}: {e}", path.display()))? as usize;
+        .map_err(|e| anyhow!("{what} {}: {e}", file.path().display()))? as usize;
     if n_ctx > trained {
         bail!(
             "-c/--ctx-size {n_ctx} is larger than the model's trained context of {trained} tokens"
         );
     }
-    Ok(file)
+    Ok(())
 }
 
 /// The native engine's path: Jarvis's word tokenizer (no BOS: the model has none), every chunk
 /// one prefill.
-fn main_jarvis(cli: &Cli, text: &str) -> Result<()> {
+fn main_jarvis(cli: &Cli, text: &str, file: crate::gguf::GgufModel) -> Result<()> {
     use crate::engine::native::Jarvis;
     let n_ctx = cli.ctx_size as usize;
-    let file = open_jarvis(cli.model(), "the model", n_ctx)?;
+    check_jarvis_ctx(&file, "the model", n_ctx)?;
     let model = Jarvis::load_with_ctx(&file, n_ctx)?;
     let base_file = match &cli.kl_base {
         Some(b) => {
-            if !is_jarvis(b) {
+            let f = open_gguf(b, "--kl-base")?;
+            if arch(&f, "--kl-base")? != crate::models::jarvis::keys::ARCH {
                 bail!(
                     "--kl-base {}: not a Jarvis model (the model is one; both must be)",
                     b.display()
                 );
             }
-            Some(open_jarvis(b, "--kl-base", n_ctx)?)
+            check_jarvis_ctx(&f, "--kl-base", n_ctx)?;
+            Some(f)
         }
         None => None,
     };

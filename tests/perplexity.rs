@@ -220,21 +220,28 @@ fn jarvis_on_the_native_engine_matches_numpy() {
         String::from_utf8_lossy(&py.stderr)
     );
     let want: Value = serde_json::from_slice(&py.stdout).unwrap();
-    let out = jq_run(&[
-        "perplexity",
-        model.to_str().unwrap(),
-        "-f",
-        text,
-        "-c",
-        &n_ctx.to_string(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model_arg = model.to_str().unwrap();
+    let n_ctx_arg = n_ctx.to_string();
+    let ppl_json = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "perplexity",
+            model_arg,
+            "-f",
+            text,
+            "-c",
+            &n_ctx_arg,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = jq_run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let got = ppl_json(&[]);
     assert_eq!(got["n_tokens"], want["n_tokens"]);
     assert_eq!(got["scored"], want["scored"]);
     close("jarvis ppl", &got["ppl"], &want["ppl"]);
@@ -250,23 +257,7 @@ fn jarvis_on_the_native_engine_matches_numpy() {
     }
     // Against itself as the base: zero divergence, full top-1 agreement; a llama.cpp model as
     // the base is refused by name.
-    let out = jq_run(&[
-        "perplexity",
-        model.to_str().unwrap(),
-        "-f",
-        text,
-        "-c",
-        &n_ctx.to_string(),
-        "--kl-base",
-        model.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = ppl_json(&["--kl-base", model_arg]);
     assert_eq!(got["kl"]["kld"].as_f64(), Some(0.0));
     assert_eq!(got["kl"]["same_top"].as_f64(), Some(1.0));
     refused(
