@@ -4,7 +4,8 @@
 //! first token at 1, 4 and 16 concurrent clients (`--parallel` = clients), and CPU time per
 //! generated token (the anchor's process, the server's process: with `-t 1` a figure that the
 //! machine's other load changes far less than the wall clock). Each side runs
-//! `JQ_BENCH_REPEAT` times, interleaved (anchor, server, anchor, ...); the table gives the
+//! `JQ_BENCH_REPEAT` times, interleaved, the side that goes first alternating (anchor, server,
+//! server, anchor, ...); the table gives the
 //! median and the range of each figure, the ratio of the medians and the median of the
 //! per-pair ratios, with the load average seen.
 //!
@@ -294,12 +295,18 @@ fn main() {
     let mut table = Vec::new();
     for clients in levels {
         let (mut av, mut sv, mut load) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..repeat {
+        for r in 0..repeat {
             load.push(loadavg());
+            // Alternate which side goes first (ABBA): a machine whose speed drifts between
+            // the two runs of a pair favours neither side.
+            let server_first = r % 2 == 1;
+            if server_first && side != "anchor" {
+                sv.push(server(&path, clients, rounds, n, threads));
+            }
             if side != "serve" {
                 av.push(anchor(&model, clients, rounds, n, threads as i32));
             }
-            if side != "anchor" {
+            if !server_first && side != "anchor" {
                 sv.push(server(&path, clients, rounds, n, threads));
             }
         }

@@ -6,7 +6,7 @@ use common::bit_differences;
 use jq::engine::llama::Llama;
 use jq::engine::stream::plan::host_split;
 use jq::engine::stream::profile::EvKind;
-use jq::engine::stream::{plan_only, HostLayers, StreamOptions, Streamer};
+use jq::engine::stream::{plan_only, HostLayers, SeqChunk, StreamOptions, Streamer};
 use jq::quant::GgmlType;
 use jq::sample::SamplerConfig;
 use jq::synth::{write_gemma3, Gemma3Dims};
@@ -1033,4 +1033,155 @@ fn several_sequences_share_one_weight_sweep() {
     let e = m.decode(&[(0, 5), (3, 6)]).unwrap_err().to_string();
     assert!(e.contains("sequence 3 does not exist"), "{e}");
     m.decode(&[(0, 5), (2, 6)]).unwrap();
+}
+
+/// Prompts of several sequences in one `eval_batch`, with another sequence's decode token
+/// riding along: one sweep of the streamed layers per micro-batch (the rows that do not fit
+/// one go on in the next, a prompt split across them), each sequence's logits within
+/// rounding of it alone with the same greedy tokens; a chunk that asks for no logits gets
+/// none; refusals name the sequence.
+#[test]
+fn prompts_of_several_sequences_share_their_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), GgmlType::Q8_0);
+    let prompts: [Vec<u32>; 3] = [
+        PROMPT.to_vec(),
+        vec![2, 40, 41, 42, 43],
+        vec![
+            2, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84,
+        ],
+    ];
+    const N_UB: u32 = 16;
+    let multi = |n_seq: usize| StreamOptions {
+        n_seq,
+        all_logits: false,
+        n_ubatch: N_UB,
+        ..opts(None, 2)
+    };
+    let budget = plan_only(&path, &multi(4)).unwrap().budget_for(1, 2);
+    let mut m = Streamer::open(
+        &path,
+        &StreamOptions {
+            budget: Some(budget),
+            ..multi(4)
+        },
+    )
+    .unwrap();
+    assert!(m.plan().streamed.len() >= 4, "{}", m.plan());
+    assert_eq!(m.n_ubatch(), N_UB as usize);
+    let per_token = m.plan().streamed_bytes_per_token;
+    // Each sequence alone in a single-sequence executor: prompt, then greedy steps.
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| {
+            let mut s = Streamer::open(&path, &multi(1)).unwrap();
+            let mut l = vec![s.eval(p, false).unwrap()];
+            for _ in 0..3 {
+                let next = argmax(l.last().unwrap());
+                l.push(s.eval(&[next], false).unwrap());
+            }
+            l
+        })
+        .collect();
+    // Sequence 0's prompt first, alone: then its next token rides with the others' prompts.
+    let l0 = m.eval_seq(0, &prompts[0], false).unwrap();
+    assert_eq!(bit_differences(&l0, &alone[0][0]), 0);
+    let t0 = [argmax(&l0)];
+    let chunks = [
+        SeqChunk {
+            seq: 0,
+            tokens: &t0,
+            logits: true,
+        },
+        SeqChunk {
+            seq: 1,
+            tokens: &prompts[1],
+            logits: true,
+        },
+        SeqChunk {
+            seq: 2,
+            tokens: &prompts[2],
+            logits: true,
+        },
+    ];
+    let n_before = m.steps().len();
+    let got = m.eval_batch(&chunks).unwrap();
+    // 1 + 5 + 17 = 23 rows: two micro-batches of up to 16, two sweeps, one step.
+    assert_eq!(m.steps().len(), n_before + 1);
+    let st = &m.steps()[n_before];
+    assert_eq!(st.n_tokens, 23);
+    assert_eq!(
+        st.bytes_streamed,
+        2 * per_token,
+        "one sweep per micro-batch"
+    );
+    assert_eq!(got.len(), 3);
+    let want = [&alone[0][1], &alone[1][0], &alone[2][0]];
+    let mut worst = 0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(argmax(g), argmax(w), "sequence {i}: greedy token");
+        worst = worst.max(rel_err(g, w));
+    }
+    assert_eq!(
+        (m.n_past_of(0), m.n_past_of(1), m.n_past_of(2)),
+        (13, 5, 17)
+    );
+    // The next tokens of all three in one micro-batch: one sweep; sequence 3 adds a prompt
+    // chunk that asks for no logits.
+    let next: Vec<[u32; 1]> = got.iter().map(|l| [argmax(l)]).collect();
+    let mut chunks: Vec<SeqChunk<'_>> = next
+        .iter()
+        .enumerate()
+        .map(|(i, t)| SeqChunk {
+            seq: i,
+            tokens: t,
+            logits: true,
+        })
+        .collect();
+    chunks.push(SeqChunk {
+        seq: 3,
+        tokens: &prompts[1][..3],
+        logits: false,
+    });
+    let n_before = m.steps().len();
+    let got = m.eval_batch(&chunks).unwrap();
+    assert_eq!(m.steps()[n_before].bytes_streamed, per_token);
+    assert_eq!(got.len(), 3, "no logits for the chunk that asked none");
+    let want = [&alone[0][2], &alone[1][1], &alone[2][1]];
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            argmax(g),
+            argmax(w),
+            "sequence {i}, second step: greedy token"
+        );
+        worst = worst.max(rel_err(g, w));
+    }
+    assert_eq!(m.n_past_of(3), 3);
+    eprintln!("prompts together: worst rel error vs alone {worst:.3e}");
+    assert!(worst <= 1e-3, "{worst}");
+    // Refusals, before anything runs (the executor stays usable).
+    let e = m
+        .eval_batch(&[SeqChunk {
+            seq: 1,
+            tokens: &[],
+            logits: true,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sequence 1: nothing to evaluate"), "{e}");
+    let long = vec![5u32; N_CTX as usize];
+    let e = m
+        .eval_batch(&[SeqChunk {
+            seq: 2,
+            tokens: &long,
+            logits: true,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sequence 2: the context of 64 positions is full"),
+        "{e}"
+    );
+    assert!(m.failure().is_none());
+    assert_eq!(m.decode(&[(1, 5)]).unwrap().len(), 1);
 }

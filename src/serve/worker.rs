@@ -611,12 +611,16 @@ fn finish_job(
 struct StreamSlot {
     job: Job,
     sampler: Box<dyn PickToken>,
-    /// The tokens this sequence's cache holds (or will, once the prompt ran).
+    /// Prompt tokens not yet evaluated.
+    pending: Vec<u32>,
+    /// The tokens this sequence's cache holds (or will, once `pending` is evaluated).
     kv: Vec<u32>,
     /// Prompt tokens reused from the sequence's previous request.
     cached: usize,
-    /// The last step's logits for this sequence (None until its prompt ran).
+    /// The last step's logits for this sequence (None while its prompt runs).
     logits: Option<Vec<f32>>,
+    /// The sampled token to evaluate in the next step.
+    next: Option<u32>,
     /// The generated tokens (not an end-of-generation one).
     generated: Vec<u32>,
     out: TextOut,
@@ -625,10 +629,11 @@ struct StreamSlot {
 }
 
 /// The `--stream-layers` loop with `--parallel N`: the executor holds N sequences
-/// ([`crate::engine::stream::StreamOptions::n_seq`]); a new request's prompt runs on its own
-/// sequence (compute-bound: one sweep per micro-batch), then every active sequence's next
-/// token goes through one decode step together, so one pass over the streamed weights serves
-/// all of them. A request that arrives joins at the next step; one that ends or whose client
+/// ([`crate::engine::stream::StreamOptions::n_seq`]). Each step is one
+/// [`crate::engine::stream::Streamer::eval_batch`]: every active sequence's next token, then
+/// as much of the newly admitted prompts as fits the micro-batch, so one pass over the
+/// streamed weights serves every request in it, prompts that arrive together share their
+/// sweeps, and a request that arrives joins at the next step. One that ends or whose client
 /// went away frees its sequence. Each sequence samples with its own `new_sampler`.
 pub fn run_stream(
     st: &mut crate::engine::stream::Streamer,
@@ -637,7 +642,9 @@ pub fn run_stream(
     new_sampler: NewSampler<'_>,
     jobs: Receiver<Job>,
 ) {
+    use crate::engine::stream::SeqChunk;
     let n_seq = st.n_seq();
+    let n_ub = st.n_ubatch().max(1);
     let mut slots: Vec<Option<StreamSlot>> = (0..n_seq).map(|_| None).collect();
     let mut held = Held::new(n_seq);
     // As on llama.cpp: the free sequence holding the longest prefix of the prompt.
@@ -650,11 +657,13 @@ pub fn run_stream(
         held.tokens[i].clear();
         slots[i] = Some(StreamSlot {
             sampler: new_sampler(&job.sampler, &job.prompt),
+            pending: job.prompt[keep..].to_vec(),
             kv: job.prompt.clone(),
             cached: keep,
             out: TextOut::new(job.stop.clone()),
             job,
             logits: None,
+            next: None,
             generated: Vec::new(),
             start: Instant::now(),
             prompt_done: None,
@@ -678,25 +687,7 @@ pub fn run_stream(
                 *s = None;
             }
         }
-        // New prompts, one sequence at a time.
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let Some(s) = slot else { continue };
-            if s.logits.is_some() {
-                continue;
-            }
-            match st.eval_seq(i, &s.job.prompt[s.cached..], false) {
-                Ok(l) => {
-                    s.logits = Some(l);
-                    s.prompt_done = Some(Instant::now());
-                }
-                Err(e) => {
-                    let _ = s.job.events.send(Event::Failed(format!("{e:#}")));
-                    *slot = None;
-                }
-            }
-        }
-        // Sample every sequence with logits; those that go on feed one decode step.
-        let mut items = Vec::new();
+        // Sample every sequence with logits; those that go on have a next token.
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             let Some(mut logits) = s.logits.take() else {
@@ -735,16 +726,73 @@ pub fn run_stream(
                 continue;
             }
             s.kv.push(id);
-            items.push((i, id));
+            s.next = Some(id);
         }
-        if items.is_empty() {
+        // One step: the decoding sequences' tokens first, then prompt chunks in the room
+        // left in the micro-batch (a long prompt takes several steps, and the decoding
+        // sequences go on meanwhile).
+        let mut room = n_ub;
+        let mut next = Vec::new();
+        for (i, s) in slots.iter_mut().enumerate() {
+            if let Some(t) = s.as_mut().and_then(|s| s.next.take()) {
+                next.push((i, [t]));
+                room = room.saturating_sub(1);
+            }
+        }
+        let mut prompt = Vec::new();
+        for (i, s) in slots.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if s.pending.is_empty() || room == 0 {
+                continue;
+            }
+            let k = room.min(s.pending.len());
+            prompt.push((i, k, k == s.pending.len()));
+            room -= k;
+        }
+        let mut chunks: Vec<SeqChunk<'_>> = next
+            .iter()
+            .map(|(i, t)| SeqChunk {
+                seq: *i,
+                tokens: t,
+                logits: true,
+            })
+            .collect();
+        chunks.extend(prompt.iter().map(|&(i, k, last)| SeqChunk {
+            seq: i,
+            tokens: &slots[i].as_ref().expect("an active slot").pending[..k],
+            logits: last,
+        }));
+        if chunks.is_empty() {
             continue;
         }
-        match st.decode(&items) {
+        let wants: Vec<usize> = chunks.iter().filter(|c| c.logits).map(|c| c.seq).collect();
+        let r = st.eval_batch(&chunks);
+        drop(chunks);
+        match r {
             Ok(ls) => {
-                for ((i, _), l) in items.iter().zip(ls) {
-                    if let Some(s) = slots[*i].as_mut() {
+                for &(i, k, _) in &prompt {
+                    if let Some(s) = slots[i].as_mut() {
+                        s.pending.drain(..k);
+                    }
+                }
+                for (i, l) in wants.into_iter().zip(ls) {
+                    if let Some(s) = slots[i].as_mut() {
                         s.logits = Some(l);
+                        s.prompt_done.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+            Err(e) if st.failure().is_none() => {
+                // Refused before it ran (the HTTP side checks ids and lengths, so this is not
+                // expected): the requests in it fail, the others and the executor go on.
+                for &i in next
+                    .iter()
+                    .map(|(i, _)| i)
+                    .chain(prompt.iter().map(|(i, ..)| i))
+                {
+                    if let Some(s) = slots[i].take() {
+                        let _ = s.job.events.send(Event::Failed(format!("{e:#}")));
+                        st.clear_seq(i);
                     }
                 }
             }

@@ -106,8 +106,8 @@ pub struct StreamOptions {
     /// same plan; the logits are meaningless).
     pub skip_reads: bool,
     /// Sequences with a context of `n_ctx` each (the KV cache holds all of them), decoded
-    /// together by [`Streamer::decode`]: one pass over the weights per step serves every
-    /// sequence in it (`jq-run serve --parallel N --stream-layers`).
+    /// together by [`Streamer::decode`] and [`Streamer::eval_batch`]: one pass over the
+    /// weights per step serves every sequence in it (`jq-run serve --parallel N --stream-layers`).
     pub n_seq: usize,
 }
 
@@ -154,6 +154,16 @@ pub(crate) fn align_up(x: u64, a: u64) -> u64 {
 /// Headroom kept free on a GPU for what its backend allocates outside our buffers (the CUDA
 /// backend's memory pool and cuBLAS workspace); checked against the driver's figure.
 pub(crate) const GPU_SCRATCH: u64 = 256 << 20;
+
+/// One sequence's part of [`Streamer::eval_batch`]: tokens after its cached positions, and
+/// whether its last token's logits are wanted (a prompt chunk that does not end the prompt
+/// needs none).
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    pub seq: usize,
+    pub tokens: &'a [u32],
+    pub logits: bool,
+}
 
 /// The executor: buffers allocated, resident weights uploaded, the reader running.
 pub struct Streamer {
@@ -277,7 +287,7 @@ impl Streamer {
         }
         // A token at position 0: its KV cell is rewritten by the first real step.
         let n_kv = graph::n_kv_cells(1, self.p.n_cells);
-        self.set_inputs(&[(0, 0)], 0, 0, n_kv as usize)?;
+        self.set_inputs(&[(0, 0)], &[], 0, n_kv as usize)?;
         let sh = Batch {
             n_tokens: 1,
             kv_base: 0,
@@ -302,7 +312,7 @@ impl Streamer {
             o.threads,
             o.repack,
         )?);
-        self.set_inputs(&[(0, 0)], 0, 0, n_kv as usize)?;
+        self.set_inputs(&[(0, 0)], &[], 0, n_kv as usize)?;
         let mut h = self.host.take().context("host side")?;
         let mut host_s = f64::MAX;
         for _ in 0..3 {
@@ -468,6 +478,17 @@ impl Streamer {
         self.n_past.get(seq).copied().unwrap_or(0)
     }
 
+    /// Why an earlier step failed part way, after which every step is refused (None: the
+    /// executor is usable; a step refused before it ran leaves it so).
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Most tokens one micro-batch (one sweep of the streamed layers) carries.
+    pub fn n_ubatch(&self) -> usize {
+        self.p.n_ub as usize
+    }
+
     /// Sequences this executor holds a context for.
     pub fn n_seq(&self) -> usize {
         self.n_past.len()
@@ -514,20 +535,21 @@ impl Streamer {
 
     /// The step's inputs: for each token its (sequence, position); the mask rows over the
     /// `n_kv` cells from `kv_base` (a token sees its own sequence's cells up to its position,
-    /// within the window on sliding layers); each token's KV cell; the last `n_out` rows as
+    /// within the window on sliding layers); each token's KV cell; the rows `outs` lists as
     /// outputs.
     fn set_inputs(
         &mut self,
         rows: &[(usize, usize)],
-        n_out: usize,
+        outs: &[i32],
         kv_base: usize,
         n_kv: usize,
     ) -> Result<()> {
         let t = rows.len();
+        let n_out = outs.len();
         let cells = self.p.n_cells as usize;
         let pos: Vec<i32> = rows.iter().map(|&(_, p)| p as i32).collect();
         let idx: Vec<i64> = rows.iter().map(|&(s, p)| (s * cells + p) as i64).collect();
-        let out: Vec<i32> = ((t - n_out)..t).map(|i| i as i32).collect();
+        let out = outs;
         let n_swa = self.p.hp.n_swa as usize;
         for (j, &(seq, p1)) in rows.iter().enumerate() {
             for i in 0..n_kv {
@@ -568,51 +590,142 @@ impl Streamer {
     /// One sequence's step is the same graph as a single-sequence executor's, so its logits
     /// are the same bits.
     pub fn eval_seq(&mut self, seq: usize, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        self.check_step(tokens)?;
-        if seq >= self.n_past.len() {
-            bail!(
-                "sequence {seq} does not exist (this executor holds {})",
-                self.n_past.len()
-            );
-        }
         if all_logits && self.p.n_outputs < self.p.n_ub.min(tokens.len() as i64) {
             bail!("every position's logits were asked for, but the output buffer was sized for the last one (StreamOptions::all_logits)");
         }
-        let n_past = self.n_past[seq];
-        if n_past + tokens.len() > self.p.n_ctx as usize {
-            bail!(
-                "the context of {} positions is full ({} cached + {} new)",
-                self.p.n_ctx,
-                n_past,
-                tokens.len()
-            );
+        let rows: Vec<(usize, u32)> = tokens.iter().map(|&t| (seq, t)).collect();
+        let n = rows.len();
+        let out: Vec<bool> = (0..n).map(|i| all_logits || i + 1 == n).collect();
+        self.run_rows(&rows, &out)
+    }
+
+    /// One token for each of several sequences in one step: a single pass over the weights
+    /// (one sweep of the streamed layers) serves them all. `items` are (sequence, token) with
+    /// distinct sequences; returns each one's logits, in order. Batch composition changes
+    /// which kernels run (rows of a matrix product), so the logits equal a lone sequence's
+    /// within rounding, not bit for bit; one item is exactly [`Streamer::eval_seq`].
+    pub fn decode(&mut self, items: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
+        let chunks: Vec<SeqChunk<'_>> = items
+            .iter()
+            .map(|(seq, tok)| SeqChunk {
+                seq: *seq,
+                tokens: std::slice::from_ref(tok),
+                logits: true,
+            })
+            .collect();
+        self.eval_batch(&chunks)
+    }
+
+    /// Tokens of several sequences evaluated together: each chunk's tokens follow its
+    /// sequence's cached positions (distinct sequences). The rows, chunk after chunk, go
+    /// through in micro-batches of up to `n_ubatch` tokens, and each micro-batch is one sweep
+    /// of the streamed layers whatever sequences it holds: prompts that arrive together share
+    /// their sweeps, and decode tokens ride with prompt chunks. Returns the last token's
+    /// logits of every chunk that asks for them, in order. One chunk is exactly
+    /// [`Streamer::eval_seq`]; otherwise the logits equal each sequence's alone within
+    /// rounding (batch composition changes which kernels run).
+    pub fn eval_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>> {
+        let mut seen = vec![false; self.n_past.len()];
+        for c in chunks {
+            if c.seq >= seen.len() {
+                bail!(
+                    "sequence {} does not exist (this executor holds {})",
+                    c.seq,
+                    seen.len()
+                );
+            }
+            if std::mem::replace(&mut seen[c.seq], true) {
+                bail!("sequence {} appears twice in one step", c.seq);
+            }
+            if c.tokens.is_empty() {
+                bail!("sequence {}: nothing to evaluate", c.seq);
+            }
+        }
+        let (mut rows, mut out) = (Vec::new(), Vec::new());
+        for c in chunks {
+            rows.extend(c.tokens.iter().map(|&t| (c.seq, t)));
+            out.extend((0..c.tokens.len()).map(|i| c.logits && i + 1 == c.tokens.len()));
+        }
+        let logits = self.run_rows(&rows, &out)?;
+        let v = self.p.hp.n_vocab as usize;
+        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Runs `rows` ((sequence, token); each sequence's tokens take its next positions, in
+    /// order) in micro-batches of up to `n_ubatch` rows; returns the logits of the rows `out`
+    /// marks, row-major in row order.
+    fn run_rows(&mut self, rows: &[(usize, u32)], out: &[bool]) -> Result<Vec<f32>> {
+        let tokens: Vec<u32> = rows.iter().map(|&(_, t)| t).collect();
+        self.check_step(&tokens)?;
+        // Each row's (sequence, position), and the context each sequence ends with.
+        let mut end = self.n_past.clone();
+        let mut at = Vec::with_capacity(rows.len());
+        for &(seq, _) in rows {
+            let Some(e) = end.get_mut(seq) else {
+                bail!(
+                    "sequence {seq} does not exist (this executor holds {})",
+                    self.n_past.len()
+                );
+            };
+            at.push((seq, *e));
+            *e += 1;
+        }
+        let n_ctx = self.p.n_ctx as usize;
+        for (seq, (&e, &n)) in end.iter().zip(&self.n_past).enumerate() {
+            if e > n_ctx {
+                bail!(
+                    "sequence {seq}: the context of {n_ctx} positions is full ({n} cached + {} new)",
+                    e - n
+                );
+            }
+        }
+        let n_ub = self.p.n_ub as usize;
+        for part in out.chunks(n_ub) {
+            let n_out = part.iter().filter(|&&o| o).count() as i64;
+            if n_out > self.p.n_outputs {
+                bail!(
+                    "{n_out} logit rows in one micro-batch, but the output buffer holds {} (StreamOptions::n_seq, all_logits)",
+                    self.p.n_outputs
+                );
+            }
         }
         let t_step = Instant::now();
-        let mut stats = StepStats::new(tokens.len(), self.p.hp.n_layer);
+        let mut stats = StepStats::new(rows.len(), self.p.hp.n_layer);
         let mut logits = Vec::new();
         let cells = self.p.n_cells as usize;
-        let mut at = n_past;
-        for (ci, chunk) in tokens.chunks(self.p.n_ub as usize).enumerate() {
-            let last = (ci + 1) * self.p.n_ub as usize >= tokens.len();
-            let n_out = match (all_logits, last) {
-                (true, _) => chunk.len(),
-                (false, true) => 1,
-                (false, false) => 0,
+        for (ci, part) in at.chunks(n_ub).enumerate() {
+            let from = ci * n_ub;
+            let outs: Vec<i32> = (0..part.len())
+                .filter(|&i| out[from + i])
+                .map(|i| i as i32)
+                .collect();
+            // The cells from the first sequence's to the last one's used (padded) ones (for
+            // one sequence: its own, as a single-sequence executor's).
+            let lo = part.iter().map(|r| r.0).min().context("no rows")?;
+            let &(hi, hi_pos) = part.iter().max().context("no rows")?;
+            let n_kv =
+                (hi - lo) * cells + graph::n_kv_cells(hi_pos as i64 + 1, self.p.n_cells) as usize;
+            // A batch holding a prompt (a sequence with several tokens) is compute-bound and
+            // the reader mostly waits: every core. Otherwise the decode threads: the reader
+            // streams the next layers during every step and needs its core (on 2 cores, two
+            // compute threads and the reader took 4.6 s of compute for a 4-sequence step of
+            // the 8B-shaped file, one thread 1.3-2.8 s; BENCHMARKS.md).
+            let n_seqs = {
+                let mut s: Vec<usize> = part.iter().map(|r| r.0).collect();
+                s.dedup();
+                s.len()
             };
-            let rows: Vec<(usize, usize)> = (at..at + chunk.len()).map(|p| (seq, p)).collect();
-            let n_kv = graph::n_kv_cells((at + chunk.len()) as i64, self.p.n_cells) as usize;
-            // A prompt batch is compute-bound and the reader mostly waits: every core.
-            let n_threads = if chunk.len() > 1 {
+            let n_threads = if part.len() > n_seqs {
                 self.threads.1
             } else {
                 self.threads.0
             };
             let r = self.step(
                 n_threads,
-                chunk,
-                &rows,
-                n_out,
-                seq * cells,
+                &tokens[from..from + part.len()],
+                part,
+                &outs,
+                lo * cells,
                 n_kv,
                 &mut stats,
                 &mut logits,
@@ -623,81 +736,12 @@ impl Streamer {
                 self.failed = Some(format!("{e:#}"));
                 return Err(e);
             }
-            at += chunk.len();
-            self.n_past[seq] = at;
+            for &(seq, p) in part {
+                self.n_past[seq] = p + 1;
+            }
         }
         self.record_step(stats, t_step)?;
         Ok(logits)
-    }
-
-    /// One token for each of several sequences in one step: a single pass over the weights
-    /// (one sweep of the streamed layers) serves them all. `items` are (sequence, token) with
-    /// distinct sequences; returns each one's logits, in order. Batch composition changes
-    /// which kernels run (rows of a matrix product), so the logits equal a lone sequence's
-    /// within rounding, not bit for bit; one item is exactly [`Streamer::eval_seq`].
-    pub fn decode(&mut self, items: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
-        if items.len() == 1 {
-            let (seq, tok) = items[0];
-            return Ok(vec![self.eval_seq(seq, &[tok], false)?]);
-        }
-        let tokens: Vec<u32> = items.iter().map(|&(_, t)| t).collect();
-        self.check_step(&tokens)?;
-        if items.len() as i64 > self.p.n_outputs {
-            bail!(
-                "{} sequences in one step, but the executor was opened for {} (StreamOptions::n_seq)",
-                items.len(),
-                self.p.n_outputs
-            );
-        }
-        let mut seen = vec![false; self.n_past.len()];
-        for &(seq, _) in items {
-            if seq >= seen.len() {
-                bail!(
-                    "sequence {seq} does not exist (this executor holds {})",
-                    seen.len()
-                );
-            }
-            if std::mem::replace(&mut seen[seq], true) {
-                bail!("sequence {seq} appears twice in one step");
-            }
-            if self.n_past[seq] + 1 > self.p.n_ctx as usize {
-                bail!(
-                    "sequence {seq}: the context of {} positions is full",
-                    self.p.n_ctx
-                );
-            }
-        }
-        let rows: Vec<(usize, usize)> = items.iter().map(|&(s, _)| (s, self.n_past[s])).collect();
-        // Every cell up to the last sequence's used (padded) ones.
-        let &(top, top_past) = rows.iter().max().context("no sequence")?;
-        let n_kv = top * self.p.n_cells as usize
-            + graph::n_kv_cells(top_past as i64 + 1, self.p.n_cells) as usize;
-        let t_step = Instant::now();
-        let mut stats = StepStats::new(items.len(), self.p.hp.n_layer);
-        let mut logits = Vec::new();
-        // Decode threads, not the batch's: the reader streams the next layers during every
-        // step and needs its core (on 2 cores, two compute threads and the reader took 4.6 s
-        // of compute for a 4-sequence step of the 8B-shaped file, one thread 1.3-2.8 s;
-        // BENCHMARKS.md).
-        if let Err(e) = self.step(
-            self.threads.0,
-            &tokens,
-            &rows,
-            items.len(),
-            0,
-            n_kv,
-            &mut stats,
-            &mut logits,
-        ) {
-            self.failed = Some(format!("{e:#}"));
-            return Err(e);
-        }
-        for &(s, _) in items {
-            self.n_past[s] += 1;
-        }
-        self.record_step(stats, t_step)?;
-        let v = self.p.hp.n_vocab as usize;
-        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
     }
 
     /// Keeps a finished step's statistics and checks the driver's memory figure.
@@ -724,15 +768,15 @@ impl Streamer {
     }
 
     /// One micro-batch through every layer: `tokens` at `rows` (sequence, position), the
-    /// attention over `n_kv` cells from `kv_base`, the last `n_out` rows' logits appended,
-    /// computed by `n_threads` CPU threads.
+    /// attention over `n_kv` cells from `kv_base`, the logits of the rows `outs` lists
+    /// (ascending) appended, computed by `n_threads` CPU threads.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         n_threads: usize,
         tokens: &[u32],
         rows: &[(usize, usize)],
-        n_out: usize,
+        outs: &[i32],
         kv_base: usize,
         n_kv: usize,
         stats: &mut StepStats,
@@ -747,7 +791,8 @@ impl Streamer {
                 unsafe { handles::set_n_threads(b.ptr, n_threads) };
             }
         }
-        self.set_inputs(rows, n_out, kv_base, n_kv)?;
+        let n_out = outs.len();
+        self.set_inputs(rows, outs, kv_base, n_kv)?;
         self.embed_on_host(tokens)?;
         let n_layer = self.p.hp.n_layer;
         let mut x_on_host = false;
