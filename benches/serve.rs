@@ -89,6 +89,8 @@ fn anchor(l: &Llama, clients: usize, rounds: usize, n: usize, threads: i32) -> F
         .with_n_ctx(NonZeroU32::new(N_CTX * clients as u32))
         .with_n_seq_max(clients as u32)
         .with_kv_unified(false)
+        // As llama-server (and `jq-run serve` without --swa-full): window-sized sliding layers.
+        .with_swa_full(false)
         .with_n_batch(512)
         .with_n_ubatch(512)
         .with_n_threads(threads)

@@ -24,6 +24,20 @@ fn tiny() -> &'static Path {
     })
 }
 
+/// The tiny model with a trained context of 1024 (the same weights).
+fn tiny_1k() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = tiny().with_file_name("tiny-gemma3-1k.gguf");
+        let dims = Gemma3Dims {
+            n_ctx: 1024,
+            ..Gemma3Dims::TINY
+        };
+        write_gemma3(&p, dims, 384, GgmlType::F32).unwrap();
+        p
+    })
+}
+
 fn real() -> PathBuf {
     let dir = std::env::var_os("JQ_MODELS").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/jq/models"),
@@ -166,7 +180,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// llama.cpp's greedy continuation (through the bindings), cut at end of generation.
 fn greedy(l: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
-    let (_, _, g) = l.greedy_decode(prompt, n, 512, 1).unwrap();
+    let n_ctx = (prompt.len() + n).max(512) as u32;
+    let (_, _, g) = l.greedy_decode(prompt, n, n_ctx, 1).unwrap();
     let end = g.iter().position(|&t| l.is_eog(t)).unwrap_or(g.len());
     g[..end].to_vec()
 }
@@ -1049,25 +1064,43 @@ fn eight_clients(args: &[&str]) {
 
 /// Prompt-prefix reuse past the sliding window: the tiny Gemma-3 fixture attends over a
 /// window of 8 positions on 5 of its 6 layers; a conversation of over 40 positions continued
-/// through Ollama's `context` (raw prompts) reuses all but one of them, and the reply still equals
-/// llama.cpp's greedy continuation of the whole prompt from a fresh context (the bindings).
-/// (llama.cpp's cache here is its default full-size SWA cache, which keeps every position,
-/// so `seq_pos_min` stays 0 and the full re-evaluation fallback is not taken.)
+/// through Ollama's `context` (raw prompts) reuses all but one of them, and the reply still
+/// equals llama.cpp's greedy continuation of the whole prompt from a fresh context (the
+/// bindings). On llama.cpp, by default (as llama-server) the sliding layers' cache is
+/// window-sized: while it still has room for the whole conversation nothing is dropped and
+/// the positions are reused; a conversation longer than it (over 300 positions, the cache
+/// of `-b 16` holds 256) loses its early positions and is evaluated again from its start,
+/// with the same reply; `--swa-full` keeps them all and reuses them.
 #[test]
 fn prefix_reuse_past_the_sliding_window_gives_the_cold_reply() {
-    let m = tiny();
-    let l = Llama::load(m).unwrap();
-    let p0_text = "the cat sat on the mat and the dog ran to the cat and the cat ran to the dog";
-    let p0 = l.tokenize_with(p0_text, l.model.vocab().should_add_bos(), true);
-    assert!(p0.len() > 2 * 8, "{} prompt tokens", p0.len());
+    let sentence = "the cat sat on the mat and the dog ran to the cat and the cat ran to the dog";
     let n = 16;
-    for extra in [
-        &["--parallel", "2"][..],
-        &["--stream-layers"][..],
-        &["--stream-layers", "--parallel", "2"][..],
+    // (flags, sentences in the first prompt, evaluated again from the start)
+    let short: &[&str] = &["-c", "128"];
+    let long: &[&str] = &["-c", "1024", "-b", "16", "--alias", "tiny-gemma3"];
+    for (extra, reps, again) in [
+        (vec![short, &["--parallel", "2"]], 1, false),
+        (vec![short, &["--parallel", "2", "--swa-full"]], 1, false),
+        (vec![short, &["--stream-layers"]], 1, false),
+        (
+            vec![short, &["--stream-layers", "--parallel", "2"]],
+            1,
+            false,
+        ),
+        (vec![long, &["--parallel", "2"]], 14, true),
+        (vec![long, &["--parallel", "2", "--swa-full"]], 14, false),
     ] {
-        let mut args = vec!["-c", "128"];
-        args.extend_from_slice(extra);
+        let m = if reps > 1 { tiny_1k() } else { tiny() };
+        let l = Llama::load(m).unwrap();
+        let args: Vec<&str> = extra.concat();
+        let extra = &args;
+        let p0_text = vec![sentence; reps].join(" and ");
+        let p0_text = p0_text.as_str();
+        let p0 = l.tokenize_with(p0_text, l.model.vocab().should_add_bos(), true);
+        assert!(p0.len() > 2 * 8, "{} prompt tokens", p0.len());
+        if again {
+            assert!(p0.len() > 300, "{} prompt tokens", p0.len());
+        }
         let srv = Server::start(m, &args);
         let gen = |body: Value| -> Value {
             let (status, b) = srv.http("POST", "/api/generate", &[], body.to_string().as_bytes());
@@ -1101,10 +1134,14 @@ fn prefix_reuse_past_the_sliding_window_gives_the_cold_reply() {
             "{extra:?}: the cold reply"
         );
         // Only what follows the held positions was evaluated (the last context token was
-        // sampled, never evaluated).
+        // sampled, never evaluated), or everything when they are gone.
         assert_eq!(
             r1["prompt_eval_count"].as_u64().unwrap() as usize,
-            p1.len() - (c0.len() - 1),
+            if again {
+                p1.len()
+            } else {
+                p1.len() - (c0.len() - 1)
+            },
             "{extra:?}"
         );
     }

@@ -320,6 +320,12 @@ struct ServeCli {
     /// through one sweep of the streamed weights per step). Also -np.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// llama.cpp engine: a full-size cache on sliding-window layers, as llama-server's
+    /// --swa-full. By default (as llama-server) they keep only the window, which takes less
+    /// memory; a conversation continued past the window is then evaluated again from its
+    /// start instead of from the held positions.
+    #[arg(long)]
+    swa_full: bool,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
@@ -1608,9 +1614,16 @@ fn serve(s: &ServeCli) -> Result<()> {
             .context("--parallel x -c overflows")?;
         let llama = Arc::new(load_llama(m, &file, &arch, &shape, total, n_batch)?.0);
         let template = llama.template(m.chat_template.as_deref())?;
-        let (l, n_seq) = (llama.clone(), s.parallel);
+        let (l, n_seq, swa_full) = (llama.clone(), s.parallel, s.swa_full);
         std::thread::spawn(move || {
-            worker::run_llama(&l, n_seq, n_ctx, n_batch, threads as i32, jobs_rx, ready_tx);
+            let shape = worker::LlamaShape {
+                n_seq,
+                n_ctx_seq: n_ctx,
+                n_batch,
+                threads: threads as i32,
+                swa_full,
+            };
+            worker::run_llama(&l, shape, jobs_rx, ready_tx);
         });
         let tt = m
             .chat_template

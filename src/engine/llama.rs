@@ -396,13 +396,16 @@ impl Llama {
     }
 
     /// A context holding `n_seq` sequences of `n_ctx_seq` positions each (separate KV
-    /// streams, so one sequence's length never limits another's), batches of `n_batch`.
+    /// streams, so one sequence's length never limits another's), batches of `n_batch`;
+    /// sliding-window layers' cache at full size with `swa_full`, else window-sized as
+    /// llama-server's default (`common_params::swa_full = false`).
     pub fn multi_context(
         &self,
         n_ctx_seq: u32,
         n_seq: u32,
         n_batch: u32,
         threads: i32,
+        swa_full: bool,
     ) -> Result<LlamaContext<'_>> {
         let total = n_ctx_seq
             .checked_mul(n_seq)
@@ -411,6 +414,7 @@ impl Llama {
             .with_n_ctx(NonZeroU32::new(total))
             .with_n_seq_max(n_seq)
             .with_kv_unified(false)
+            .with_swa_full(swa_full)
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
             .with_n_threads(threads)
@@ -499,6 +503,13 @@ impl Llama {
         n_ctx: u32,
         threads: i32,
     ) -> Result<(f64, f64, Vec<u32>)> {
+        // llama.cpp aborts on a batch over n_batch (= n_ctx here): refuse it first.
+        if prompt.is_empty() || prompt.len() + n > n_ctx as usize {
+            bail!(
+                "a prompt of {} tokens and {n} more do not fit a context of {n_ctx}",
+                prompt.len()
+            );
+        }
         let mut ctx = self.context(n_ctx, n_ctx, threads)?;
         let v = self.n_vocab();
         let argmax = |l: &[f32]| {

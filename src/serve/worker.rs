@@ -192,17 +192,40 @@ struct Slot {
     prompt_done: Option<Instant>,
 }
 
+/// The llama.cpp context [`run_llama`] decodes in.
+#[derive(Debug, Clone, Copy)]
+pub struct LlamaShape {
+    /// Sequences in the context (`--parallel`).
+    pub n_seq: usize,
+    /// Positions of each.
+    pub n_ctx_seq: u32,
+    pub n_batch: u32,
+    pub threads: i32,
+    /// A full-size cache on sliding-window layers (`--swa-full`).
+    pub swa_full: bool,
+}
+
 /// The llama.cpp loop: `n_seq` sequences of `n_ctx_seq` positions in one context.
 pub fn run_llama(
     llama: &crate::engine::llama::Llama,
-    n_seq: usize,
-    n_ctx_seq: u32,
-    n_batch: u32,
-    threads: i32,
+    shape: LlamaShape,
     jobs: Receiver<Job>,
     ready: std::sync::mpsc::Sender<std::result::Result<(), String>>,
 ) {
-    let mut ctx = match llama.multi_context(n_ctx_seq, n_seq as u32, n_batch, threads) {
+    let LlamaShape {
+        n_seq,
+        n_ctx_seq,
+        n_batch,
+        ..
+    } = shape;
+    let made = llama.multi_context(
+        n_ctx_seq,
+        n_seq as u32,
+        n_batch,
+        shape.threads,
+        shape.swa_full,
+    );
+    let mut ctx = match made {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
@@ -233,7 +256,9 @@ pub fn run_llama(
         {
             keep = 0;
         }
-        // A sliding-window cache may have dropped early positions: start afresh then.
+        // A window-sized sliding-window cache (llama-server's default, no --swa-full) drops
+        // the positions that left the window: the prompt is evaluated from its start then,
+        // as llama-server does without a checkpoint.
         if keep == 0 || ctx.kv_cache_seq_pos_min(i as i32) > 0 {
             ctx.clear_kv_cache_seq(seq, None, None).ok();
             keep = 0;
