@@ -499,6 +499,11 @@ fn clap_help_and_usage_errors_follow_color() {
     let o = run(&["--no-such-flag"], None);
     fails(&o, "--no-such-flag");
     assert!(!text(&o.stderr).contains('\x1b'));
+    // `--color` as another flag's value is that value (the prompt here), not a colour choice:
+    // clap's error about the stray word stays plain when piped.
+    let o = run(&["-p", "--color", "always"], None);
+    fails(&o, "always");
+    assert!(!text(&o.stderr).contains('\x1b'), "{:?}", text(&o.stderr));
     // On a terminal: clap's auto colours; never does not.
     let t = text(&on_a_tty(&["--help"], &[]));
     assert!(t.contains("Usage:") && t.contains('\x1b'), "{t:?}");

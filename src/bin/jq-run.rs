@@ -1139,13 +1139,42 @@ fn run_stream(cli: &Cli) -> Result<()> {
 
 /// clap's own colouring (help, usage, its errors) as `--color` asks: the flag is read from
 /// the words before clap parses them (the last one wins, as clap's would); an invalid value
-/// leaves clap's auto, and clap then refuses it by name.
+/// leaves clap's auto, and clap then refuses it by name. A word that is the value of another
+/// flag (`-p --color`: the prompt is "--color") is skipped, as clap takes it.
 fn clap_color(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    /// The flags (every command's, with aliases) that take a value.
+    fn valued(cmd: &clap::Command, out: &mut std::collections::HashSet<String>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_positional()) {
+            if !a.get_action().takes_values() {
+                continue;
+            }
+            let longs = a
+                .get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default());
+            out.extend(longs.map(|l| format!("--{l}")));
+            let shorts = a
+                .get_short()
+                .into_iter()
+                .chain(a.get_all_short_aliases().unwrap_or_default());
+            out.extend(shorts.map(|c| format!("-{c}")));
+        }
+        for sub in cmd.get_subcommands() {
+            valued(sub, out);
+        }
+    }
+    let mut takes_value = std::collections::HashSet::new();
+    valued(&<Top as clap::CommandFactory>::command(), &mut takes_value);
+    takes_value.remove("--color");
     let mut choice = clap::ColorChoice::Auto;
     let mut words = args.iter().map(|a| a.to_str().unwrap_or(""));
     while let Some(w) = words.next() {
         if w == "--" {
             break;
+        }
+        if takes_value.contains(w) {
+            words.next();
+            continue;
         }
         let v = match w.strip_prefix("--color") {
             Some("") => words.next().unwrap_or(""),
