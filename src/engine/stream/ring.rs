@@ -71,6 +71,130 @@ pub(crate) enum Source {
         files: Vec<File>,
         staging: AlignedBuf,
     },
+    /// `O_DIRECT` reads done ahead on a thread of their own, in the order the reader takes
+    /// the pieces (see [`Prefetch`]).
+    Prefetch(Prefetch),
+}
+
+/// A piece read ahead: its bytes start `skip` bytes into the buffer.
+type Fetched = Result<(Piece, AlignedBuf, usize), String>;
+
+/// `O_DIRECT` reads of the ring's cycle, piece after piece in the order the reader consumes
+/// them, on a thread of their own into a pool of two aligned buffers: the disk reads the next
+/// piece while the reader copies or repacks this one (CPU work on the CPU device: read, then
+/// repack, one after the other on the reader alone left the disk idle for the repack), and
+/// each piece is one read of its whole aligned span (larger requests read faster).
+#[derive(Debug)]
+pub(crate) struct Prefetch {
+    fetched: Option<Receiver<Fetched>>,
+    pool: Option<Sender<AlignedBuf>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Buffers the prefetch thread reads into (one being consumed, one being read).
+const PREFETCH_BUFFERS: usize = 2;
+
+impl Prefetch {
+    /// Starts reading `cycle`'s pieces (over and over, as the reader cycles) from `files`.
+    fn start(files: Vec<File>, cycle: Vec<LayerCopy>) -> Prefetch {
+        let largest = cycle
+            .iter()
+            .flat_map(|lc| lc.pieces.iter().map(|p| p.len))
+            .max()
+            .unwrap_or(0);
+        // The aligned span of any piece: its length plus up to one block either side.
+        let cap = (largest.div_ceil(DIO_ALIGN) + 2) * DIO_ALIGN;
+        let (pool_tx, pool_rx) = channel::<AlignedBuf>();
+        for _ in 0..PREFETCH_BUFFERS {
+            pool_tx
+                .send(AlignedBuf::new(cap as usize))
+                .expect("receiver alive");
+        }
+        let (tx, rx) = channel::<Fetched>();
+        let thread = std::thread::Builder::new()
+            .name("jq-stream-prefetch".into())
+            .spawn(move || {
+                for p in cycle.iter().cycle().flat_map(|lc| lc.pieces.iter()) {
+                    // The reader gone (the ring dropped): stop.
+                    let Ok(mut buf) = pool_rx.recv() else { return };
+                    let got = files
+                        .get(p.part)
+                        .context("no such part of the split set")
+                        .and_then(|f| read_span(f, buf.as_mut(), p.src, p.len));
+                    let stop = got.is_err();
+                    let msg = got
+                        .map(|skip| (*p, buf, skip))
+                        .map_err(|e| format!("{e:#}"));
+                    if tx.send(msg).is_err() || stop {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the prefetch thread");
+        Prefetch {
+            fetched: Some(rx),
+            pool: Some(pool_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands `p`'s bytes (the next piece read) to `f`, then gives the buffer back.
+    fn with_piece<T>(&mut self, p: Piece, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let rx = self.fetched.as_ref().context("the prefetch thread stopped")?;
+        let (q, mut buf, skip) = match rx.recv() {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("the prefetch thread stopped"),
+        };
+        if (q.part, q.src, q.len) != (p.part, p.src, p.len) {
+            bail!(
+                "the prefetch thread read {} bytes at {} where {} at {} were due",
+                q.len,
+                q.src,
+                p.len,
+                p.src
+            );
+        }
+        let r = f(&buf.as_mut()[skip..skip + p.len as usize]);
+        if let Some(pool) = &self.pool {
+            let _ = pool.send(buf);
+        }
+        r
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Closing both channels ends the thread after its current read.
+        self.pool = None;
+        self.fetched = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads the aligned span covering [src, src+len) of `file` into `buf` with as few requests
+/// as the kernel allows; returns where the wanted bytes start in `buf`.
+fn read_span(file: &File, buf: &mut [u8], src: u64, len: u64) -> Result<usize> {
+    let start = src / DIO_ALIGN * DIO_ALIGN;
+    let skip = (src - start) as usize;
+    let span = (skip as u64 + len).div_ceil(DIO_ALIGN) * DIO_ALIGN;
+    if !(buf.as_ptr() as u64).is_multiple_of(DIO_ALIGN) || (buf.len() as u64) < span {
+        bail!("direct read: the prefetch buffer is not aligned or too small");
+    }
+    let buf = &mut buf[..span as usize];
+    let mut got = 0usize;
+    while got < skip + len as usize {
+        let n = file
+            .read_at(&mut buf[got..], start + got as u64)
+            .context("direct read")?;
+        if n == 0 {
+            bail!("direct read: unexpected end of file at offset {}", start + got as u64);
+        }
+        got += n;
+    }
+    Ok(skip)
 }
 
 /// Direct-I/O alignment (logical block size of every disk we meet; 4 KiB covers 512 too).
@@ -141,8 +265,30 @@ impl Source {
                 .get(p.part)?
                 .bytes()
                 .get(p.src as usize..(p.src + p.len) as usize),
-            Source::Direct { .. } => None,
+            Source::Direct { .. } | Source::Prefetch(_) => None,
         }
+    }
+
+    /// Hands `p`'s bytes to `f`: in place from the map, else read (ahead, when prefetching).
+    pub fn with_piece<T>(
+        &mut self,
+        p: Piece,
+        staging: Option<&mut AlignedBuf>,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        if let Source::Prefetch(pf) = self {
+            return pf.with_piece(p, f);
+        }
+        if let Some(src) = self.mapped(p) {
+            return f(src);
+        }
+        let st = staging.context("no staging buffer for direct reads")?;
+        let dst = st
+            .as_mut()
+            .get_mut(..p.len as usize)
+            .context("a tensor is larger than the staging buffer")?;
+        self.read(p, dst)?;
+        f(dst)
     }
 
     /// Copies `p` into `dst` (which is `p.len` bytes).
@@ -152,6 +298,10 @@ impl Source {
                 let src = self.mapped(p).context("tensor data outside the file")?;
                 dst.copy_from_slice(src);
             }
+            Source::Prefetch(pf) => pf.with_piece(p, |b| {
+                dst.copy_from_slice(b);
+                Ok(())
+            })?,
             Source::Direct { files, staging } => {
                 let file = files.get(p.part).context("no such part of the split set")?;
                 // Aligned chunks covering [src, src+len); each chunk's useful part is copied.
@@ -184,6 +334,7 @@ impl Source {
                 let file = files.get(p.part).context("no such part of the split set")?;
                 read_aligned(file, buf, p.src + at, len).map(Some)
             }
+            Source::Prefetch(_) => bail!("a prefetching source serves whole pieces only"),
         }
     }
 }
@@ -316,22 +467,11 @@ impl HostSlots {
             if n != p.len {
                 bail!("layer {}: a tensor's size differs from its piece", lc.layer);
             }
-            if let Some(src) = source.mapped(*p) {
+            source.with_piece(*p, self.staging.as_mut(), |src| {
                 // SAFETY: `t` is placed in `seg.buf`, `src` is its size (checked above).
                 unsafe { set_tensor(seg.buf, t, src) };
-            } else {
-                let st = self
-                    .staging
-                    .as_mut()
-                    .context("no staging buffer for direct reads")?;
-                let dst = st
-                    .as_mut()
-                    .get_mut(..p.len as usize)
-                    .context("a tensor is larger than the staging buffer")?;
-                source.read(*p, dst)?;
-                // SAFETY: as above.
-                unsafe { set_tensor(seg.buf, t, dst) };
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -454,6 +594,23 @@ impl Ring {
         events: Events,
         delay: Duration,
     ) -> Ring {
+        // Host slots from an O_DIRECT source: the reads go ahead on their own thread while
+        // the reader copies and repacks (the staged sink reads its own way, in chunks). If
+        // the file handles cannot be duplicated, the reader reads them itself as before.
+        let dup = match (&source, &sink) {
+            (Source::Direct { files, .. }, Sink::Host(_)) => files
+                .iter()
+                .map(File::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .ok(),
+            _ => None,
+        };
+        if let Some(files) = dup {
+            source = Source::Prefetch(Prefetch::start(files, cycle.clone()));
+            if let Sink::Host(h) = &mut sink {
+                h.staging = None;
+            }
+        }
         let (free_tx, free_rx) = channel::<usize>();
         let (filled_tx, filled_rx) = channel();
         for i in 0..n_slots {
