@@ -140,7 +140,10 @@ impl Prefetch {
 
     /// Hands `p`'s bytes (the next piece read) to `f`, then gives the buffer back.
     fn with_piece<T>(&mut self, p: Piece, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
-        let rx = self.fetched.as_ref().context("the prefetch thread stopped")?;
+        let rx = self
+            .fetched
+            .as_ref()
+            .context("the prefetch thread stopped")?;
         let (q, mut buf, skip) = match rx.recv() {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => bail!("{e}"),
@@ -190,7 +193,10 @@ fn read_span(file: &File, buf: &mut [u8], src: u64, len: u64) -> Result<usize> {
             .read_at(&mut buf[got..], start + got as u64)
             .context("direct read")?;
         if n == 0 {
-            bail!("direct read: unexpected end of file at offset {}", start + got as u64);
+            bail!(
+                "direct read: unexpected end of file at offset {}",
+                start + got as u64
+            );
         }
         got += n;
     }
