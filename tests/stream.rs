@@ -934,6 +934,39 @@ fn unused_tensors_are_refused_by_name() {
     Streamer::open(&src, &opts(None, 2)).unwrap();
 }
 
+/// Prompts of three lengths (12, 5, 17 tokens) for the several-sequence tests.
+fn three_prompts() -> [Vec<u32>; 3] {
+    [
+        PROMPT.to_vec(),
+        vec![2, 40, 41, 42, 43],
+        vec![
+            2, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84,
+        ],
+    ]
+}
+
+/// Each prompt alone in a single-sequence executor opened with `o`: its logits, then those of
+/// `steps` greedy tokens one at a time.
+fn each_alone(
+    path: &Path,
+    o: &StreamOptions,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let mut s = Streamer::open(path, o).unwrap();
+            let mut l = vec![s.eval(p, false).unwrap()];
+            for _ in 0..steps {
+                let next = argmax(l.last().unwrap());
+                l.push(s.eval(&[next], false).unwrap());
+            }
+            l
+        })
+        .collect()
+}
+
 /// Several sequences decoded together (`StreamOptions::n_seq`): each one's prompt through
 /// `eval_seq` gives a lone executor's logits bit for bit (same graph, its own cells); decode
 /// steps of all of them at once stay within rounding of each one decoded alone, with the same
@@ -942,13 +975,7 @@ fn unused_tensors_are_refused_by_name() {
 fn several_sequences_share_one_weight_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny(dir.path(), GgmlType::Q8_0);
-    let prompts: [Vec<u32>; 3] = [
-        PROMPT.to_vec(),
-        vec![2, 40, 41, 42, 43],
-        vec![
-            2, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84,
-        ],
-    ];
+    let prompts = three_prompts();
     let multi = |n_seq: usize| StreamOptions {
         n_seq,
         all_logits: false,
@@ -967,17 +994,7 @@ fn several_sequences_share_one_weight_sweep() {
     assert!(m.device_bytes() <= budget);
     let v = m.hparams().n_vocab as usize;
     const STEPS: usize = 10;
-    // Each sequence alone, in a single-sequence executor.
-    let mut alone = Vec::new();
-    for p in &prompts {
-        let mut s = Streamer::open(&path, &multi(1)).unwrap();
-        let mut l = vec![s.eval(p, false).unwrap()];
-        for _ in 0..STEPS {
-            let next = argmax(l.last().unwrap());
-            l.push(s.eval(&[next], false).unwrap());
-        }
-        alone.push(l);
-    }
+    let alone = each_alone(&path, &multi(1), &prompts, STEPS);
     let mut last = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         let l = m.eval_seq(i, p, false).unwrap();
@@ -1044,13 +1061,7 @@ fn several_sequences_share_one_weight_sweep() {
 fn prompts_of_several_sequences_share_their_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny(dir.path(), GgmlType::Q8_0);
-    let prompts: [Vec<u32>; 3] = [
-        PROMPT.to_vec(),
-        vec![2, 40, 41, 42, 43],
-        vec![
-            2, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84,
-        ],
-    ];
+    let prompts = three_prompts();
     const N_UB: u32 = 16;
     let multi = |n_seq: usize| StreamOptions {
         n_seq,
@@ -1070,19 +1081,7 @@ fn prompts_of_several_sequences_share_their_sweeps() {
     assert!(m.plan().streamed.len() >= 4, "{}", m.plan());
     assert_eq!(m.n_ubatch(), N_UB as usize);
     let per_token = m.plan().streamed_bytes_per_token;
-    // Each sequence alone in a single-sequence executor: prompt, then greedy steps.
-    let alone: Vec<Vec<Vec<f32>>> = prompts
-        .iter()
-        .map(|p| {
-            let mut s = Streamer::open(&path, &multi(1)).unwrap();
-            let mut l = vec![s.eval(p, false).unwrap()];
-            for _ in 0..3 {
-                let next = argmax(l.last().unwrap());
-                l.push(s.eval(&[next], false).unwrap());
-            }
-            l
-        })
-        .collect();
+    let alone = each_alone(&path, &multi(1), &prompts, 3);
     // Sequence 0's prompt first, alone: then its next token rides with the others' prompts.
     let l0 = m.eval_seq(0, &prompts[0], false).unwrap();
     assert_eq!(bit_differences(&l0, &alone[0][0]), 0);
