@@ -3,6 +3,7 @@
 //! report on every engine. References: llama.cpp through the bindings (tokenizer, greedy
 //! decoding) and Python's jinja2 for a Jinja template file.
 
+mod common;
 use jq::engine::llama::Llama;
 use jq::quant::GgmlType;
 use jq::synth::{write_gemma3, Gemma3Dims};
@@ -13,12 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 fn dir() -> &'static Path {
-    static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("jq-cli-habits-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
+    common::scratch_dir()
 }
 
 fn tiny() -> &'static Path {

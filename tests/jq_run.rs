@@ -31,9 +31,7 @@ const VOCAB: u64 = 384;
 fn tiny() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("jq-run-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("gemma3-tiny-f32.gguf");
+        let p = common::scratch_dir().join("gemma3-tiny-f32.gguf");
         write_gemma3(&p, Gemma3Dims::TINY, VOCAB, GgmlType::F32).unwrap();
         p
     })

@@ -2,6 +2,7 @@
 //! scripts/setup) drive the server binary; the references are llama.cpp's greedy decoding
 //! and tokenizer through the bindings, and the `jq-run` CLI's own output.
 
+mod common;
 use jq::engine::llama::Llama;
 use jq::quant::GgmlType;
 use jq::synth::{write_gemma3, Gemma3Dims};
@@ -16,9 +17,7 @@ use std::time::Duration;
 fn tiny() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("jq-serve-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("tiny-gemma3.gguf");
+        let p = common::scratch_dir().join("tiny-gemma3.gguf");
         write_gemma3(&p, Gemma3Dims::TINY, 384, GgmlType::F32).unwrap();
         p
     })

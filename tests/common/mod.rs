@@ -35,3 +35,26 @@ pub fn stdout_ok(o: &std::process::Output) -> Vec<u8> {
 pub fn npy_f32(p: &std::path::Path) -> Vec<f32> {
     jq::npy::parse(&std::fs::read(p).unwrap()).unwrap().data
 }
+
+/// A directory for this test process's shared fixtures (files made once, used by several
+/// tests), removed when the process exits: statics are never dropped, so a `TempDir` in a
+/// `OnceLock` would leave it behind in the system's temporary directory after every run.
+pub fn scratch_dir() -> &'static std::path::Path {
+    static D: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(d) = D.get() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    D.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("jq-test-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        // SAFETY: `remove` is a plain function that only reads the initialised static; the
+        // test harness ends the process through `exit`, which runs it once.
+        unsafe { libc::atexit(remove) };
+        d
+    })
+}
