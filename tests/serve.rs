@@ -987,10 +987,11 @@ fn eight_clients_on_parallel_4_get_what_they_get_alone() {
 }
 
 /// The same on `--stream-layers` with most layers streamed: the active sequences' next tokens
-/// go through one sweep of the weights per step (tests/stream.rs checks the sweep count).
+/// and the admitted prompts go through one sweep of the weights per micro-batch (checked here
+/// from the server's `-v` step lines, and in tests/stream.rs from the executor's statistics).
 #[test]
 fn eight_clients_on_parallel_4_stream_layers_get_what_they_get_alone() {
-    eight_clients(&[
+    let log = eight_clients(&[
         "--parallel",
         "4",
         "-c",
@@ -998,10 +999,48 @@ fn eight_clients_on_parallel_4_stream_layers_get_what_they_get_alone() {
         "--stream-layers",
         "--vram-budget",
         "208MiB",
+        "-v",
     ]);
+    // Every step (`-v` logs one line each) swept the streamed layers once per micro-batch,
+    // whatever sequences and prompts it held; some steps held several sequences, some
+    // several prompts (the 8 requests arrive together).
+    let steps: Vec<(usize, usize, usize, usize, f64)> = log
+        .lines()
+        .filter_map(|l| {
+            let r = l.strip_prefix("stream step: ")?;
+            let num = |after: &str| -> Option<f64> {
+                r.split(after)
+                    .nth(1)?
+                    .split(|c: char| c != '.' && !c.is_ascii_digit())
+                    .find(|w| !w.is_empty())?
+                    .parse()
+                    .ok()
+            };
+            let n_seq = r.split(' ').next()?.parse().ok()?;
+            Some((
+                n_seq,
+                num("(")? as usize,
+                num("), ")? as usize,
+                num("micro-batches of ")? as usize,
+                num(": ")?,
+            ))
+        })
+        .collect();
+    assert!(!steps.is_empty(), "no step lines in the log:\n{log}");
+    eprintln!(
+        "{} steps, first ones (sequences, prompts, tokens, micro-batch, sweeps): {:?}",
+        steps.len(),
+        &steps[..steps.len().min(6)]
+    );
+    for &(_, _, tokens, ub, sweeps) in &steps {
+        assert_eq!(sweeps, tokens.div_ceil(ub) as f64, "{steps:?}");
+    }
+    assert!(steps.iter().any(|s| s.0 > 1), "{steps:?}");
+    assert!(steps.iter().any(|s| s.1 > 1), "{steps:?}");
 }
 
-fn eight_clients(args: &[&str]) {
+/// Returns the server's log.
+fn eight_clients(args: &[&str]) -> String {
     let m = real();
     let l = Llama::load(&m).unwrap();
     let prompts = [
@@ -1059,6 +1098,8 @@ fn eight_clients(args: &[&str]) {
             assert!(got.starts_with(&want), "{p:?}: {got:?} vs {want:?}");
         }
     }
+    let log = srv.log.lock().unwrap().clone();
+    log
 }
 
 /// Prompt-prefix reuse past the sliding window: the tiny Gemma-3 fixture attends over a

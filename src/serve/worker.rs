@@ -795,6 +795,9 @@ pub fn run_stream(
         drop(chunks);
         match r {
             Ok(ls) => {
+                if crate::engine::logs::verbose() {
+                    log_step(st, next.len() + prompt.len(), prompt.len());
+                }
                 for &(i, k, _) in &prompt {
                     if let Some(s) = slots[i].as_mut() {
                         s.pending.drain(..k);
@@ -833,6 +836,20 @@ pub fn run_stream(
             }
         }
     }
+}
+
+/// `-v`: one line per `--stream-layers` step (what tests/serve.rs checks the sweeps with).
+fn log_step(st: &crate::engine::stream::Streamer, n_seq: usize, n_prompts: usize) {
+    let Some(x) = st.steps().last() else { return };
+    let per_sweep = st.plan().streamed_bytes_per_token.max(1);
+    eprintln!(
+        "stream step: {n_seq} sequences ({n_prompts} prompts), {} tokens in micro-batches of {}: {:.2} sweeps ({} MiB streamed), {:.2} s",
+        x.n_tokens,
+        st.n_ubatch(),
+        x.bytes_streamed as f64 / per_sweep as f64,
+        x.bytes_streamed >> 20,
+        x.total_s
+    );
 }
 
 #[cfg(test)]
