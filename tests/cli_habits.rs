@@ -4,6 +4,7 @@
 //! decoding) and Python's jinja2 for a Jinja template file.
 
 mod common;
+use common::{stdout_ok, stdout_ok_as};
 use jq::engine::llama::Llama;
 use jq::quant::GgmlType;
 use jq::synth::{write_gemma3, Gemma3Dims};
@@ -53,15 +54,6 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn ok(o: &Output) -> Vec<u8> {
-    assert!(
-        o.status.success(),
-        "jq-run failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout.clone()
-}
-
 fn fails(o: &Output, says: &str) {
     assert!(!o.status.success(), "jq-run succeeded");
     let e = String::from_utf8_lossy(&o.stderr);
@@ -71,7 +63,7 @@ fn fails(o: &Output, says: &str) {
 fn json(args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
-    serde_json::from_slice(&ok(&run(&a, None))).unwrap()
+    serde_json::from_slice(&stdout_ok(&run(&a, None))).unwrap()
 }
 
 fn ids(v: &Value, k: &str) -> Vec<u64> {
@@ -100,7 +92,7 @@ fn model_flag_seed_flag_and_ngl_are_the_long_names() {
     // -ngl (and -ngl=N) is --n-gpu-layers: with a number of layers the plan says so.
     for ngl in [&["-ngl", "0"][..], &["-ngl=0"][..]] {
         let o = run(&[&[t, "-p", "hi", "-n", "1"][..], ngl].concat(), None);
-        ok(&o);
+        stdout_ok(&o);
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("CPU"),
             "{}",
@@ -166,11 +158,11 @@ fn prompt_file_is_the_prompt() {
 fn no_seed_line_under_greedy_decoding() {
     let t = tiny().to_str().unwrap();
     let o = run(&[t, "-p", "hi", "-n", "2", "--temp", "0"], None);
-    ok(&o);
+    stdout_ok(&o);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!e.lines().any(|l| l.starts_with("seed ")), "{e}");
     let o = run(&[t, "-p", "hi", "-n", "2", "--temp", "1"], None);
-    ok(&o);
+    stdout_ok(&o);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.lines().any(|l| l.starts_with("seed ")), "{e}");
 }
@@ -208,7 +200,7 @@ fn greedy_reply(model: &Path, text: &str) -> Vec<u8> {
 
 fn chat_reply(model: &Path, template: &str) -> Vec<u8> {
     let m = model.to_str().unwrap();
-    let mut out = ok(&run(
+    let mut out = stdout_ok(&run(
         &[
             m,
             "--chat",
@@ -252,12 +244,7 @@ fn chat_template_by_name_and_by_jinja_file_on_a_model_without_one() {
         ])
         .output()
         .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let rendered = String::from_utf8(py.stdout).unwrap();
+    let rendered = String::from_utf8(stdout_ok_as(&py, "python3")).unwrap();
     assert_eq!(rendered, "### USER: hello there\n### ASSISTANT:");
     assert_eq!(
         chat_reply(&m, tf.to_str().unwrap()),
@@ -380,8 +367,7 @@ print(json.dumps(ok))
         .arg(real())
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&stdout_ok_as(&o, "python3")).unwrap();
     for k in ["prompt", "reply", "back", "stopped", "alive", "fresh_line"] {
         assert_eq!(v[k], true, "{k}: {v}");
     }
@@ -415,9 +401,7 @@ sys.stdout.buffer.write(out)
     for (k, v) in env {
         c.env(k, v);
     }
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o.stdout
+    stdout_ok_as(&c.output().unwrap(), "python3 (pty)")
 }
 
 /// `--color auto|always|never`: auto colours only a terminal (and not with NO_COLOR set);
@@ -484,7 +468,7 @@ fn clap_help_and_usage_errors_follow_color() {
         (vec!["serve", "--color", "never", "--help"], false),
     ] {
         let o = run(&args, None);
-        let out = text(&ok(&o));
+        let out = text(&stdout_ok(&o));
         assert!(out.contains("Usage:"), "{args:?}: {out:?}");
         assert_eq!(out.contains('\x1b'), coloured, "{args:?}: {out:?}");
     }

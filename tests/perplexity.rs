@@ -4,6 +4,8 @@
 //! chunking and scoring written from llama.cpp's method. Figures must agree within 1e-4
 //! relative; the top-1 agreement count exactly.
 
+mod common;
+use common::{stdout_ok, stdout_ok_as};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -50,13 +52,7 @@ fn check_case(case: &Value, extra: &[&str]) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = jq_run(&args);
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Value = serde_json::from_slice(&stdout_ok_as(&jq_run(&args), name)).unwrap();
     for k in ["n_tokens", "n_chunk", "scored"] {
         assert_eq!(got[k], case[k], "{name}: {k}");
     }
@@ -117,8 +113,7 @@ fn text_report_prints_each_chunk_and_the_final_estimate() {
         "-c",
         &n_ctx,
     ]);
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(stdout_ok(&out)).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let n = c["n_chunk"].as_u64().unwrap() as usize;
     for (i, w) in c["chunks"].as_array().unwrap().iter().enumerate() {
@@ -186,7 +181,7 @@ fn jarvis_on_the_native_engine_matches_numpy() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    stdout_ok_as(&o, "jq-convert");
     let (text, n_ctx) = ("fixtures/jarvis/corpus.txt", 32);
     let code = format!(
         "import sys, json, numpy as np\n\
@@ -214,12 +209,7 @@ fn jarvis_on_the_native_engine_matches_numpy() {
         .args(["-c", &code])
         .output()
         .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let want: Value = serde_json::from_slice(&py.stdout).unwrap();
+    let want: Value = serde_json::from_slice(&stdout_ok_as(&py, "python3")).unwrap();
     let model_arg = model.to_str().unwrap();
     let n_ctx_arg = n_ctx.to_string();
     let ppl_json = |extra: &[&str]| -> Value {
@@ -233,13 +223,7 @@ fn jarvis_on_the_native_engine_matches_numpy() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        let out = jq_run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&stdout_ok(&jq_run(&args))).unwrap()
     };
     let got = ppl_json(&[]);
     assert_eq!(got["n_tokens"], want["n_tokens"]);

@@ -71,7 +71,7 @@ fn convert(ck: &Path, ty: &str, out: &Path) -> GgufFile {
         .arg(out)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::stdout_ok_as(&o, "jq-convert hf-to-gguf");
     GgufFile::open(out).unwrap()
 }
 
@@ -200,12 +200,8 @@ fn name_keys_from_directory_and_name_or_path_as_gguf_py() {
             .args(["-c", &code])
             .output()
             .unwrap();
-        assert!(
-            py.status.success(),
-            "{}",
-            String::from_utf8_lossy(&py.stderr)
-        );
-        let want: serde_json::Map<String, Json> = serde_json::from_slice(&py.stdout).unwrap();
+        let want: serde_json::Map<String, Json> =
+            serde_json::from_slice(&common::stdout_ok_as(&py, "python3")).unwrap();
         assert!(want.contains_key("general.name"), "{dir_name}: {want:?}");
         for k in KEYS {
             let got = ours.get(k).map(as_json);

@@ -20,11 +20,17 @@ pub fn run_jq(args: &[&str]) -> std::process::Output {
         .expect("spawning jq-run")
 }
 
-/// stdout of a successful run; a failed one fails the test with its stderr.
+/// stdout of a successful jq-run; a failed one fails the test with its stderr.
 pub fn stdout_ok(o: &std::process::Output) -> Vec<u8> {
+    stdout_ok_as(o, "jq-run")
+}
+
+/// stdout of a successful run of `what` (a program, a case); a failed one fails the test
+/// with its stderr.
+pub fn stdout_ok_as(o: &std::process::Output, what: &str) -> Vec<u8> {
     assert!(
         o.status.success(),
-        "jq-run failed: {}\n{}",
+        "{what} failed: {}\n{}",
         o.status,
         String::from_utf8_lossy(&o.stderr)
     );

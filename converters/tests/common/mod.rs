@@ -169,3 +169,15 @@ pub fn assert_same(ours: &Path, theirs: &Path, label: &str) {
         );
     }
 }
+
+/// stdout of a successful run of `what` (a program); a failed one fails the test with its
+/// stderr.
+pub fn stdout_ok_as(o: &std::process::Output, what: &str) -> Vec<u8> {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout.clone()
+}
