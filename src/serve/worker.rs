@@ -304,32 +304,26 @@ pub fn run_llama(
             }
         }
         batch.clear();
-        let mut room = n_batch as usize;
         let fill = |batch: &mut LlamaBatch, t: u32, pos: u32, seq: usize, logits: bool| {
             batch
                 .add(LlamaToken(t as i32), pos as i32, &[seq as i32], logits)
                 .map(|_| batch.n_tokens() - 1)
         };
         let mut err = None;
-        for (i, s) in slots.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
+        for s in slots.iter_mut().flatten() {
             s.logits_at = None;
-            if let Some(t) = s.next.take() {
-                match fill(&mut batch, t, s.n_past, i, true) {
-                    Ok(at) => s.logits_at = Some(at),
-                    Err(e) => err = Some(e.to_string()),
-                }
-                s.n_past += 1;
-                room -= 1;
-            }
         }
-        for (i, s) in slots.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
-            if s.pending.is_empty() || room == 0 {
-                continue;
+        let (next, prompt) = plan_step(&mut slots, n_batch as usize);
+        for &(i, t) in &next {
+            let s = slots[i].as_mut().expect("an active slot");
+            match fill(&mut batch, t, s.n_past, i, true) {
+                Ok(at) => s.logits_at = Some(at),
+                Err(e) => err = Some(e.to_string()),
             }
-            let k = room.min(s.pending.len());
-            let last = k == s.pending.len();
+            s.n_past += 1;
+        }
+        for &(i, k, last) in &prompt {
+            let s = slots[i].as_mut().expect("an active slot");
             for (j, &t) in s.pending[..k].iter().enumerate() {
                 match fill(&mut batch, t, s.n_past + j as u32, i, last && j + 1 == k) {
                     Ok(at) if last && j + 1 == k => s.logits_at = Some(at),
@@ -339,7 +333,6 @@ pub fn run_llama(
             }
             s.pending.drain(..k);
             s.n_past += k as u32;
-            room -= k;
         }
         if batch.n_tokens() == 0 {
             continue;
@@ -407,6 +400,62 @@ pub fn run_llama(
             }
         }
     }
+}
+
+/// An active sequence as a step sees it (both loops' slots).
+trait Waiting {
+    /// The sampled token to evaluate next (taken by the step that evaluates it).
+    fn next_mut(&mut self) -> &mut Option<u32>;
+    /// Prompt tokens not yet evaluated.
+    fn pending_len(&self) -> usize;
+}
+
+impl Waiting for Slot {
+    fn next_mut(&mut self) -> &mut Option<u32> {
+        &mut self.next
+    }
+    fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Waiting for StreamSlot {
+    fn next_mut(&mut self) -> &mut Option<u32> {
+        &mut self.next
+    }
+    fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Part of a pending prompt in a step: (sequence, tokens from the start of what is pending,
+/// whether they end the prompt).
+type PromptPart = (usize, usize, bool);
+
+/// What one step evaluates, in `room` tokens: every decoding sequence's next token (taken
+/// from its slot) as (sequence, token), then, sequence after sequence, as much of each
+/// pending prompt as still fits as (sequence, tokens, whether that ends the prompt).
+fn plan_step<S: Waiting>(
+    slots: &mut [Option<S>],
+    room: usize,
+) -> (Vec<(usize, u32)>, Vec<PromptPart>) {
+    let next: Vec<(usize, u32)> = slots
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_mut()?.next_mut().take()?)))
+        .collect();
+    let mut room = room.saturating_sub(next.len());
+    let mut prompt = Vec::new();
+    for (i, s) in slots.iter().enumerate() {
+        let n = s.as_ref().map_or(0, Waiting::pending_len);
+        if n == 0 || room == 0 {
+            continue;
+        }
+        let k = room.min(n);
+        prompt.push((i, k, k == n));
+        room -= k;
+    }
+    (next, prompt)
 }
 
 /// What each free sequence's cache holds (prompt-prefix reuse) and when it was last used.
@@ -756,24 +805,8 @@ pub fn run_stream(
         // One step: the decoding sequences' tokens first, then prompt chunks in the room
         // left in the micro-batch (a long prompt takes several steps, and the decoding
         // sequences go on meanwhile).
-        let mut room = n_ub;
-        let mut next = Vec::new();
-        for (i, s) in slots.iter_mut().enumerate() {
-            if let Some(t) = s.as_mut().and_then(|s| s.next.take()) {
-                next.push((i, [t]));
-                room = room.saturating_sub(1);
-            }
-        }
-        let mut prompt = Vec::new();
-        for (i, s) in slots.iter().enumerate() {
-            let Some(s) = s else { continue };
-            if s.pending.is_empty() || room == 0 {
-                continue;
-            }
-            let k = room.min(s.pending.len());
-            prompt.push((i, k, k == s.pending.len()));
-            room -= k;
-        }
+        let (next, prompt) = plan_step(&mut slots, n_ub);
+        let next: Vec<(usize, [u32; 1])> = next.into_iter().map(|(i, t)| (i, [t])).collect();
         let mut chunks: Vec<SeqChunk<'_>> = next
             .iter()
             .map(|(i, t)| SeqChunk {
